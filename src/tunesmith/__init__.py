@@ -1,0 +1,25 @@
+"""tunesmith: fine-tune LLMs the way best practice says, measured against prompting first.
+
+Public API::
+
+    from tunesmith import load_config, run_sft, render_conversation
+"""
+from tunesmith.config import RunConfig, load_config
+from tunesmith.errors import ConfigError, DataError, ModelError, TemplateError, TunesmithError
+from tunesmith.messages import Conversation, Message
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy: importing tunesmith must not import torch/transformers
+    if name == "run_sft":
+        from tunesmith.train.sft import run_sft
+        return run_sft
+    if name in ("render_conversation", "Rendered"):
+        from tunesmith import templates
+        return getattr(templates, name)
+    raise AttributeError(name)
+
+
+__all__ = ["RunConfig", "load_config", "ConfigError", "DataError", "ModelError", "TemplateError", "TunesmithError",
+           "Conversation", "Message", "run_sft", "render_conversation", "Rendered", "__version__"]

@@ -1,0 +1,105 @@
+"""The ``tunesmith`` command: a dispatch table, each command calling one function.
+
+    tunesmith sft [CONFIG] [--set key=value ...]     # supervised fine-tuning (LoRA, TRL)
+    tunesmith models                                 # embedded and cached models
+    tunesmith config [CONFIG]                        # every config field, its value and its documentation
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunesmith.errors import TunesmithError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Fine-tune LLMs the way best practice says: measure prompting first, then SFT (LoRA, TRL), then optional DPO.")
+out = Console()
+err = Console(stderr=True)
+
+ConfigArg = typer.Argument(None, help="YAML run config; omit to use the defaults (see `tunesmith config`).", show_default=False)
+SetOpt = typer.Option(None, "--set", help="Override a field, e.g. --set train.learning_rate=1e-4 (repeatable).", show_default=False)
+
+
+def handles_errors(fn):
+    """Turn :class:`TunesmithError` into a red message on stderr and exit code 2 (no traceback)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TunesmithError as exc:
+            err.print("[bold red]error:[/] " + _escape(exc.render()), highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _fields_epilog() -> str:
+    return "Config fields: run `tunesmith config` for every field with its default and documentation."
+
+
+@app.command(epilog=_fields_epilog())
+@handles_errors
+def sft(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing train.output_dir."),
+        resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a checkpoint: `latest` or a path.")):
+    """Supervised fine-tuning with LoRA on TRL's SFTTrainer (default: embedded SmolLM2 on chatterbot)."""
+    from tunesmith.config import load_config
+    from tunesmith.train.sft import run_sft
+
+    cfg = load_config(config, set_)
+    run_sft(cfg, overwrite=overwrite, resume=(True if resume == "latest" else resume))
+
+
+@app.command()
+@handles_errors
+def models():
+    """List embedded models and cached checkpoints with their sizes."""
+    from tunesmith.models import list_models, tunesmith_home
+
+    table = Table(title=f"models (cache: {tunesmith_home()})")
+    for col in ("name", "kind", "size", "path"):
+        table.add_column(col)
+    for row in list_models():
+        table.add_row(row["name"], row["kind"], f"{row['bytes'] / 1e6:.1f} MB", row["path"])
+    out.print(table)
+
+
+@app.command("config")
+@handles_errors
+def config_cmd(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt):
+    """Print every config field with its resolved value and documentation (validates CONFIG too)."""
+    import yaml
+
+    from tunesmith.config import describe_fields, load_config
+
+    cfg = load_config(config, set_)
+    values = cfg.model_dump(mode="json")
+    table = Table(show_lines=False)
+    for col in ("field", "value", "documentation"):
+        table.add_column(col, overflow="fold")
+    for key, _default, doc in describe_fields():
+        section, name = key.split(".", 1)
+        table.add_row(key, yaml.safe_dump(values[section][name], default_flow_style=True).removesuffix("...\n").strip(), doc)
+    out.print(table)
+
+
+def main() -> None:
+    """Console entry point (``tunesmith``)."""
+    app(prog_name="tunesmith")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training recipes: one small module per command (sft, classify, dpo)."""

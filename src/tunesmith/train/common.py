@@ -1,0 +1,121 @@
+"""Pieces every training recipe shares: progress display, log/plot artifacts, precision choice."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+from tunesmith.runs import atomic_write_jsonl
+
+console = Console(stderr=True)
+
+
+class RichProgress(TrainerCallback):
+    """A rich progress bar with step count, last train loss, last eval_loss and ETA (replaces tqdm/log printing)."""
+
+    def __init__(self):
+        self.progress = None
+        self.task = None
+        self.loss = float("nan")
+        self.eval_loss = float("nan")
+
+    def on_train_begin(self, args, state, control, **kw):
+        """Start the bar at ``state.global_step`` (non-zero when resuming)."""
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                                 TextColumn("eval_loss {task.fields[eval]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=console, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, loss="-", eval="-")
+
+    def on_step_end(self, args, state, control, **kw):
+        """Advance the bar."""
+        if self.progress:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        """Show the latest ``loss`` and ``eval_loss``."""
+        if self.progress and logs:
+            if "loss" in logs:
+                self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
+            if "eval_loss" in logs:
+                self.progress.update(self.task, eval=f"{logs['eval_loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kw):
+        """Stop the bar."""
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
+
+
+def install_progress(trainer) -> None:
+    """Replace transformers' tqdm progress and log printer with :class:`RichProgress`."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(RichProgress())
+
+
+def write_log_history(run_dir: Path, log_history: list[dict]) -> None:
+    """Write ``log_history.jsonl`` (one Trainer log entry per line)."""
+    atomic_write_jsonl(run_dir / "log_history.jsonl", log_history)
+
+
+def plot_loss_curve(run_dir: Path, log_history: list[dict], *, before_eval_loss: float | None = None, filename: str = "loss_curve.png") -> Path:
+    """Plot train loss and eval_loss against optimizer step into a PNG (matplotlib, Agg backend).
+
+    Returns:
+        The PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
+    if before_eval_loss is not None:
+        evals = [(0, before_eval_loss)] + [p for p in evals if p[0] != 0]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#1f77b4")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval_loss", color="#d62728")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per trained token)")
+    ax.set_title("Training and evaluation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run_dir / filename
+    tmp = out.with_name("." + out.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss) for a mean token cross-entropy in nats; None stays None, overflow gives inf."""
+    if loss is None:
+        return None
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+class Timer:
+    """Wall-clock timer (seconds) for a ``with`` block: ``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,172 @@
+"""Supervised fine-tuning (SFT) with LoRA on TRL's SFTTrainer.
+
+Run it::
+
+    tunesmith sft                       # embedded SmolLM2-135M-Instruct on the chatterbot corpus
+    tunesmith sft configs/sft.yaml --set train.max_steps=200
+
+Path: config -> data (load, validate, split) -> render through the chat template (assistant-only
+labels) -> truncate -> TRL SFTTrainer (packing, padding-free) with a LoRA adapter -> eval_loss
+and perplexity before/after -> artifacts in ``train.output_dir``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from tunesmith.collate import render_all, to_dataset
+from tunesmith.config import RunConfig, dump_config
+from tunesmith.data import fingerprint, load_conversations, split
+from tunesmith.errors import DataError, Problem
+from tunesmith.generate import decode_reply, generate_ids
+from tunesmith.lora import apply_lora, count_parameters
+from tunesmith.models import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
+from tunesmith.runs import atomic_save_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, prepare_run_dir, write_manifest
+from tunesmith.templates import end_of_turn_ids, render_prompt
+from tunesmith.train.common import Timer, console, install_progress, perplexity, plot_loss_curve, write_log_history
+
+_OURS = {"output_dir", "bf16", "max_length", "packing", "packing_strategy"}
+
+
+def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool):
+    """Translate the ``train`` section into ``trl.SFTConfig`` (checkpoints under ``run_dir/checkpoints``).
+
+    Precision comes from the hardware (``bf16`` only where native), not from TRL's default; gradient
+    checkpointing is off unless asked for; the dataset arrives pre-tokenised, so TRL only packs it.
+    """
+    from trl import SFTConfig
+
+    train = cfg.train.model_dump()
+    valid = {f.name for f in dataclasses.fields(SFTConfig)}
+    kwargs = {k: v for k, v in train.items() if k in valid and k not in _OURS}
+    kwargs.update(
+        output_dir=str(run_dir / "checkpoints"), bf16=use_bf16, fp16=False, max_length=cfg.train.max_length,
+        packing=cfg.train.packing, packing_strategy=cfg.train.packing_strategy,
+        padding_free=cfg.train.packing and cfg.train.packing_strategy != "wrapped",
+        use_cpu=not torch.cuda.is_available(), report_to="none", disable_tqdm=True,
+        eval_strategy=cfg.train.eval_strategy, dataset_num_proc=None,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.train.gradient_checkpointing else None,
+    )
+    return SFTConfig(**kwargs)
+
+
+class _CountingTrainerMixin:
+    """Counts real (non-pad) and trained tokens of every training micro-batch."""
+
+    tokens_seen = 0
+    trained_tokens = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
+        mask = inputs.get("attention_mask")
+        self.tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        self.trained_tokens += int((inputs["labels"] != -100).sum())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def _make_trainer(model, tokenizer, args, train_ds, eval_ds):
+    from trl import SFTTrainer
+
+    cls = type("TunesmithSFTTrainer", (_CountingTrainerMixin, SFTTrainer), {})
+    trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer)
+    install_progress(trainer)
+    return trainer
+
+
+def _samples(model, tokenizer, convs, eot, max_new_tokens: int) -> list[str]:
+    if not convs:
+        return []
+    prompts = [render_prompt(tokenizer, c) for c in convs]
+    model.eval()
+    outs = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, eos_ids=eot)
+    return [decode_reply(tokenizer, o) for o in outs]
+
+
+def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | None = None) -> dict:
+    """Run SFT end to end and write every artifact.
+
+    Args:
+        cfg: the validated run config.
+        overwrite: replace an existing, non-empty ``train.output_dir``.
+        resume: True (latest checkpoint) or a checkpoint path to continue from.
+
+    Returns:
+        The metrics dict also written to ``metrics.json``.
+
+    Raises:
+        TunesmithError (ConfigError, DataError, ModelError, TemplateError): bad input, before training starts.
+    """
+    run_dir = prepare_run_dir(cfg.train.output_dir, overwrite=overwrite, resume=bool(resume))
+    torch.manual_seed(cfg.train.seed)
+    source = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
+    convs, load_report = load_conversations(cfg.data)
+    if cfg.data.eval_path:
+        train_convs = convs
+        eval_convs, _ = load_conversations(cfg.data.model_copy(update={"path": cfg.data.eval_path}))
+    else:
+        train_convs, eval_convs = split(convs, cfg.data.eval_fraction, cfg.data.split_seed)
+    train_convs = train_convs[: cfg.data.max_train_examples] if cfg.data.max_train_examples else train_convs
+    eval_convs = eval_convs[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else eval_convs
+    dtype = choose_dtype(cfg.model.dtype)
+    use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else dtype == torch.bfloat16
+    model = load_causal_lm(source, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
+                           trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision)
+    eot = end_of_turn_ids(tokenizer, model.generation_config)
+    train_rows, train_stats = render_all(tokenizer, train_convs, cfg.train.max_length, generation_config=model.generation_config)
+    eval_rows, eval_stats = render_all(tokenizer, eval_convs, cfg.train.max_length, generation_config=model.generation_config)
+    if not train_rows:
+        raise DataError("No training example has a trained token", [Problem("data", f"{train_stats.examples} examples, all masked or truncated away", "raise train.max_length or check the assistant turns")])
+    console.print(f"[bold]tunesmith sft[/] model={source.name} ({source.kind}) dtype={'bf16-mixed' if use_bf16 else 'fp32'} "
+                  f"train={len(train_rows)} eval={len(eval_rows)} examples, {train_stats.trained_tokens} trained tokens; "
+                  f"max_length={cfg.train.max_length} (dropped {train_stats.dropped_empty}, trained tokens lost to truncation {train_stats.trained_tokens_lost})")
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    trainable, total = count_parameters(model)
+    args = build_sft_config(cfg, run_dir, use_bf16)
+    trainer = _make_trainer(model, tokenizer, args, to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None)
+    sample_convs = eval_convs[: cfg.eval.num_samples]
+    before, samples_before = {}, []
+    if cfg.eval.before_training and eval_rows and not resume:
+        before = trainer.evaluate(metric_key_prefix="eval")
+        samples_before = _samples(model, tokenizer, sample_convs, eot, cfg.eval.max_new_tokens)
+    with Timer() as t:
+        result = trainer.train(resume_from_checkpoint=resume if resume else None)
+    after = trainer.evaluate() if eval_rows else {}
+    samples_after = _samples(model, tokenizer, sample_convs, eot, cfg.eval.max_new_tokens)
+
+    def save(tmp: Path):
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    atomic_save_dir(run_dir / ("adapter" if cfg.lora.enabled else "model"), save)
+    metrics = {
+        "eval_loss_before": before.get("eval_loss"), "perplexity_before": perplexity(before.get("eval_loss")),
+        "eval_loss": after.get("eval_loss"), "perplexity": perplexity(after.get("eval_loss")),
+        "train_loss": result.training_loss, "global_step": trainer.state.global_step,
+        "trainable_parameters": trainable, "total_parameters": total,
+        "tokens_seen": trainer.tokens_seen, "trained_tokens": trainer.trained_tokens,
+        "train_seconds": t.seconds, "tokens_per_second": trainer.tokens_seen / max(t.seconds, 1e-9),
+        "precision": "bf16-mixed" if use_bf16 else "fp32", "model": source.name,
+        "data": {"load": {"rows_read": load_report.rows_read, "kept": load_report.kept, "skipped": len(load_report.skipped)},
+                 "train": train_stats.summary(), "eval": eval_stats.summary()},
+    }
+    write_log_history(run_dir, trainer.state.log_history)
+    plot_loss_curve(run_dir, trainer.state.log_history, before_eval_loss=metrics["eval_loss_before"])
+    atomic_write_jsonl(run_dir / "samples.jsonl", [
+        {"source": c.source, "prompt": c.messages[-2].content if len(c.messages) > 1 else "", "reference": c.messages[-1].content,
+         "before": samples_before[i] if i < len(samples_before) else None, "after": samples_after[i]}
+        for i, c in enumerate(sample_convs)])
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=fingerprint(train_convs + eval_convs),
+                   tokenizer=tokenizer, extra={"model_source": dataclasses.asdict(source)})
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    _summary(run_dir, metrics)
+    return metrics
+
+
+def _summary(run_dir: Path, m: dict) -> None:
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    console.print(f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: eval_loss {fmt(m['eval_loss_before'])} -> {fmt(m['eval_loss'])}, "
+                  f"perplexity {fmt(m['perplexity_before'])} -> {fmt(m['perplexity'])}; {m['tokens_per_second']:.0f} tokens/s; "
+                  f"trainable {m['trainable_parameters']:,} of {m['total_parameters']:,} parameters\n  artifacts: {run_dir}/")
