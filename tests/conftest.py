@@ -1,0 +1,57 @@
+"""Shared fixtures: the embedded tokenizer and tiny random Llama models built in-process (no network)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data") if (REPO.parent / "shared" / "data").is_dir() else Path("/work/shared/data")
+FIXTURES = Path(__file__).parent / "fixtures"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def embedded_source():
+    """The embedded SmolLM2-135M-Instruct, converted once into $TUNESMITH_HOME (about 20 s the first time)."""
+    from tunesmith.models import resolve_model
+
+    return resolve_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(embedded_source):
+    """SmolLM2's tokenizer with its ChatML chat template (end-of-turn token <|im_end|>, id 2)."""
+    from tunesmith.models import load_tokenizer
+
+    return load_tokenizer(embedded_source)
+
+
+def build_tiny_llama(tokenizer, out_dir: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, tie: bool = True) -> Path:
+    """Save a randomly initialised tiny Llama (hidden 64, 2 layers, 4 heads, 2 kv heads) with ``tokenizer``.
+
+    Returns:
+        ``out_dir``, loadable by ``from_pretrained`` and usable as ``model.name``.
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=tie,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(smol_tokenizer, tmp_path_factory):
+    """A tiny random Llama with SmolLM2's tokenizer and chat template, saved to a temp folder."""
+    return build_tiny_llama(smol_tokenizer, tmp_path_factory.mktemp("tiny-llama"))
