@@ -3,6 +3,9 @@
     tunesmith sft [CONFIG] [--set key=value ...]     # supervised fine-tuning (LoRA, TRL)
     tunesmith models                                 # embedded and cached models
     tunesmith config [CONFIG]                        # every config field, its value and its documentation
+    tunesmith classify [CONFIG] [--baseline]         # classification head on a decoder LLM (LoRA + trained head)
+    tunesmith classify-baseline [CONFIG]             # prompting baseline of the same task and eval set
+    tunesmith predict --model RUN_DIR [FILE|-]       # labels and probabilities as JSON lines
 """
 from __future__ import annotations
 
@@ -94,6 +97,70 @@ def config_cmd(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = Se
         section, name = key.split(".", 1)
         table.add_row(key, yaml.safe_dump(values[section][name], default_flow_style=True).removesuffix("...\n").strip(), doc)
     out.print(table)
+
+
+# --- classification (issue 5) ---
+@app.command(epilog="Config fields: run `tunesmith classify --show-config` for every field with its value and documentation.")
+@handles_errors
+def classify(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing train.output_dir."),
+             baseline: bool = typer.Option(False, "--baseline", help="Also run the prompting baseline into <output_dir>-baseline."),
+             show_config: bool = typer.Option(False, "--show-config", help="Print every classify config field and exit.")):
+    """Task fine-tuning: a classification head on a decoder LLM (LoRA body + trained head; default: chatterbot topics)."""
+    from tunesmith.classify_config import ClassifyConfig
+    from tunesmith.config import load_config
+
+    cfg = load_config(config, set_, model_cls=ClassifyConfig)
+    if show_config:
+        return _print_fields(cfg, ClassifyConfig)
+    from tunesmith.train.classify import run_classify
+
+    run_classify(cfg, overwrite=overwrite)
+    if baseline or cfg.eval.baseline:
+        from tunesmith.train.classify_baseline import run_classify_baseline
+
+        run_classify_baseline(cfg, overwrite=overwrite)
+
+
+@app.command("classify-baseline")
+@handles_errors
+def classify_baseline(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+                      output: Optional[str] = typer.Option(None, "--output", help="Run directory (default: <train.output_dir>-baseline)."),
+                      overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory.")):
+    """Prompting baseline of a classify config: the instruction-tuned model picks a label, scored on the same eval set."""
+    from tunesmith.classify_config import ClassifyConfig
+    from tunesmith.config import load_config
+    from tunesmith.train.classify_baseline import run_classify_baseline
+
+    run_classify_baseline(load_config(config, set_, model_cls=ClassifyConfig), output_dir=output, overwrite=overwrite)
+
+
+@app.command()
+@handles_errors
+def predict(source: str = typer.Argument("-", help="JSONL/CSV/TSV/Parquet/text file, or - for stdin (one example per line)."),
+            model: str = typer.Option(..., "--model", help="Run directory of `tunesmith classify`."),
+            output: Optional[str] = typer.Option(None, "--output", "-o", help="Write JSONL here instead of stdout."),
+            batch_size: int = typer.Option(32, "--batch-size", help="Examples per forward pass.")):
+    """Labels and probabilities from a trained classifier, as JSON lines (batched; reads stdin with -)."""
+    from tunesmith.predict import run_predict
+
+    run_predict(model, source, output=output, batch_size=batch_size)
+
+
+def _print_fields(cfg, model_cls) -> None:
+    import yaml
+
+    from tunesmith.config import describe_fields
+
+    values = cfg.model_dump(mode="json")
+    table = Table()
+    for col in ("field", "value", "documentation"):
+        table.add_column(col, overflow="fold")
+    for key, _default, doc in describe_fields(model_cls):
+        section, name = key.split(".", 1)
+        table.add_row(key, yaml.safe_dump(values[section][name], default_flow_style=True).removesuffix("...\n").strip(), doc)
+    out.print(table)
+# --- end classification ---
 
 
 def main() -> None:
