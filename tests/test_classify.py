@@ -34,7 +34,7 @@ def _write_csv(path: Path) -> Path:
 def _cfg(tmp_path, model_dir, **over) -> ClassifyConfig:
     sets = [f"model.name={model_dir}", f"data.path={_write_csv(tmp_path / 'topics.csv')}", "data.eval_fraction=0.34",
             "labels.label_column=category", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=3",
-            "train.per_device_train_batch_size=4", "train.learning_rate=1e-2", "train.eval_strategy=no", "train.max_length=32"]
+            "train.per_device_train_batch_size=4", "train.learning_rate=1e-2", "train.eval_strategy='no'", "train.max_length=32"]
     sets += [f"{k}={v}" for k, v in over.items()]
     return load_config(None, sets, model_cls=ClassifyConfig)
 
@@ -209,8 +209,12 @@ def test_classify_end_to_end_reload_predict_and_baseline(tmp_path, tiny_llama_di
         for p in preds:
             logits = model(**tok([p["prompt"]], return_tensors="pt", split_special_tokens=True)).logits
             assert model.config.id2label[int(logits.argmax())] == p["prediction"]
-    # the head was trained: its weights differ from a fresh initialisation's
-    assert any("score" in k for k in json.loads((run / "adapter" / "adapter_config.json").read_text())["modules_to_save"])
+    # the fully trained head is saved with the adapter (modules_to_save), beside the LoRA weights
+    from safetensors import safe_open
+
+    with safe_open(str(run / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("score" in k for k in keys) and any("lora_A" in k for k in keys)
     # tunesmith predict (stdin) gives the same labels
     texts = "\n".join(p["prompt"] for p in preds) + "\n"
     res = CliRunner().invoke(app, ["predict", "--model", str(run), "-"], input=texts)

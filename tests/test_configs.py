@@ -1,0 +1,35 @@
+"""Every shipped config in configs/ loads and validates (classify_* configs with the classify config class)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunesmith.config import RunConfig, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def _config_class(path: Path):
+    if path.name.startswith("classify"):
+        from tunesmith.classify_config import ClassifyConfig
+
+        return ClassifyConfig
+    return RunConfig
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_config_loads(path):
+    cfg = load_config(path, model_cls=_config_class(path))
+    assert cfg.train.output_dir
+
+
+def test_classify_chatterbot_example_data():
+    from tunesmith.classify_config import ClassifyConfig
+    from tunesmith.labels import load_label_data
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "classify_chatterbot.yaml", model_cls=ClassifyConfig)
+    train, ev, names, report = load_label_data(cfg)
+    assert names == ["trivia", "coding", "psychology", "ai", "emotion", "literature"]
+    assert (len(train), len(ev), report["duplicates_dropped"]) == (446, 111, 1277)
+    assert report["eval_counts"] == {"ai": 12, "coding": 19, "emotion": 10, "literature": 6, "psychology": 12, "trivia": 52}
