@@ -243,3 +243,42 @@ def test_full_fine_tuning_saves_plain_model(tmp_path, tiny_llama_dir):
     assert type(model).__name__ == "LlamaForSequenceClassification"
     assert model.config.id2label == {0: "food", 1: "sports", 2: "tech"}
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["lora"]["enabled"] is False
+
+
+def test_parquet_and_hf_dataset_with_text_pair(tmp_path):
+    import datasets
+
+    rows = {"premise": ["a cat sat", "it rains", "sun is out", "dogs bark"], "hypothesis": ["an animal sat", "it is dry", "it is sunny", "cats bark"],
+            "y": ["entail", "contra", "entail", "contra"]}
+    ds = datasets.Dataset.from_dict(rows)
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.save_to_disk(str(tmp_path / "hf"))
+    for path in (tmp_path / "d.parquet", tmp_path / "hf"):
+        cfg = load_config(None, [f"data.path={path}", "labels.text_column=premise", "labels.text_pair_column=hypothesis",
+                                 "labels.label_column=y", "data.eval_fraction=0"], model_cls=ClassifyConfig)
+        train, _, names, _ = load_label_data(cfg)
+        assert names == ["contra", "entail"] and [r.text_pair for r in train] == rows["hypothesis"]
+        assert train[1].id == f"{path}#1"
+
+
+def test_predict_on_a_folder_that_is_no_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    res = CliRunner().invoke(app, ["predict", "--model", str(tmp_path), "-"], input="hello\n")
+    assert res.exit_code == 2 and "Not a classify run" in res.stderr
+
+
+@pytest.mark.slow
+def test_classify_embedded_model_few_steps(tmp_path):
+    """The real embedded SmolLM2 (GGUF-converted LlamaForCausalLM) loads as LlamaForSequenceClassification and trains."""
+    from tunesmith.train.classify import run_classify
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "classify_chatterbot.yaml",
+                      [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=4", "data.max_eval_examples=24", "data.max_train_examples=64"],
+                      model_cls=ClassifyConfig)
+    m = run_classify(cfg)
+    assert m["kind"] == "classify" and m["eval_examples"] == 24 and m["global_step"] == 4
+    losses = [e["eval_loss"] for e in map(json.loads, (tmp_path / "run" / "log_history.jsonl").read_text().splitlines()) if "eval_loss" in e]
+    assert losses and all(x == x for x in losses)
