@@ -282,3 +282,11 @@ def test_classify_embedded_model_few_steps(tmp_path):
     assert m["kind"] == "classify" and m["eval_examples"] == 24 and m["global_step"] == 4
     losses = [e["eval_loss"] for e in map(json.loads, (tmp_path / "run" / "log_history.jsonl").read_text().splitlines()) if "eval_loss" in e]
     assert losses and all(x == x for x in losses)
+
+
+def test_empty_eval_set_is_refused_before_training(tmp_path, tiny_llama_dir):
+    from tunesmith.train.classify import run_classify
+
+    with pytest.raises(DataError) as exc:
+        run_classify(_cfg(tmp_path, tiny_llama_dir, **{"data.eval_fraction": 0}))
+    assert "eval set is empty" in exc.value.render()

@@ -149,6 +149,13 @@ class ClassifyDataSection(DataSection):
     """Use at most this many evaluation records (stratified subsample); None uses all."""
 
 
+class ClassifyLoraSection(LoraSection):
+    """LoRA adapter on the body (peft.LoraConfig fields); the classification head is trained in full."""
+
+    modules_to_save: list[str] | None = Field(default_factory=lambda: ["score"])
+    """Modules trained in full and saved with the adapter: the classification head `score` (PEFT adds it for SEQ_CLS in any case)."""
+
+
 class ClassifyConfig(BaseModel):
     """A classification run: model, data, labels, lora, train and eval sections."""
 
@@ -160,7 +167,7 @@ class ClassifyConfig(BaseModel):
     """Training and evaluation data (`path`, `eval_path`, `name`, `eval_fraction`, `split_seed`, ...)."""
     labels: LabelsSection = Field(default_factory=LabelsSection)
     """Text/label columns, label set, class weights, split and cleaning."""
-    lora: LoraSection = Field(default_factory=lambda: LoraSection(modules_to_save=["score"]))
+    lora: ClassifyLoraSection = Field(default_factory=ClassifyLoraSection)
     """LoRA adapter on the body; the head (`score`) is trained in full via modules_to_save. lora.enabled=false fine-tunes everything."""
     train: ClassifyTrainSection = Field(default_factory=ClassifyTrainSection)
     """Trainer (transformers.TrainingArguments fields)."""

@@ -27,7 +27,7 @@ import torch
 from tunesmith.classify_config import ClassifyConfig
 from tunesmith.classify_metrics import write_eval_artifacts
 from tunesmith.config import dump_config
-from tunesmith.errors import ConfigError, ModelError, Problem
+from tunesmith.errors import ConfigError, DataError, ModelError, Problem
 from tunesmith.labels import LabelRecord, load_label_data
 from tunesmith.lora import apply_lora, count_parameters
 from tunesmith.models import _hub_error, choose_dtype, load_tokenizer, resolve_model
@@ -179,13 +179,16 @@ def _trainer_class():
     return ClassifyTrainer
 
 
-def build_training_args(cfg: ClassifyConfig, run_dir: Path, use_bf16: bool):
-    """Translate the ``train`` section into ``transformers.TrainingArguments`` (checkpoints under ``run_dir/checkpoints``)."""
+def build_training_args(cfg: ClassifyConfig, run_dir: Path, use_bf16: bool, has_eval: bool = True):
+    """Translate the ``train`` section into ``transformers.TrainingArguments`` (checkpoints under ``run_dir/checkpoints``;
+    no evaluation during training when there is no eval set)."""
     from transformers import TrainingArguments
 
     kwargs = {k: v for k, v in cfg.train.model_dump().items() if k not in _OURS}
     kwargs.update(output_dir=str(run_dir / "checkpoints"), bf16=use_bf16, fp16=False, use_cpu=not torch.cuda.is_available(),
                   report_to="none", disable_tqdm=True, remove_unused_columns=False)
+    if not has_eval:
+        kwargs["eval_strategy"] = "no"
     return TrainingArguments(**kwargs)
 
 
@@ -239,6 +242,10 @@ def run_classify(cfg: ClassifyConfig, *, overwrite: bool = False) -> dict:
 
     run_dir = prepare_run_dir(cfg.train.output_dir, overwrite=overwrite)
     train_recs, eval_recs, names, data_report = load_label_data(cfg)
+    if not eval_recs or not train_recs:
+        part = "eval" if train_recs else "training"
+        raise DataError(f"The {part} set is empty", [Problem("data", f"{len(train_recs)} training and {len(eval_recs)} eval records after cleaning and the split",
+                                                           "set data.eval_fraction > 0 (or data.eval_path) and check the label set")])
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
     pad_id = choose_pad_id(tokenizer)
@@ -258,9 +265,7 @@ def run_classify(cfg: ClassifyConfig, *, overwrite: bool = False) -> dict:
     console.print(f"[bold]tunesmith classify[/] model={source.name} ({source.kind}) labels={len(names)} train={len(train_rows)} eval={len(eval_rows)} "
                   f"{'LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else 'full fine-tuning'}, trainable {trainable:,} of {total:,} parameters; "
                   f"precision={'bf16-mixed' if use_bf16 else 'fp32'}; truncated {train_trunc}+{eval_trunc} examples to {cfg.train.max_length} tokens")
-    args = build_training_args(cfg, run_dir, use_bf16)
-    if not eval_rows:
-        args.eval_strategy = "no"
+    args = build_training_args(cfg, run_dir, use_bf16, has_eval=bool(eval_rows))
     trainer = _trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                                eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                                data_collator=_collator(pad_id), compute_metrics=_compute_metrics)
