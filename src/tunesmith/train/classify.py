@@ -225,6 +225,23 @@ def _collator(pad_id: int):
     return collate
 
 
+def build_model(cfg: ClassifyConfig, source, names: list[str], pad_id: int):
+    """Load the classifier (fp32 weights, seeded head) and wrap it in LoRA (task SEQ_CLS, head in ``modules_to_save``) when enabled.
+
+    Returns:
+        (model, use_bf16): bf16 mixed precision only where the hardware computes it natively (``models.choose_dtype``)
+        unless ``train.bf16`` says otherwise.
+    """
+    dtype = choose_dtype(cfg.model.dtype)
+    use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else dtype == torch.bfloat16
+    torch.manual_seed(cfg.train.seed)
+    model = load_classifier(source, names, pad_id, cfg.model)
+    if cfg.lora.enabled:
+        lora_cfg = cfg.lora if cfg.lora.modules_to_save else cfg.lora.model_copy(update={"modules_to_save": ["score"]})
+        model = apply_lora(model, lora_cfg, task_type="SEQ_CLS")
+    return model, use_bf16
+
+
 def run_classify(cfg: ClassifyConfig, *, overwrite: bool = False) -> dict:
     """Train and evaluate a classifier end to end and write every artifact.
 
@@ -240,12 +257,12 @@ def run_classify(cfg: ClassifyConfig, *, overwrite: bool = False) -> dict:
     """
     from datasets import Dataset
 
-    run_dir = prepare_run_dir(cfg.train.output_dir, overwrite=overwrite)
     train_recs, eval_recs, names, data_report = load_label_data(cfg)
     if not eval_recs or not train_recs:
         part = "eval" if train_recs else "training"
         raise DataError(f"The {part} set is empty", [Problem("data", f"{len(train_recs)} training and {len(eval_recs)} eval records after cleaning and the split",
                                                            "set data.eval_fraction > 0 (or data.eval_path) and check the label set")])
+    run_dir = prepare_run_dir(cfg.train.output_dir, overwrite=overwrite)
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
     pad_id = choose_pad_id(tokenizer)
@@ -254,13 +271,7 @@ def run_classify(cfg: ClassifyConfig, *, overwrite: bool = False) -> dict:
     label2id = {n: i for i, n in enumerate(names)}
     train_rows, train_trunc = encode(tokenizer, train_recs, label2id, cfg.train.max_length)
     eval_rows, eval_trunc = encode(tokenizer, eval_recs, label2id, cfg.train.max_length)
-    dtype = choose_dtype(cfg.model.dtype)
-    use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else dtype == torch.bfloat16
-    torch.manual_seed(cfg.train.seed)
-    model = load_classifier(source, names, pad_id, cfg.model)
-    if cfg.lora.enabled:
-        lora_cfg = cfg.lora if cfg.lora.modules_to_save else cfg.lora.model_copy(update={"modules_to_save": ["score"]})
-        model = apply_lora(model, lora_cfg, task_type="SEQ_CLS")
+    model, use_bf16 = build_model(cfg, source, names, pad_id)
     trainable, total = count_parameters(model)
     console.print(f"[bold]tunesmith classify[/] model={source.name} ({source.kind}) labels={len(names)} train={len(train_rows)} eval={len(eval_rows)} "
                   f"{'LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else 'full fine-tuning'}, trainable {trainable:,} of {total:,} parameters; "
