@@ -65,7 +65,7 @@ class DataSection(BaseModel):
     """Seed of the deterministic train/eval split."""
     max_train_examples: int | None = Field(None, gt=0)
     """Use at most this many training records (after the split); None uses all."""
-    max_eval_examples: int | None = Field(200, gt=0)
+    max_eval_examples: int | None = Field(100, gt=0)
     """Use at most this many evaluation records; keeps eval fast on CPU."""
     skip_invalid: bool = False
     """Skip invalid records (each logged and counted) instead of stopping before training."""
@@ -105,7 +105,7 @@ class TrainSection(BaseModel):
 
     output_dir: str = "runs/sft"
     """Run directory: adapter, metrics, plots, manifest and checkpoints go here."""
-    max_steps: int = 60
+    max_steps: int = 30
     """Number of optimizer steps; -1 trains for `num_train_epochs` instead."""
     num_train_epochs: float = 1.0
     """Epochs to train when `max_steps` is -1."""
@@ -123,7 +123,7 @@ class TrainSection(BaseModel):
     """Warmup: an integer number of steps, or a float in [0, 1) as a fraction of total steps."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    max_length: int = Field(512, gt=0)
+    max_length: int = Field(256, gt=0)
     """Maximum tokens per sequence (and per packed row). Longer conversations are truncated, and the loss of trained tokens is reported."""
     packing: bool = True
     """Pack several conversations into each row (best-fit decreasing), keeping sample boundaries: position ids restart per sample and attention never crosses samples."""
@@ -131,13 +131,13 @@ class TrainSection(BaseModel):
     """TRL packing strategy; `bfd` keeps each conversation whole."""
     eval_strategy: Literal["no", "steps", "epoch"] = "steps"
     """When to evaluate during training."""
-    eval_steps: int | None = 20
+    eval_steps: int | None = 10
     """Evaluate every this many steps when eval_strategy is `steps`."""
     logging_steps: int = 5
     """Log train loss every this many steps."""
     save_strategy: Literal["no", "steps", "epoch", "best"] = "steps"
     """When to write resumable checkpoints under output_dir/checkpoints."""
-    save_steps: int = 50
+    save_steps: int = 10
     """Checkpoint every this many steps."""
     save_total_limit: int | None = 2
     """Keep at most this many checkpoints."""
@@ -217,6 +217,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") and value.lower() not in ("inf", "nan") else value
+        except ValueError:
+            pass
     return key.strip().split("."), value
 
 

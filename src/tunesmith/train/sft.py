@@ -140,6 +140,7 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     atomic_save_dir(run_dir / ("adapter" if cfg.lora.enabled else "model"), save)
+    _write_reload_check(run_dir, trainer.model, tokenizer, sample_convs or eval_convs[:1] or train_convs[:1])
     metrics = {
         "eval_loss_before": before.get("eval_loss"), "perplexity_before": perplexity(before.get("eval_loss")),
         "eval_loss": after.get("eval_loss"), "perplexity": perplexity(after.get("eval_loss")),
@@ -163,6 +164,16 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     atomic_write_json(run_dir / "metrics.json", metrics)
     _summary(run_dir, metrics)
     return metrics
+
+
+def _write_reload_check(run_dir: Path, model, tokenizer, convs) -> None:
+    """Record the trained model's last-position logits (first 512 vocab entries) on a fixed probe prompt, so a
+    reload of the saved adapter/model can be checked against the model as it was at the end of training."""
+    ids = render_prompt(tokenizer, convs[0])
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids], device=next(model.parameters()).device)).logits[0, -1, :512].float().cpu()
+    atomic_write_json(run_dir / "reload_check.json", {"input_ids": ids, "logits_last_first512": logits.tolist()})
 
 
 def _summary(run_dir: Path, m: dict) -> None:
