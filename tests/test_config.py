@@ -68,3 +68,12 @@ def test_cli_exit_code_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "did you mean 'train.learning_rate'" in proc.stderr
     assert "lora.r" in proc.stderr and "nope.jsonl" in proc.stderr
+
+
+def test_docs_config_reference_is_current():
+    from pathlib import Path
+
+    from tunesmith.config import config_reference_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text() == config_reference_markdown(), "regenerate with: tunesmith config --markdown > docs/config.md"

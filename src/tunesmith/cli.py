@@ -16,7 +16,7 @@ from rich.table import Table
 
 from tunesmith.errors import TunesmithError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Fine-tune LLMs the way best practice says: measure prompting first, then SFT (LoRA, TRL), then optional DPO.")
 out = Console()
 err = Console(stderr=True)
@@ -47,7 +47,12 @@ def _escape(text: str) -> str:
 
 
 def _fields_epilog() -> str:
-    return "Config fields: run `tunesmith config` for every field with its default and documentation."
+    """List every config field with its default and docstring for ``--help`` (same text as `tunesmith config`)."""
+    from tunesmith.config import describe_fields
+
+    lines = ["[bold]Config fields[/] (set in CONFIG or with --set KEY=VALUE):\n\n"]
+    lines += [f"[cyan]{key}[/] = {_escape(default)}: {_escape(doc)}\n\n" for key, default, doc in describe_fields()]
+    return "".join(lines)
 
 
 @app.command(epilog=_fields_epilog())
@@ -79,12 +84,16 @@ def models():
 
 @app.command("config")
 @handles_errors
-def config_cmd(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt):
+def config_cmd(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+               markdown: bool = typer.Option(False, "--markdown", help="Print the field reference as Markdown (docs/config.md).")):
     """Print every config field with its resolved value and documentation (validates CONFIG too)."""
     import yaml
 
-    from tunesmith.config import describe_fields, load_config
+    from tunesmith.config import config_reference_markdown, describe_fields, load_config
 
+    if markdown:
+        print(config_reference_markdown(), end="")
+        return
     cfg = load_config(config, set_)
     values = cfg.model_dump(mode="json")
     table = Table(show_lines=False)
