@@ -49,7 +49,7 @@ class DataSection(BaseModel):
 
     model_config = _STRICT
 
-    name: str | None = None
+    name: str | None = "chatterbot"
     """A bundled dataset name (`chatterbot`, `chatterbot-json`). Used when `path` is not set."""
     path: str | None = None
     """A data file (JSONL, JSON, CSV, Parquet) or a saved Hugging Face dataset directory."""
@@ -181,7 +181,7 @@ class RunConfig(BaseModel):
 
     model: ModelSection = Field(default_factory=ModelSection)
     """Model source and loading."""
-    data: DataSection = Field(default_factory=lambda: DataSection(name="chatterbot"))
+    data: DataSection = Field(default_factory=DataSection)
     """Training and evaluation data."""
     lora: LoraSection = Field(default_factory=LoraSection)
     """LoRA adapter (peft.LoraConfig fields)."""
