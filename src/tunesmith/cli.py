@@ -23,6 +23,9 @@ err = Console(stderr=True)
 
 ConfigArg = typer.Argument(None, help="YAML run config; omit to use the defaults (see `tunesmith config`).", show_default=False)
 SetOpt = typer.Option(None, "--set", help="Override a field, e.g. --set train.learning_rate=1e-4 (repeatable).", show_default=False)
+# --- scale out (issue 8) ---
+NumProcOpt = typer.Option(None, "--num-processes", min=1, show_default=False,
+                          help="Train on N processes (GPUs, or CPU processes over gloo): re-launches through `accelerate launch`.")
 
 
 def handles_errors(fn):
@@ -54,12 +57,17 @@ def _fields_epilog() -> str:
 @handles_errors
 def sft(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing train.output_dir."),
-        resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a checkpoint: `latest` or a path.")):
+        resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a checkpoint: `latest` or a path."),
+        num_processes: Optional[int] = NumProcOpt):
     """Supervised fine-tuning with LoRA on TRL's SFTTrainer (default: embedded SmolLM2 on chatterbot)."""
     from tunesmith.config import load_config
-    from tunesmith.train.sft import run_sft
+    from tunesmith.distributed import relaunch
 
     cfg = load_config(config, set_)
+    if (code := relaunch(num_processes)) is not None:
+        raise typer.Exit(code)
+    from tunesmith.train.sft import run_sft
+
     run_sft(cfg, overwrite=overwrite, resume=(True if resume == "latest" else resume))
 
 
