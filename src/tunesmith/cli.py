@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunesmith.distributed import is_rank_zero
 from tunesmith.errors import TunesmithError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -35,7 +36,8 @@ def handles_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TunesmithError as exc:
-            err.print("[bold red]error:[/] " + _escape(exc.render()), highlight=False)
+            if is_rank_zero():  # under a distributed launch, only rank 0 reports (scale out, issue 8)
+                err.print("[bold red]error:[/] " + _escape(exc.render()), highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")

@@ -106,6 +106,11 @@ def gather_sum(value: int | float) -> int | float:
     return type(value)(total.item())
 
 
+def is_rank_zero() -> bool:
+    """True unless the launcher's environment names this process a non-zero global rank (no torch import)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def in_launched_process() -> bool:
     """True when this process was started by ``torchrun`` / ``accelerate launch`` (its env says so)."""
     return any(k in os.environ for k in _LAUNCH_ENV)
@@ -131,7 +136,7 @@ def strip_option(argv: list[str], option: str) -> list[str]:
 
 
 def launch_command(argv: list[str], num_processes: int) -> list[str]:
-    """The ``accelerate launch`` command that runs ``python -m tunesmith <argv>`` on ``num_processes`` processes.
+    """The ``accelerate launch`` command (through :func:`accelerate_launch`) that runs ``python -m tunesmith <argv>`` on ``num_processes`` processes.
 
     One machine; ``--multi_gpu`` is accelerate's torchrun-based launcher (one process per GPU on CUDA; on a
     CPU-only machine the processes train on CPU over gloo).  The rendezvous port is a free one unless
@@ -141,9 +146,26 @@ def launch_command(argv: list[str], num_processes: int) -> list[str]:
         The command as an argv list.
     """
     port = os.environ.get("MASTER_PORT") or str(_free_port())
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+    return [sys.executable, "-m", "tunesmith.distributed", "--multi_gpu", "--num_processes", str(num_processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
             "-m", "tunesmith", *argv]
+
+
+def accelerate_launch(argv: list[str]) -> int:
+    """``accelerate launch ARGV`` called programmatically; a failed worker gives its exit code, not a traceback.
+
+    Returns:
+        0, or the largest positive exit code among the failed processes (2 for a bad config or dataset).
+    """
+    from accelerate.commands.launch import launch_command as accelerate_launch_command
+    from accelerate.commands.launch import launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        accelerate_launch_command(launch_command_parser().parse_args(argv))
+    except ChildFailedError as exc:
+        return max([f.exitcode for f in exc.failures.values() if f.exitcode > 0], default=1)
+    return 0
 
 
 def relaunch(num_processes: int | None, argv: list[str] | None = None) -> int | None:
@@ -194,3 +216,7 @@ def save_trained_model(trainer, final) -> "Path":
         os.replace(tmp, final)
     wait_for_everyone()
     return final
+
+
+if __name__ == "__main__":  # the launcher process of the --num-processes shortcut
+    sys.exit(accelerate_launch(sys.argv[1:]))
