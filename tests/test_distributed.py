@@ -180,3 +180,16 @@ def test_shipped_accelerate_configs_are_valid(name, kind):
         assert (args.fsdp_version, args.fsdp_state_dict_type) == (2, "FULL_STATE_DICT")
     if name.startswith("deepspeed"):
         assert args.zero_stage == int(name[-1])
+
+
+def test_sft_config_normalises_over_the_global_batch(tmp_path):
+    """transformers 5.24 defaults average_tokens_across_devices to True; tunesmith sets it explicitly (a changed
+    default would silently average per device) and turns DDP's unused-parameter search off unless asked."""
+    from tunesmith.config import load_config
+    from tunesmith.train.sft import build_sft_config
+
+    args = build_sft_config(load_config(None, ["train.gradient_accumulation_steps=3"]), tmp_path, False)
+    assert args.average_tokens_across_devices is True and args.gradient_accumulation_steps == 3
+    assert args.ddp_find_unused_parameters is False
+    asked = build_sft_config(load_config(None, ["train.ddp_find_unused_parameters=true"]), tmp_path, False)
+    assert asked.ddp_find_unused_parameters is True

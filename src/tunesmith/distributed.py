@@ -91,6 +91,21 @@ def main_first(fn: Callable[..., T], *args, **kwargs) -> T:
     return result if dist_state().is_main_process else fn(*args, **kwargs)
 
 
+def params_sharded() -> bool:
+    """True under FSDP or DeepSpeed ZeRO-3, where every forward pass needs all processes (so the main process
+    cannot generate samples alone).  False before a Trainer/Accelerator exists and in DDP."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    kind = dist_state().distributed_type
+    if kind == DistributedType.FSDP:
+        return True
+    if kind == DistributedType.DEEPSPEED:
+        plugin = getattr(AcceleratorState(), "deepspeed_plugin", None)
+        return plugin is not None and plugin.zero_stage == 3
+    return False
+
+
 def gather_sum(value: int | float) -> int | float:
     """Sum a per-process number (e.g. tokens seen) over all processes; every process gets the total.
 

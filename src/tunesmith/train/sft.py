@@ -19,7 +19,7 @@ import torch
 from tunesmith.collate import render_all, to_dataset
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.data import fingerprint, load_conversations, split
-from tunesmith.distributed import gather_sum, is_main_process, main_first, save_trained_model
+from tunesmith.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
 from tunesmith.errors import DataError, Problem
 from tunesmith.generate import decode_reply, generate_ids
 from tunesmith.lora import apply_lora, count_parameters
@@ -81,7 +81,7 @@ def _make_trainer(model, tokenizer, args, train_ds, eval_ds):
 
 
 def _samples(model, tokenizer, convs, eot, max_new_tokens: int) -> list[str]:
-    if not convs or not is_main_process():
+    if not convs or not is_main_process() or params_sharded():  # main process only; not with sharded weights
         return []
     prompts = [render_prompt(tokenizer, c) for c in convs]
     model.eval()
@@ -162,7 +162,7 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     plot_loss_curve(run_dir, trainer.state.log_history, before_eval_loss=metrics["eval_loss_before"])
     atomic_write_jsonl(run_dir / "samples.jsonl", [
         {"source": c.source, "prompt": c.messages[-2].content if len(c.messages) > 1 else "", "reference": c.messages[-1].content,
-         "before": samples_before[i] if i < len(samples_before) else None, "after": samples_after[i]}
+         "before": samples_before[i] if i < len(samples_before) else None, "after": samples_after[i] if i < len(samples_after) else None}
         for i, c in enumerate(sample_convs)])
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=fingerprint(train_convs + eval_convs),
