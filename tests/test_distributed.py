@@ -137,6 +137,11 @@ def test_artifacts_written_once_by_the_main_process(setup, runs):
     assert err.count("done in ") == 1 and err.count("tunesmith sft model=") == 1
     ckpt = run / "checkpoints" / "checkpoint-2"
     assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file()
+    from safetensors.torch import load_file
+
+    final, last = (load_file(d / "adapter_model.safetensors") for d in (run / "adapter", run / "checkpoints" / "checkpoint-4"))
+    assert final.keys() == last.keys() and all(final[k].equal(last[k]) for k in final)  # the trained adapter, saved whole
+    assert (run / "adapter" / "tokenizer.json").is_file() and not (run / "adapter" / "training_args.bin").exists()
 
 
 def test_checkpoint_from_two_processes_resumes_on_one(setup, runs):
