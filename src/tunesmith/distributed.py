@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -199,7 +200,7 @@ def relaunch(num_processes: int | None, argv: list[str] | None = None) -> int | 
     return subprocess.run(launch_command(argv, num_processes), check=False).returncode
 
 
-def save_trained_model(trainer, final) -> "Path":
+def save_trained_model(trainer, final: str | Path) -> Path:
     """Save the trained adapter (or model) and tokenizer into ``final`` once, atomically; every process calls it.
 
     ``Trainer.save_model`` gathers FSDP (FULL_STATE_DICT) and ZeRO-3 shards, a collective step, and writes on
@@ -214,7 +215,6 @@ def save_trained_model(trainer, final) -> "Path":
         ``final`` as a Path.
     """
     import shutil
-    from pathlib import Path
 
     final = Path(final)
     tmp = final.with_name(f".{final.name}.tmp-save")
