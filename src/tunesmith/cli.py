@@ -63,11 +63,12 @@ def sft(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
         num_processes: Optional[int] = NumProcOpt):
     """Supervised fine-tuning with LoRA on TRL's SFTTrainer (default: embedded SmolLM2 on chatterbot)."""
     from tunesmith.config import load_config
-    from tunesmith.distributed import relaunch
+    from tunesmith.distributed import quiet_workers, relaunch
 
     cfg = load_config(config, set_)
     if (code := relaunch(num_processes)) is not None:
         raise typer.Exit(code)
+    quiet_workers()
     from tunesmith.train.sft import run_sft
 
     run_sft(cfg, overwrite=overwrite, resume=(True if resume == "latest" else resume))

@@ -127,6 +127,17 @@ def is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def quiet_workers() -> None:
+    """On non-zero ranks, turn off datasets/transformers progress bars (rank 0 shows them once)."""
+    if is_rank_zero():
+        return
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def in_launched_process() -> bool:
     """True when this process was started by ``torchrun`` / ``accelerate launch`` (its env says so)."""
     return any(k in os.environ for k in _LAUNCH_ENV)
