@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunesmith.distributed import is_rank_zero
 from tunesmith.errors import TunesmithError
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False, no_args_is_help=True,
@@ -23,6 +24,9 @@ err = Console(stderr=True)
 
 ConfigArg = typer.Argument(None, help="YAML run config; omit to use the defaults (see `tunesmith config`).", show_default=False)
 SetOpt = typer.Option(None, "--set", help="Override a field, e.g. --set train.learning_rate=1e-4 (repeatable).", show_default=False)
+# --- scale out (issue 8) ---
+NumProcOpt = typer.Option(None, "--num-processes", min=1, show_default=False,
+                          help="Train on N processes (GPUs, or CPU processes over gloo): re-launches through `accelerate launch`.")
 
 
 def handles_errors(fn):
@@ -32,7 +36,8 @@ def handles_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TunesmithError as exc:
-            err.print("[bold red]error:[/] " + _escape(exc.render()), highlight=False)
+            if is_rank_zero():  # under a distributed launch, only rank 0 reports (scale out, issue 8)
+                err.print("[bold red]error:[/] " + _escape(exc.render()), highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -59,12 +64,18 @@ def _fields_epilog() -> str:
 @handles_errors
 def sft(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing train.output_dir."),
-        resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a checkpoint: `latest` or a path.")):
+        resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a checkpoint: `latest` or a path."),
+        num_processes: Optional[int] = NumProcOpt):
     """Supervised fine-tuning with LoRA on TRL's SFTTrainer (default: embedded SmolLM2 on chatterbot)."""
     from tunesmith.config import load_config
-    from tunesmith.train.sft import run_sft
+    from tunesmith.distributed import quiet_workers, relaunch
 
     cfg = load_config(config, set_)
+    if (code := relaunch(num_processes)) is not None:
+        raise typer.Exit(code)
+    quiet_workers()
+    from tunesmith.train.sft import run_sft
+
     run_sft(cfg, overwrite=overwrite, resume=(True if resume == "latest" else resume))
 
 
