@@ -1,6 +1,4 @@
 """Every shipped config in configs/ loads and validates (classify_* configs with the classify config class)."""
-from __future__ import annotations
-
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,11 @@ def _config_class(path: Path):
 def test_shipped_config_loads(path):
     cfg = load_config(path, model_cls=_config_class(path))
     assert cfg.train.output_dir
+
+
+def test_default_config_file_equals_builtin_defaults():
+    file_cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "sft.yaml")
+    assert file_cfg.model_dump() == RunConfig().model_dump()
 
 
 def test_classify_chatterbot_example_data():
