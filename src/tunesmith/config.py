@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import ConfigError, Problem
 
@@ -148,6 +148,12 @@ class TrainSection(BaseModel):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: saves memory, costs ~30% more compute."""
 
+    @field_validator("eval_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        """YAML 1.1 reads a bare `no` as False; the strategy means "no"."""
+        return "no" if value is False else value
+
     @model_validator(mode="after")
     def _known_extras(self) -> "TrainSection":
         extras = set(self.model_extra or {})
@@ -217,6 +223,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw
+    if raw.strip().lower() in ("no", "yes", "on", "off", "y", "n"):
+        value = raw.strip()  # YAML 1.1 reads `no` as False; keep the word (eval_strategy=no; pydantic reads it as a bool where one is expected)
     if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
         try:
             value = float(value) if any(c in value.lower() for c in ".e") and value.lower() not in ("inf", "nan") else value
