@@ -57,10 +57,14 @@ def sft(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a checkpoint: `latest` or a path.")):
     """Supervised fine-tuning with LoRA on TRL's SFTTrainer (default: embedded SmolLM2 on chatterbot)."""
     from tunesmith.config import load_config
-    from tunesmith.train.sft import run_sft
+    from tunesmith.preflight import check_sft_inputs
 
     cfg = load_config(config, set_)
-    run_sft(cfg, overwrite=overwrite, resume=(True if resume == "latest" else resume))
+    # --- reliability --- (validate config, data and output dir before torch is imported: bad input fails in ~1 s)
+    checked = check_sft_inputs(cfg, overwrite=overwrite, resume=resume)
+    from tunesmith.train.sft import run_sft
+
+    run_sft(cfg, overwrite=overwrite, resume=resume, checked=checked)
 
 
 @app.command()

@@ -1,14 +1,17 @@
 """Run directories: refuse to mix runs, write artifacts atomically, record a reproducible manifest."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -130,6 +133,15 @@ def redact(obj):
     return obj
 
 
+def redact_argv(argv: list[str]) -> list[str]:
+    """The command line with every argument that looks like a secret (an ``hf_...`` token, ``...token=...``,
+    ``...password=...``, ``...secret=...``, ``...api_key=...``) replaced by ``***``."""
+    return [("***" if _SECRET_ARG.search(a) else a) for a in argv]
+
+
+_SECRET_ARG = re.compile(r"hf_[A-Za-z0-9]{16,}|(token|secret|password|api_key)[^=]*=", re.IGNORECASE)
+
+
 def write_manifest(run_dir: Path, *, config: dict, seed: int, dataset_fingerprint: str | None, tokenizer=None, extra: dict | None = None) -> dict:
     """Write ``manifest.json``: versions, resolved config, dataset fingerprint, chat-template hash, seed,
     command line, git commit and platform.  Secrets are redacted.
@@ -137,7 +149,7 @@ def write_manifest(run_dir: Path, *, config: dict, seed: int, dataset_fingerprin
     Returns:
         The manifest dict.
     """
-    argv = [("***" if any(h in a.lower() for h in ("hf_", "token=")) else a) for a in sys.argv]
+    argv = redact_argv(sys.argv)
     manifest = {
         "versions": library_versions(), "python": sys.version.split()[0], "platform": platform.platform(),
         "command": argv, "git_commit": _git_commit(), "seed": seed, "dataset_fingerprint": dataset_fingerprint,
@@ -146,3 +158,29 @@ def write_manifest(run_dir: Path, *, config: dict, seed: int, dataset_fingerprin
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
     return manifest
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR}
+
+
+@contextmanager
+def write_errors(run_dir: str | Path):
+    """Turn a failed write under ``run_dir`` (disk full, file too large, read-only, no permission) into a
+    :class:`TunesmithError` naming the file; a run stopped this way has no ``metrics.json``, so it never looks complete.
+
+    torch's checkpoint writer reports a full disk as ``RuntimeError("... PytorchStreamWriter failed writing file ...")``;
+    that is converted too.  Other errors pass through unchanged.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        where = str(exc.filename or run_dir)
+        raise TunesmithError("Cannot write the run's files; the run is incomplete (no metrics.json)", [Problem(
+            where, exc.strerror or str(exc), "free disk space or choose a writable train.output_dir, then run again (--resume latest keeps saved checkpoints)")]) from None
+    except RuntimeError as exc:
+        if "failed writing file" not in str(exc) and "file write failed" not in str(exc):
+            raise
+        raise TunesmithError("Cannot write a checkpoint; the run is incomplete (no metrics.json)", [Problem(
+            str(run_dir), str(exc).splitlines()[0][:200], "free disk space or choose a writable train.output_dir")]) from None
