@@ -57,8 +57,11 @@ def _cmd(cfg: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "tunesmith", "sft", str(cfg), "--set", f"train.output_dir={out}", *extra]
 
 
+SECRET = "hf_NotARealTokenButLooksLikeOne1234"
+
+
 def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_TOKEN=SECRET)
 
 
 def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 240) -> None:
@@ -132,3 +135,34 @@ def test_sigterm_saves_checkpoint_and_says_how_to_resume(setup, reference_and_ki
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = _adapter(ref), _adapter(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_manifest_records_the_run_and_no_secret(setup, reference_and_killed, smol_tokenizer):
+    import subprocess as sp
+
+    import yaml
+
+    from tunesmith.config import load_config
+    from tunesmith.data import fingerprint, load_conversations, split
+    from tunesmith.runs import template_hash
+
+    cfg_path, _ = setup
+    ref, _, _ = reference_and_killed
+    m = json.loads((ref / "manifest.json").read_text())
+    for lib in ("tunesmith", "torch", "transformers", "trl", "peft"):
+        assert m["versions"][lib] not in ("", "not installed")
+    assert m["versions"]["torch"] == torch.__version__.split("+")[0] or m["versions"]["torch"] == torch.__version__
+    assert m["seed"] == 7 and m["config"]["train"]["seed"] == 7
+    assert m["config"] == yaml.safe_load((ref / "config.yaml").read_text())
+    assert m["config"]["lora"]["adapter_name"] == ADAPTER and m["config"]["train"]["output_dir"] == str(ref)
+    cfg = load_config(cfg_path, [f"train.output_dir={ref}"])
+    train, evals = split(load_conversations(cfg.data)[0], cfg.data.eval_fraction, cfg.data.split_seed)
+    assert m["dataset_fingerprint"] == fingerprint(train + evals[: cfg.data.max_eval_examples])
+    assert m["chat_template_sha256"] == template_hash(smol_tokenizer) and len(m["chat_template_sha256"]) == 16
+    assert m["command"][1:3] == ["sft", str(cfg_path)] and f"train.output_dir={ref}" in m["command"]
+    head = sp.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip() or None
+    assert m["git_commit"] == head
+    # HF_TOKEN was in the environment of every run: it appears in no file of the run dir (checkpoints included)
+    for f in ref.rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f
