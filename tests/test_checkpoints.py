@@ -85,3 +85,21 @@ def test_graceful_stop_saves_and_stops_after_the_step():
     assert err.exit_code == 130 and "SIGINT" in err.render() and "--resume latest" in err.render()
     assert TrainingStopped(signal.SIGTERM, None, "x").exit_code == 143
     json.dumps(err.render())
+
+
+def test_run_dir_lock_refuses_a_live_writer_and_takes_over_a_dead_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.runs import LOCK, lock_run_dir, prepare_run_dir
+
+    (tmp_path / LOCK).write_text(str(os.getppid()))          # a live process that is not us
+    with pytest.raises(TunesmithError) as exc:
+        lock_run_dir(tmp_path)
+    assert str(os.getppid()) in exc.value.render()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / LOCK).write_text(dead)                        # left behind by a SIGKILLed run
+    assert lock_run_dir(tmp_path).read_text() == str(os.getpid())
+    assert prepare_run_dir(tmp_path) == tmp_path              # our own lock does not make the folder "used"

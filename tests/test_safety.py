@@ -89,6 +89,9 @@ def test_redaction():
     cfg = {"train": {"hub_token": "hf_abcdefghijklmnopqrstuv", "learning_rate": 1e-4}, "model": {"name": "m"}}
     out = redact(cfg)
     assert out["train"]["hub_token"] == "***" and out["train"]["learning_rate"] == 1e-4 and out["model"]["name"] == "m"
+    # token *settings* and counts are not secrets
+    keep = {"eval": {"max_new_tokens": 64}, "train": {"eos_token": "<|im_end|>", "pad_token": "<pad>"}}
+    assert redact(keep) == keep
     argv = ["tunesmith", "sft", "configs/tokenizer-test.yaml", "--set", "train.hub_token=abc", "hf_ABCDEFGHIJKLMNOPQRSTUV"]
     assert redact_argv(argv) == ["tunesmith", "sft", "configs/tokenizer-test.yaml", "--set", "***", "***"]
 

@@ -15,11 +15,8 @@ from pathlib import Path
 from tunesmith.data import LoadReport, load_conversations, split
 from tunesmith.errors import ConfigError, DataError, Problem, TunesmithError
 from tunesmith.config import dump_config
-from tunesmith.runs import atomic_write_text, prepare_run_dir, write_errors
+from tunesmith.runs import atomic_write_text, is_secret_key, lock_run_dir, prepare_run_dir, write_errors
 from tunesmith.train.checkpoints import check_same_run, resolve_resume
-
-_SECRET_HINTS = ("token", "secret", "password", "api_key")
-
 
 @dataclass
 class CheckedInputs:
@@ -46,7 +43,7 @@ def check_secrets(cfg) -> None:
         ConfigError: naming each ``train.*token*`` style field that has a value.
     """
     extras = cfg.train.model_extra or {}
-    bad = [k for k, v in extras.items() if any(h in k.lower() for h in _SECRET_HINTS) and v not in (None, "", False)]
+    bad = [k for k, v in extras.items() if is_secret_key(k) and v not in (None, "", False)]
     if bad:
         raise ConfigError("Secrets do not belong in a run config", [Problem(
             f"train.{k}", "a secret here would be written to config.yaml, manifest.json and every checkpoint",
@@ -102,11 +99,14 @@ def check_sft_inputs(cfg, *, overwrite: bool = False, resume: str | bool | None 
         check_same_run(run_dir, cfg.model_dump(mode="json"))
     train, evals, report = load_data(cfg)
     try:
+        if run_dir.is_dir():
+            lock_run_dir(run_dir)  # a live run in this folder is refused before --overwrite deletes anything
         run_dir = prepare_run_dir(run_dir, overwrite=overwrite, resume=checkpoint is not None)
     except TunesmithError as exc:
         for p in exc.problems:
             p.where = f"train.output_dir={p.where}"
         raise
+    lock_run_dir(run_dir)  # (re)claim it: --overwrite deleted the folder and its lock
     if checkpoint is None:
         with write_errors(run_dir):
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))

@@ -38,7 +38,7 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool =
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise TunesmithError("Output path is a file", [Problem(str(out), "train.output_dir must be a directory", "choose another train.output_dir")])
-    if out.is_dir() and any(out.iterdir()) and not resume:
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not resume:
         if not overwrite:
             raise TunesmithError("Output directory already holds a run", [Problem(
                 str(out), "it is not empty; writing here would overwrite or mix two runs' files",
@@ -123,13 +123,23 @@ def template_hash(tokenizer) -> str | None:
     return hashlib.sha256(tpl.encode()).hexdigest()[:16]
 
 
-_SECRET_HINTS = ("token", "secret", "password", "api_key", "hub_token")
+_SECRET_KEY = re.compile(r"(^|_)((hub|hf|access|auth|api|bearer)_)?(token|key)$|password|secret|credential", re.IGNORECASE)
+_NOT_SECRET = {"pad_token", "eos_token", "bos_token", "unk_token", "sep_token", "cls_token", "mask_token"}
+
+
+def is_secret_key(name: str) -> bool:
+    """True for config keys that hold credentials (``hub_token``, ``token``, ``api_key``, ``*password*``, ``*secret*``),
+    false for token *settings* such as ``eos_token``/``pad_token`` or counts such as ``max_new_tokens``."""
+    name = str(name).lower()
+    if name in _NOT_SECRET:
+        return False
+    return bool(_SECRET_KEY.search(name)) and not name.endswith(("_key_name", "sort_key"))
 
 
 def redact(obj):
-    """Return a copy of a config dict with secret-looking values (``*token*``, ``*password*``...) replaced."""
+    """Return a copy of a config dict with credential values (see :func:`is_secret_key`) replaced by ``***``."""
     if isinstance(obj, dict):
-        return {k: ("***" if any(h in str(k).lower() for h in _SECRET_HINTS) and obj[k] not in (None, "", False) else redact(v)) for k, v in obj.items()}
+        return {k: ("***" if is_secret_key(k) and obj[k] not in (None, "", False) else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
@@ -186,3 +196,54 @@ def write_errors(run_dir: str | Path):
             raise
         raise TunesmithError("Cannot write a checkpoint; the run is incomplete (no metrics.json)", [Problem(
             str(run_dir), str(exc).splitlines()[0][:200], "free disk space or choose a writable train.output_dir")]) from None
+
+
+LOCK = ".tunesmith.lock"
+"""File in a run dir holding the id of the process writing it."""
+
+
+def lock_run_dir(run_dir: str | Path) -> Path:
+    """Claim ``run_dir`` for this process, so two processes never write (or resume) the same run at once.
+
+    A lock left by a process that no longer exists (killed with SIGKILL) is taken over; the lock is
+    removed when this process exits.
+
+    Returns:
+        The lock file path.
+
+    Raises:
+        TunesmithError: when a live process (another pid) holds the lock.
+    """
+    import atexit
+
+    lock = Path(run_dir) / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid == os.getpid():
+                return lock
+            if pid > 0 and _alive(pid):
+                raise TunesmithError("Another process is writing this run", [Problem(
+                    str(run_dir), f"process {pid} holds {LOCK}", "wait for it to finish (or stop it), or choose another train.output_dir")]) from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        atexit.register(lambda: lock.unlink(missing_ok=True) if lock.is_file() and lock.read_text().strip() == str(os.getpid()) else None)
+        return lock
+    raise TunesmithError("Cannot lock the run directory", [Problem(str(lock), "another process keeps re-creating the lock", "choose another train.output_dir")])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
