@@ -3,7 +3,7 @@ exit with code 2, print no traceback, name the location (file:line, field path o
 that looks complete (no metrics.json, no adapter/).
 
 Files live in tests/bad_inputs/; large or environment-specific inputs (a 10 MB line, 100,000 nested brackets,
-a read-only folder, a full disk) are built in the test.  All but five cases fail before the model loads
+a read-only folder, a full disk) are built in the test.  All but five cases (``needs="model"``) fail before the model loads
 (preflight: config, output folder, data), in about a second each.
 """
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Case:
     where: Callable[[Ctx], list[str]]
     limit_file_bytes: int | None = None
     needs: str | None = None
+    """``"model"`` for the few cases that can only be detected once the model/tokenizer loads."""
     extra_env: dict = field(default_factory=dict)
 
 
@@ -251,6 +252,8 @@ def test_bad_input(case: Case, tiny_llama_dir, tmp_path):
     for text in case.where(ctx):
         assert text in err, f"{text!r} not in:\n{err[:3000]}"
     assert len(err) < 20_000, "the error must not echo huge input"
+    if case.needs != "model":  # caught by the preflight, before torch and the model load
+        assert "Loading weights" not in err and "tunesmith sft model=" not in err, err[:1000]
     assert "hf_abcdefghijklmnopqrstuvwxyz123456" not in err and "hf_envsecretvalue" not in err
     out = ctx.out
     if out.is_dir():
