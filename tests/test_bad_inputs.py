@@ -154,6 +154,12 @@ def _read_only(c: Ctx) -> list[str]:
     return c.sft(out=ro / "run")
 
 
+def _read_only_existing(c: Ctx) -> list[str]:
+    """The output folder itself exists, is empty and immutable."""
+    _read_only(c)
+    return c.sft(out=c.tmp / "readonly")
+
+
 def _resume_nothing(c: Ctx) -> list[str]:
     return c.sft("--resume", "latest")
 
@@ -219,6 +225,7 @@ CASES = [
     Case("output-is-a-file", _out_is_file, lambda c: [f"train.output_dir={c.out}"]),
     Case("output-parent-is-a-file", _out_parent_is_file, lambda c: ["train.output_dir=", "afile"]),
     Case("output-read-only", _read_only, lambda c: ["train.output_dir=", "readonly"]),
+    Case("output-read-only-existing", _read_only_existing, lambda c: [f"train.output_dir={c.tmp / 'readonly'}"]),
     Case("output-under-proc", lambda c: c.sft(out=Path("/proc/tunesmith-run")), lambda c: ["train.output_dir=/proc/tunesmith-run"]),
     Case("disk-full", lambda c: c.sft(), lambda c: [str(c.out / "config.yaml")], limit_file_bytes=512),
     Case("resume-without-checkpoint", _resume_nothing, lambda c: [str(c.out / "checkpoints")]),

@@ -103,3 +103,24 @@ def test_run_dir_lock_refuses_a_live_writer_and_takes_over_a_dead_one(tmp_path):
     (tmp_path / LOCK).write_text(dead)                        # left behind by a SIGKILLed run
     assert lock_run_dir(tmp_path).read_text() == str(os.getpid())
     assert prepare_run_dir(tmp_path) == tmp_path              # our own lock does not make the folder "used"
+
+
+def test_write_errors_name_the_file_and_never_swallow_other_errors(tmp_path):
+    import errno
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.runs import write_errors
+
+    with pytest.raises(TunesmithError) as exc:
+        with write_errors(tmp_path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / "optimizer.pt"))
+    assert exc.value.problems[0].where.endswith("optimizer.pt") and "No space left" in exc.value.render()
+    with pytest.raises(TunesmithError, match="checkpoint"):   # how torch.save reports a full disk
+        with write_errors(tmp_path):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3: file write failed")
+    with pytest.raises(FileNotFoundError):                     # not a write failure: a bug, keep the traceback
+        with write_errors(tmp_path):
+            raise FileNotFoundError(errno.ENOENT, "gone", "x")
+    with pytest.raises(RuntimeError, match="shape"):
+        with write_errors(tmp_path):
+            raise RuntimeError("shape mismatch")

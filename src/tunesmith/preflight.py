@@ -99,14 +99,15 @@ def check_sft_inputs(cfg, *, overwrite: bool = False, resume: str | bool | None 
         check_same_run(run_dir, cfg.model_dump(mode="json"))
     train, evals, report = load_data(cfg)
     try:
-        if run_dir.is_dir():
-            lock_run_dir(run_dir)  # a live run in this folder is refused before --overwrite deletes anything
-        run_dir = prepare_run_dir(run_dir, overwrite=overwrite, resume=checkpoint is not None)
+        with write_errors(run_dir):
+            if run_dir.is_dir():
+                lock_run_dir(run_dir)  # a live run in this folder is refused before --overwrite deletes anything
+            run_dir = prepare_run_dir(run_dir, overwrite=overwrite, resume=checkpoint is not None)
+            lock_run_dir(run_dir)  # (re)claim it: --overwrite deleted the folder and its lock
     except TunesmithError as exc:
         for p in exc.problems:
             p.where = f"train.output_dir={p.where}"
         raise
-    lock_run_dir(run_dir)  # (re)claim it: --overwrite deleted the folder and its lock
     if checkpoint is None:
         with write_errors(run_dir):
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
