@@ -72,14 +72,17 @@ def sft(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
     """Supervised fine-tuning with LoRA on TRL's SFTTrainer (default: embedded SmolLM2 on chatterbot)."""
     from tunesmith.config import load_config
     from tunesmith.distributed import quiet_workers, relaunch
+    from tunesmith.preflight import check_sft_inputs
 
     cfg = load_config(config, set_)
     if (code := relaunch(num_processes)) is not None:
         raise typer.Exit(code)
     quiet_workers()
+    # --- reliability --- (validate config, data and output dir before torch is imported: bad input fails in ~1 s)
+    checked = check_sft_inputs(cfg, overwrite=overwrite, resume=resume)
     from tunesmith.train.sft import run_sft
 
-    run_sft(cfg, overwrite=overwrite, resume=(True if resume == "latest" else resume))
+    run_sft(cfg, overwrite=overwrite, resume=resume, checked=checked)
 
 
 @app.command()

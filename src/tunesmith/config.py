@@ -199,10 +199,36 @@ class RunConfig(BaseModel):
 
 @functools.cache
 def sft_config_fields() -> frozenset[str]:
-    """Return the field names of ``trl.SFTConfig`` (the keys the ``train`` section accepts)."""
+    """Return the field names of ``trl.SFTConfig`` (the keys the ``train`` section accepts).
+
+    Importing TRL costs seconds (it imports torch), so the names are cached per TRL/transformers version in
+    ``$TUNESMITH_HOME/sft_config_fields-<trl>-<transformers>.json``; config validation then stays under a second.
+    """
+    import json
+    import os
+    from importlib import metadata
+
+    home = os.environ.get("TUNESMITH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tunesmith")
+    try:
+        cache = Path(home).expanduser() / f"sft_config_fields-{metadata.version('trl')}-{metadata.version('transformers')}.json"
+    except metadata.PackageNotFoundError:
+        cache = None
+    try:
+        return frozenset(json.loads(cache.read_text()))
+    except (AttributeError, OSError, ValueError):
+        pass
     from trl import SFTConfig
 
-    return frozenset(f.name for f in dataclasses.fields(SFTConfig))
+    names = frozenset(f.name for f in dataclasses.fields(SFTConfig))
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(sorted(names)))
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return names
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

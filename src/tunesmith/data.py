@@ -109,7 +109,7 @@ def read_records(path: Path) -> list[tuple[str, object]]:
     if path.suffix == ".json":
         try:
             data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             line = getattr(exc, "lineno", 1)
             raise DataError(f"Cannot read {path}", [Problem(f"{path}:{line}", str(exc), "fix the JSON (or use .jsonl, one record per line)")]) from None
         data = data if isinstance(data, list) else [data]
@@ -124,6 +124,8 @@ def read_records(path: Path) -> list[tuple[str, object]]:
             problems.append(Problem(where, f"invalid UTF-8 at byte {exc.start}", "re-save the file as UTF-8"))
         except json.JSONDecodeError as exc:
             problems.append(Problem(where, f"malformed JSON: {exc.msg} (column {exc.colno})", "fix this line; each line must be one JSON object"))
+        except RecursionError:
+            problems.append(Problem(where, "JSON nested too deeply to parse", "flatten this record; each line must be one JSON object"))
     if problems:
         raise DataError(f"{path}: {len(problems)} unreadable line(s)", problems)
     return records

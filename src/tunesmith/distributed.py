@@ -61,6 +61,8 @@ def on_main(fn: Callable[..., T], *args, **kwargs) -> T:
     Raises:
         Whatever ``fn`` raises (main process); ``SystemExit`` on the other processes.
     """
+    if not in_launched_process():  # a plain single process: no torch import needed (keeps bad-input errors fast)
+        return fn(*args, **kwargs)
     state = dist_state()
     if state.num_processes == 1:
         return fn(*args, **kwargs)

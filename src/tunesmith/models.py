@@ -224,6 +224,26 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, revi
     return tok
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+"""Weight files that are Python pickles: loading one can run arbitrary code."""
+
+
+def check_weight_format(source: ModelSource, allow_pickle: bool = False) -> None:
+    """Refuse a local checkpoint whose weights exist only as pickle files, unless ``allow_pickle``.
+
+    Raises:
+        ModelError: naming the folder and the pickle files, with the two ways out.
+    """
+    loc = Path(source.location)
+    if allow_pickle or not loc.is_dir() or any(loc.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in loc.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError("Refusing to unpickle model weights", [Problem(
+            str(loc), f"the weights are only in pickle files ({', '.join(pickles[:3])}); unpickling can run arbitrary code",
+            "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), or set model.allow_pickle: true if you trust this checkpoint")])
+
+
 def load_causal_lm(source: ModelSource, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
                    trust_remote_code: bool = False, allow_pickle: bool = False, revision: str | None = None):
     """Load a causal LM (``AutoModelForCausalLM``) from a resolved source.
@@ -238,6 +258,7 @@ def load_causal_lm(source: ModelSource, *, dtype: torch.dtype = torch.float32, a
     """
     from transformers import AutoModelForCausalLM
 
+    check_weight_format(source, allow_pickle)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.location, dtype=dtype, attn_implementation=attn_implementation,

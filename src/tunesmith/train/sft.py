@@ -17,15 +17,18 @@ from pathlib import Path
 import torch
 
 from tunesmith.collate import render_all, to_dataset
-from tunesmith.config import RunConfig, dump_config
-from tunesmith.data import fingerprint, load_conversations, split
+from tunesmith.config import RunConfig
+from tunesmith.data import fingerprint
 from tunesmith.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
 from tunesmith.errors import DataError, Problem
 from tunesmith.generate import decode_reply, generate_ids
 from tunesmith.lora import apply_lora, count_parameters
 from tunesmith.models import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
-from tunesmith.runs import atomic_write_json, atomic_write_jsonl, atomic_write_text, prepare_run_dir, write_manifest
+from tunesmith.preflight import CheckedInputs, check_sft_inputs
+from tunesmith.runs import atomic_write_json, atomic_write_jsonl, redact_argv, write_errors, write_manifest
 from tunesmith.templates import end_of_turn_ids, render_prompt
+from tunesmith.train.callbacks import GracefulStop, TokenCounter, TrainingStopped
+from tunesmith.train.checkpoints import RUN_STATE, latest_checkpoint, resume_command
 from tunesmith.train.common import Timer, console, install_progress, perplexity, plot_loss_curve, write_log_history
 
 _OURS = {"output_dir", "bf16", "max_length", "packing", "packing_strategy"}
@@ -50,7 +53,7 @@ def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool):
         packing=cfg.train.packing, packing_strategy=cfg.train.packing_strategy,
         padding_free=cfg.train.packing and cfg.train.packing_strategy != "wrapped",
         use_cpu=not torch.cuda.is_available(), report_to="none", disable_tqdm=True,
-        eval_strategy=cfg.train.eval_strategy, dataset_num_proc=None,
+        eval_strategy=cfg.train.eval_strategy, dataset_num_proc=None, restore_callback_states_from_checkpoint=True,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.train.gradient_checkpointing else None,
         average_tokens_across_devices=True,
     )
@@ -59,15 +62,22 @@ def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool):
 
 
 class _CountingTrainerMixin:
-    """Counts real (non-pad) and trained tokens of every training micro-batch."""
+    """Counts real (non-pad) and trained tokens of every training micro-batch, run-wide (see :class:`TokenCounter`);
+    ``process_tokens`` counts only this process's (for tokens/second)."""
 
-    tokens_seen = 0
-    trained_tokens = 0
+    process_tokens = 0
+
+    def _counter(self) -> TokenCounter:
+        # a resumed Trainer replaces the callback by one rebuilt from the checkpoint: look it up each time
+        return next(c for c in self.callback_handler.callbacks if isinstance(c, TokenCounter))
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         mask = inputs.get("attention_mask")
-        self.tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-        self.trained_tokens += int((inputs["labels"] != -100).sum())
+        counter = self._counter()
+        seen = int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        counter.tokens_seen += seen
+        self.process_tokens += seen
+        counter.trained_tokens += int((inputs["labels"] != -100).sum())
         return super().training_step(model, inputs, num_items_in_batch)
 
 
@@ -75,7 +85,8 @@ def _make_trainer(model, tokenizer, args, train_ds, eval_ds):
     from trl import SFTTrainer
 
     cls = type("TunesmithSFTTrainer", (_CountingTrainerMixin, SFTTrainer), {})
-    trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer)
+    trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                  callbacks=[TokenCounter()])
     install_progress(trainer)
     return trainer
 
@@ -89,32 +100,33 @@ def _samples(model, tokenizer, convs, eot, max_new_tokens: int) -> list[str]:
     return [decode_reply(tokenizer, o) for o in outs]
 
 
-def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | None = None) -> dict:
-    """Run SFT end to end and write every artifact.
+def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | None = None, checked: CheckedInputs | None = None) -> dict:
+    """Run SFT end to end and write every artifact; ``metrics.json`` is written last (its presence means "complete").
 
     Args:
         cfg: the validated run config.
         overwrite: replace an existing, non-empty ``train.output_dir``.
-        resume: True (latest checkpoint) or a checkpoint path to continue from.
+        resume: ``"latest"``/True (newest complete checkpoint) or a checkpoint path to continue from.
+        checked: the result of :func:`tunesmith.preflight.check_sft_inputs` when the caller already ran it.
 
     Returns:
         The metrics dict also written to ``metrics.json``.
 
     Raises:
         TunesmithError (ConfigError, DataError, ModelError, TemplateError): bad input, before training starts.
+        TrainingStopped: SIGINT/SIGTERM during training (a checkpoint was saved; exit code 130/143).
     """
-    run_dir = prepare_run_dir(cfg.train.output_dir, overwrite=overwrite, resume=bool(resume))
+    checked = checked or check_sft_inputs(cfg, overwrite=overwrite, resume=resume)
+    with write_errors(checked.run_dir):
+        return _run(cfg, checked)
+
+
+def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
+    run_dir, ckpt = checked.run_dir, checked.checkpoint
+    train_convs, eval_convs = checked.train_convs, checked.eval_convs
     torch.manual_seed(cfg.train.seed)
     source = main_first(resolve_model, cfg.model.name)  # the main process converts/caches once
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
-    convs, load_report = load_conversations(cfg.data)
-    if cfg.data.eval_path:
-        train_convs = convs
-        eval_convs, _ = load_conversations(cfg.data.model_copy(update={"path": cfg.data.eval_path}))
-    else:
-        train_convs, eval_convs = split(convs, cfg.data.eval_fraction, cfg.data.split_seed)
-    train_convs = train_convs[: cfg.data.max_train_examples] if cfg.data.max_train_examples else train_convs
-    eval_convs = eval_convs[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else eval_convs
     dtype = choose_dtype(cfg.model.dtype)
     use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else dtype == torch.bfloat16
     model = load_causal_lm(source, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
@@ -123,37 +135,50 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     train_rows, train_stats = render_all(tokenizer, train_convs, cfg.train.max_length, generation_config=model.generation_config)
     eval_rows, eval_stats = render_all(tokenizer, eval_convs, cfg.train.max_length, generation_config=model.generation_config)
     if not train_rows:
-        raise DataError("No training example has a trained token", [Problem("data", f"{train_stats.examples} examples, all masked or truncated away", "raise train.max_length or check the assistant turns")])
+        raise DataError("No training example has a trained token", [Problem(
+            f"train.max_length={cfg.train.max_length}", f"all {train_stats.examples} training conversations ({cfg.data.path or cfg.data.name}) lose every assistant token to truncation",
+            "raise train.max_length or check the assistant turns")])
     if is_main_process():
         console.print(f"[bold]tunesmith sft[/] model={source.name} ({source.kind}) dtype={'bf16-mixed' if use_bf16 else 'fp32'} "
                       f"train={len(train_rows)} eval={len(eval_rows)} examples, {train_stats.trained_tokens} trained tokens; "
-                      f"max_length={cfg.train.max_length} (dropped {train_stats.dropped_empty}, trained tokens lost to truncation {train_stats.trained_tokens_lost})")
+                      f"max_length={cfg.train.max_length} (dropped {train_stats.dropped_empty}, trained tokens lost to truncation {train_stats.trained_tokens_lost})"
+                      + (f"; resuming from {ckpt}" if ckpt else ""))
+        _manifest(run_dir, cfg, train_convs + eval_convs, tokenizer, source, ckpt)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     trainable, total = count_parameters(model)
     args = build_sft_config(cfg, run_dir, use_bf16)
     trainer = _make_trainer(model, tokenizer, args, to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None)
     sample_convs = eval_convs[: cfg.eval.num_samples]
-    before, samples_before = {}, []
-    if cfg.eval.before_training and eval_rows and not resume:
-        before = trainer.evaluate(metric_key_prefix="eval")
-        samples_before = _samples(model, tokenizer, sample_convs, eot, cfg.eval.max_new_tokens)
+    state = _before(cfg, run_dir, ckpt, trainer, model, tokenizer, sample_convs, eot, bool(eval_rows))
+    stopper = GracefulStop()
+    trainer.add_callback(stopper)
     with Timer() as t:
-        result = trainer.train(resume_from_checkpoint=resume if resume else None)
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    if stopper.signum is not None:
+        last = latest_checkpoint(run_dir)
+        raise TrainingStopped(stopper.signum, str(last) if last else None, resume_command())
     after = trainer.evaluate() if eval_rows else {}
     samples_after = _samples(model, tokenizer, sample_convs, eot, cfg.eval.max_new_tokens)
 
     save_trained_model(trainer, run_dir / ("adapter" if cfg.lora.enabled else "model"))  # all processes; main writes
-    tokens_seen, trained_tokens = gather_sum(trainer.tokens_seen), gather_sum(trainer.trained_tokens)
+    before, samples_before = state.get("before", {}), state.get("samples_before", [])
+    counter = trainer._counter()
+    # per-process counts summed over processes (a resume across process counts restores the main process's count only)
+    tokens_seen, trained_tokens = gather_sum(counter.tokens_seen), gather_sum(counter.trained_tokens)
+    process_tokens = gather_sum(trainer.process_tokens)
     metrics = {
+        "kind": "sft", "model": source.name,
         "eval_loss_before": before.get("eval_loss"), "perplexity_before": perplexity(before.get("eval_loss")),
         "eval_loss": after.get("eval_loss"), "perplexity": perplexity(after.get("eval_loss")),
-        "train_loss": result.training_loss, "global_step": trainer.state.global_step,
+        "task_metrics": {k: v for k, v in (("eval_loss", after.get("eval_loss")), ("perplexity", perplexity(after.get("eval_loss")))) if v is not None},
+        "train_loss": _run_train_loss(trainer.state.log_history) if ckpt else result.training_loss, "global_step": trainer.state.global_step,
+        "resumed_from": str(ckpt) if ckpt else None,
         "trainable_parameters": trainable, "total_parameters": total,
         "tokens_seen": tokens_seen, "trained_tokens": trained_tokens, "num_processes": trainer.args.world_size,
-        "train_seconds": t.seconds, "tokens_per_second": tokens_seen / max(t.seconds, 1e-9),
-        "precision": "bf16-mixed" if use_bf16 else "fp32", "model": source.name,
-        "data": {"load": {"rows_read": load_report.rows_read, "kept": load_report.kept, "skipped": len(load_report.skipped)},
+        "train_seconds": t.seconds, "tokens_per_second": process_tokens / max(t.seconds, 1e-9),
+        "precision": "bf16-mixed" if use_bf16 else "fp32",
+        "data": {"load": {"rows_read": checked.report.rows_read, "kept": checked.report.kept, "skipped": len(checked.report.skipped)},
                  "train": train_stats.summary(), "eval": eval_stats.summary()},
     }
     if not is_main_process():  # only the main process writes artifacts and prints the summary
@@ -166,9 +191,6 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
         {"source": c.source, "prompt": c.messages[-2].content if len(c.messages) > 1 else "", "reference": c.messages[-1].content,
          "before": samples_before[i] if i < len(samples_before) else None, "after": samples_after[i] if i < len(samples_after) else None}
         for i, c in enumerate(sample_convs)])
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=fingerprint(train_convs + eval_convs),
-                   tokenizer=tokenizer, extra={"model_source": dataclasses.asdict(source)})
     atomic_write_json(run_dir / "metrics.json", metrics)
     _summary(run_dir, metrics)
     return metrics
@@ -182,6 +204,42 @@ def _write_reload_check(run_dir: Path, model, tokenizer, convs) -> None:
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids], device=next(model.parameters()).device)).logits[0, -1, :512].float().cpu()
     atomic_write_json(run_dir / "reload_check.json", {"input_ids": ids, "logits_last_first512": logits.tolist()})
+
+
+def _manifest(run_dir: Path, cfg: RunConfig, convs, tokenizer, source, ckpt) -> None:
+    """Write manifest.json before training; a resume appends itself to ``resumes`` (command line and checkpoint)."""
+    import json
+    import sys
+
+    path = run_dir / "manifest.json"
+    if ckpt and path.is_file():
+        manifest = json.loads(path.read_text())
+        manifest.setdefault("resumes", []).append({"from": str(ckpt), "command": redact_argv(sys.argv)})
+        atomic_write_json(path, manifest)
+        return
+    write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=fingerprint(convs),
+                   tokenizer=tokenizer, extra={"model_source": dataclasses.asdict(source)})
+
+
+def _before(cfg, run_dir, ckpt, trainer, model, tokenizer, sample_convs, eot, has_eval) -> dict:
+    """Measure eval_loss and samples before training (first process only) and keep them in run_state.json."""
+    import json
+
+    path = run_dir / RUN_STATE
+    if ckpt:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    state = {"before": {}, "samples_before": []}
+    if cfg.eval.before_training and has_eval:
+        state["before"] = {k: v for k, v in trainer.evaluate(metric_key_prefix="eval").items() if isinstance(v, (int, float))}
+        state["samples_before"] = _samples(model, tokenizer, sample_convs, eot, cfg.eval.max_new_tokens)
+    atomic_write_json(path, state)
+    return state
+
+
+def _run_train_loss(log_history: list[dict]) -> float | None:
+    """Mean of the logged train losses over the whole run: a resumed Trainer's own ``training_loss`` covers only its own steps."""
+    losses = [e["loss"] for e in log_history if "loss" in e]
+    return sum(losses) / len(losses) if losses else None
 
 
 def _summary(run_dir: Path, m: dict) -> None:
