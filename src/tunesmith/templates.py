@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from tunesmith.errors import Problem, TemplateError
 from tunesmith.messages import Conversation
@@ -26,6 +27,61 @@ IGNORE_INDEX = -100
 
 KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|end_of_text|>")
 """End-of-turn markers of common templates (ChatML, Llama 3, Phi-3, Gemma, ...)."""
+
+
+BUILTIN_DIR = Path(__file__).parent / "templates"
+"""Folder of the built-in chat templates (``<name>.jinja``)."""
+
+
+def builtin_templates() -> list[str]:
+    """Names of the built-in chat templates (``chatml``, ``llama3``)."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.jinja"))
+
+
+def resolve_chat_template(option: str | None) -> str | None:
+    """Turn ``model.chat_template`` into Jinja text.
+
+    Args:
+        option: None (keep the model's), a built-in name (:func:`builtin_templates`) or a path to a Jinja file.
+
+    Returns:
+        The template text, or None for None.
+
+    Raises:
+        TemplateError: when the option is neither a built-in name nor a readable file.
+    """
+    if option is None:
+        return None
+    if option in builtin_templates():
+        return (BUILTIN_DIR / f"{option}.jinja").read_text(encoding="utf-8")
+    path = Path(option).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    if "{%" in option or "{{" in option:
+        return option
+    raise TemplateError("Unknown chat template", [Problem("model.chat_template", f"{option!r} is neither a built-in template nor a file",
+                                                          f"use one of {', '.join(builtin_templates())} or the path of a .jinja file")])
+
+
+def apply_chat_template_option(tokenizer, option: str | None) -> None:
+    """Install ``model.chat_template`` on the tokenizer (so saved artifacts carry it) and require a template.
+
+    Raises:
+        TemplateError: when the option is invalid, or when neither the option nor the model gives a chat template.
+    """
+    text = resolve_chat_template(option)
+    if text is not None:
+        tokenizer.chat_template = text
+    if not tokenizer.chat_template:
+        raise missing_template_error()
+
+
+def missing_template_error() -> TemplateError:
+    """The error for a model without a chat template, naming the option that sets one."""
+    return TemplateError("The model has no chat template, so conversations cannot be rendered", [Problem(
+        "model.chat_template", "the tokenizer has no chat_template (base models often have none)",
+        f"set model.chat_template to a built-in ({', '.join(builtin_templates())}) or a .jinja file, "
+        "e.g. --set model.chat_template=chatml; or use data.format=text / plain prompt_completion data")])
 
 
 @dataclass
@@ -88,15 +144,15 @@ def render_conversation(tokenizer, conv: Conversation, *, eot_ids: set[int] | No
         :class:`Rendered` with ``input_ids: list[int][seq]`` and ``labels: list[int][seq]``.
 
     Raises:
-        TemplateError: when a prefix rendering is not a prefix of the full rendering (the template
-            renders history differently from the final turn), naming the record.
+        TemplateError: when there is no chat template; when a prefix rendering is not a prefix of
+            the full rendering (the template renders history differently from the final turn),
+            naming the record.  A template's own ``raise_exception`` (e.g. "roles must alternate")
+            propagates as ``jinja2.TemplateError``.
     """
-    if conv.kind == "text":
-        ids = _encode(tokenizer, conv.messages[0].content)
-        eos = tokenizer.eos_token_id
-        if eos is not None and (not ids or ids[-1] != eos):
-            ids.append(eos)
-        return Rendered(ids, list(ids), conv.source)
+    if conv.kind in ("text", "completion"):
+        return _render_plain(tokenizer, conv)
+    if not (chat_template or tokenizer.chat_template):
+        raise missing_template_error()
     eot_ids = eot_ids if eot_ids is not None else end_of_turn_ids(tokenizer)
     msgs = conv.to_template()
     full_text = _render_text(tokenizer, msgs, add_generation_prompt=False, chat_template=chat_template)
@@ -134,6 +190,35 @@ def render_conversation(tokenizer, conv: Conversation, *, eot_ids: set[int] | No
     return Rendered(list(ids), labels, conv.source)
 
 
+def _encode_plain(tokenizer, text: str) -> list[int]:
+    """Encode raw text with the tokenizer's own special tokens (a BOS where it adds one), never two BOS."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    while bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]
+    return ids
+
+
+def _render_plain(tokenizer, conv: Conversation) -> Rendered:
+    """``text``: loss on every token; ``completion``: prompt masked, completion trained.
+
+    The prompt and the completion are encoded separately (as TRL does), so the completion tokens
+    are the ones the model generates after the prompt; EOS is appended exactly once (not when
+    the text already ends with it).
+    """
+    eos = tokenizer.eos_token_id
+    if conv.kind == "text":
+        ids = _encode_plain(tokenizer, conv.messages[0].content)
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+        return Rendered(ids, list(ids), conv.source)
+    prompt = _encode_plain(tokenizer, conv.messages[0].content)
+    completion = _encode(tokenizer, conv.messages[-1].content)
+    if eos is not None and (not completion or completion[-1] != eos):
+        completion.append(eos)
+    return Rendered(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion, conv.source)
+
+
 def _diverge(a, b) -> int:
     n = min(len(a), len(b))
     return next((k for k in range(n) if a[k] != b[k]), n)
@@ -144,8 +229,10 @@ def render_prompt(tokenizer, conv: Conversation, *, chat_template: str | None = 
     last assistant turn (what the model sees at inference), as ``list[int][seq]``.
 
     The last assistant turn, if present, is dropped; the rest is rendered with
-    ``add_generation_prompt=True``.
+    ``add_generation_prompt=True``.  A plain ``completion`` record gives its prompt tokens.
     """
+    if conv.kind in ("text", "completion"):
+        return _encode_plain(tokenizer, conv.messages[0].content) if conv.kind == "completion" else []
     msgs = conv.to_template()
     if msgs and msgs[-1]["role"] == "assistant":
         msgs = msgs[:-1]
