@@ -5,8 +5,11 @@ Assistant-only loss works for any chat template, including the many that have no
 ``assistant_only_loss`` for it).  The method: render the conversation once in full and, for each
 assistant turn, render the prefix up to its generation prompt and the prefix through the
 turn; the text between them is that reply.  Each prefix is checked to be a text prefix of the
-full rendering and its tokenisation a token prefix of the full tokenisation, so the tokens
-trained are exactly the tokens the template produces at inference time.  The reply and the
+full rendering (else :class:`TemplateError`).  The text is then tokenised piecewise, cut at the
+start and end of every reply: the context before a reply encodes exactly as the inference-time
+prompt (``render_prompt``: the same text, the same tokenizer call), and the reply encodes as the
+model must generate it, with no BPE merge across the generation-prompt boundary (Llama-3's
+``\n\n`` header end would merge with the reply's first characters under some tokenizers).  The reply and the
 end-of-turn token that closes it are trained; template glue after the end-of-turn token, the
 system and user turns and the generation-prompt header are masked (label -100).
 
@@ -156,14 +159,12 @@ def render_conversation(tokenizer, conv: Conversation, *, eot_ids: set[int] | No
     eot_ids = eot_ids if eot_ids is not None else end_of_turn_ids(tokenizer)
     msgs = conv.to_template()
     full_text = _render_text(tokenizer, msgs, add_generation_prompt=False, chat_template=chat_template)
-    enc = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [IGNORE_INDEX] * len(ids)
-    trained_turns = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
+    trained = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
     if conv.kind == "prompt_completion":
-        trained_turns = trained_turns[-1:]
-    for i in trained_turns:
-        if conv.messages[i].weight == 0:
+        trained = trained[-1:]
+    replies = []  # (start char, end char, trained?) of each assistant reply in full_text
+    for i, m in enumerate(conv.messages):
+        if m.role != "assistant":
             continue
         prompt_text = _render_text(tokenizer, msgs[:i], add_generation_prompt=True, chat_template=chat_template)
         through_text = _render_text(tokenizer, msgs[: i + 1], add_generation_prompt=False, chat_template=chat_template)
@@ -173,21 +174,21 @@ def render_conversation(tokenizer, conv: Conversation, *, eot_ids: set[int] | No
                     conv.source or "conversation", f"the {name} prefix up to turn {i} is not a prefix of the full rendering "
                     f"(diverges at char {_diverge(text, full_text)})",
                     "use a template that renders earlier turns the same way (model.chat_template), or split the conversation")])
-        prompt_ids = _encode(tokenizer, prompt_text)
-        if ids[: len(prompt_ids)] != prompt_ids:
-            raise TemplateError("Training tokens would differ from inference tokens", [Problem(
-                conv.source or "conversation", f"the generation prompt before turn {i} tokenises differently inside the full text "
-                f"(token {_diverge(prompt_ids, ids)})", "end the generation prompt on a token boundary (e.g. a newline) in the chat template")])
-        start_tok, end_char = len(prompt_ids), len(through_text)
-        end_tok = start_tok
-        while end_tok < len(ids) and offsets[end_tok][0] < end_char:
-            end_tok += 1
-        span = range(start_tok, end_tok)
-        last_eot = max((t for t in span if ids[t] in eot_ids), default=None)
-        stop = last_eot + 1 if last_eot is not None else end_tok
-        for t in range(start_tok, stop):
-            labels[t] = ids[t]
-    return Rendered(list(ids), labels, conv.source)
+        replies.append((len(prompt_text), len(through_text), i in trained and m.weight != 0))
+    ids: list[int] = []
+    labels: list[int] = []
+    pos = 0
+    for start, end, train in replies:
+        context = _encode(tokenizer, full_text[pos:start])
+        ids += context
+        labels += [IGNORE_INDEX] * len(context)
+        reply = _encode(tokenizer, full_text[start:end])
+        last_eot = max((k for k, t in enumerate(reply) if t in eot_ids), default=len(reply) - 1)
+        ids += reply
+        labels += [t if train and k <= last_eot else IGNORE_INDEX for k, t in enumerate(reply)]
+        pos = end
+    tail = _encode(tokenizer, full_text[pos:])
+    return Rendered(ids + tail, labels + [IGNORE_INDEX] * len(tail), conv.source)
 
 
 def _encode_plain(tokenizer, text: str) -> list[int]:
