@@ -65,7 +65,7 @@ def truncate(r: Rendered, max_length: int) -> tuple[Rendered, int]:
 
 
 def render_all(tokenizer, convs, max_length: int, *, chat_template: str | None = None, generation_config=None,
-               skip_invalid: bool = False) -> tuple[list[Rendered], TokenStats]:
+               skip_invalid: bool = False, log_skipped: bool = True) -> tuple[list[Rendered], TokenStats]:
     """Render every conversation, truncate to ``max_length`` tokens, drop examples with no trained token left.
 
     Dropped examples never reach the trainer, so they cannot produce a NaN or 0.0 loss.  A record
@@ -79,6 +79,7 @@ def render_all(tokenizer, convs, max_length: int, *, chat_template: str | None =
         chat_template: Jinja text overriding the tokenizer's template.
         generation_config: its eos ids count as end-of-turn tokens.
         skip_invalid: skip (and count in ``stats.invalid``) records the template refuses, instead of raising.
+        log_skipped: log a warning per skipped record (``tunesmith.collate`` logger).
 
     Returns:
         (kept examples, :class:`TokenStats`).
@@ -118,7 +119,7 @@ def render_all(tokenizer, convs, max_length: int, *, chat_template: str | None =
     if stats.invalid and not skip_invalid:
         raise DataError(f"{len(stats.invalid)} record(s) cannot be rendered by the chat template; nothing was trained "
                         "(fix them, or pass --skip-invalid / data.skip_invalid=true)", stats.invalid)
-    for p in stats.invalid:
+    for p in stats.invalid if log_skipped else []:
         log.warning("skipped %s: %s", p.where, p.reason)
     return kept, stats
 
@@ -140,7 +141,8 @@ def resolve_max_length(configured: int, tokenizer, model_config=None) -> tuple[i
     if isinstance(mpe, int) and 0 < mpe < MAX_SANE_LENGTH:
         limits["max_position_embeddings"] = mpe
     name = min(limits, key=limits.get)
-    return limits[name], f"max_length={limits[name]} tokens (from {name}; limits: " + ", ".join(f"{k}={v}" for k, v in limits.items()) + ")"
+    others = ", ".join(f"{k} {v}" for k, v in limits.items() if k != name)
+    return limits[name], f"{limits[name]} tokens (from {name}" + (f"; also {others}" if others else "") + ")"
 
 
 def to_dataset(rendered: list[Rendered]):

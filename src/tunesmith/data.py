@@ -130,12 +130,13 @@ def load_file(path: str | Path, fmt: str = "auto", columns: dict[str, str] | Non
     return convs, report
 
 
-def load_conversations(data_cfg) -> tuple[list[Conversation], LoadReport]:
+def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conversation], LoadReport]:
     """Load the records ``data_cfg`` names (``path`` first, else bundled ``name``), validated.
 
     Args:
         data_cfg: a :class:`tunesmith.config.DataSection` (uses path, name, format, columns,
             skip_invalid, system_prompt).
+        log_skipped: log a warning per skipped problem (``tunesmith.data`` logger).
 
     Returns:
         (conversations, report).  With ``skip_invalid`` each invalid record is left out, and
@@ -157,7 +158,7 @@ def load_conversations(data_cfg) -> tuple[list[Conversation], LoadReport]:
     else:
         raise DataError("No data", [Problem("data", f"unknown bundled dataset {data_cfg.name!r}" if data_cfg.name else "neither data.path nor data.name is set",
                                             f"set data.path to a file or data.name to one of {sorted(BUNDLED)}")])
-    for p in report.skipped:
+    for p in report.skipped if log_skipped else []:
         log.warning("skipped %s: %s", p.where, p.reason)
     if data_cfg.system_prompt:
         for c in convs:

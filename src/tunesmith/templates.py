@@ -66,16 +66,20 @@ def resolve_chat_template(option: str | None) -> str | None:
                                                           f"use one of {', '.join(builtin_templates())} or the path of a .jinja file")])
 
 
-def apply_chat_template_option(tokenizer, option: str | None) -> None:
-    """Install ``model.chat_template`` on the tokenizer (so saved artifacts carry it) and require a template.
+def apply_chat_template_option(tokenizer, option: str | None, *, require: bool = True) -> None:
+    """Install ``model.chat_template`` on the tokenizer (so saved artifacts carry it).
+
+    Args:
+        require: raise when, after this, the tokenizer has no chat template (plain ``text`` and
+            ``completion`` data need none: pass False and let rendering raise if a conversation needs one).
 
     Raises:
-        TemplateError: when the option is invalid, or when neither the option nor the model gives a chat template.
+        TemplateError: when the option is invalid, or (``require``) when neither the option nor the model gives a chat template.
     """
     text = resolve_chat_template(option)
     if text is not None:
         tokenizer.chat_template = text
-    if not tokenizer.chat_template:
+    if require and not tokenizer.chat_template:
         raise missing_template_error()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.collate import render_all, to_dataset
+from tunesmith.collate import render_all, resolve_max_length, to_dataset
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.data import fingerprint, load_conversations, split
 from tunesmith.errors import DataError, Problem
@@ -24,7 +24,8 @@ from tunesmith.generate import decode_reply, generate_ids
 from tunesmith.lora import apply_lora, count_parameters
 from tunesmith.models import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
 from tunesmith.runs import atomic_save_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, prepare_run_dir, write_manifest
-from tunesmith.templates import end_of_turn_ids, render_prompt
+from tunesmith.template_checks import check_template, fix_generation_config
+from tunesmith.templates import apply_chat_template_option, end_of_turn_ids, render_prompt
 from tunesmith.train.common import Timer, console, install_progress, perplexity, plot_loss_curve, write_log_history
 
 _OURS = {"output_dir", "bf16", "max_length", "packing", "packing_strategy"}
@@ -101,6 +102,7 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     torch.manual_seed(cfg.train.seed)
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
+    apply_chat_template_option(tokenizer, cfg.model.chat_template, require=False)
     convs, load_report = load_conversations(cfg.data)
     if cfg.data.eval_path:
         train_convs = convs
@@ -113,14 +115,22 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else dtype == torch.bfloat16
     model = load_causal_lm(source, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
                            trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision)
+    max_length, why = resolve_max_length(cfg.train.max_length, tokenizer, model.config)
+    console.print(f"max_length: {why}")
+    if tokenizer.chat_template:
+        for f in check_template(tokenizer, model.generation_config):
+            if f.level == "warning":
+                console.print(f"[yellow]template warning:[/] {f.message}", highlight=False)
+        fix_generation_config(model.generation_config, tokenizer)  # generation stops at the end-of-turn token
     eot = end_of_turn_ids(tokenizer, model.generation_config)
-    train_rows, train_stats = render_all(tokenizer, train_convs, cfg.train.max_length, generation_config=model.generation_config)
-    eval_rows, eval_stats = render_all(tokenizer, eval_convs, cfg.train.max_length, generation_config=model.generation_config)
+    train_rows, train_stats = render_all(tokenizer, train_convs, max_length, generation_config=model.generation_config, skip_invalid=cfg.data.skip_invalid)
+    eval_rows, eval_stats = render_all(tokenizer, eval_convs, max_length, generation_config=model.generation_config, skip_invalid=cfg.data.skip_invalid)
     if not train_rows:
         raise DataError("No training example has a trained token", [Problem("data", f"{train_stats.examples} examples, all masked or truncated away", "raise train.max_length or check the assistant turns")])
     console.print(f"[bold]tunesmith sft[/] model={source.name} ({source.kind}) dtype={'bf16-mixed' if use_bf16 else 'fp32'} "
                   f"train={len(train_rows)} eval={len(eval_rows)} examples, {train_stats.trained_tokens} trained tokens; "
-                  f"max_length={cfg.train.max_length} (dropped {train_stats.dropped_empty}, trained tokens lost to truncation {train_stats.trained_tokens_lost})")
+                  f"max_length={max_length} (dropped {train_stats.dropped_empty}, trained tokens lost to truncation {train_stats.trained_tokens_lost})")
+    gen_config = model.generation_config
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     trainable, total = count_parameters(model)
@@ -139,6 +149,7 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     def save(tmp: Path):
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        gen_config.save_pretrained(tmp)  # with the end-of-turn id among eos_token_id
     atomic_save_dir(run_dir / ("adapter" if cfg.lora.enabled else "model"), save)
     metrics = {
         "eval_loss_before": before.get("eval_loss"), "perplexity_before": perplexity(before.get("eval_loss")),
@@ -148,7 +159,7 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
         "tokens_seen": trainer.tokens_seen, "trained_tokens": trainer.trained_tokens,
         "train_seconds": t.seconds, "tokens_per_second": trainer.tokens_seen / max(t.seconds, 1e-9),
         "precision": "bf16-mixed" if use_bf16 else "fp32", "model": source.name,
-        "data": {"load": {"rows_read": load_report.rows_read, "kept": load_report.kept, "skipped": len(load_report.skipped)},
+        "data": {"load": {"rows_read": load_report.rows_read, "kept": load_report.kept, "skipped": load_report.skipped_records, "format": load_report.format},
                  "train": train_stats.summary(), "eval": eval_stats.summary()},
     }
     write_log_history(run_dir, trainer.state.log_history)
