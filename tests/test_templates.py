@@ -198,3 +198,11 @@ def test_pad_equal_to_eot_is_masked_by_attention_not_id(smol_tokenizer):
     n = len(b.input_ids)
     assert batch["labels"][1, :n].tolist() == b.labels and 2 in b.labels  # eot trained although it equals pad
     assert (batch["labels"][1, n:] == M).all() and (batch["attention_mask"][1, n:] == 0).all()
+
+
+@pytest.mark.parametrize("template", [CHATML, QWEN])
+def test_multi_turn_last_reply_matches_inference(smol_tokenizer, template):
+    r = render_conversation(smol_tokenizer, MULTI, chat_template=template)
+    prompt = render_prompt(smol_tokenizer, MULTI, chat_template=template)  # history + generation prompt, as at inference
+    reply = smol_tokenizer("4<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert r.input_ids[: len(prompt)] == prompt and r.labels[len(prompt): len(prompt) + len(reply)] == reply
