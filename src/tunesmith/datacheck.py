@@ -120,6 +120,9 @@ def _print_report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], 
     t.add_row("role counts", ", ".join(f"{r} {n}" for r, n in roles.most_common()) or "-")
     t.add_row("record kinds", ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "-")
     t.add_row("duplicate records", str(_duplicates(p.convs)))
+    with_tools = sum(1 for c in p.convs if c.meta.get("tools") not in (None, "", "[]", []))
+    if with_tools:
+        t.add_row("records with a `tools` field", f"{with_tools} (kept as metadata; tool schemas are not rendered into the prompt)")
     console.print(t)
     if problems:
         reasons = Counter(_reason_key(x.reason) for x in problems)
