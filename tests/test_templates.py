@@ -81,7 +81,7 @@ def test_qwen_injected_default_system_prompt_is_masked(smol_tokenizer):
     assert r.input_ids == ids and r.labels == labels
     assert default_system_prompt(smol_tokenizer, QWEN) == QWEN_DEFAULT
     assert default_system_prompt(smol_tokenizer, CHATML) == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-    assert default_system_prompt(llama_tok_plain := smol_tokenizer, LLAMA3) is None and llama_tok_plain
+    assert default_system_prompt(smol_tokenizer, LLAMA3) is None
 
 
 def test_weight_zero_masks_that_reply(smol_tokenizer):
