@@ -1,16 +1,20 @@
 """Every shipped config in configs/ loads and validates."""
-from __future__ import annotations
+from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from tunesmith.config import load_config
 
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_config_loads(path):
-    cfg = load_config(path)
-    if cfg.data.path:
-        assert (REPO / "configs" / cfg.data.path).resolve().exists() or __import__("pathlib").Path(cfg.data.path).exists()
+    assert load_config(path) is not None
+
+
+def test_default_config_file_equals_builtin_defaults():
+    from tunesmith.config import RunConfig
+
+    file_cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "sft.yaml")
+    assert file_cfg.model_dump() == RunConfig().model_dump()

@@ -15,15 +15,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunesmith.distributed import is_rank_zero
 from tunesmith.errors import TunesmithError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Fine-tune LLMs the way best practice says: measure prompting first, then SFT (LoRA, TRL), then optional DPO.")
 out = Console()
 err = Console(stderr=True)
 
 ConfigArg = typer.Argument(None, help="YAML run config; omit to use the defaults (see `tunesmith config`).", show_default=False)
 SetOpt = typer.Option(None, "--set", help="Override a field, e.g. --set train.learning_rate=1e-4 (repeatable).", show_default=False)
+# --- scale out (issue 8) ---
+NumProcOpt = typer.Option(None, "--num-processes", min=1, show_default=False,
+                          help="Train on N processes (GPUs, or CPU processes over gloo): re-launches through `accelerate launch`.")
 
 
 def handles_errors(fn):
@@ -33,7 +37,8 @@ def handles_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TunesmithError as exc:
-            err.print("[bold red]error:[/] " + _escape(exc.render()), highlight=False)
+            if is_rank_zero():  # under a distributed launch, only rank 0 reports (scale out, issue 8)
+                err.print("[bold red]error:[/] " + _escape(exc.render()), highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -48,7 +53,12 @@ def _escape(text: str) -> str:
 
 
 def _fields_epilog() -> str:
-    return "Config fields: run `tunesmith config` for every field with its default and documentation."
+    """List every config field with its default and docstring for ``--help`` (same text as `tunesmith config`)."""
+    from tunesmith.config import describe_fields
+
+    lines = ["[bold]Config fields[/] (set in CONFIG or with --set KEY=VALUE):\n\n"]
+    lines += [f"[cyan]{key}[/] = {_escape(default)}: {_escape(doc)}\n\n" for key, default, doc in describe_fields()]
+    return "".join(lines)
 
 
 @app.command(epilog=_fields_epilog())
@@ -56,12 +66,18 @@ def _fields_epilog() -> str:
 def sft(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing train.output_dir."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a checkpoint: `latest` or a path."),
-        skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip (log and count) invalid data records instead of stopping.")):
+        skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip (log and count) invalid data records instead of stopping."),
+        num_processes: Optional[int] = NumProcOpt):
     """Supervised fine-tuning with LoRA on TRL's SFTTrainer (default: embedded SmolLM2 on chatterbot)."""
     from tunesmith.config import load_config
-    from tunesmith.train.sft import run_sft
+    from tunesmith.distributed import quiet_workers, relaunch
 
     cfg = load_config(config, (set_ or []) + (["data.skip_invalid=true"] if skip_invalid else []))
+    if (code := relaunch(num_processes)) is not None:
+        raise typer.Exit(code)
+    quiet_workers()
+    from tunesmith.train.sft import run_sft
+
     run_sft(cfg, overwrite=overwrite, resume=(True if resume == "latest" else resume))
 
 
@@ -81,12 +97,16 @@ def models():
 
 @app.command("config")
 @handles_errors
-def config_cmd(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt):
+def config_cmd(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+               markdown: bool = typer.Option(False, "--markdown", help="Print the field reference as Markdown (docs/config.md).")):
     """Print every config field with its resolved value and documentation (validates CONFIG too)."""
     import yaml
 
-    from tunesmith.config import describe_fields, load_config
+    from tunesmith.config import config_reference_markdown, describe_fields, load_config
 
+    if markdown:
+        print(config_reference_markdown(), end="")
+        return
     cfg = load_config(config, set_)
     values = cfg.model_dump(mode="json")
     table = Table(show_lines=False)

@@ -23,7 +23,8 @@ LIBRARIES = ("tunesmith", "torch", "transformers", "trl", "peft", "datasets", "a
 def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Create (or check) a run directory.
 
-    A directory that already holds a finished run (any of :data:`FINAL_ARTIFACTS`) or another
+    In a multi-process run only the main process checks and creates it; the others wait for it
+    (and exit with the same code when it fails).  A directory that already holds a finished run (any of :data:`FINAL_ARTIFACTS`) or another
     run's checkpoints is refused unless ``overwrite`` (which deletes it) or ``resume`` is given.
 
     Returns:
@@ -32,7 +33,12 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool =
     Raises:
         TunesmithError: when the directory would mix two runs, or is not writable.
     """
-    out = Path(path)
+    from tunesmith.distributed import on_main
+
+    return on_main(_prepare_run_dir, Path(path), overwrite=overwrite, resume=resume)
+
+
+def _prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise TunesmithError("Output path is a file", [Problem(str(out), "train.output_dir must be a directory", "choose another train.output_dir")])
     if out.is_dir() and any(out.iterdir()) and not resume:

@@ -24,7 +24,9 @@ class RichProgress(TrainerCallback):
         self.eval_loss = float("nan")
 
     def on_train_begin(self, args, state, control, **kw):
-        """Start the bar at ``state.global_step`` (non-zero when resuming)."""
+        """Start the bar at ``state.global_step`` (non-zero when resuming); only the main process shows one."""
+        if not state.is_world_process_zero:
+            return
         self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                                  TextColumn("eval_loss {task.fields[eval]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  console=console, transient=False)

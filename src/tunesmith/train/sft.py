@@ -19,11 +19,12 @@ import torch
 from tunesmith.collate import render_all, resolve_max_length, to_dataset
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.data import fingerprint, load_conversations, split
+from tunesmith.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
 from tunesmith.errors import DataError, Problem
 from tunesmith.generate import decode_reply, generate_ids
 from tunesmith.lora import apply_lora, count_parameters
 from tunesmith.models import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
-from tunesmith.runs import atomic_save_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, prepare_run_dir, write_manifest
+from tunesmith.runs import atomic_write_json, atomic_write_jsonl, atomic_write_text, prepare_run_dir, write_manifest
 from tunesmith.template_checks import check_template, fix_generation_config
 from tunesmith.templates import apply_chat_template_option, end_of_turn_ids, render_prompt
 from tunesmith.train.common import Timer, console, install_progress, perplexity, plot_loss_curve, write_log_history
@@ -36,6 +37,9 @@ def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool):
 
     Precision comes from the hardware (``bf16`` only where native), not from TRL's default; gradient
     checkpointing is off unless asked for; the dataset arrives pre-tokenised, so TRL only packs it.
+    Under several processes (DDP/FSDP/DeepSpeed) the loss of each optimizer step is the sum of token losses over
+    the global batch (all processes, all accumulation micro-batches) divided by its trained-token count:
+    ``average_tokens_across_devices`` makes transformers all-gather that count (``num_items_in_batch``).
     """
     from trl import SFTConfig
 
@@ -49,7 +53,9 @@ def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool):
         use_cpu=not torch.cuda.is_available(), report_to="none", disable_tqdm=True,
         eval_strategy=cfg.train.eval_strategy, dataset_num_proc=None,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.train.gradient_checkpointing else None,
+        average_tokens_across_devices=True,
     )
+    kwargs.setdefault("ddp_find_unused_parameters", False)  # every LoRA weight gets a gradient: skip DDP's graph search
     return SFTConfig(**kwargs)
 
 
@@ -76,7 +82,7 @@ def _make_trainer(model, tokenizer, args, train_ds, eval_ds):
 
 
 def _samples(model, tokenizer, convs, eot, max_new_tokens: int) -> list[str]:
-    if not convs:
+    if not convs or not is_main_process() or params_sharded():  # main process only; not with sharded weights
         return []
     prompts = [render_prompt(tokenizer, c) for c in convs]
     model.eval()
@@ -100,7 +106,7 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     """
     run_dir = prepare_run_dir(cfg.train.output_dir, overwrite=overwrite, resume=bool(resume))
     torch.manual_seed(cfg.train.seed)
-    source = resolve_model(cfg.model.name)
+    source = main_first(resolve_model, cfg.model.name)  # the main process converts/caches once
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
     apply_chat_template_option(tokenizer, cfg.model.chat_template, require=False)
     convs, load_report = load_conversations(cfg.data)
@@ -127,9 +133,10 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     eval_rows, eval_stats = render_all(tokenizer, eval_convs, max_length, generation_config=model.generation_config, skip_invalid=cfg.data.skip_invalid)
     if not train_rows:
         raise DataError("No training example has a trained token", [Problem("data", f"{train_stats.examples} examples, all masked or truncated away", "raise train.max_length or check the assistant turns")])
-    console.print(f"[bold]tunesmith sft[/] model={source.name} ({source.kind}) dtype={'bf16-mixed' if use_bf16 else 'fp32'} "
-                  f"train={len(train_rows)} eval={len(eval_rows)} examples, {train_stats.trained_tokens} trained tokens; "
-                  f"max_length={max_length} (dropped {train_stats.dropped_empty}, trained tokens lost to truncation {train_stats.trained_tokens_lost})")
+    if is_main_process():
+        console.print(f"[bold]tunesmith sft[/] model={source.name} ({source.kind}) dtype={'bf16-mixed' if use_bf16 else 'fp32'} "
+                      f"train={len(train_rows)} eval={len(eval_rows)} examples, {train_stats.trained_tokens} trained tokens; "
+                      f"max_length={max_length} (dropped {train_stats.dropped_empty}, trained tokens lost to truncation {train_stats.trained_tokens_lost})")
     gen_config = model.generation_config
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
@@ -146,27 +153,30 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     after = trainer.evaluate() if eval_rows else {}
     samples_after = _samples(model, tokenizer, sample_convs, eot, cfg.eval.max_new_tokens)
 
-    def save(tmp: Path):
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        gen_config.save_pretrained(tmp)  # with the end-of-turn id among eos_token_id
-    atomic_save_dir(run_dir / ("adapter" if cfg.lora.enabled else "model"), save)
+    save_trained_model(trainer, run_dir / ("adapter" if cfg.lora.enabled else "model"))  # all processes; main writes
+    tokens_seen, trained_tokens = gather_sum(trainer.tokens_seen), gather_sum(trainer.trained_tokens)
+    if is_main_process():  # PEFT's save_pretrained skips it; carries the end-of-turn id among eos_token_id
+        atomic_write_text(run_dir / ("adapter" if cfg.lora.enabled else "model") / "generation_config.json", gen_config.to_json_string())
     metrics = {
         "eval_loss_before": before.get("eval_loss"), "perplexity_before": perplexity(before.get("eval_loss")),
         "eval_loss": after.get("eval_loss"), "perplexity": perplexity(after.get("eval_loss")),
         "train_loss": result.training_loss, "global_step": trainer.state.global_step,
         "trainable_parameters": trainable, "total_parameters": total,
-        "tokens_seen": trainer.tokens_seen, "trained_tokens": trainer.trained_tokens,
-        "train_seconds": t.seconds, "tokens_per_second": trainer.tokens_seen / max(t.seconds, 1e-9),
+        "tokens_seen": tokens_seen, "trained_tokens": trained_tokens, "num_processes": trainer.args.world_size,
+        "train_seconds": t.seconds, "tokens_per_second": tokens_seen / max(t.seconds, 1e-9),
         "precision": "bf16-mixed" if use_bf16 else "fp32", "model": source.name,
         "data": {"load": {"rows_read": load_report.rows_read, "kept": load_report.kept, "skipped": load_report.skipped_records, "format": load_report.format},
                  "train": train_stats.summary(), "eval": eval_stats.summary()},
     }
+    if not is_main_process():  # only the main process writes artifacts and prints the summary
+        return metrics
+    if not params_sharded():
+        _write_reload_check(run_dir, trainer.model, tokenizer, sample_convs or eval_convs[:1] or train_convs[:1])
     write_log_history(run_dir, trainer.state.log_history)
     plot_loss_curve(run_dir, trainer.state.log_history, before_eval_loss=metrics["eval_loss_before"])
     atomic_write_jsonl(run_dir / "samples.jsonl", [
         {"source": c.source, "prompt": c.messages[-2].content if len(c.messages) > 1 else "", "reference": c.messages[-1].content,
-         "before": samples_before[i] if i < len(samples_before) else None, "after": samples_after[i]}
+         "before": samples_before[i] if i < len(samples_before) else None, "after": samples_after[i] if i < len(samples_after) else None}
         for i, c in enumerate(sample_convs)])
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=fingerprint(train_convs + eval_convs),
@@ -174,6 +184,16 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     atomic_write_json(run_dir / "metrics.json", metrics)
     _summary(run_dir, metrics)
     return metrics
+
+
+def _write_reload_check(run_dir: Path, model, tokenizer, convs) -> None:
+    """Record the trained model's last-position logits (first 512 vocab entries) on a fixed probe prompt, so a
+    reload of the saved adapter/model can be checked against the model as it was at the end of training."""
+    ids = render_prompt(tokenizer, convs[0])
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids], device=next(model.parameters()).device)).logits[0, -1, :512].float().cpu()
+    atomic_write_json(run_dir / "reload_check.json", {"input_ids": ids, "logits_last_first512": logits.tolist()})
 
 
 def _summary(run_dir: Path, m: dict) -> None:
