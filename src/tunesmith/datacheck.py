@@ -85,6 +85,8 @@ def run_check(cfg, *, skip_invalid: bool = False) -> int:
     skip_invalid = skip_invalid or cfg.data.skip_invalid
     p = prepare(cfg)
     findings = check_template(p.tokenizer, p.generation_config) if p.tokenizer.chat_template else []
+    if cfg.data.system_prompt:  # every conversation gets a system turn, so the template's default never shows
+        findings = [f for f in findings if f.code != "default_system_prompt"]
     chat = [c for c in p.convs if c.kind not in ("text", "completion")]
     if chat and not p.tokenizer.chat_template:
         apply_chat_template_option(p.tokenizer, None)  # raises the clear "no chat template" error

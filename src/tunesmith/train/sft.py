@@ -125,7 +125,7 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     console.print(f"max_length: {why}")
     if tokenizer.chat_template:
         for f in check_template(tokenizer, model.generation_config):
-            if f.level == "warning":
+            if f.level == "warning" and not (f.code == "default_system_prompt" and cfg.data.system_prompt):
                 console.print(f"[yellow]template warning:[/] {f.message}", highlight=False)
         fix_generation_config(model.generation_config, tokenizer)  # generation stops at the end-of-turn token
     eot = end_of_turn_ids(tokenizer, model.generation_config)
