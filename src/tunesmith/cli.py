@@ -6,6 +6,7 @@
     tunesmith classify [CONFIG] [--baseline]         # classification head on a decoder LLM (LoRA + trained head)
     tunesmith classify-baseline [CONFIG]             # prompting baseline of the same task and eval set
     tunesmith predict --model RUN_DIR [FILE|-]       # labels and probabilities as JSON lines
+    tunesmith data check|preview [CONFIG]            # the data as SFT will train on it
 """
 from __future__ import annotations
 
@@ -68,13 +69,14 @@ def _fields_epilog() -> str:
 def sft(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing train.output_dir."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a checkpoint: `latest` or a path."),
+        skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip (log and count) invalid data records instead of stopping."),
         num_processes: Optional[int] = NumProcOpt):
     """Supervised fine-tuning with LoRA on TRL's SFTTrainer (default: embedded SmolLM2 on chatterbot)."""
     from tunesmith.config import load_config
     from tunesmith.distributed import quiet_workers, relaunch
     from tunesmith.preflight import check_sft_inputs
 
-    cfg = load_config(config, set_)
+    cfg = load_config(config, (set_ or []) + (["data.skip_invalid=true"] if skip_invalid else []))
     if (code := relaunch(num_processes)) is not None:
         raise typer.Exit(code)
     quiet_workers()
@@ -184,6 +186,34 @@ def _print_fields(cfg, model_cls) -> None:
         table.add_row(key, yaml.safe_dump(values[section][name], default_flow_style=True).removesuffix("...\n").strip(), doc)
     out.print(table)
 # --- end classification ---
+
+
+# --- data (issue 3) ---
+data_app = typer.Typer(no_args_is_help=True, help="Check and preview SFT data exactly as `tunesmith sft` will train on it.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+@handles_errors
+def data_check(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+               skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Count invalid records as skipped (exit 0) instead of as errors.")):
+    """Report rows kept/skipped (with reasons), token lengths, trained-token share, truncation, roles, duplicates, template findings."""
+    from tunesmith.config import load_config
+    from tunesmith.datacheck import run_check
+
+    raise typer.Exit(run_check(load_config(config, set_), skip_invalid=skip_invalid))
+
+
+@data_app.command("preview")
+@handles_errors
+def data_preview(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+                 n: int = typer.Option(3, "-n", help="Number of examples to show."),
+                 plain: Optional[bool] = typer.Option(None, "--plain/--color", help="Mark trained tokens with [[...]] instead of colours (default: plain when not a terminal).")):
+    """Print N rendered examples with trained tokens highlighted and masked tokens dimmed."""
+    from tunesmith.config import load_config
+    from tunesmith.datacheck import run_preview
+
+    raise typer.Exit(run_preview(load_config(config, set_), n, plain=plain))
 
 
 def main() -> None:

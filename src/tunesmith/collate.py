@@ -7,9 +7,14 @@ and eager on CPU included; flash-attention varlen on GPU).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+from tunesmith.errors import DataError, Problem, TemplateError
+from tunesmith.models import MAX_SANE_LENGTH
 from tunesmith.templates import IGNORE_INDEX, Rendered, end_of_turn_ids, render_conversation
+
+log = logging.getLogger("tunesmith.collate")
 
 
 @dataclass
@@ -24,6 +29,7 @@ class TokenStats:
         tokens: total tokens kept; trained_tokens: of those, tokens with loss.
         trained_tokens_lost: trained tokens removed by truncation.
         lengths: token count of every kept example (for min/median/p95/max).
+        invalid: problems of records the chat template refused (skipped only with ``skip_invalid``).
     """
 
     examples: int = 0
@@ -34,6 +40,7 @@ class TokenStats:
     trained_tokens: int = 0
     trained_tokens_lost: int = 0
     lengths: list[int] = field(default_factory=list)
+    invalid: list[Problem] = field(default_factory=list)
 
     def summary(self) -> dict:
         """A JSON-able dict with the counts plus min/median/p95/max length (tokens)."""
@@ -42,7 +49,7 @@ class TokenStats:
         return {"examples": self.examples, "kept": self.kept, "dropped_all_masked": self.dropped_empty, "truncated": self.truncated,
                 "tokens": self.tokens, "trained_tokens": self.trained_tokens, "trained_token_share": self.trained_tokens / max(1, self.tokens),
                 "trained_tokens_lost_to_truncation": self.trained_tokens_lost,
-                "length_min": ls[0], "length_median": pick(0.5), "length_p95": pick(0.95), "length_max": ls[-1]}
+                "invalid": len(self.invalid), "length_min": ls[0], "length_median": pick(0.5), "length_p95": pick(0.95), "length_max": ls[-1]}
 
 
 def truncate(r: Rendered, max_length: int) -> tuple[Rendered, int]:
@@ -57,19 +64,46 @@ def truncate(r: Rendered, max_length: int) -> tuple[Rendered, int]:
     return Rendered(r.input_ids[:max_length], r.labels[:max_length], r.source), lost
 
 
-def render_all(tokenizer, convs, max_length: int, *, chat_template: str | None = None, generation_config=None) -> tuple[list[Rendered], TokenStats]:
+def render_all(tokenizer, convs, max_length: int, *, chat_template: str | None = None, generation_config=None,
+               skip_invalid: bool = False, log_skipped: bool = True) -> tuple[list[Rendered], TokenStats]:
     """Render every conversation, truncate to ``max_length`` tokens, drop examples with no trained token left.
 
-    Dropped examples never reach the trainer, so they cannot produce a NaN or 0.0 loss.
+    Dropped examples never reach the trainer, so they cannot produce a NaN or 0.0 loss.  A record
+    the chat template cannot take (its own ``raise_exception``, e.g. roles that must alternate, or
+    a history it renders inconsistently) is an invalid record: all are collected.
+
+    Args:
+        tokenizer: tokenizer with a chat template (or ``chat_template``).
+        convs: ``list[Conversation]``.
+        max_length: tokens per example (see :func:`resolve_max_length`).
+        chat_template: Jinja text overriding the tokenizer's template.
+        generation_config: its eos ids count as end-of-turn tokens.
+        skip_invalid: skip (and count in ``stats.invalid``) records the template refuses, instead of raising.
+        log_skipped: log a warning per skipped record (``tunesmith.collate`` logger).
 
     Returns:
         (kept examples, :class:`TokenStats`).
+
+    Raises:
+        DataError: listing every record the template refuses (``file:line``), unless ``skip_invalid``.
+        TemplateError: when there is no chat template at all.
     """
     eot = end_of_turn_ids(tokenizer, generation_config)
     stats, kept = TokenStats(), []
     for conv in convs:
         stats.examples += 1
-        r = render_conversation(tokenizer, conv, eot_ids=eot, chat_template=chat_template)
+        try:
+            r = render_conversation(tokenizer, conv, eot_ids=eot, chat_template=chat_template)
+        except TemplateError as exc:
+            if exc.problems and exc.problems[0].where == "model.chat_template":
+                raise
+            stats.invalid += [Problem(p.where, p.reason, p.fix) for p in exc.problems]
+            continue
+        except Exception as exc:  # noqa: BLE001 - jinja2 errors raised by the template itself
+            stats.invalid.append(Problem(conv.source or "conversation", f"the chat template refuses this conversation: {exc}",
+                                         "merge consecutive same-role turns (many templates need user/assistant alternation), "
+                                         "or choose another model.chat_template"))
+            continue
         was_long = len(r.input_ids) > max_length
         r, lost = truncate(r, max_length)
         stats.trained_tokens_lost += lost
@@ -82,7 +116,33 @@ def render_all(tokenizer, convs, max_length: int, *, chat_template: str | None =
         stats.tokens += len(r.input_ids)
         stats.trained_tokens += r.num_trained
         stats.lengths.append(len(r.input_ids))
+    if stats.invalid and not skip_invalid:
+        raise DataError(f"{len(stats.invalid)} record(s) cannot be rendered by the chat template; nothing was trained "
+                        "(fix them, or pass --skip-invalid / data.skip_invalid=true)", stats.invalid)
+    for p in stats.invalid if log_skipped else []:
+        log.warning("skipped %s: %s", p.where, p.reason)
     return kept, stats
+
+
+def resolve_max_length(configured: int, tokenizer, model_config=None) -> tuple[int, str]:
+    """The bounded max_length to use: ``train.max_length``, capped by the model's context.
+
+    The tokenizer's ``model_max_length`` counts only when it is a real limit (transformers'
+    placeholder is 1e30); ``max_position_embeddings`` of the model config caps it too.
+
+    Returns:
+        (max_length in tokens, a one-line explanation for the log).
+    """
+    limits = {"train.max_length": int(configured)}
+    tml = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tml, int) and 0 < tml < MAX_SANE_LENGTH:
+        limits["tokenizer.model_max_length"] = tml
+    mpe = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(mpe, int) and 0 < mpe < MAX_SANE_LENGTH:
+        limits["max_position_embeddings"] = mpe
+    name = min(limits, key=limits.get)
+    others = ", ".join(f"{k} {v}" for k, v in limits.items() if k != name)
+    return limits[name], f"{limits[name]} tokens (from {name}" + (f"; also {others}" if others else "") + ")"
 
 
 def to_dataset(rendered: list[Rendered]):

@@ -50,13 +50,13 @@ class DataSection(BaseModel):
     model_config = _STRICT
 
     name: str | None = "chatterbot"
-    """A bundled dataset name (`chatterbot`, `chatterbot-json`). Used when `path` is not set."""
+    """A bundled dataset name (`chatterbot`). Used when `path` is not set."""
     path: str | None = None
     """A data file (JSONL, JSON, CSV, Parquet) or a saved Hugging Face dataset directory."""
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "label"] = "auto"
-    """Record format; `auto` detects it from the keys of the first record."""
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst", "label"] = "auto"
+    """Record format; `auto` detects it from the keys of the first record (messages, sharegpt conversations, alpaca instruction/output, prompt/completion, text, oasst message trees)."""
     columns: dict[str, str] = Field(default_factory=dict)
-    """Column mapping from canonical name to the name in your file, e.g. {output: response, system: sys_prompt}."""
+    """Column mapping from canonical name to the name in your file, e.g. {output: response, system: sys_prompt}. Canonical names: messages, conversations, instruction, input, output, prompt, completion, text, system."""
     eval_path: str | None = None
     """A separate evaluation file. When unset, `eval_fraction` of the data is held out."""
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)

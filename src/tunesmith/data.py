@@ -1,14 +1,15 @@
 """Load, normalise and split SFT data into :class:`~tunesmith.messages.Conversation` records.
 
-Sources: a JSONL/JSON file of role-tagged ``messages`` (``data.path``) or a bundled dataset by
-name (``data.name``).  Bundled: ``chatterbot`` (the English dialogue corpus in the PyPI package
+Sources: a data file in any common format (``data.path``: JSONL, JSON, CSV, Parquet or a saved
+Hugging Face dataset; formats in :mod:`tunesmith.formats`, files in :mod:`tunesmith.readers`) or a
+bundled dataset by name (``data.name``).  Bundled: ``chatterbot`` (the English dialogue corpus in the PyPI package
 ``chatterbot-corpus``, BSD licence, read from the installed package).
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,11 @@ from pathlib import Path
 import yaml
 
 from tunesmith.errors import DataError, Problem
-from tunesmith.messages import ROLES, Conversation, Message
+from tunesmith.formats import FORMATS, detect_format, to_conversation
+from tunesmith.messages import Conversation, Message
+from tunesmith.readers import read_records
+
+log = logging.getLogger("tunesmith.data")
 
 
 @dataclass
@@ -26,12 +31,19 @@ class LoadReport:
     Attributes:
         rows_read: records read from the source.
         kept: records that passed validation.
-        skipped: invalid records skipped (only with ``skip_invalid``), each as a :class:`Problem`.
+        skipped: every problem of every invalid record, as :class:`Problem` (several per record possible).
+        format: the record format used (detected or set).
     """
 
     rows_read: int = 0
     kept: int = 0
     skipped: list[Problem] = field(default_factory=list)
+    format: str = ""
+
+    @property
+    def skipped_records(self) -> int:
+        """Number of distinct records (``file:line``) that were skipped."""
+        return len({p.where for p in self.skipped})
 
 
 def chatterbot_dir() -> Path:
@@ -54,10 +66,13 @@ def load_chatterbot() -> list[Conversation]:
     alternate user/assistant starting with the user, and a trailing user statement is dropped.
     ``meta["topic"]`` holds the file's first category (e.g. ``computers``).
 
+    The corpus repeats many conversations (2,026 lists, 899 distinct): exact duplicates are dropped,
+    keeping the first, so an eval split never holds copies of training conversations.
+
     Returns:
-        About 2,000 conversations, in file order (sorted file names) for determinism.
+        899 distinct conversations (chatterbot-corpus 1.3.3), in file order (sorted file names) for determinism.
     """
-    out = []
+    out, seen = [], set()
     for path in sorted(chatterbot_dir().glob("*.yml")):
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         topic = str(doc.get("categories", [path.stem])[0]).lower()
@@ -67,6 +82,9 @@ def load_chatterbot() -> list[Conversation]:
                 turns = turns[:-1]
             if len(turns) < 2:
                 continue
+            if tuple(turns) in seen:
+                continue
+            seen.add(tuple(turns))
             msgs = [Message("user" if k % 2 == 0 else "assistant", t) for k, t in enumerate(turns)]
             out.append(Conversation(msgs, f"chatterbot/{path.name}#{idx}", {"topic": topic}))
     return out
@@ -76,97 +94,82 @@ BUNDLED = {"chatterbot": load_chatterbot}
 """Bundled dataset name -> loader returning ``list[Conversation]``."""
 
 
-def _parse_messages(obj, where: str) -> tuple[Conversation | None, list[Problem]]:
-    problems: list[Problem] = []
-    if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
-        return None, [Problem(where, "record has no 'messages' list", 'write {"messages": [{"role": "user", "content": "..."}, ...]}')]
-    msgs = []
-    for k, m in enumerate(obj["messages"]):
-        if not isinstance(m, dict):
-            problems.append(Problem(where, f"messages[{k}] is not an object", "each message is {role, content}"))
-            continue
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            problems.append(Problem(where, f"messages[{k}] has unknown role {role!r}", f"use one of {', '.join(ROLES)}"))
-        if not isinstance(content, str):
-            problems.append(Problem(where, f"messages[{k}].content is {type(content).__name__}, not a string", "write the content as a string"))
-        elif not content.strip():
-            problems.append(Problem(where, f"messages[{k}].content is empty", "remove the turn or give it text"))
-        msgs.append(Message(str(role), content if isinstance(content, str) else "", m.get("weight"), m.get("name")))
-    if not any(m.role == "assistant" for m in msgs):
-        problems.append(Problem(where, "conversation has no assistant turn, so nothing would be trained", "add an assistant reply"))
-    return (Conversation(msgs, where, {k: v for k, v in obj.items() if k != "messages"}) if not problems else None), problems
-
-
-def read_records(path: Path) -> list[tuple[str, object]]:
-    """Read a JSONL or JSON file into (``"path:line"``, record) pairs; line numbers are physical, 1-based.
-
-    Raises:
-        DataError: listing every undecodable line (invalid UTF-8 or malformed JSON).
-    """
-    raw = path.read_bytes()
-    problems, records = [], []
-    if path.suffix == ".json":
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            line = getattr(exc, "lineno", 1)
-            raise DataError(f"Cannot read {path}", [Problem(f"{path}:{line}", str(exc), "fix the JSON (or use .jsonl, one record per line)")]) from None
-        data = data if isinstance(data, list) else [data]
-        return [(f"{path}#{i}", r) for i, r in enumerate(data)]
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            records.append((where, json.loads(line.decode("utf-8"))))
-        except UnicodeDecodeError as exc:
-            problems.append(Problem(where, f"invalid UTF-8 at byte {exc.start}", "re-save the file as UTF-8"))
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(where, f"malformed JSON: {exc.msg} (column {exc.colno})", "fix this line; each line must be one JSON object"))
-        except RecursionError:
-            problems.append(Problem(where, "JSON nested too deeply to parse", "flatten this record; each line must be one JSON object"))
-    if problems:
-        raise DataError(f"{path}: {len(problems)} unreadable line(s)", problems)
-    return records
-
-
-def load_conversations(data_cfg) -> tuple[list[Conversation], LoadReport]:
-    """Load the records ``data_cfg`` names (``path`` first, else bundled ``name``).
+def load_file(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> tuple[list[Conversation], LoadReport]:
+    """Read a data file (any :mod:`tunesmith.readers` type) and convert every record of format ``fmt``.
 
     Args:
-        data_cfg: a :class:`tunesmith.config.DataSection`.
+        path: data file or saved dataset folder.
+        fmt: one of :data:`tunesmith.formats.FORMATS`, or ``auto`` (detected from the first record).
+        columns: ``data.columns`` mapping (canonical field -> column name).
 
     Returns:
-        (conversations, report).
+        (valid conversations, report); ``report.skipped`` lists every invalid record's problems
+        (``where`` is ``path:line``), ``report.format`` the format used.
 
     Raises:
-        DataError: every invalid record with its ``file:line``, unless ``skip_invalid`` is set.
+        DataError: when the format cannot be detected or is unknown.
     """
-    report = LoadReport()
+    records, problems = read_records(path)
+    report = LoadReport(rows_read=len(records) + len({p.where for p in problems}))
+    if fmt == "auto":
+        first = next((r for _, r in records if isinstance(r, dict)), None)
+        fmt = detect_format(first, columns) if first is not None else None
+        if fmt is None:
+            keys = sorted(first)[:12] if isinstance(first, dict) else []
+            raise DataError(f"Cannot tell the format of {path}", [Problem(
+                records[0][0] if records else str(path), f"no known format matches the record keys {keys}",
+                "set data.format (messages, sharegpt, alpaca, prompt_completion, text, oasst) and data.columns, "
+                "e.g. --set data.columns.output=response")])
+    elif fmt not in FORMATS:
+        raise DataError("Unsupported data format", [Problem("data.format", f"{fmt!r} is not a conversation format",
+                                                            f"use one of {', '.join(FORMATS)} (or auto)")])
+    report.format = fmt
+    convs = []
+    for where, obj in records:
+        conv, probs = to_conversation(obj, fmt, where, columns)
+        if probs:
+            problems += probs
+        else:
+            convs.append(conv)
+    report.skipped = problems
+    report.kept = len(convs)
+    return convs, report
+
+
+def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conversation], LoadReport]:
+    """Load the records ``data_cfg`` names (``path`` first, else bundled ``name``), validated.
+
+    Args:
+        data_cfg: a :class:`tunesmith.config.DataSection` (uses path, name, format, columns,
+            skip_invalid, system_prompt).
+        log_skipped: log a warning per skipped problem (``tunesmith.data`` logger).
+
+    Returns:
+        (conversations, report).  With ``skip_invalid`` each invalid record is left out, and
+        logged and counted in ``report.skipped``.
+
+    Raises:
+        DataError: every invalid record with its ``file:line``, reason and fix (unless
+            ``skip_invalid``); an unknown format or bundled name.
+    """
     if data_cfg.path:
-        convs, problems = [], []
-        for where, obj in read_records(Path(data_cfg.path)):
-            report.rows_read += 1
-            conv, probs = _parse_messages(obj, where)
-            if probs:
-                problems += probs
-            else:
-                convs.append(conv)
-        if problems and not data_cfg.skip_invalid:
-            raise DataError(f"{data_cfg.path}: {len(problems)} problem(s); nothing was trained", problems)
-        report.skipped = problems
+        convs, report = load_file(data_cfg.path, data_cfg.format, dict(data_cfg.columns))
+        if report.skipped and not data_cfg.skip_invalid:
+            bad = len({p.where for p in report.skipped})
+            raise DataError(f"{data_cfg.path}: {bad} invalid record(s) of {report.rows_read}; nothing was trained "
+                            "(fix them, or pass --skip-invalid / data.skip_invalid=true to skip them)", report.skipped)
     elif data_cfg.name in BUNDLED:
         convs = BUNDLED[data_cfg.name]()
-        report.rows_read = len(convs)
+        report = LoadReport(rows_read=len(convs), kept=len(convs), format="messages")
     else:
         raise DataError("No data", [Problem("data", f"unknown bundled dataset {data_cfg.name!r}" if data_cfg.name else "neither data.path nor data.name is set",
                                             f"set data.path to a file or data.name to one of {sorted(BUNDLED)}")])
+    for p in report.skipped if log_skipped else []:
+        log.warning("skipped %s: %s", p.where, p.reason)
     if data_cfg.system_prompt:
         for c in convs:
-            if c.messages[0].role != "system":
+            if c.kind not in ("text", "completion") and c.messages[0].role != "system":
                 c.messages.insert(0, Message("system", data_cfg.system_prompt))
-    report.kept = len(convs)
     return convs, report
 
 

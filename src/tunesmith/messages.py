@@ -45,8 +45,10 @@ class Conversation:
         messages: the turns, in order.
         source: where it came from, ``"path:line"`` (physical line, 1-based) or ``"name#index"``.
         meta: extra fields kept from the record (e.g. a category label), never trained on.
-        kind: ``messages`` (assistant-only loss), ``prompt_completion`` (completion-only loss on the
-            last assistant turn) or ``text`` (loss on every token; the text is in ``messages[0].content``).
+        kind: ``messages`` (assistant-only loss through the chat template), ``prompt_completion``
+            (chat template, loss on the last assistant turn only), ``completion`` (plain prompt and
+            completion strings in ``messages[0]``/``messages[-1]``, no chat template, loss on the
+            completion plus one EOS) or ``text`` (loss on every token; the text is in ``messages[0].content``).
     """
 
     messages: list[Message]

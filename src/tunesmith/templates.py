@@ -5,8 +5,11 @@ Assistant-only loss works for any chat template, including the many that have no
 ``assistant_only_loss`` for it).  The method: render the conversation once in full and, for each
 assistant turn, render the prefix up to its generation prompt and the prefix through the
 turn; the text between them is that reply.  Each prefix is checked to be a text prefix of the
-full rendering and its tokenisation a token prefix of the full tokenisation, so the tokens
-trained are exactly the tokens the template produces at inference time.  The reply and the
+full rendering (else :class:`TemplateError`).  The text is then tokenised piecewise, cut at the
+start and end of every reply: the context before a reply encodes exactly as the inference-time
+prompt (``render_prompt``: the same text, the same tokenizer call), and the reply encodes as the
+model must generate it, with no BPE merge across the generation-prompt boundary (Llama-3's
+``\n\n`` header end would merge with the reply's first characters under some tokenizers).  The reply and the
 end-of-turn token that closes it are trained; template glue after the end-of-turn token, the
 system and user turns and the generation-prompt header are masked (label -100).
 
@@ -17,6 +20,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from tunesmith.errors import Problem, TemplateError
 from tunesmith.messages import Conversation
@@ -26,6 +30,65 @@ IGNORE_INDEX = -100
 
 KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|end_of_text|>")
 """End-of-turn markers of common templates (ChatML, Llama 3, Phi-3, Gemma, ...)."""
+
+
+BUILTIN_DIR = Path(__file__).parent / "templates"
+"""Folder of the built-in chat templates (``<name>.jinja``)."""
+
+
+def builtin_templates() -> list[str]:
+    """Names of the built-in chat templates (``chatml``, ``llama3``)."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.jinja"))
+
+
+def resolve_chat_template(option: str | None) -> str | None:
+    """Turn ``model.chat_template`` into Jinja text.
+
+    Args:
+        option: None (keep the model's), a built-in name (:func:`builtin_templates`) or a path to a Jinja file.
+
+    Returns:
+        The template text, or None for None.
+
+    Raises:
+        TemplateError: when the option is neither a built-in name nor a readable file.
+    """
+    if option is None:
+        return None
+    if option in builtin_templates():
+        return (BUILTIN_DIR / f"{option}.jinja").read_text(encoding="utf-8")
+    path = Path(option).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    if "{%" in option or "{{" in option:
+        return option
+    raise TemplateError("Unknown chat template", [Problem("model.chat_template", f"{option!r} is neither a built-in template nor a file",
+                                                          f"use one of {', '.join(builtin_templates())} or the path of a .jinja file")])
+
+
+def apply_chat_template_option(tokenizer, option: str | None, *, require: bool = True) -> None:
+    """Install ``model.chat_template`` on the tokenizer (so saved artifacts carry it).
+
+    Args:
+        require: raise when, after this, the tokenizer has no chat template (plain ``text`` and
+            ``completion`` data need none: pass False and let rendering raise if a conversation needs one).
+
+    Raises:
+        TemplateError: when the option is invalid, or (``require``) when neither the option nor the model gives a chat template.
+    """
+    text = resolve_chat_template(option)
+    if text is not None:
+        tokenizer.chat_template = text
+    if require and not tokenizer.chat_template:
+        raise missing_template_error()
+
+
+def missing_template_error() -> TemplateError:
+    """The error for a model without a chat template, naming the option that sets one."""
+    return TemplateError("The model has no chat template, so conversations cannot be rendered", [Problem(
+        "model.chat_template", "the tokenizer has no chat_template (base models often have none)",
+        f"set model.chat_template to a built-in ({', '.join(builtin_templates())}) or a .jinja file, "
+        "e.g. --set model.chat_template=chatml; or use data.format=text / plain prompt_completion data")])
 
 
 @dataclass
@@ -88,26 +151,24 @@ def render_conversation(tokenizer, conv: Conversation, *, eot_ids: set[int] | No
         :class:`Rendered` with ``input_ids: list[int][seq]`` and ``labels: list[int][seq]``.
 
     Raises:
-        TemplateError: when a prefix rendering is not a prefix of the full rendering (the template
-            renders history differently from the final turn), naming the record.
+        TemplateError: when there is no chat template; when a prefix rendering is not a prefix of
+            the full rendering (the template renders history differently from the final turn),
+            naming the record.  A template's own ``raise_exception`` (e.g. "roles must alternate")
+            propagates as ``jinja2.TemplateError``.
     """
-    if conv.kind == "text":
-        ids = _encode(tokenizer, conv.messages[0].content)
-        eos = tokenizer.eos_token_id
-        if eos is not None and (not ids or ids[-1] != eos):
-            ids.append(eos)
-        return Rendered(ids, list(ids), conv.source)
+    if conv.kind in ("text", "completion"):
+        return _render_plain(tokenizer, conv)
+    if not (chat_template or tokenizer.chat_template):
+        raise missing_template_error()
     eot_ids = eot_ids if eot_ids is not None else end_of_turn_ids(tokenizer)
     msgs = conv.to_template()
     full_text = _render_text(tokenizer, msgs, add_generation_prompt=False, chat_template=chat_template)
-    enc = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [IGNORE_INDEX] * len(ids)
-    trained_turns = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
+    trained = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
     if conv.kind == "prompt_completion":
-        trained_turns = trained_turns[-1:]
-    for i in trained_turns:
-        if conv.messages[i].weight == 0:
+        trained = trained[-1:]
+    replies = []  # (start char, end char, trained?) of each assistant reply in full_text
+    for i, m in enumerate(conv.messages):
+        if m.role != "assistant":
             continue
         prompt_text = _render_text(tokenizer, msgs[:i], add_generation_prompt=True, chat_template=chat_template)
         through_text = _render_text(tokenizer, msgs[: i + 1], add_generation_prompt=False, chat_template=chat_template)
@@ -117,21 +178,50 @@ def render_conversation(tokenizer, conv: Conversation, *, eot_ids: set[int] | No
                     conv.source or "conversation", f"the {name} prefix up to turn {i} is not a prefix of the full rendering "
                     f"(diverges at char {_diverge(text, full_text)})",
                     "use a template that renders earlier turns the same way (model.chat_template), or split the conversation")])
-        prompt_ids = _encode(tokenizer, prompt_text)
-        if ids[: len(prompt_ids)] != prompt_ids:
-            raise TemplateError("Training tokens would differ from inference tokens", [Problem(
-                conv.source or "conversation", f"the generation prompt before turn {i} tokenises differently inside the full text "
-                f"(token {_diverge(prompt_ids, ids)})", "end the generation prompt on a token boundary (e.g. a newline) in the chat template")])
-        start_tok, end_char = len(prompt_ids), len(through_text)
-        end_tok = start_tok
-        while end_tok < len(ids) and offsets[end_tok][0] < end_char:
-            end_tok += 1
-        span = range(start_tok, end_tok)
-        last_eot = max((t for t in span if ids[t] in eot_ids), default=None)
-        stop = last_eot + 1 if last_eot is not None else end_tok
-        for t in range(start_tok, stop):
-            labels[t] = ids[t]
-    return Rendered(list(ids), labels, conv.source)
+        replies.append((len(prompt_text), len(through_text), i in trained and m.weight != 0))
+    ids: list[int] = []
+    labels: list[int] = []
+    pos = 0
+    for start, end, train in replies:
+        context = _encode(tokenizer, full_text[pos:start])
+        ids += context
+        labels += [IGNORE_INDEX] * len(context)
+        reply = _encode(tokenizer, full_text[start:end])
+        last_eot = max((k for k, t in enumerate(reply) if t in eot_ids), default=len(reply) - 1)
+        ids += reply
+        labels += [t if train and k <= last_eot else IGNORE_INDEX for k, t in enumerate(reply)]
+        pos = end
+    tail = _encode(tokenizer, full_text[pos:])
+    return Rendered(ids + tail, labels + [IGNORE_INDEX] * len(tail), conv.source)
+
+
+def _encode_plain(tokenizer, text: str) -> list[int]:
+    """Encode raw text with the tokenizer's own special tokens (a BOS where it adds one), never two BOS."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    while bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]
+    return ids
+
+
+def _render_plain(tokenizer, conv: Conversation) -> Rendered:
+    """``text``: loss on every token; ``completion``: prompt masked, completion trained.
+
+    The prompt and the completion are encoded separately (as TRL does), so the completion tokens
+    are the ones the model generates after the prompt; EOS is appended exactly once (not when
+    the text already ends with it).
+    """
+    eos = tokenizer.eos_token_id
+    if conv.kind == "text":
+        ids = _encode_plain(tokenizer, conv.messages[0].content)
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+        return Rendered(ids, list(ids), conv.source)
+    prompt = _encode_plain(tokenizer, conv.messages[0].content)
+    completion = _encode(tokenizer, conv.messages[-1].content)
+    if eos is not None and (not completion or completion[-1] != eos):
+        completion.append(eos)
+    return Rendered(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion, conv.source)
 
 
 def _diverge(a, b) -> int:
@@ -144,8 +234,10 @@ def render_prompt(tokenizer, conv: Conversation, *, chat_template: str | None = 
     last assistant turn (what the model sees at inference), as ``list[int][seq]``.
 
     The last assistant turn, if present, is dropped; the rest is rendered with
-    ``add_generation_prompt=True``.
+    ``add_generation_prompt=True``.  A plain ``completion`` record gives its prompt tokens.
     """
+    if conv.kind in ("text", "completion"):
+        return _encode_plain(tokenizer, conv.messages[0].content) if conv.kind == "completion" else []
     msgs = conv.to_template()
     if msgs and msgs[-1]["role"] == "assistant":
         msgs = msgs[:-1]

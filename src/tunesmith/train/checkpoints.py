@@ -23,6 +23,7 @@ from pathlib import Path
 from tunesmith.errors import ConfigError, Problem
 
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+"""(``rng_state.pth`` is ``rng_state_<rank>.pth`` in a checkpoint written by several processes.)"""
 """Files every resumable checkpoint holds besides the weights."""
 RUN_STATE = "run_state.json"
 """Small file in the run dir carrying what the first process measured (eval_loss before training, samples)."""
@@ -39,7 +40,9 @@ def checkpoint_step(path: Path) -> int:
 
 def is_complete(ckpt: Path) -> bool:
     """True when ``ckpt`` holds weights plus every file of :data:`CHECKPOINT_FILES` and a readable trainer state."""
-    if not ckpt.is_dir() or not all((ckpt / f).is_file() for f in CHECKPOINT_FILES):
+    if not ckpt.is_dir() or not all((ckpt / f).is_file() for f in CHECKPOINT_FILES if f != "rng_state.pth"):
+        return False
+    if not (ckpt / "rng_state.pth").is_file() and not any(ckpt.glob("rng_state_*.pth")):
         return False
     if not any(ckpt.rglob("*.safetensors")):
         return False

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.collate import render_all, to_dataset
+from tunesmith.collate import render_all, resolve_max_length, to_dataset
 from tunesmith.config import RunConfig
 from tunesmith.data import fingerprint
 from tunesmith.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
@@ -25,8 +25,9 @@ from tunesmith.generate import decode_reply, generate_ids
 from tunesmith.lora import apply_lora, count_parameters
 from tunesmith.models import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
 from tunesmith.preflight import CheckedInputs, check_sft_inputs
-from tunesmith.runs import atomic_write_json, atomic_write_jsonl, redact_argv, write_errors, write_manifest
-from tunesmith.templates import end_of_turn_ids, render_prompt
+from tunesmith.runs import atomic_write_json, atomic_write_jsonl, atomic_write_text, redact_argv, write_errors, write_manifest
+from tunesmith.template_checks import check_template, fix_generation_config
+from tunesmith.templates import apply_chat_template_option, end_of_turn_ids, render_prompt
 from tunesmith.train.callbacks import GracefulStop, TokenCounter, TrainingStopped
 from tunesmith.train.checkpoints import RUN_STATE, latest_checkpoint, resume_command
 from tunesmith.train.common import Timer, console, install_progress, perplexity, plot_loss_curve, write_log_history
@@ -127,13 +128,22 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
     torch.manual_seed(cfg.train.seed)
     source = main_first(resolve_model, cfg.model.name)  # the main process converts/caches once
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
+    apply_chat_template_option(tokenizer, cfg.model.chat_template, require=False)
     dtype = choose_dtype(cfg.model.dtype)
     use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else dtype == torch.bfloat16
     model = load_causal_lm(source, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
                            trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision)
+    max_length, why = resolve_max_length(cfg.train.max_length, tokenizer, model.config)
+    if is_main_process():
+        console.print(f"max_length: {why}")
+    if tokenizer.chat_template:
+        for f in check_template(tokenizer, model.generation_config):
+            if f.level == "warning" and not (f.code == "default_system_prompt" and cfg.data.system_prompt):
+                console.print(f"[yellow]template warning:[/] {f.message}", highlight=False)
+        fix_generation_config(model.generation_config, tokenizer)  # generation stops at the end-of-turn token
     eot = end_of_turn_ids(tokenizer, model.generation_config)
-    train_rows, train_stats = render_all(tokenizer, train_convs, cfg.train.max_length, generation_config=model.generation_config)
-    eval_rows, eval_stats = render_all(tokenizer, eval_convs, cfg.train.max_length, generation_config=model.generation_config)
+    train_rows, train_stats = render_all(tokenizer, train_convs, max_length, generation_config=model.generation_config, skip_invalid=cfg.data.skip_invalid)
+    eval_rows, eval_stats = render_all(tokenizer, eval_convs, max_length, generation_config=model.generation_config, skip_invalid=cfg.data.skip_invalid)
     if not train_rows:
         raise DataError("No training example has a trained token", [Problem(
             f"train.max_length={cfg.train.max_length}", f"all {train_stats.examples} training conversations ({cfg.data.path or cfg.data.name}) lose every assistant token to truncation",
@@ -141,9 +151,10 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
     if is_main_process():
         console.print(f"[bold]tunesmith sft[/] model={source.name} ({source.kind}) dtype={'bf16-mixed' if use_bf16 else 'fp32'} "
                       f"train={len(train_rows)} eval={len(eval_rows)} examples, {train_stats.trained_tokens} trained tokens; "
-                      f"max_length={cfg.train.max_length} (dropped {train_stats.dropped_empty}, trained tokens lost to truncation {train_stats.trained_tokens_lost})"
+                      f"max_length={max_length} (dropped {train_stats.dropped_empty}, trained tokens lost to truncation {train_stats.trained_tokens_lost})"
                       + (f"; resuming from {ckpt}" if ckpt else ""))
         _manifest(run_dir, cfg, train_convs + eval_convs, tokenizer, source, ckpt)
+    gen_config = model.generation_config
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     trainable, total = count_parameters(model)
@@ -167,6 +178,8 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
     # per-process counts summed over processes (a resume across process counts restores the main process's count only)
     tokens_seen, trained_tokens = gather_sum(counter.tokens_seen), gather_sum(counter.trained_tokens)
     process_tokens = gather_sum(trainer.process_tokens)
+    if is_main_process():  # PEFT's save_pretrained skips it; carries the end-of-turn id among eos_token_id
+        atomic_write_text(run_dir / ("adapter" if cfg.lora.enabled else "model") / "generation_config.json", gen_config.to_json_string())
     metrics = {
         "kind": "sft", "model": source.name,
         "eval_loss_before": before.get("eval_loss"), "perplexity_before": perplexity(before.get("eval_loss")),
@@ -178,7 +191,7 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
         "tokens_seen": tokens_seen, "trained_tokens": trained_tokens, "num_processes": trainer.args.world_size,
         "train_seconds": t.seconds, "tokens_per_second": process_tokens / max(t.seconds, 1e-9),
         "precision": "bf16-mixed" if use_bf16 else "fp32",
-        "data": {"load": {"rows_read": checked.report.rows_read, "kept": checked.report.kept, "skipped": len(checked.report.skipped)},
+        "data": {"load": {"rows_read": checked.report.rows_read, "kept": checked.report.kept, "skipped": checked.report.skipped_records, "format": checked.report.format},
                  "train": train_stats.summary(), "eval": eval_stats.summary()},
     }
     if not is_main_process():  # only the main process writes artifacts and prints the summary
