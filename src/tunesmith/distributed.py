@@ -213,7 +213,7 @@ def relaunch(num_processes: int | None, argv: list[str] | None = None) -> int | 
     return subprocess.run(launch_command(argv, num_processes), check=False).returncode
 
 
-def save_trained_model(trainer, final: str | Path) -> Path:
+def save_trained_model(trainer, final: str | Path, extra_files: dict[str, str] | None = None) -> Path:
     """Save the trained adapter (or model) and tokenizer into ``final`` once, atomically; every process calls it.
 
     ``Trainer.save_model`` gathers FSDP (FULL_STATE_DICT) and ZeRO-3 shards, a collective step, and writes on
@@ -223,6 +223,8 @@ def save_trained_model(trainer, final: str | Path) -> Path:
     Args:
         trainer: a transformers ``Trainer`` (TRL's SFTTrainer, DPOTrainer, ...) after training.
         final: destination folder, e.g. ``run_dir / "adapter"``.
+        extra_files: file name -> text written into the folder before the rename (e.g. ``generation_config.json``,
+            which PEFT's save skips).
 
     Returns:
         ``final`` as a Path.
@@ -239,6 +241,8 @@ def save_trained_model(trainer, final: str | Path) -> Path:
     wait_for_everyone()
     if main:
         (tmp / "training_args.bin").unlink(missing_ok=True)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -25,7 +25,7 @@ from tunesmith.generate import decode_reply, generate_ids
 from tunesmith.lora import apply_lora, count_parameters
 from tunesmith.models import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
 from tunesmith.preflight import CheckedInputs, check_sft_inputs
-from tunesmith.runs import atomic_write_json, atomic_write_jsonl, atomic_write_text, redact_argv, write_errors, write_manifest
+from tunesmith.runs import atomic_write_json, atomic_write_jsonl, redact_argv, write_errors, write_manifest
 from tunesmith.template_checks import check_template, fix_generation_config
 from tunesmith.templates import apply_chat_template_option, end_of_turn_ids, render_prompt
 from tunesmith.train.callbacks import GracefulStop, TokenCounter, TrainingStopped
@@ -172,14 +172,14 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
     after = trainer.evaluate() if eval_rows else {}
     samples_after = _samples(model, tokenizer, sample_convs, eot, cfg.eval.max_new_tokens)
 
-    save_trained_model(trainer, run_dir / ("adapter" if cfg.lora.enabled else "model"))  # all processes; main writes
+    # all processes (FSDP/ZeRO-3 gather); the main process writes. PEFT's save skips generation_config.json, which
+    # carries the end-of-turn id among eos_token_id: written into the folder before its atomic rename.
+    save_trained_model(trainer, run_dir / ("adapter" if cfg.lora.enabled else "model"), extra_files={"generation_config.json": gen_config.to_json_string()})
     before, samples_before = state.get("before", {}), state.get("samples_before", [])
     counter = trainer._counter()
     # per-process counts summed over processes (a resume across process counts restores the main process's count only)
     tokens_seen, trained_tokens = gather_sum(counter.tokens_seen), gather_sum(counter.trained_tokens)
     process_tokens = gather_sum(trainer.process_tokens)
-    if is_main_process():  # PEFT's save_pretrained skips it; carries the end-of-turn id among eos_token_id
-        atomic_write_text(run_dir / ("adapter" if cfg.lora.enabled else "model") / "generation_config.json", gen_config.to_json_string())
     metrics = {
         "kind": "sft", "model": source.name,
         "eval_loss_before": before.get("eval_loss"), "perplexity_before": perplexity(before.get("eval_loss")),
