@@ -50,7 +50,7 @@ class DataSection(BaseModel):
     model_config = _STRICT
 
     name: str | None = "chatterbot"
-    """A bundled dataset name (`chatterbot`). Used when `path` is not set."""
+    """A bundled dataset name (`chatterbot`; `chatterbot_json`: the same corpus answered as strict JSON {topic, reply}). Used when `path` is not set."""
     path: str | None = None
     """A data file (JSONL, JSON, CSV, Parquet) or a saved Hugging Face dataset directory."""
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst", "label"] = "auto"
@@ -178,6 +178,38 @@ class EvalSection(BaseModel):
     """Held-out prompts whose generations before and after training go to samples.jsonl."""
     max_new_tokens: int = Field(64, gt=0)
     """Generation budget per sample, in tokens."""
+    # --- decision order (issue 4) ---
+    baseline: bool = False
+    """`tunesmith sft` also prompts the untrained model on the eval set first (into `<output_dir>/baseline`), evaluates the trained adapter the same way after training (`<output_dir>/eval`) and writes the decision report (`<output_dir>/report.html`)."""
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match", "rouge_l", "chrf", "eval_loss", "perplexity"])
+    """Task metrics of `tunesmith baseline`/`eval`/`report`: exact_match, contains, json_valid, json_schema, regex, label_accuracy, label_macro_f1, rouge_l, chrf (from generations), eval_loss, perplexity (from the references)."""
+    json_schema: dict | str | None = None
+    """JSON Schema for the `json_schema` metric: a mapping written in the config, or the path of a .json file (relative to the config file)."""
+    regex: str | None = None
+    """Pattern the whole stripped answer must match for the `regex` metric (Python `re.fullmatch`, DOTALL)."""
+    label_field: str | None = None
+    """For label_accuracy/label_macro_f1: the JSON field holding the label (e.g. `topic`); None compares the whole normalised answer."""
+    k_shot: int = Field(0, ge=0)
+    """`tunesmith baseline` also runs a k-shot baseline: k train examples (seeded by `k_shot_seed`) prepended as user/assistant turns after the system turn."""
+    k_shot_seed: int = 0
+    """Seed choosing the k-shot examples from the train split."""
+    targets: dict[str, float] = Field(default_factory=dict)
+    """Targets of the decision verdict, metric -> threshold, e.g. {json_schema: 0.95}: at least this (at most for eval_loss/perplexity)."""
+
+    @model_validator(mode="after")
+    def _decision_fields(self) -> "EvalSection":
+        from tunesmith.metrics import ALL_METRICS
+
+        problems = [f"unknown metric {m!r} (known: {', '.join(ALL_METRICS)})" for m in self.metrics if m not in ALL_METRICS]
+        problems += [f"target {t!r} is not in eval.metrics" for t in self.targets if t not in self.metrics]
+        if "json_schema" in self.metrics and self.json_schema is None:
+            problems.append("metric json_schema needs eval.json_schema (a mapping or a .json file)")
+        if "regex" in self.metrics and self.regex is None:
+            problems.append("metric regex needs eval.regex")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+    # --- end decision order ---
 
 
 class RunConfig(BaseModel):
@@ -379,10 +411,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         keys, value = parse_override(text)
         _set_path(raw, keys, value)
         origin[".".join(keys)] = f"--set {text}"
-    for key in ("path", "eval_path"):
-        data = raw.get("data")
+    for sec, key in (("data", "path"), ("data", "eval_path"), ("eval", "json_schema")):
+        data = raw.get(sec)
         if isinstance(data, dict) and isinstance(data.get(key), str) and data[key] and not Path(data[key]).expanduser().is_absolute():
-            origin_is_cli = f"data.{key}" in origin
+            origin_is_cli = f"{sec}.{key}" in origin
             data[key] = str((Path.cwd() if origin_is_cli else base) / data[key])
     problems += _check_paths(raw, base)
     problems += _check_train_keys(raw, origin)
