@@ -7,6 +7,9 @@
     tunesmith classify-baseline [CONFIG]             # prompting baseline of the same task and eval set
     tunesmith predict --model RUN_DIR [FILE|-]       # labels and probabilities as JSON lines
     tunesmith data check|preview [CONFIG]            # the data as SFT will train on it
+    tunesmith baseline [CONFIG]                      # prompting the instruction-tuned model, scored with eval.metrics
+    tunesmith eval [CONFIG] --adapter DIR            # the same examples, prompts and metrics for a fine-tuned model
+    tunesmith report RUN_DIR...                      # decision report: CIs, wins/losses, cost, verdict
 """
 from __future__ import annotations
 
@@ -214,6 +217,46 @@ def data_preview(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = 
     from tunesmith.datacheck import run_preview
 
     raise typer.Exit(run_preview(load_config(config, set_), n, plain=plain))
+
+
+# --- decision order (issue 4) ---
+@app.command()
+@handles_errors
+def baseline(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+             output: Optional[str] = typer.Option(None, "--output", help="Run directory (default: <train.output_dir>-baseline; k-shot: <output>-<k>shot)."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory.")):
+    """Is prompting enough? Prompt the instruction-tuned model on the eval split (zero-shot, and eval.k_shot-shot) and score it with eval.metrics."""
+    from tunesmith.config import load_config
+    from tunesmith.decision import run_baseline
+
+    run_baseline(load_config(config, set_), output=output, overwrite=overwrite)
+
+
+@app.command("eval")
+@handles_errors
+def eval_cmd(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+             adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter folder (e.g. runs/sft/adapter), merged into model.name."),
+             model: Optional[str] = typer.Option(None, "--model", help="A merged (full) model folder."),
+             output: Optional[str] = typer.Option(None, "--output", help="Run directory (default: <train.output_dir>-eval)."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory.")):
+    """Score a fine-tuned model with the same examples, prompts and metrics as `tunesmith baseline`."""
+    from tunesmith.config import load_config
+    from tunesmith.decision import run_eval
+
+    run_eval(load_config(config, set_), adapter=adapter, model_dir=model, output=output, overwrite=overwrite)
+
+
+@app.command()
+@handles_errors
+def report(run_dirs: list[str] = typer.Argument(..., help="Run directories; the first is the reference (the prompting baseline)."),
+           output: Optional[str] = typer.Option(None, "--output", "-o", help="HTML file (default: <last RUN_DIR>/report.html)."),
+           target: Optional[list[str]] = typer.Option(None, "--target", help="METRIC=VALUE, e.g. json_schema=0.95 (repeatable; default: eval.targets of the runs)."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report file.")):
+    """Decision report: baseline vs fine-tuned per metric with bootstrap CIs, wins/losses, cost and a verdict against targets."""
+    from tunesmith.report import parse_targets, write_report
+
+    write_report(run_dirs, output, targets=parse_targets(target) if target else None, overwrite=overwrite)
+# --- end decision order ---
 
 
 def main() -> None:

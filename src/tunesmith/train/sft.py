@@ -119,7 +119,14 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     """
     checked = checked or check_sft_inputs(cfg, overwrite=overwrite, resume=resume)
     with write_errors(checked.run_dir):
-        return _run(cfg, checked)
+        if cfg.eval.baseline and is_main_process():  # decision order (issue 4): baseline -> SFT -> eval -> report
+            from tunesmith.decision import sft_baseline, sft_compare
+
+            sft_baseline(cfg, checked)
+        metrics = _run(cfg, checked)
+        if cfg.eval.baseline and is_main_process():
+            sft_compare(cfg, checked)
+        return metrics
 
 
 def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
