@@ -97,8 +97,14 @@ def evaluate_run(cfg: RunConfig, out_dir: Path, *, kind: str, method: str, k_sho
     """
     from tunesmith.train.classify import peak_memory_bytes
 
+    from tunesmith.models import resolve_model
+
     schema = load_schema(cfg.eval)
     train, evals = data or _data(cfg)
+    if model_dir:
+        resolve_model(str(model_dir))  # a missing folder fails before the run dir is created
+    if adapter:
+        _adapter_folder(Path(adapter))
     out_dir = prepare_run_dir(out_dir, overwrite=overwrite)
     name, model, tokenizer, adapter_params = _load(cfg, adapter=adapter, model_dir=model_dir)
     examples = build_examples(tokenizer, evals, train, k_shot=k_shot, seed=cfg.eval.k_shot_seed)
