@@ -80,7 +80,7 @@ def decision_run(tmp_path_factory, tiny_llama_dir):
         "data": {"name": "chatterbot_json", "max_train_examples": 16, "max_eval_examples": 6},
         "train": {"output_dir": str(root / "run"), "max_steps": 2, "per_device_train_batch_size": 4, "eval_strategy": "no",
                   "save_strategy": "no", "logging_steps": 1, "learning_rate": 1e-3},
-        "eval": {"baseline": True, "num_samples": 1, "max_new_tokens": 6, "k_shot": 1, "label_field": "topic",
+        "eval": {"baseline": True, "before_training": False, "num_samples": 0, "max_new_tokens": 6, "k_shot": 1, "label_field": "topic",
                  "metrics": ["json_valid", "json_schema", "label_accuracy", "label_macro_f1", "exact_match", "contains", "rouge_l", "chrf",
                              "eval_loss", "perplexity"],
                  "json_schema": SCHEMA, "targets": {"json_schema": 0.95}},
@@ -148,3 +148,39 @@ def test_report_cli_and_refusals(decision_run, tmp_path):
     assert "Model path not found" in missing.output and not (tmp_path / "e").exists()
     misaligned = _cli("report", str(run / "baseline"), str(tmp_path / "nothing"), "--output", str(tmp_path / "x.html"), code=2)
     assert "Not an evaluated run dir" in misaligned.output
+
+
+def test_same_seed_reproduces_the_fine_tuned_numbers(decision_run, tmp_path):
+    """A second SFT run with the same seed (without the baseline step) gives a bit-identical adapter and identical eval predictions."""
+    from safetensors.torch import load_file
+
+    from tunesmith.config import load_config
+    from tunesmith.decision import run_eval
+    from tunesmith.train.sft import run_sft
+
+    cfg, run = decision_run
+    again = tmp_path / "again"
+    config = load_config(cfg, [f"train.output_dir={again}", "eval.baseline=false"])  # the baseline step must not perturb training
+    run_sft(config)
+    a, b = load_file(run / "adapter" / "adapter_model.safetensors"), load_file(again / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    run_eval(config, adapter=again / "adapter", output=tmp_path / "e")
+    mine, theirs = _rows(tmp_path / "e"), _rows(run / "eval")
+    assert [r["prediction"] for r in mine] == [r["prediction"] for r in theirs]
+    assert [r["prompt_ids_sha256"] for r in mine] == [r["prompt_ids_sha256"] for r in theirs]
+    m1, m2 = (json.loads((p / "metrics.json").read_text())["task_metrics"] for p in (tmp_path / "e", run / "eval"))
+    assert m1 == pytest.approx(m2, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_shipped_example_prompting_falls_short_and_sft_meets_the_target(tmp_path):
+    """The shipped decision-order example end to end on the embedded SmolLM2-135M-Instruct (about 20 min on 2 busy cores)."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "decision_chatterbot_json.yaml"
+    run = tmp_path / "run"
+    _cli("sft", str(config), "--set", f"train.output_dir={run}")
+    base = json.loads((run / "baseline" / "metrics.json").read_text())["task_metrics"]
+    sft = json.loads((run / "eval" / "metrics.json").read_text())["task_metrics"]
+    assert base["json_schema"] < 0.95 <= sft["json_schema"], (base, sft)
+    assert "Prompting falls short; SFT (LoRA adapter) meets every target. Fine-tune." in (run / "report.html").read_text()
