@@ -58,11 +58,13 @@ def test_bootstrap_is_seeded_and_contains_the_point_estimate(runs):
 
 def test_verdict_text_and_html(runs, tmp_path):
     rep = write_report(list(runs), tmp_path / "report.html", echo=False)
-    assert rep["verdict_lines"] == ["json_schema ≥ 0.95: prompting, zero-shot 0.4, not enough; SFT 0.8, not enough"]
+    assert rep["verdict_lines"] == ["json_schema ≥ 0.95: prompting, zero-shot 0.400, not enough; SFT 0.800, not enough"]
     assert rep["verdict"].startswith("No run meets every target")
     rep = build_report(list(runs), {"json_schema": 0.75})
-    assert rep["verdict_lines"] == ["json_schema ≥ 0.75: prompting, zero-shot 0.4, not enough; SFT 0.8, meets the target"]
+    assert rep["verdict_lines"] == ["json_schema ≥ 0.75: prompting, zero-shot 0.400, not enough; SFT 0.800, meets the target"]
     assert rep["verdict"] == "Prompting falls short; SFT meets every target. Fine-tune."
+    rep = build_report([runs[0]], {"json_schema": 0.75})
+    assert rep["verdict"].startswith("Prompting falls short of the targets: fine-tune")
     rep = build_report(list(runs), {"json_schema": 0.3, "eval_loss": 3.0})
     assert rep["verdict"].startswith("Prompting is enough: prompting, zero-shot meets every target")
     html = (tmp_path / "report.html").read_text()
@@ -109,3 +111,15 @@ def test_fast_macro_f1_equals_sklearn():
     for _ in range(20):
         idx = rng.integers(0, 50, 50)
         assert f(idx) == pytest.approx(macro_f1([refs[i] for i in idx], [preds[i] for i in idx]), abs=1e-12)
+
+
+def test_peak_memory_is_measured_per_evaluation():
+    import numpy as np
+
+    from tunesmith.decision import peak_memory_bytes, reset_peak_memory
+
+    big = np.ones(50 * 2**20 // 8)  # 50 MiB, touched
+    high = peak_memory_bytes()
+    del big
+    reset_peak_memory()
+    assert peak_memory_bytes() <= high - 40 * 2**20  # the high-water mark restarted from the current RSS

@@ -106,6 +106,7 @@ def evaluate_run(cfg: RunConfig, out_dir: Path, *, kind: str, method: str, k_sho
     if adapter:
         _adapter_folder(Path(adapter))
     out_dir = prepare_run_dir(out_dir, overwrite=overwrite)
+    reset_peak_memory()
     name, model, tokenizer, adapter_params = _load(cfg, adapter=adapter, model_dir=model_dir)
     examples = build_examples(tokenizer, evals, train, k_shot=k_shot, seed=cfg.eval.k_shot_seed)
     from tunesmith.templates import end_of_turn_ids
@@ -128,6 +129,34 @@ def evaluate_run(cfg: RunConfig, out_dir: Path, *, kind: str, method: str, k_sho
     atomic_write_json(out_dir / "metrics.json", metrics)
     console.print(f"[bold green]{kind}[/] in {metrics['eval_seconds']:.0f}s: " + ", ".join(f"{k} {v:.4f}" for k, v in task.items()) + f"\n  artifacts: {out_dir}/")
     return metrics
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak-memory measurement: CUDA peak stats, or on Linux the process's RSS high-water mark
+    (writing ``5`` to ``/proc/self/clear_refs``, proc(5), Linux >= 4.0); elsewhere nothing is reset."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_bytes() -> int | None:
+    """Peak memory since :func:`reset_peak_memory`, in bytes: CUDA max allocated, else ``VmHWM`` of
+    ``/proc/self/status`` (peak resident set), else ``ru_maxrss`` (peak since the process started)."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def default_dir(cfg: RunConfig, suffix: str) -> Path:

@@ -199,7 +199,7 @@ def verdict(runs: list[Run], targets: dict[str, float]) -> tuple[list[str], str]
         parts = []
         for run in runs:
             v = run.metrics["task_metrics"].get(name)
-            parts.append(f"{run.name} {'n/a' if v is None else f'{v:.3g}'}, " + ("meets the target" if v is not None and meets(v, name, target) else "not enough"))
+            parts.append(f"{run.name} {'n/a' if v is None else f'{v:.3f}'}, " + ("meets the target" if v is not None and meets(v, name, target) else "not enough"))
         lines.append(f"{name} {sym} {target:g}: " + "; ".join(parts))
     if not targets:
         return lines, "No targets set (eval.targets or --target): compare the numbers above."
@@ -209,6 +209,8 @@ def verdict(runs: list[Run], targets: dict[str, float]) -> tuple[list[str], str]
         return lines, f"Prompting is enough: {prompting[0].name} meets every target. Stop here; fine-tuning is not needed."
     if ok:
         return lines, f"Prompting falls short; {ok[0].name} meets every target. Fine-tune."
+    if all(r.metrics.get("kind") == "baseline" for r in runs):
+        return lines, "Prompting falls short of the targets: fine-tune (SFT), then compare with `tunesmith eval` and `tunesmith report`."
     return lines, "No run meets every target: neither prompting nor this fine-tuning is enough yet (more data, steps or a larger model)."
 
 

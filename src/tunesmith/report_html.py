@@ -42,6 +42,8 @@ def metrics_plot(rep: dict) -> str:
             ax.axhline(rep["targets"][name], color="k", linestyle="--", linewidth=1)
         ax.set_xticks(range(len(runs)), [r.name for r in runs], rotation=20, ha="right", fontsize=7)
         ax.set_title(name + (" (lower is better)" if name in LOWER_IS_BETTER else ""), fontsize=9)
+        if name not in LOWER_IS_BETTER and all(0 <= v <= 1 for v in vals):
+            ax.set_ylim(0, 1.05)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
