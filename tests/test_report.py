@@ -123,3 +123,20 @@ def test_peak_memory_is_measured_per_evaluation():
     del big
     reset_peak_memory()
     assert peak_memory_bytes() <= high - 40 * 2**20  # the high-water mark restarted from the current RSS
+
+
+def test_classify_runs_follow_the_same_contract(tmp_path):
+    """`tunesmith classify` run dirs (accuracy per example, macro_f1 from prediction/reference labels) are reported too."""
+    refs, base_p, head_p = ["a", "b", "a", "c"] * 5, ["a", "a", "x", "c"] * 5, ["a", "b", "a", "b"] * 5
+    for name, preds, kind in (("base", base_p, "baseline"), ("head", head_p, "classify")):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"id": i, "prompt": f"t{i}", "prediction": p, "reference": r, "scores": {"accuracy": float(p == r)}}
+                for i, (p, r) in enumerate(zip(preds, refs))]
+        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        acc = sum(p == r for p, r in zip(preds, refs)) / len(refs)
+        (d / "metrics.json").write_text(json.dumps({"kind": kind, "model": "m", "task_metrics": {"accuracy": acc, "macro_f1": 0.5}}))
+    rep = build_report([tmp_path / "base", tmp_path / "head"], {"accuracy": 0.7})
+    base, head = rep["runs"]
+    assert rep["wins"][(1, "accuracy")] == (10, 5, 5)  # per 4: tie, win, win, loss and rep["wins"][(1, "macro_f1")] is None
+    assert "macro_f1" in head.ci and rep["verdict"] == "Prompting falls short; classify meets every target. Fine-tune."

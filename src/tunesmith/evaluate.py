@@ -77,6 +77,9 @@ def build_examples(tokenizer, eval_convs: list[Conversation], train_convs: list[
             raise DataError("An eval record has no reference answer", [Problem(conv.source or "eval record", "the last turn is not an assistant turn"
                                                                                if conv.kind != "text" else "plain text records have no prompt/answer split",
                                                                                "end each eval conversation with the assistant's reference answer")])
+        if demos and conv.kind == "completion":
+            raise DataError("k-shot needs chat conversations", [Problem(conv.source or "eval record", "plain prompt/completion records have no turns to put demonstrations in",
+                                                                        "set eval.k_shot: 0, or use chat-formatted data")])
         *context, last = conv.messages
         context = [Message(m.role, m.content, weight=0 if m.role == "assistant" else m.weight, name=m.name) for m in context]
         n_sys = next((i for i, m in enumerate(context) if m.role != "system"), len(context))
