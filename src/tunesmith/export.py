@@ -49,9 +49,9 @@ def probe_ids(tokenizer) -> list[list[int]]:
 
 @torch.no_grad()
 def probe_logits(model, probes: list[list[int]]) -> list[torch.Tensor]:
-    """fp32 logits ``[seq, vocab]`` of each probe, one forward pass each (no padding)."""
+    """Logits ``[seq, vocab]`` (as float64, computed in the model dtype) of each probe, one forward pass each (no padding)."""
     device = next(model.parameters()).device
-    return [model(input_ids=torch.tensor([p], device=device)).logits[0].float().cpu() for p in probes]
+    return [model(input_ids=torch.tensor([p], device=device)).logits[0].double().cpu() for p in probes]
 
 
 def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -59,29 +59,53 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x[:, : min(x.shape[1], y.shape[1])] - y[:, : min(x.shape[1], y.shape[1])]).abs().max()) for x, y in zip(a, b))
 
 
-def merge_loaded(loaded) -> tuple[object, float]:
-    """Merge ``loaded``'s adapter into its base in place and check the logits.
+FP64_CHECK_MAX_PARAMETERS = 2_000_000_000
+"""Up to this many parameters the merge is done and checked in float64 (8 bytes a parameter of extra memory)."""
+
+
+def merge_loaded(loaded) -> tuple[object, dict]:
+    """Merge ``loaded``'s adapter into its base (in place) and check the logits against base + adapter.
+
+    fp32 rounding alone moves the logits of a deep model by about 1e-4 (SmolLM2-135M, 30 layers, logits near 40:
+    fp32 vs fp64 of the *same* unmerged model differ by 7.7e-5), so a fp32 comparison of two fp32 computations
+    cannot separate a wrong merge from rounding at 1e-4.  Up to :data:`FP64_CHECK_MAX_PARAMETERS` the model is moved
+    to float64, merged there (``W + B A`` rounded once to fp32 afterwards) and compared in float64; larger models
+    are merged and compared in fp32.  The fp32 difference is reported too.
 
     Returns:
-        ``(plain PreTrainedModel, max |merged - (base + adapter)| logit difference)``.
+        ``(plain fp32 PreTrainedModel, {"max_abs_logit_diff_fp64": float|None, "max_abs_logit_diff_fp32": float,
+        "fp32_noise_floor": float|None})``; ``max_abs_logit_diff_fp64`` is the checked value when present.
 
     Raises:
-        ExportCheckError: when the difference exceeds :data:`MERGE_ATOL`.
+        ExportCheckError: when the checked difference exceeds :data:`MERGE_ATOL`.
     """
+    from tunesmith.lora import count_parameters
+
     model = loaded.model
     if loaded.adapter_dir is None:
-        return model, 0.0
+        return model, {"max_abs_logit_diff_fp64": None, "max_abs_logit_diff_fp32": 0.0, "fp32_noise_floor": None}
     probes = probe_ids(loaded.tokenizer)
-    before = probe_logits(model, probes)
+    peft32 = probe_logits(model, probes)
+    fp64 = count_parameters(model)[1] <= FP64_CHECK_MAX_PARAMETERS
+    stats = {"max_abs_logit_diff_fp64": None, "fp32_noise_floor": None}
+    if fp64:
+        model.double()
+        peft64 = probe_logits(model, probes)
+        stats["fp32_noise_floor"] = max_diff(peft32, peft64)
     merged = model.merge_and_unload()
+    if fp64:
+        stats["max_abs_logit_diff_fp64"] = max_diff(peft64, probe_logits(merged, probes))
+        merged.float()
     merged.generation_config = loaded.generation_config
     if loaded.untied:
         merged.config.tie_word_embeddings = False
-    diff = max_diff(before, probe_logits(merged, probes))
-    if diff > MERGE_ATOL:
+    stats["max_abs_logit_diff_fp32"] = max_diff(peft32, probe_logits(merged, probes))
+    checked = stats["max_abs_logit_diff_fp64"] if fp64 else stats["max_abs_logit_diff_fp32"]
+    if checked > MERGE_ATOL:
         raise ExportCheckError("Merged model differs from base + adapter", [Problem(
-            str(loaded.adapter_dir), f"max |logit difference| {diff:.3g} > {MERGE_ATOL}", "report this adapter; keep using it unmerged")])
-    return merged, diff
+            str(loaded.adapter_dir), f"max |logit difference| {checked:.3g} > {MERGE_ATOL} ({'float64' if fp64 else 'fp32'})",
+            "report this adapter; keep using it unmerged")])
+    return merged, stats
 
 
 def save_merged(model, tokenizer, out: Path) -> None:
@@ -111,16 +135,15 @@ def run_merge(adapter: str, *, model: str | None = None, output: str, overwrite:
     if loaded.adapter_dir is None:
         raise TunesmithError("Nothing to merge", [Problem(f"--adapter {adapter}", "no adapter found", "pass the adapter/ folder or the run folder of `tunesmith sft`")])
     probes = probe_ids(loaded.tokenizer)
-    merged, diff = merge_loaded(loaded)
+    merged, stats = merge_loaded(loaded)
     reference = probe_logits(merged, probes)
-    report = {"base": loaded.base_name, "base_location": loaded.base_location, "adapter": str(loaded.adapter_dir),
-              "max_abs_logit_diff_in_memory": diff, "notes": loaded.notes, "tie_word_embeddings": bool(merged.config.tie_word_embeddings),
+    report = {"base": loaded.base_name, "base_location": loaded.base_location, "adapter": str(loaded.adapter_dir), **stats, "notes": loaded.notes, "tie_word_embeddings": bool(merged.config.tie_word_embeddings),
               "eos_token_id": merged.generation_config.eos_token_id, "gguf_pre": source_pre_tokenizer(loaded.base_location)}
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(tmp: Path) -> None:
         save_merged(merged, loaded.tokenizer, tmp)
-        report["max_abs_logit_diff_reloaded"] = _reload_diff(tmp, probes, reference)
+        report["max_abs_logit_diff_reloaded"] = _reload_diff(tmp, probes, reference)  # same fp32 weights: expect 0
         if report["max_abs_logit_diff_reloaded"] > MERGE_ATOL:
             raise ExportCheckError("The saved merged checkpoint does not reload to the same model", [Problem(
                 str(out), f"max |logit difference| after reload {report['max_abs_logit_diff_reloaded']:.3g}", "report this model")])
@@ -129,8 +152,11 @@ def run_merge(adapter: str, *, model: str | None = None, output: str, overwrite:
     atomic_save_dir(out, save)
     for note in loaded.notes:
         log(f"note: {note}")
-    log(f"merged {loaded.adapter_dir} into {loaded.base_name}: max |logit diff| vs base+adapter {diff:.2e} (in memory), "
-        f"{report['max_abs_logit_diff_reloaded']:.2e} (reloaded); wrote {out}")
+    fp64 = stats["max_abs_logit_diff_fp64"]
+    log(f"merged {loaded.adapter_dir} into {loaded.base_name}: max |logit diff| vs base+adapter "
+        + (f"{fp64:.2e} (float64), " if fp64 is not None else "") + f"{stats['max_abs_logit_diff_fp32']:.2e} (fp32"
+        + (f"; fp32 rounding alone: {stats['fp32_noise_floor']:.2e}" if stats["fp32_noise_floor"] is not None else "")
+        + f"); reloaded from disk vs in memory {report['max_abs_logit_diff_reloaded']:.2e}; wrote {out}")
     return report
 
 
@@ -203,7 +229,7 @@ def run_export(model: str | None, adapter: str | None = None, *, output: str, fm
     out = Path(output)
     _refuse_existing(out, overwrite)
     loaded = load_for_use(model, adapter)
-    merged, merge_diff = merge_loaded(loaded)
+    merged, merge_stats = merge_loaded(loaded)
     check_supported(merged.config)
     tok = loaded.tokenizer
     eot = template_eot_id(tok) if tok.chat_template else None
@@ -213,7 +239,7 @@ def run_export(model: str | None, adapter: str | None = None, *, output: str, fm
                outtype=outtype, name=Path(loaded.adapter_dir or loaded.base_name).name)
     report = verify_gguf(merged, tok, loaded.generation_config, out, stop=stop_check, max_new_tokens=max_new_tokens)
     report.update(source=loaded.base_name, adapter=str(loaded.adapter_dir) if loaded.adapter_dir else None, outtype=outtype,
-                  pre_tokenizer=pre, merge_max_abs_logit_diff=merge_diff, bytes=out.stat().st_size, notes=loaded.notes)
+                  pre_tokenizer=pre, merge=merge_stats, bytes=out.stat().st_size, notes=loaded.notes)
     if modelfile:
         text = modelfile_text(out.name, tok, tok.convert_ids_to_tokens(eot) if eot is not None else tok.eos_token)
         atomic_write_text(out.parent / "Modelfile", text)
