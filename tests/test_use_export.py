@@ -89,7 +89,8 @@ def test_gguf_round_trip_and_consistency(exported):
     tmp, report, want, tok = exported
     assert report["round_trip"]["max_abs_logit_diff"] <= 1e-5
     checks = {c["name"]: c for c in report["consistency"]["checks"]}
-    assert set(checks) == {"greedy_round_trip", "ids_saved_tokenizer", "ids_gguf", "template_gguf", "eot_in_generation_config", "eot_in_gguf"}
+    assert set(checks) == {"greedy_round_trip", "ids_saved_tokenizer", "ids_gguf", "template_gguf", "eot_in_generation_config", "eot_in_gguf",
+                           "modelfile_template"}
     assert all(c["ok"] for c in checks.values()), checks
     model, gtok = load_gguf(tmp / "out" / "tiny.gguf")
     assert (logits(model, gtok) - want).abs().max() < 1e-4  # GGUF == base + adapter
@@ -104,6 +105,29 @@ def test_modelfile(exported):
     assert '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"""' in text
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
     assert text.rstrip().endswith('PARAMETER stop "<|im_end|>"')
+
+
+def test_modelfile_check_on_llama3_and_a_broken_template(smol_tokenizer):
+    """The Go TEMPLATE is rendered (Ollama's semantics for range/Role/Content) and compared with the chat template's text:
+    Llama-3's template trims message content and Ollama's does not, which the check reports for a whitespace-padded turn."""
+    import copy
+
+    from tunesmith.consistency import fixed_conversations, modelfile_check, render_go_template
+    from tunesmith.export import ollama_template
+    from tunesmith.templates import resolve_chat_template
+
+    convs = fixed_conversations()
+    go, system = ollama_template(smol_tokenizer)
+    assert render_go_template(go, [{"role": "user", "content": "Hi"}], system) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert modelfile_check(smol_tokenizer, go.replace("{{ .Content }}<|im_end|>\n", "{{ .Content }}<|im_end|>"), system, convs).ok is False
+    tok = copy.deepcopy(smol_tokenizer)
+    tok.chat_template = resolve_chat_template("llama3")
+    go, system = ollama_template(tok)
+    assert modelfile_check(tok, go, system, convs[:3]).ok
+    bad = modelfile_check(tok, go, system, convs)
+    assert not bad.ok and bad.detail.startswith("consistency#3")  # a user turn ending in a newline
 
 
 def test_consistency_catches_a_different_template(exported):

@@ -131,3 +131,41 @@ def stop_check(model, tokenizer, stop: set[int], *, max_new_tokens: int = 64, na
     stopped = [bool(o) and o[-1] in stop for o in outs]
     return Check(name, all(stopped), f"{sum(stopped)}/{len(outs)} greedy replies ended with an EOS id {sorted(stop)} "
                                      f"within {max_new_tokens} tokens (reply lengths {lengths})")
+
+
+def render_go_template(template: str, messages: list[dict], system: str | None = None) -> str:
+    """Render the subset of Ollama's Go template that :func:`tunesmith.export.modelfile_text` writes:
+    ``PREFIX{{- range .Messages }}BODY{{ end }}TAIL`` with ``{{ .Role }}``/``{{ .Content }}`` in BODY; ``{{-`` trims
+    whitespace before it, as in Go.  ``system`` is the Modelfile's SYSTEM, which Ollama puts first when the
+    conversation has no system message.
+
+    Raises:
+        ValueError: for a template outside that subset.
+    """
+    import re
+
+    m = re.fullmatch(r"(.*?)\{\{(-?) range \.Messages \}\}(.*?)\{\{(-?) end \}\}(.*)", template, re.S)
+    if m is None:
+        raise ValueError("not a '{{ range .Messages }}...{{ end }}' template")
+    prefix, trim_range, body, trim_end, tail = m.groups()
+    prefix = prefix.rstrip() if trim_range else prefix
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": system}] + list(messages)
+    parts = []
+    for msg in messages:
+        text = body.replace("{{ .Role }}", msg["role"]).replace("{{ .Content }}", msg["content"])
+        parts.append(text.rstrip() if trim_end else text)
+    return prefix + "".join(parts) + tail
+
+
+def modelfile_check(tokenizer, go_template: str, system: str | None, convs: list[Conversation]) -> Check:
+    """The Modelfile's TEMPLATE (+ SYSTEM) gives the same generation-prompt text as the chat template on ``convs``."""
+    for conv in convs:
+        msgs = conv.to_template()[:-1]
+        want = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        got = render_go_template(go_template, msgs, system)
+        if got != want:
+            k = _first_diff(list(want), list(got))
+            return Check("modelfile_template", False, f"{conv.source}: the Modelfile TEMPLATE renders {got[k:k + 30]!r} "
+                                                      f"where the chat template renders {want[k:k + 30]!r} (char {k})")
+    return Check("modelfile_template", True, f"{len(convs)} conversations: the Modelfile TEMPLATE renders the chat template's generation prompt text")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -167,9 +168,8 @@ def _reload_diff(folder: Path, probes, reference) -> float:
     return max_diff(reference, probe_logits(reloaded, probes))
 
 
-def modelfile_text(gguf_name: str, tokenizer, eot_token: str) -> str:
-    """An Ollama Modelfile: ``FROM`` the GGUF, ``TEMPLATE`` (Go template) for ChatML or Llama-3, ``SYSTEM`` for a
-    template's default system prompt and ``PARAMETER stop`` at the end-of-turn token.
+def ollama_template(tokenizer) -> tuple[str, str | None]:
+    """Ollama's Go TEMPLATE for the tokenizer's chat template (ChatML or Llama-3) and the template's default system prompt.
 
     Raises:
         TunesmithError: for a chat template that is neither ChatML nor Llama-3 (no translation known).
@@ -178,18 +178,24 @@ def modelfile_text(gguf_name: str, tokenizer, eot_token: str) -> str:
 
     tpl = tokenizer.chat_template or ""
     if "<|im_start|>" in tpl:
-        go = '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n'
+        go = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
     elif "<|start_header_id|>" in tpl:
-        go = ('<|begin_of_text|>{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>'
-              '{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n')
+        go = ((tokenizer.bos_token or "") + "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
+              "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n")
     else:
         raise TunesmithError("No Ollama template for this chat template", [Problem(
             "--modelfile", "tunesmith translates ChatML and Llama-3 templates to Ollama's Go templates only",
             "write the Modelfile's TEMPLATE by hand, or export without --modelfile")])
-    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{go}"""']
     default = default_system_prompt(tokenizer)
-    if default:
-        lines.append(f'SYSTEM """{default.strip()}"""')
+    return go, default.strip() if default else None
+
+
+def modelfile_text(gguf_name: str, go_template: str, system: str | None, eot_token: str) -> str:
+    """An Ollama Modelfile: ``FROM`` the GGUF, ``TEMPLATE``, ``SYSTEM`` (the template's default system prompt, if any)
+    and ``PARAMETER stop`` at the end-of-turn token."""
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{go_template}"""']
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
     lines.append(f'PARAMETER stop "{eot_token}"')
     return "\n".join(lines) + "\n"
 
@@ -234,6 +240,7 @@ def run_export(model: str | None, adapter: str | None = None, *, output: str, fm
     tok = loaded.tokenizer
     eot = template_eot_id(tok) if tok.chat_template else None
     pre = source_pre_tokenizer(loaded.base_location) or guess_pre_tokenizer(tok)
+    go, system = ollama_template(tok) if modelfile else (None, None)  # refuse an unknown template before writing anything
     out.parent.mkdir(parents=True, exist_ok=True)
     write_gguf(merged, tok, out, eos_id=eot if eot is not None else tok.eos_token_id, chat_template=tok.chat_template, pre=pre,
                outtype=outtype, name=Path(loaded.adapter_dir or loaded.base_name).name)
@@ -241,9 +248,12 @@ def run_export(model: str | None, adapter: str | None = None, *, output: str, fm
     report.update(source=loaded.base_name, adapter=str(loaded.adapter_dir) if loaded.adapter_dir else None, outtype=outtype,
                   pre_tokenizer=pre, merge=merge_stats, bytes=out.stat().st_size, notes=loaded.notes)
     if modelfile:
-        text = modelfile_text(out.name, tok, tok.convert_ids_to_tokens(eot) if eot is not None else tok.eos_token)
-        atomic_write_text(out.parent / "Modelfile", text)
+        from tunesmith.consistency import fixed_conversations, modelfile_check
+
+        atomic_write_text(out.parent / "Modelfile", modelfile_text(out.name, go, system, tok.convert_ids_to_tokens(eot) if eot is not None else tok.eos_token))
         report["modelfile"] = str(out.parent / "Modelfile")
+        report["consistency"]["checks"].append(asdict(modelfile_check(tok, go, system, fixed_conversations())))
+        report["consistency"]["ok"] = all(c["ok"] for c in report["consistency"]["checks"])
     report_path = out.with_name(out.stem + ".consistency.json")
     atomic_write_json(report_path, report)
     for c in report["consistency"]["checks"]:
@@ -263,6 +273,7 @@ _FIXES = {
     "eot_in_generation_config": "add the end-of-turn id to generation_config.json eos_token_id",
     "eot_in_gguf": "set tokenizer.ggml.eos_token_id (or eot_token_id) to the end-of-turn id",
     "greedy_round_trip": "the GGUF does not reproduce the model; use --outtype f32",
+    "modelfile_template": "edit the Modelfile's TEMPLATE by hand so it renders like the chat template",
     "stops": "the model does not end its replies: train longer, check that the end-of-turn token is trained, or pass --no-stop-check for an untrained model",
 }
 
