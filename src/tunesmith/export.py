@@ -267,7 +267,7 @@ def run_export(model: str | None, adapter: str | None = None, *, output: str, fm
 
 
 _FIXES = {
-    "ids_saved_tokenizer": "the saved tokenizer renders differently from training: export with the chat template you trained with (--chat-template)",
+    "ids_saved_tokenizer": "the saved tokenizer renders differently from training: save the tokenizer with the chat template you trained with (model.chat_template)",
     "ids_gguf": "the GGUF tokenizer differs: check tokenizer.ggml.pre / added tokens, or convert with llama.cpp's convert_hf_to_gguf.py",
     "template_gguf": "the GGUF carries another chat template than the tokenizer",
     "eot_in_generation_config": "add the end-of-turn id to generation_config.json eos_token_id",
