@@ -40,6 +40,7 @@ class Loaded:
         base_location: the folder or hub id ``from_pretrained`` loaded.
         adapter_dir: the adapter folder, or None.
         notes: what was done on the way (resize, untie, end-of-turn id added), one sentence each.
+        untied: True when ``lm_head`` was given its own copy of the tied input embedding (see :func:`untie_output_embeddings`).
     """
 
     model: object
