@@ -174,3 +174,18 @@ def test_export_refuses_non_llama_and_existing_output(exported, tmp_path):
         run_export(str(tmp / "base"), output=str(tmp / "out" / "tiny.gguf"))
     with pytest.raises(TunesmithError, match="Unknown export format"):
         run_export(str(tmp / "base"), output=str(tmp_path / "a.bin"), fmt="onnx")
+
+
+def test_export_f16(exported, tmp_path):
+    """--outtype f16: matrices in half precision, norms in f32; logits stay within 1e-2 and greedy replies agree."""
+    from gguf import GGUFReader
+
+    from tunesmith.export import run_export
+
+    tmp, _, _, _ = exported
+    report = run_export(str(tmp / "base"), str(tmp / "adapter"), output=str(tmp_path / "h.gguf"), outtype="f16", stop_check=False,
+                        max_new_tokens=8, log=lambda s: None)
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(tmp_path / "h.gguf")).tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["token_embd.weight"] == "F16" and types["output_norm.weight"] == "F32"
+    assert 0 < report["round_trip"]["max_abs_logit_diff"] < 1e-2
+    assert report["bytes"] < (tmp / "out" / "tiny.gguf").stat().st_size * 0.6
