@@ -140,3 +140,12 @@ def test_generate_cli_writes_jsonl(tmp_path, tiny_llama_dir):
     assert [r["prompt"] for r in rows] == ["Hello", "How are you?"] and all(r["new_tokens"] == 4 for r in rows)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_chat_cli_reads_piped_stdin(tiny_llama_dir):
+    """Not a terminal: each stdin line is a user turn; /exit ends the chat (exit code 0)."""
+    cmd = [sys.executable, "-m", "tunesmith", "chat", "--model", str(tiny_llama_dir), "--temperature", "0", "--max-new-tokens", "3"]
+    proc = subprocess.run(cmd, input="hi\n/reset\nagain\n/exit\nnever\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("> ", "assistant:", "("))]
+    assert [line.split(":")[0] if line.startswith("assistant") else line for line in lines] == ["> hi", "assistant", "(history cleared)", "> again", "assistant"]
