@@ -249,8 +249,8 @@ def validate_pair(pair: PreferencePair) -> list[Problem]:
                 problems.append(Problem(where, f"prompt turn {k} has unknown role {m.role!r}", f"use one of {', '.join(ROLES)}"))
             elif not m.content.strip():
                 problems.append(Problem(where, f"prompt turn {k} ({m.role}) is empty", "remove the turn or give it text"))
-        if pair.prompt and pair.prompt[-1].role not in ("user", "tool"):
-            problems.append(Problem(where, f"prompt ends with a {pair.prompt[-1].role} turn; the response must answer a user (or tool) turn",
+        if pair.prompt and pair.prompt[-1].role in ROLES and pair.prompt[-1].role not in ("user", "tool"):
+            problems.append(Problem(where, f"prompt's last turn is {pair.prompt[-1].role!r}; the response must answer a user (or tool) turn",
                                     "end the prompt with the user's message"))
     elif not pair.prompt.strip():
         problems.append(Problem(where, "prompt is empty", "give the prompt text"))
