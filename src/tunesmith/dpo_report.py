@@ -87,6 +87,8 @@ def write_dpo_artifacts(run_dir: Path, cfg, trainer, tokenizer, eval_pairs, eval
 
     pairs = eval_pairs[: len(start["prompts"])]
     win, tps = None, None
+    if pairs and cfg.eval.win_metric == "implicit_reward" and not hasattr(trainer.model, "disable_adapter"):
+        pairs = []  # full fine-tuning keeps no reference model after training: no implicit reward for new generations
     if pairs:
         new_ids, tps = _generate(trainer, tokenizer, start["prompts"], eot, cfg.eval.max_new_tokens)
         win, scores = _win_rate(cfg, trainer, tokenizer, pairs, start, new_ids)

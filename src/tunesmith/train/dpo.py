@@ -107,6 +107,26 @@ def build_policy(cfg: DPORunConfig, model):
     return model, (to_peft_config(cfg.lora) if cfg.lora.enabled else None)
 
 
+def make_trainer(cfg: DPORunConfig, model, peft_config, tokenizer, train_pairs, eval_pairs, run_dir: Path, *, use_bf16: bool = False, precompute: bool = False):
+    """Build TRL's ``DPOTrainer`` with ``ref_model=None`` and tunesmith's progress display.
+
+    With a LoRA policy TRL takes the reference from the same module with the adapter disabled (a fresh adapter) or
+    from its frozen ``ref`` copy of a pretrained adapter (LoRA-sized), so the base weights exist once in memory.
+    Without LoRA, ``precompute`` must be True: the reference log-probs are computed before training, so TRL does not
+    load a second copy of the model.
+
+    Returns:
+        The trainer; its ``train_dataset``/``eval_dataset`` are tokenised (pairs whose prompt fills ``max_length`` dropped).
+    """
+    from trl import DPOTrainer
+
+    args = build_dpo_config(cfg, run_dir, use_bf16, precompute=precompute)
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=_dataset(train_pairs), eval_dataset=_dataset(eval_pairs),
+                         processing_class=tokenizer, peft_config=peft_config)
+    install_progress(trainer)
+    return trainer
+
+
 def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
     """Run DPO end to end and write every artifact; ``metrics.json`` is written last (its presence means "complete").
 
@@ -133,8 +153,6 @@ def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
 
 
 def _run(cfg: DPORunConfig, run_dir: Path, train_pairs, eval_pairs, report: dict) -> dict:
-    from trl import DPOTrainer
-
     from tunesmith.dpo_report import start_generations, write_dpo_artifacts
 
     torch.manual_seed(cfg.train.seed)
@@ -149,16 +167,13 @@ def _run(cfg: DPORunConfig, run_dir: Path, train_pairs, eval_pairs, report: dict
     eot = end_of_turn_ids(tokenizer, base.generation_config)
     gen_config = base.generation_config
     model, peft_config = build_policy(cfg, base)
-    precompute = cfg.train.precompute_ref_log_probs or not (peft_config is not None or cfg.model.adapter and cfg.model.adapter_mode == "continue")
-    args = build_dpo_config(cfg, run_dir, use_bf16, precompute=precompute)
+    precompute = cfg.train.precompute_ref_log_probs or not (peft_config is not None or _is_peft(model))
     console.print(f"[bold]tunesmith dpo[/] model={source.name} ({source.kind})" + (f" + adapter {cfg.model.adapter} ({cfg.model.adapter_mode})" if cfg.model.adapter else "")
                   + f" precision={'bf16-mixed' if use_bf16 else 'fp32'} pairs: train={len(train_pairs)} eval={len(eval_pairs)} ({report['format']}, "
                   f"{report['skipped']} skipped); beta={cfg.train.beta} loss={','.join(cfg.train.loss_type)}")
     write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=_fingerprint(train_pairs + eval_pairs),
                    tokenizer=tokenizer, extra={"model_source": dataclasses.asdict(source)})
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=_dataset(train_pairs), eval_dataset=_dataset(eval_pairs),
-                         processing_class=tokenizer, peft_config=peft_config)
-    install_progress(trainer)
+    trainer = make_trainer(cfg, model, peft_config, tokenizer, train_pairs, eval_pairs, run_dir, use_bf16=use_bf16, precompute=precompute)
     dropped = {"train": len(train_pairs) - len(trainer.train_dataset), "eval": len(eval_pairs) - len(trainer.eval_dataset)}
     start = start_generations(cfg, trainer, tokenizer, eval_pairs, eot)  # the starting model = the reference, before any step
     with Timer() as t:
