@@ -155,6 +155,9 @@ def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
 def _run(cfg: DPORunConfig, run_dir: Path, train_pairs, eval_pairs, report: dict) -> dict:
     from tunesmith.dpo_report import start_generations, write_dpo_artifacts
 
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # TRL's tokenising maps; the training bar is tunesmith's
     torch.manual_seed(cfg.train.seed)
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
@@ -175,9 +178,11 @@ def _run(cfg: DPORunConfig, run_dir: Path, train_pairs, eval_pairs, report: dict
                    tokenizer=tokenizer, extra={"model_source": dataclasses.asdict(source)})
     trainer = make_trainer(cfg, model, peft_config, tokenizer, train_pairs, eval_pairs, run_dir, use_bf16=use_bf16, precompute=precompute)
     dropped = {"train": len(train_pairs) - len(trainer.train_dataset), "eval": len(eval_pairs) - len(trainer.eval_dataset)}
+    console.print(f"generating {min(cfg.eval.win_rate_prompts, len(eval_pairs))} held-out replies with the starting model (for the win rate)")
     start = start_generations(cfg, trainer, tokenizer, eval_pairs, eot)  # the starting model = the reference, before any step
     with Timer() as t:
         trainer.train()
+    console.print(f"scoring {len(trainer.eval_dataset)} held-out pairs (policy and reference log-probs)")
     eval_rows = list(trainer.eval_dataset)
     lp = pair_logps(trainer, eval_rows, cfg.train.per_device_eval_batch_size)
     trainable, total = count_parameters(trainer.model)
