@@ -245,7 +245,8 @@ def _before(cfg, run_dir, ckpt, trainer, model, tokenizer, sample_convs, eot, ha
     if cfg.eval.before_training and has_eval:
         state["before"] = {k: v for k, v in trainer.evaluate(metric_key_prefix="eval").items() if isinstance(v, (int, float))}
         state["samples_before"] = _samples(model, tokenizer, sample_convs, eot, cfg.eval.max_new_tokens)
-    atomic_write_json(path, state)
+    if is_main_process():  # every process evaluates (a distributed eval); only the main one writes
+        atomic_write_json(path, state)
     return state
 
 
