@@ -17,6 +17,7 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from tunesmith.data import split
 from tunesmith.dpo_config import DPORunConfig
@@ -124,7 +125,20 @@ def make_trainer(cfg: DPORunConfig, model, peft_config, tokenizer, train_pairs, 
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=_dataset(train_pairs), eval_dataset=_dataset(eval_pairs),
                          processing_class=tokenizer, peft_config=peft_config)
     install_progress(trainer)
+    if not console.is_terminal:
+        trainer.add_callback(_LogLines())
     return trainer
+
+
+class _LogLines(TrainerCallback):
+    """Print one line per Trainer log (step, loss, reward accuracy and margin) when stderr is not a terminal (the
+    progress bar is not drawn there)."""
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        """Print the step's DPO loss and batch reward statistics."""
+        if logs and "loss" in logs and state.is_world_process_zero:
+            console.print(f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f} "
+                          f"rewards/accuracies {logs.get('rewards/accuracies', float('nan')):.3f} rewards/margins {logs.get('rewards/margins', float('nan')):.4f}", highlight=False)
 
 
 def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
