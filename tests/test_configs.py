@@ -1,4 +1,4 @@
-"""Every shipped config in configs/ loads and validates (classify_* configs with the classify config class)."""
+"""Every shipped config in configs/ loads and validates (classify_* and dpo_* configs with their own config classes)."""
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,10 @@ def _config_class(path: Path):
         from tunesmith.classify_config import ClassifyConfig
 
         return ClassifyConfig
+    if path.name.startswith("dpo"):  # preference tuning (issue 7)
+        from tunesmith.dpo_config import DPORunConfig
+
+        return DPORunConfig
     return RunConfig
 
 

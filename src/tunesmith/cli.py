@@ -11,6 +11,7 @@
     tunesmith eval [CONFIG] --adapter DIR            # the same examples, prompts and metrics for a fine-tuned model
     tunesmith report RUN_DIR...                      # decision report: CIs, wins/losses, cost, verdict
     tunesmith chat|generate|merge|export             # use the result (issue 6)
+    tunesmith dpo [CONFIG]                           # preference tuning (DPO) after SFT
 """
 from __future__ import annotations
 
@@ -329,6 +330,26 @@ def export(model: Optional[str] = ModelOpt, adapter: Optional[str] = AdapterOpt,
 
     run_export(model, adapter, output=output, fmt=fmt, outtype=outtype, modelfile=modelfile, overwrite=overwrite, stop_check=stop_check, log=_log)
 # --- end use ---
+
+
+# --- preference tuning (issue 7) ---
+@app.command(epilog="Config fields: run `tunesmith dpo --show-config` for every field with its value and documentation.")
+@handles_errors
+def dpo(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing train.output_dir."),
+        skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip (log and count) invalid preference pairs instead of stopping."),
+        show_config: bool = typer.Option(False, "--show-config", help="Print every dpo config field and exit.")):
+    """Preference tuning (DPO, TRL) after SFT: LoRA from the SFT adapter; held-out reward accuracy with a CI, win rate vs the start."""
+    from tunesmith.config import load_config
+    from tunesmith.dpo_config import DPORunConfig
+
+    cfg = load_config(config, (set_ or []) + (["data.skip_invalid=true"] if skip_invalid else []), model_cls=DPORunConfig)
+    if show_config:
+        return _print_fields(cfg, DPORunConfig)
+    from tunesmith.train.dpo import run_dpo
+
+    run_dpo(cfg, overwrite=overwrite)
+# --- end preference tuning ---
 
 
 def main() -> None:

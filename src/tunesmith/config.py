@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -102,6 +102,12 @@ class TrainSection(BaseModel):
     """Trainer settings; every key is a `trl.SFTConfig` field (others are rejected with a suggestion)."""
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True, validate_assignment=True)
+    library_name: ClassVar[str] = "trl.SFTConfig"
+
+    @classmethod
+    def library_fields(cls) -> frozenset[str]:
+        """Field names of the library config the extra keys of this section go to (``trl.SFTConfig``)."""
+        return sft_config_fields()
 
     output_dir: str = "runs/sft"
     """Run directory: adapter, metrics, plots, manifest and checkpoints go here."""
@@ -308,8 +314,8 @@ def _field_names(model_cls: type[BaseModel], loc: tuple) -> list[str]:
             return []
         cls = field.annotation
     names = list(getattr(cls, "model_fields", {}))
-    if cls is TrainSection:
-        names += sorted(sft_config_fields())
+    if hasattr(cls, "library_fields"):  # a train section whose extra keys are a library's config fields
+        names += sorted(cls.library_fields())
     return names
 
 
@@ -345,18 +351,20 @@ def _fix_for(err: dict) -> str:
     return "see `tunesmith config` for the expected type"
 
 
-def _check_train_keys(raw: dict, origin: dict[str, str]) -> list[Problem]:
+def _check_train_keys(raw: dict, origin: dict[str, str], model_cls: type[BaseModel] = None) -> list[Problem]:
     """Report (and drop) unknown ``train`` keys up front, so they are listed even when other fields fail."""
     train = raw.get("train")
     if not isinstance(train, dict):
         return []
-    known = set(TrainSection.model_fields) | sft_config_fields()
+    section = model_cls.model_fields["train"].annotation if model_cls is not None and "train" in model_cls.model_fields else TrainSection
+    library = section.library_fields() if hasattr(section, "library_fields") else sft_config_fields()
+    known = set(section.model_fields) | library
     problems = []
     for key in [k for k in train if k not in known]:
         near = difflib.get_close_matches(str(key), sorted(known), n=1)
         src = origin.get(f"train.{key}")
         where = f"train.{key}" + (f" (from {src})" if src else "")
-        problems.append(Problem(where, "unknown key (not a trl.SFTConfig field)", f"did you mean 'train.{near[0]}'?" if near else "remove it; `tunesmith config` lists every field"))
+        problems.append(Problem(where, f"unknown key (not a {getattr(section, 'library_name', 'trl.SFTConfig')} field)", f"did you mean 'train.{near[0]}'?" if near else "remove it; `tunesmith config` lists every field"))
         del train[key]
     return problems
 
@@ -417,7 +425,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             origin_is_cli = f"{sec}.{key}" in origin
             data[key] = str((Path.cwd() if origin_is_cli else base) / data[key])
     problems += _check_paths(raw, base)
-    problems += _check_train_keys(raw, origin)
+    problems += _check_train_keys(raw, origin, model_cls)
     cfg = None
     try:
         cfg = model_cls.model_validate(raw)
