@@ -35,7 +35,7 @@ class ModelSection(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Training/inference precision. `auto` picks bf16 only where the hardware computes it natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX) and float32 otherwise."""
     attn_implementation: str = "sdpa"
-    """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...)."""
+    """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...); `auto` picks flash-attention 2 on CUDA when the flash_attn package is installed, else sdpa."""
     chat_template: str | None = None
     """Override the model's chat template: a built-in name (`chatml`, `llama3`) or a path to a Jinja file."""
     trust_remote_code: bool = False
@@ -147,6 +147,14 @@ class TrainSection(BaseModel):
     """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: saves memory, costs ~30% more compute."""
+    # --- performance (issue 10) ---
+    chunked_loss: bool = True
+    """Compute the loss only at trained positions, in chunks through the output head (tunesmith.fastloss): the [tokens, vocab] logits never exist whole. False uses TRL's own loss."""
+    packing_layout: Literal["auto", "rows", "flat"] = "auto"
+    """How packed rows form a batch: `rows` keeps each packed row as a batch row (dense attention masks stay max_length^2 per row; best for SDPA/eager), `flat` concatenates the batch into one padding-free sequence (TRL's layout; best with flash-attention varlen). `auto`: flat with a varlen attention kernel, else rows."""
+    num_threads: int | None = Field(None, gt=0)
+    """torch intra-op CPU threads (torch.set_num_threads); None keeps torch's default (one per core)."""
+    # --- end performance ---
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
     @classmethod
