@@ -25,6 +25,9 @@ VARIANTS = {
     "tunesmith_fp32": "tunesmith sft path, fp32",
     "tunesmith_trl_loss": "tunesmith sft path, TRL's loss (train.chunked_loss=false)",
     "tunesmith_flat": "tunesmith sft path, TRL's padding-free flat layout (train.packing_layout=flat)",
+    "tunesmith_micro1": "tunesmith sft path, one packed row per forward/backward (train.micro_batch_size=1)",
+    "tunesmith_micro2": "tunesmith sft path, two packed rows per forward/backward (train.micro_batch_size=2)",
+    "tunesmith_fp32_micro1": "tunesmith sft path, fp32, one packed row per forward/backward",
 }
 
 
@@ -100,7 +103,9 @@ def _tunesmith(a, train_ds, cfg, tokenizer, source):
     from tunesmith.speed import apply_threads, plan_speed, sft_overrides
     from tunesmith.train.sft import _make_trainer, build_sft_config
 
-    sets = {"tunesmith_fp32": {"bf16": False}, "tunesmith_trl_loss": {"chunked_loss": False}, "tunesmith_flat": {"packing_layout": "flat"}}
+    sets = {"tunesmith_fp32": {"bf16": False}, "tunesmith_trl_loss": {"chunked_loss": False}, "tunesmith_flat": {"packing_layout": "flat"},
+            "tunesmith_micro1": {"micro_batch_size": 1}, "tunesmith_micro2": {"micro_batch_size": 2},
+            "tunesmith_fp32_micro1": {"bf16": False, "micro_batch_size": 1}}
     for k, v in {**_common_args(a), **sets.get(a.variant, {})}.items():
         if k in type(cfg.train).model_fields:
             setattr(cfg.train, k, v)
@@ -108,7 +113,7 @@ def _tunesmith(a, train_ds, cfg, tokenizer, source):
     plan = plan_speed(cfg.train, cfg.model.attn_implementation)
     apply_threads(plan)
     model = apply_lora(load_causal_lm(source, attn_implementation=plan.attn_implementation), cfg.lora)
-    args = build_sft_config(cfg, Path(a.out).parent / f"ckpt-{a.variant}", use_bf16, sft_overrides(plan))
+    args = build_sft_config(cfg, Path(a.out).parent / f"ckpt-{a.variant}", use_bf16, sft_overrides(plan, cfg.train))
     args.save_strategy, args.eval_strategy, args.disable_tqdm = "no", "no", True
     trainer = _make_trainer(model, tokenizer, args, train_ds, None, plan)
     clock = StepClock()

@@ -20,6 +20,11 @@ def test_plan_on_cpu_defaults():
     assert plan_speed(TrainSection(packing_strategy="wrapped"), "sdpa", "cpu").layout == "flat"
     assert plan_speed(TrainSection(packing_layout="flat"), "sdpa", "cpu").layout == "flat"
     assert plan_speed(TrainSection(chunked_loss=False, num_threads=1), "eager", "cpu").threads == 1
+    micro = TrainSection(micro_batch_size=2, gradient_accumulation_steps=3)  # 8 rows per step as 4 passes of 2
+    over = sft_overrides(plan_speed(micro, "sdpa", "cpu"), micro)
+    assert (over["per_device_train_batch_size"], over["gradient_accumulation_steps"]) == (2, 12)
+    with pytest.raises(ValueError, match="must divide"):
+        TrainSection(micro_batch_size=3)
 
 
 def test_plan_on_cuda_picks_varlen_flash_attention_and_liger_when_installed(monkeypatch):

@@ -152,6 +152,8 @@ class TrainSection(BaseModel):
     """Compute the loss only at trained positions, in chunks through the output head (tunesmith.fastloss): the [tokens, vocab] logits never exist whole. False uses TRL's own loss."""
     packing_layout: Literal["auto", "rows", "flat"] = "auto"
     """How packed rows form a batch: `rows` keeps each packed row as a batch row (dense attention masks stay max_length^2 per row; best for SDPA/eager), `flat` concatenates the batch into one padding-free sequence (TRL's layout; best with flash-attention varlen). `auto`: flat with a varlen attention kernel, else rows."""
+    micro_batch_size: int | None = Field(None, gt=0)
+    """Rows per forward/backward pass: each optimizer step's per_device_train_batch_size rows run as accumulated micro-batches of this many (same loss: normalised by the step's trained tokens), so activation memory follows the micro-batch. None: one pass per step."""
     num_threads: int | None = Field(None, gt=0)
     """torch intra-op CPU threads (torch.set_num_threads); None keeps torch's default (one per core)."""
     # --- end performance ---
@@ -161,6 +163,12 @@ class TrainSection(BaseModel):
     def _yaml_no(cls, value):
         """YAML 1.1 reads a bare `no` as False; the strategy means "no"."""
         return "no" if value is False else value
+
+    @model_validator(mode="after")
+    def _micro_divides_batch(self) -> "TrainSection":
+        if self.micro_batch_size and self.per_device_train_batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} must divide per_device_train_batch_size={self.per_device_train_batch_size}")
+        return self
 
     @model_validator(mode="after")
     def _known_extras(self) -> "TrainSection":

@@ -168,7 +168,7 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     trainable, total = count_parameters(model)
-    args = build_sft_config(cfg, run_dir, use_bf16, sft_overrides(plan))
+    args = build_sft_config(cfg, run_dir, use_bf16, sft_overrides(plan, cfg.train))
     trainer = _make_trainer(model, tokenizer, args, to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None, plan)
     sample_convs = eval_convs[: cfg.eval.num_samples]
     state = _before(cfg, run_dir, ckpt, trainer, model, tokenizer, sample_convs, eot, bool(eval_rows))
