@@ -27,7 +27,8 @@ VARIANTS = {
     "tunesmith_flat": "tunesmith sft path, TRL's padding-free flat layout (train.packing_layout=flat)",
     "tunesmith_micro1": "tunesmith sft path, one packed row per forward/backward (train.micro_batch_size=1)",
     "tunesmith_micro2": "tunesmith sft path, two packed rows per forward/backward (train.micro_batch_size=2)",
-    "tunesmith_fp32_micro1": "tunesmith sft path, fp32, one packed row per forward/backward",
+    "tunesmith_whole_batch": "tunesmith sft path, the whole batch in one forward/backward (train.micro_batch_size=batch)",
+    "tunesmith_ckpt": "tunesmith sft path with gradient checkpointing (train.gradient_checkpointing=true)",
 }
 
 
@@ -105,7 +106,7 @@ def _tunesmith(a, train_ds, cfg, tokenizer, source):
 
     sets = {"tunesmith_fp32": {"bf16": False}, "tunesmith_trl_loss": {"chunked_loss": False}, "tunesmith_flat": {"packing_layout": "flat"},
             "tunesmith_micro1": {"micro_batch_size": 1}, "tunesmith_micro2": {"micro_batch_size": 2},
-            "tunesmith_fp32_micro1": {"bf16": False, "micro_batch_size": 1}}
+            "tunesmith_whole_batch": {"micro_batch_size": a.batch}, "tunesmith_ckpt": {"gradient_checkpointing": True}}
     for k, v in {**_common_args(a), **sets.get(a.variant, {})}.items():
         if k in type(cfg.train).model_fields:
             setattr(cfg.train, k, v)

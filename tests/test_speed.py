@@ -14,8 +14,10 @@ from tunesmith.speed import plan_speed, sft_overrides
 
 def test_plan_on_cpu_defaults():
     plan = plan_speed(TrainSection(), "sdpa", device="cpu")
-    assert (plan.layout, plan.chunked_loss, plan.attn_implementation, plan.liger) == ("rows", True, "sdpa", False)
+    assert (plan.layout, plan.chunked_loss, plan.attn_implementation, plan.liger, plan.micro_batches) == ("rows", True, "sdpa", False, 8)
     assert sft_overrides(plan) == {"packing": False, "padding_free": False, "eval_packing": False, "dataset_kwargs": {"skip_prepare_dataset": True}}
+    assert sft_overrides(plan, TrainSection()) == {**sft_overrides(plan), "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}
+    assert plan_speed(TrainSection(micro_batch_size=8), "sdpa", "cpu").micro_batches == 1  # the whole batch in one pass
     assert plan_speed(TrainSection(packing=False), "sdpa", "cpu").layout == "padded"
     assert plan_speed(TrainSection(packing_strategy="wrapped"), "sdpa", "cpu").layout == "flat"
     assert plan_speed(TrainSection(packing_layout="flat"), "sdpa", "cpu").layout == "flat"
@@ -33,7 +35,7 @@ def test_plan_on_cuda_picks_varlen_flash_attention_and_liger_when_installed(monk
     assert plan_speed(TrainSection(), "auto", device="cuda").attn_implementation == "sdpa" or speed._installed("flash_attn")
     monkeypatch.setattr(speed, "_installed", lambda m: m in ("flash_attn", "liger_kernel"))
     plan = plan_speed(TrainSection(), "auto", device="cuda")
-    assert (plan.attn_implementation, plan.layout, plan.liger) == ("flash_attention_2", "flat", True)
+    assert (plan.attn_implementation, plan.layout, plan.liger, plan.micro_batches) == ("flash_attention_2", "flat", True, 1)
     assert sft_overrides(plan) == {"use_liger_kernel": True}
     assert plan_speed(TrainSection(), "auto", device="cpu").attn_implementation == "sdpa"  # never on CPU
     assert plan_speed(TrainSection(), "eager", device="cuda").attn_implementation == "eager"  # explicit choice kept

@@ -30,6 +30,7 @@ class SpeedPlan:
         liger: Liger kernels (RMSNorm, RoPE, SwiGLU) through ``use_liger_kernel``; CUDA with ``liger-kernel`` installed.
         threads: torch intra-op threads (None: torch's default).
         micro_batches: micro-batches per optimizer step (``train.micro_batch_size``; 1: no split).
+        rows_per_pass: packed rows per forward/backward pass.
         notes: one line per decision, for the log.
     """
 
@@ -39,6 +40,7 @@ class SpeedPlan:
     liger: bool = False
     threads: int | None = None
     micro_batches: int = 1
+    rows_per_pass: int | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -73,11 +75,13 @@ def plan_speed(train_cfg, attn_requested: str, device: str | None = None) -> Spe
     if layout == "auto":
         layout = "flat" if attn in VARLEN_ATTENTION else "rows"
     liger = device == "cuda" and _installed("liger_kernel")
-    micro = train_cfg.per_device_train_batch_size // train_cfg.micro_batch_size if train_cfg.micro_batch_size else 1
+    rows_per_pass = train_cfg.micro_batch_size or (1 if device == "cpu" and layout == "rows" else train_cfg.per_device_train_batch_size)
+    micro = train_cfg.per_device_train_batch_size // rows_per_pass
     plan = SpeedPlan(layout=layout, chunked_loss=train_cfg.chunked_loss, attn_implementation=attn, liger=liger, threads=train_cfg.num_threads,
                      micro_batches=micro)
     if micro > 1:
-        plan.notes.append(f"{micro} micro-batches of {train_cfg.micro_batch_size} rows per optimizer step")
+        plan.notes.append(f"{micro} micro-batches of {rows_per_pass} row(s) per optimizer step")
+    plan.rows_per_pass = rows_per_pass
     plan.notes.append(f"packing layout {layout}" + (" (packed rows of max_length: dense attention masks stay max_length^2 per row)" if layout == "rows" else ""))
     plan.notes.append(f"attention {attn}" + ("; Liger kernels" if liger else ""))
     plan.notes.append("loss: chunked at trained positions (tunesmith.fastloss)" if plan.chunked_loss else "loss: TRL's")
@@ -96,7 +100,7 @@ def sft_overrides(plan: SpeedPlan, train_cfg=None) -> dict:
     become gradient accumulation (transformers normalises the loss by the whole step's trained tokens)."""
     kw: dict = {"use_liger_kernel": plan.liger} if plan.liger else {}
     if plan.micro_batches > 1 and train_cfg is not None:
-        kw.update(per_device_train_batch_size=train_cfg.micro_batch_size,
+        kw.update(per_device_train_batch_size=plan.rows_per_pass,
                   gradient_accumulation_steps=train_cfg.gradient_accumulation_steps * plan.micro_batches)
     if plan.layout == "rows":
         kw.update(packing=False, padding_free=False, eval_packing=False, dataset_kwargs={"skip_prepare_dataset": True})

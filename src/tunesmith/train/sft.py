@@ -207,7 +207,8 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
     if not is_main_process():  # only the main process writes artifacts and prints the summary
         return metrics
     if not params_sharded():
-        _write_reload_check(run_dir, trainer.model, tokenizer, sample_convs or eval_convs[:1] or train_convs[:1])
+        # without accelerate's bf16 autocast wrapper: a fresh process reloads the adapter in fp32
+        _write_reload_check(run_dir, trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False), tokenizer, sample_convs or eval_convs[:1] or train_convs[:1])
     write_log_history(run_dir, trainer.state.log_history)
     plot_loss_curve(run_dir, trainer.state.log_history, before_eval_loss=metrics["eval_loss_before"])
     atomic_write_jsonl(run_dir / "samples.jsonl", [
