@@ -12,6 +12,7 @@
     tunesmith report RUN_DIR...                      # decision report: CIs, wins/losses, cost, verdict
     tunesmith chat|generate|merge|export             # use the result (issue 6)
     tunesmith dpo [CONFIG]                           # preference tuning (DPO) after SFT
+    tunesmith estimate [MODEL]                       # memory for full fine-tuning, LoRA, QLoRA
 """
 from __future__ import annotations
 
@@ -350,6 +351,29 @@ def dpo(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
 
     run_dpo(cfg, overwrite=overwrite)
 # --- end preference tuning ---
+
+
+# --- performance (issue 10) ---
+@app.command()
+@handles_errors
+def estimate(model: str = typer.Argument("smollm2-135m-instruct", help="Embedded name, local checkpoint folder, .gguf file or cached hub id."),
+             batch: int = typer.Option(8, "--batch", min=1, help="Sequences (packed rows) per micro-batch."),
+             seq_len: int = typer.Option(512, "--seq-len", min=1, help="Tokens per sequence (train.max_length)."),
+             rank: int = typer.Option(16, "--rank", min=1, help="LoRA rank r (all linear layers)."),
+             checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Estimate with gradient checkpointing on."),
+             use_probe: bool = typer.Option(True, "--probe/--no-probe", help="Calibrate with two short probe runs when the model is local."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+    """Memory needed for full fine-tuning, LoRA and QLoRA: weights, gradients, AdamW states, activations by batch and length."""
+    import json
+
+    from tunesmith.estimate import print_estimate, run_estimate
+
+    res = run_estimate(model, batch=batch, seq_len=seq_len, r=rank, checkpointing=checkpointing, use_probe=use_probe)
+    if as_json:
+        print(json.dumps(res, indent=1))
+    else:
+        print_estimate(res, out)
+# --- end performance ---
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ class ModelSection(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Training/inference precision. `auto` picks bf16 only where the hardware computes it natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX) and float32 otherwise."""
     attn_implementation: str = "sdpa"
-    """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...)."""
+    """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...); `auto` picks flash-attention 2 on CUDA when the flash_attn package is installed, else sdpa."""
     chat_template: str | None = None
     """Override the model's chat template: a built-in name (`chatml`, `llama3`) or a path to a Jinja file."""
     trust_remote_code: bool = False
@@ -153,12 +153,28 @@ class TrainSection(BaseModel):
     """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: saves memory, costs ~30% more compute."""
+    # --- performance (issue 10) ---
+    chunked_loss: bool = True
+    """Compute the loss only at trained positions, in chunks through the output head (tunesmith.fastloss): the [tokens, vocab] logits never exist whole. False uses TRL's own loss."""
+    packing_layout: Literal["auto", "rows", "flat"] = "auto"
+    """How packed rows form a batch: `rows` keeps each packed row as a batch row (dense attention masks stay max_length^2 per row; best for SDPA/eager), `flat` concatenates the batch into one padding-free sequence (TRL's layout; best with flash-attention varlen). `auto`: flat with a varlen attention kernel, else rows."""
+    micro_batch_size: int | None = Field(None, gt=0)
+    """Rows per forward/backward pass: each optimizer step's per_device_train_batch_size rows run as accumulated micro-batches of this many (same loss: normalised by the step's trained tokens), so activation memory follows the micro-batch. None: 1 on CPU with packed rows (measured faster and smaller there), else the whole batch in one pass."""
+    num_threads: int | None = Field(None, gt=0)
+    """torch intra-op CPU threads (torch.set_num_threads); None keeps torch's default (one per core)."""
+    # --- end performance ---
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
     @classmethod
     def _yaml_no(cls, value):
         """YAML 1.1 reads a bare `no` as False; the strategy means "no"."""
         return "no" if value is False else value
+
+    @model_validator(mode="after")
+    def _micro_divides_batch(self) -> "TrainSection":
+        if self.micro_batch_size and self.per_device_train_batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} must divide per_device_train_batch_size={self.per_device_train_batch_size}")
+        return self
 
     @model_validator(mode="after")
     def _known_extras(self) -> "TrainSection":
