@@ -1,5 +1,6 @@
 """Decision report (issue 4): bootstrap CIs, wins/losses, verdict text and HTML, on hand-made run dirs."""
 import json
+import re
 
 import pytest
 
@@ -58,10 +59,13 @@ def test_bootstrap_is_seeded_and_contains_the_point_estimate(runs):
 
 def test_verdict_text_and_html(runs, tmp_path):
     rep = write_report(list(runs), tmp_path / "report.html", echo=False)
-    assert rep["verdict_lines"] == ["json_schema ≥ 0.95: prompting, zero-shot 0.400, not enough; SFT 0.800, not enough"]
+    ci = r"\(95% CI \d\.\d{3}-\d\.\d{3}\)"
+    assert re.fullmatch(f"json_schema ≥ 0.95: prompting, zero-shot 0.400 {ci}, not enough; SFT 0.800 {ci}, not enough", rep["verdict_lines"][0])
+    lo, hi = rep["runs"][1].ci["json_schema"]
+    assert f"SFT 0.800 (95% CI {lo:.3f}-{hi:.3f})" in rep["verdict_lines"][0]
     assert rep["verdict"].startswith("No run meets every target")
     rep = build_report(list(runs), {"json_schema": 0.75})
-    assert rep["verdict_lines"] == ["json_schema ≥ 0.75: prompting, zero-shot 0.400, not enough; SFT 0.800, meets the target"]
+    assert re.fullmatch(f"json_schema ≥ 0.75: prompting, zero-shot 0.400 {ci}, not enough; SFT 0.800 {ci}, meets the target", rep["verdict_lines"][0])
     assert rep["verdict"] == "Prompting falls short; SFT meets every target. Fine-tune."
     rep = build_report([runs[0]], {"json_schema": 0.75})
     assert rep["verdict"].startswith("Prompting falls short of the targets: fine-tune")

@@ -190,8 +190,9 @@ def verdict(runs: list[Run], targets: dict[str, float]) -> tuple[list[str], str]
     """The plain verdict.
 
     Returns:
-        (one line per target, e.g. ``"json_schema ≥ 0.95: prompting, zero-shot 0.41, not enough; SFT 0.98, meets the
-        target"``, the overall decision line).
+        (one line per target, e.g. ``"json_schema ≥ 0.95: prompting, zero-shot 0.410 (95% CI 0.300-0.520), not enough;
+        SFT 0.980 (95% CI 0.950-1.000), meets the target"``; the point estimate decides, the interval shows how sure it is),
+        and the overall decision line.
     """
     lines = []
     for name, target in targets.items():
@@ -199,7 +200,9 @@ def verdict(runs: list[Run], targets: dict[str, float]) -> tuple[list[str], str]
         parts = []
         for run in runs:
             v = run.metrics["task_metrics"].get(name)
-            parts.append(f"{run.name} {'n/a' if v is None else f'{v:.3f}'}, " + ("meets the target" if v is not None and meets(v, name, target) else "not enough"))
+            ci = run.ci.get(name)
+            parts.append(f"{run.name} {'n/a' if v is None else f'{v:.3f}'}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci and ci[0] != ci[1] else "")
+                         + ", " + ("meets the target" if v is not None and meets(v, name, target) else "not enough"))
         lines.append(f"{name} {sym} {target:g}: " + "; ".join(parts))
     if not targets:
         return lines, "No targets set (eval.targets or --target): compare the numbers above."
