@@ -165,3 +165,24 @@ def test_tiny_dpo_run_writes_the_shared_contract(tmp_path, tiny_llama_dir):
     assert {"adapter_config.json", "adapter_model.safetensors", "generation_config.json"} <= {p.name for p in (run / "adapter").iterdir()}
     reloaded = PeftModel.from_pretrained(load_causal_lm(ModelSource("tiny", str(tiny_llama_dir), "local")), str(run / "adapter"))
     assert list(reloaded.peft_config) == ["default"]
+
+
+def test_merge_mode_folds_the_sft_adapter_into_the_base(tmp_path, tiny_source, tiny_llama_dir):
+    from peft import PeftModel, get_peft_model
+
+    from tunesmith.lora import to_peft_config
+    from tunesmith.train.dpo import adapter_dir, build_policy
+
+    sft = get_peft_model(load_causal_lm(tiny_source), to_peft_config(DPORunConfig().lora.model_copy(update={"r": 4})))
+    with torch.no_grad():
+        for n, p in sft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    sft.save_pretrained(tmp_path / "sft" / "adapter")
+    assert adapter_dir(str(tmp_path / "sft")) == tmp_path / "sft" / "adapter"
+    cfg = _cfg(tmp_path, tiny_llama_dir, f"model.adapter={tmp_path / 'sft'}", "model.adapter_mode=merge")
+    model, peft_config = build_policy(cfg, load_causal_lm(tiny_source))
+    assert not isinstance(model, PeftModel) and peft_config.r == 4
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, sft.eval()(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
