@@ -35,7 +35,7 @@ class ModelSection(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Training/inference precision. `auto` picks bf16 only where the hardware computes it natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX) and float32 otherwise."""
     attn_implementation: str = "sdpa"
-    """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...)."""
+    """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...); `auto` picks flash-attention 2 on CUDA when the flash_attn package is installed, else sdpa."""
     chat_template: str | None = None
     """Override the model's chat template: a built-in name (`chatml`, `llama3`) or a path to a Jinja file."""
     trust_remote_code: bool = False
@@ -50,7 +50,7 @@ class DataSection(BaseModel):
     model_config = _STRICT
 
     name: str | None = "chatterbot"
-    """A bundled dataset name (`chatterbot`). Used when `path` is not set."""
+    """A bundled dataset name (`chatterbot`; `chatterbot_json`: the same corpus answered as strict JSON {topic, reply}). Used when `path` is not set."""
     path: str | None = None
     """A data file (JSONL, JSON, CSV, Parquet) or a saved Hugging Face dataset directory."""
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst", "label"] = "auto"
@@ -153,12 +153,28 @@ class TrainSection(BaseModel):
     """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: saves memory, costs ~30% more compute."""
+    # --- performance (issue 10) ---
+    chunked_loss: bool = True
+    """Compute the loss only at trained positions, in chunks through the output head (tunesmith.fastloss): the [tokens, vocab] logits never exist whole. False uses TRL's own loss."""
+    packing_layout: Literal["auto", "rows", "flat"] = "auto"
+    """How packed rows form a batch: `rows` keeps each packed row as a batch row (dense attention masks stay max_length^2 per row; best for SDPA/eager), `flat` concatenates the batch into one padding-free sequence (TRL's layout; best with flash-attention varlen). `auto`: flat with a varlen attention kernel, else rows."""
+    micro_batch_size: int | None = Field(None, gt=0)
+    """Rows per forward/backward pass: each optimizer step's per_device_train_batch_size rows run as accumulated micro-batches of this many (same loss: normalised by the step's trained tokens), so activation memory follows the micro-batch. None: 1 on CPU with packed rows (measured faster and smaller there), else the whole batch in one pass."""
+    num_threads: int | None = Field(None, gt=0)
+    """torch intra-op CPU threads (torch.set_num_threads); None keeps torch's default (one per core)."""
+    # --- end performance ---
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
     @classmethod
     def _yaml_no(cls, value):
         """YAML 1.1 reads a bare `no` as False; the strategy means "no"."""
         return "no" if value is False else value
+
+    @model_validator(mode="after")
+    def _micro_divides_batch(self) -> "TrainSection":
+        if self.micro_batch_size and self.per_device_train_batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} must divide per_device_train_batch_size={self.per_device_train_batch_size}")
+        return self
 
     @model_validator(mode="after")
     def _known_extras(self) -> "TrainSection":
@@ -184,6 +200,38 @@ class EvalSection(BaseModel):
     """Held-out prompts whose generations before and after training go to samples.jsonl."""
     max_new_tokens: int = Field(64, gt=0)
     """Generation budget per sample, in tokens."""
+    # --- decision order (issue 4) ---
+    baseline: bool = False
+    """`tunesmith sft` also prompts the untrained model on the eval set first (into `<output_dir>/baseline`), evaluates the trained adapter the same way after training (`<output_dir>/eval`) and writes the decision report (`<output_dir>/report.html`)."""
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match", "rouge_l", "chrf", "eval_loss", "perplexity"])
+    """Task metrics of `tunesmith baseline`/`eval`/`report`: exact_match, contains, json_valid, json_schema, regex, label_accuracy, label_macro_f1, rouge_l, chrf (from generations), eval_loss, perplexity (from the references)."""
+    json_schema: dict | str | None = None
+    """JSON Schema for the `json_schema` metric: a mapping written in the config, or the path of a .json file (relative to the config file)."""
+    regex: str | None = None
+    """Pattern the whole stripped answer must match for the `regex` metric (Python `re.fullmatch`, DOTALL)."""
+    label_field: str | None = None
+    """For label_accuracy/label_macro_f1: the JSON field holding the label (e.g. `topic`); None compares the whole normalised answer."""
+    k_shot: int = Field(0, ge=0)
+    """`tunesmith baseline` also runs a k-shot baseline: k train examples (seeded by `k_shot_seed`) prepended as user/assistant turns after the system turn."""
+    k_shot_seed: int = 0
+    """Seed choosing the k-shot examples from the train split."""
+    targets: dict[str, float] = Field(default_factory=dict)
+    """Targets of the decision verdict, metric -> threshold, e.g. {json_schema: 0.95}: at least this (at most for eval_loss/perplexity)."""
+
+    @model_validator(mode="after")
+    def _decision_fields(self) -> "EvalSection":
+        from tunesmith.metrics import ALL_METRICS
+
+        problems = [f"unknown metric {m!r} (known: {', '.join(ALL_METRICS)})" for m in self.metrics if m not in ALL_METRICS]
+        problems += [f"target {t!r} is not in eval.metrics" for t in self.targets if t not in self.metrics]
+        if "json_schema" in self.metrics and self.json_schema is None:
+            problems.append("metric json_schema needs eval.json_schema (a mapping or a .json file)")
+        if "regex" in self.metrics and self.regex is None:
+            problems.append("metric regex needs eval.regex")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+    # --- end decision order ---
 
 
 class RunConfig(BaseModel):
@@ -387,10 +435,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         keys, value = parse_override(text)
         _set_path(raw, keys, value)
         origin[".".join(keys)] = f"--set {text}"
-    for key in ("path", "eval_path"):
-        data = raw.get("data")
+    for sec, key in (("data", "path"), ("data", "eval_path"), ("eval", "json_schema")):
+        data = raw.get(sec)
         if isinstance(data, dict) and isinstance(data.get(key), str) and data[key] and not Path(data[key]).expanduser().is_absolute():
-            origin_is_cli = f"data.{key}" in origin
+            origin_is_cli = f"{sec}.{key}" in origin
             data[key] = str((Path.cwd() if origin_is_cli else base) / data[key])
     problems += _check_paths(raw, base)
     problems += _check_train_keys(raw, origin, model_cls)

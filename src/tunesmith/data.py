@@ -90,8 +90,14 @@ def load_chatterbot() -> list[Conversation]:
     return out
 
 
-BUNDLED = {"chatterbot": load_chatterbot}
-"""Bundled dataset name -> loader returning ``list[Conversation]``."""
+def _chatterbot_json() -> list[Conversation]:
+    from tunesmith.chatterbot_json import load_chatterbot_json  # decision-order example (issue 4)
+
+    return load_chatterbot_json()
+
+
+BUNDLED = {"chatterbot": load_chatterbot, "chatterbot_json": _chatterbot_json}
+"""Bundled dataset name -> loader returning ``list[Conversation]`` (``chatterbot_json``: see :mod:`tunesmith.chatterbot_json`)."""
 
 
 def load_file(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> tuple[list[Conversation], LoadReport]:

@@ -25,6 +25,7 @@ from tunesmith.generate import decode_reply, generate_ids
 from tunesmith.lora import apply_lora, count_parameters
 from tunesmith.models import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
 from tunesmith.preflight import CheckedInputs, check_sft_inputs
+from tunesmith.speed import FastLossTrainerMixin, apply_threads, attach, build_datasets, plan_speed, sft_overrides
 from tunesmith.runs import atomic_write_json, atomic_write_jsonl, redact_argv, write_errors, write_manifest
 from tunesmith.template_checks import check_template, fix_generation_config
 from tunesmith.templates import apply_chat_template_option, end_of_turn_ids, render_prompt
@@ -35,7 +36,7 @@ from tunesmith.train.common import Timer, console, install_progress, perplexity,
 _OURS = {"output_dir", "bf16", "max_length", "packing", "packing_strategy"}
 
 
-def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool):
+def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool, overrides: dict | None = None):
     """Translate the ``train`` section into ``trl.SFTConfig`` (checkpoints under ``run_dir/checkpoints``).
 
     Precision comes from the hardware (``bf16`` only where native), not from TRL's default; gradient
@@ -59,6 +60,7 @@ def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool):
         average_tokens_across_devices=True,
     )
     kwargs.setdefault("ddp_find_unused_parameters", False)  # every LoRA weight gets a gradient: skip DDP's graph search
+    kwargs.update(overrides or {})  # the speed plan (tunesmith.speed.sft_overrides)
     return SFTConfig(**kwargs)
 
 
@@ -75,19 +77,25 @@ class _CountingTrainerMixin:
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         mask = inputs.get("attention_mask")
         counter = self._counter()
-        seen = int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        real = inputs.get("num_real_tokens")  # packed rows (tunesmith.packrows) carry their non-pad count
+        seen = int(real) if real is not None else int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         counter.tokens_seen += seen
         self.process_tokens += seen
         counter.trained_tokens += int((inputs["labels"] != -100).sum())
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-def _make_trainer(model, tokenizer, args, train_ds, eval_ds):
+def _make_trainer(model, tokenizer, args, train_ds, eval_ds, plan=None):
     from trl import SFTTrainer
 
-    cls = type("TunesmithSFTTrainer", (_CountingTrainerMixin, SFTTrainer), {})
+    cls = type("TunesmithSFTTrainer", (_CountingTrainerMixin, FastLossTrainerMixin, SFTTrainer), {})
+    collator = None
+    if plan is not None:  # performance (issue 10): packed rows and their collator
+        train_ds, eval_ds, collator = build_datasets(plan, train_ds, eval_ds, args.max_length, tokenizer.pad_token_id)
     trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                  callbacks=[TokenCounter()])
+                  callbacks=[TokenCounter()], data_collator=collator)
+    for note in attach(trainer, plan) if plan is not None else []:
+        console.print(note)
     install_progress(trainer)
     return trainer
 
@@ -119,7 +127,14 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     """
     checked = checked or check_sft_inputs(cfg, overwrite=overwrite, resume=resume)
     with write_errors(checked.run_dir):
-        return _run(cfg, checked)
+        if cfg.eval.baseline and is_main_process():  # decision order (issue 4): baseline -> SFT -> eval -> report
+            from tunesmith.decision import sft_baseline, sft_compare
+
+            sft_baseline(cfg, checked)
+        metrics = _run(cfg, checked)
+        if cfg.eval.baseline and is_main_process():
+            sft_compare(cfg, checked)
+        return metrics
 
 
 def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
@@ -131,11 +146,13 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
     apply_chat_template_option(tokenizer, cfg.model.chat_template, require=False)
     dtype = choose_dtype(cfg.model.dtype)
     use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else dtype == torch.bfloat16
-    model = load_causal_lm(source, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
+    plan = plan_speed(cfg.train, cfg.model.attn_implementation)
+    apply_threads(plan)
+    model = load_causal_lm(source, dtype=torch.float32, attn_implementation=plan.attn_implementation,
                            trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision)
     max_length, why = resolve_max_length(cfg.train.max_length, tokenizer, model.config)
     if is_main_process():
-        console.print(f"max_length: {why}")
+        console.print(f"max_length: {why}; speed: {'; '.join(plan.notes)}")
     if tokenizer.chat_template:
         for f in check_template(tokenizer, model.generation_config):
             if f.level == "warning" and not (f.code == "default_system_prompt" and cfg.data.system_prompt):
@@ -158,8 +175,8 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     trainable, total = count_parameters(model)
-    args = build_sft_config(cfg, run_dir, use_bf16)
-    trainer = _make_trainer(model, tokenizer, args, to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None)
+    args = build_sft_config(cfg, run_dir, use_bf16, sft_overrides(plan, cfg.train))
+    trainer = _make_trainer(model, tokenizer, args, to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None, plan)
     sample_convs = eval_convs[: cfg.eval.num_samples]
     state = _before(cfg, run_dir, ckpt, trainer, model, tokenizer, sample_convs, eot, bool(eval_rows))
     stopper = GracefulStop()
@@ -190,14 +207,15 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
         "trainable_parameters": trainable, "total_parameters": total,
         "tokens_seen": tokens_seen, "trained_tokens": trained_tokens, "num_processes": trainer.args.world_size,
         "train_seconds": t.seconds, "tokens_per_second": process_tokens / max(t.seconds, 1e-9),
-        "precision": "bf16-mixed" if use_bf16 else "fp32",
+        "precision": "bf16-mixed" if use_bf16 else "fp32", "speed": {"layout": plan.layout, "chunked_loss": trainer.tunesmith_chunked_loss, "attn_implementation": plan.attn_implementation},
         "data": {"load": {"rows_read": checked.report.rows_read, "kept": checked.report.kept, "skipped": checked.report.skipped_records, "format": checked.report.format},
                  "train": train_stats.summary(), "eval": eval_stats.summary()},
     }
     if not is_main_process():  # only the main process writes artifacts and prints the summary
         return metrics
     if not params_sharded():
-        _write_reload_check(run_dir, trainer.model, tokenizer, sample_convs or eval_convs[:1] or train_convs[:1])
+        # without accelerate's bf16 autocast wrapper: a fresh process reloads the adapter in fp32
+        _write_reload_check(run_dir, trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False), tokenizer, sample_convs or eval_convs[:1] or train_convs[:1])
     write_log_history(run_dir, trainer.state.log_history)
     plot_loss_curve(run_dir, trainer.state.log_history, before_eval_loss=metrics["eval_loss_before"])
     atomic_write_jsonl(run_dir / "samples.jsonl", [
