@@ -151,15 +151,22 @@ def test_tiny_dpo_run_writes_the_shared_contract(tmp_path, tiny_llama_dir):
     run = Path(cfg.train.output_dir)
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["kind"] == "dpo" and saved["model"] == str(tiny_llama_dir) and saved["global_step"] == 2
-    assert set(saved["task_metrics"]) >= {"reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "win_rate_vs_start"}
+    assert set(saved["task_metrics"]) == {"reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected"}
+    assert saved["win_rate"]["metric"] == "rougeL" and saved["win_rate"]["prompts"] == 2
     assert saved["cost"]["parameters"] > saved["cost"]["trainable_parameters"] > 0 and saved["cost"]["peak_memory_bytes"] > 0
     assert saved["data"]["train_pairs"] == 9 and saved["held_out"]["pairs"] == 3 == m["held_out"]["pairs"]
     preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     lines = [int(p["id"].rsplit(":", 1)[1]) for p in preds]
     assert len(preds) == 3 and lines == sorted(lines) and all(p["reference"] == "chosen" for p in preds)  # eval-set (file) order
-    acc = sum(p["scores"]["reward_correct"] for p in preds) / len(preds)
-    assert acc == pytest.approx(saved["task_metrics"]["reward_accuracy"])
+    for name, value in saved["task_metrics"].items():  # every task metric is the mean of its per-pair score
+        assert sum(p["scores"][name] for p in preds) / len(preds) == pytest.approx(value, rel=1e-6, abs=1e-6)  # float32 means
     assert all(p["prediction"] == ("chosen" if p["scores"]["reward_margin"] > 0 else "rejected") for p in preds)
+    from tunesmith.report import build_report  # the decision report reads a DPO run like any other
+
+    rep = build_report([run, run])
+    assert rep["metrics"] == list(saved["task_metrics"])
+    lo, hi = rep["runs"][0].ci["reward_margin"]
+    assert lo <= saved["task_metrics"]["reward_margin"] <= hi
     assert len((run / "generations.jsonl").read_text().splitlines()) == 2
     # the saved adapter is only the trained one and reloads on the base
     assert {"adapter_config.json", "adapter_model.safetensors", "generation_config.json"} <= {p.name for p in (run / "adapter").iterdir()}
