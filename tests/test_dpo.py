@@ -151,17 +151,45 @@ def test_tiny_dpo_run_writes_the_shared_contract(tmp_path, tiny_llama_dir):
     run = Path(cfg.train.output_dir)
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["kind"] == "dpo" and saved["model"] == str(tiny_llama_dir) and saved["global_step"] == 2
-    assert set(saved["task_metrics"]) >= {"reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "win_rate_vs_start"}
+    assert set(saved["task_metrics"]) == {"reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected"}
+    assert saved["win_rate"]["metric"] == "rougeL" and saved["win_rate"]["prompts"] == 2
     assert saved["cost"]["parameters"] > saved["cost"]["trainable_parameters"] > 0 and saved["cost"]["peak_memory_bytes"] > 0
     assert saved["data"]["train_pairs"] == 9 and saved["held_out"]["pairs"] == 3 == m["held_out"]["pairs"]
     preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     lines = [int(p["id"].rsplit(":", 1)[1]) for p in preds]
     assert len(preds) == 3 and lines == sorted(lines) and all(p["reference"] == "chosen" for p in preds)  # eval-set (file) order
-    acc = sum(p["scores"]["reward_correct"] for p in preds) / len(preds)
-    assert acc == pytest.approx(saved["task_metrics"]["reward_accuracy"])
+    for name, value in saved["task_metrics"].items():  # every task metric is the mean of its per-pair score
+        assert sum(p["scores"][name] for p in preds) / len(preds) == pytest.approx(value, rel=1e-6, abs=1e-6)  # float32 means
     assert all(p["prediction"] == ("chosen" if p["scores"]["reward_margin"] > 0 else "rejected") for p in preds)
+    from tunesmith.report import build_report  # the decision report reads a DPO run like any other
+
+    rep = build_report([run, run])
+    assert rep["metrics"] == list(saved["task_metrics"])
+    lo, hi = rep["runs"][0].ci["reward_margin"]
+    assert lo <= saved["task_metrics"]["reward_margin"] <= hi
     assert len((run / "generations.jsonl").read_text().splitlines()) == 2
     # the saved adapter is only the trained one and reloads on the base
     assert {"adapter_config.json", "adapter_model.safetensors", "generation_config.json"} <= {p.name for p in (run / "adapter").iterdir()}
     reloaded = PeftModel.from_pretrained(load_causal_lm(ModelSource("tiny", str(tiny_llama_dir), "local")), str(run / "adapter"))
     assert list(reloaded.peft_config) == ["default"]
+
+
+def test_merge_mode_folds_the_sft_adapter_into_the_base(tmp_path, tiny_source, tiny_llama_dir):
+    from peft import PeftModel, get_peft_model
+
+    from tunesmith.lora import to_peft_config
+    from tunesmith.train.dpo import adapter_dir, build_policy
+
+    sft = get_peft_model(load_causal_lm(tiny_source), to_peft_config(DPORunConfig().lora.model_copy(update={"r": 4})))
+    with torch.no_grad():
+        for n, p in sft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    sft.save_pretrained(tmp_path / "sft" / "adapter")
+    assert adapter_dir(str(tmp_path / "sft")) == tmp_path / "sft" / "adapter"
+    cfg = _cfg(tmp_path, tiny_llama_dir, f"model.adapter={tmp_path / 'sft'}", "model.adapter_mode=merge")
+    model, peft_config = build_policy(cfg, load_causal_lm(tiny_source))
+    assert not isinstance(model, PeftModel) and peft_config.r == 4
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, sft.eval()(input_ids=ids).logits, rtol=1e-4, atol=1e-4)

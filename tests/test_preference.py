@@ -165,3 +165,20 @@ def test_chatterbot_pairs_reject_another_topic():
     assert pairs[0].prompt == [Message("user", "What is AI?")]
     assert pairs[0].chosen.startswith("Artificial Intelligence is the branch of engineering")
     assert [p.rejected for p in load_chatterbot_pairs()[:5]] == [p.rejected for p in pairs[:5]]  # seeded
+
+
+@pytest.mark.slow  # two CLI subprocesses importing torch/TRL: ~100 s on the loaded 2-core CI machine
+def test_cli_reports_bad_pairs_by_line_with_exit_code_2(tmp_path):
+    import subprocess
+    import sys
+
+    path = _write(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": "b"}])
+    proc = subprocess.run([sys.executable, "-m", "tunesmith", "dpo", "--set", f"data.path={path}", "--set", "train.betta=0.2",
+                           "--set", f"train.output_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "did you mean 'train.beta'" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tunesmith", "dpo", "--set", f"data.path={path}", "--set", f"train.output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "p.jsonl:2: chosen and rejected replies are identical" in proc.stderr.replace("\n", "")
+    assert not (tmp_path / "run").exists()  # nothing created before the data is valid

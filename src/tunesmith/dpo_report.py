@@ -5,7 +5,8 @@ shared-contract files ``metrics.json`` (kind ``dpo``) and ``predictions.jsonl`` 
 
 ``predictions.jsonl`` has one line per evaluated held-out pair, in eval-set order: ``prediction`` is the response
 the DPO implicit reward ranks higher (``chosen`` or ``rejected``), ``reference`` is ``chosen``, and ``scores`` holds
-``reward_correct`` (1/0), ``reward_margin`` and the four log-probs.  ``generations.jsonl`` holds the win-rate prompts
+the pair's value of every :data:`TASK_METRICS` entry (``reward_accuracy`` 1/0, ``reward_margin``, log-probs, rewards)
+plus the reference log-probs.  ``generations.jsonl`` holds the win-rate prompts
 with both models' replies.
 """
 from __future__ import annotations
@@ -18,6 +19,12 @@ from tunesmith.generate import decode_reply, generate_ids
 from tunesmith.messages import Conversation
 from tunesmith.runs import atomic_write_jsonl
 from tunesmith.templates import render_prompt
+
+
+TASK_METRICS = ("reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
+"""``task_metrics`` of a DPO run; ``predictions.jsonl`` scores each pair under the same names, so ``tunesmith report``
+recomputes every one (with its bootstrap interval) from the rows. The win rate is per generation prompt, not per pair:
+it stays in ``metrics.json`` ``win_rate`` (and ``generations.jsonl``)."""
 
 
 def prompt_ids(tokenizer, pair) -> list[int]:
@@ -98,10 +105,7 @@ def write_dpo_artifacts(run_dir: Path, cfg, trainer, tokenizer, eval_pairs, eval
             for p, n, o, (a, b) in zip(pairs, new_ids, start["ids"], scores)])
     held_out = preference_metrics(lp, cfg.train.beta, confidence=cfg.eval.confidence, n_resamples=cfg.eval.bootstrap_samples, seed=cfg.train.seed)
     _write_predictions(run_dir, cfg, eval_pairs, eval_rows, lp)
-    task = {k: held_out[k] for k in ("reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")}
-    task["reward_accuracy_ci_low"], task["reward_accuracy_ci_high"] = held_out["reward_accuracy_ci"]
-    if win:
-        task["win_rate_vs_start"] = win["win_rate"]
+    task = {k: held_out[k] for k in TASK_METRICS}  # each the mean of the same-named per-pair score in predictions.jsonl
     cost = {"parameters": extra["total_parameters"], "trainable_parameters": extra["trainable_parameters"],
             "generation_tokens_per_second": tps, "peak_memory_bytes": peak_memory_bytes()}
     return {"kind": "dpo", "model": cfg.model.name, "task": "preference", "task_metrics": task, "cost": cost,
@@ -116,6 +120,7 @@ def _write_predictions(run_dir: Path, cfg, eval_pairs, eval_rows: list[dict], lp
         pair = by_id[row["pair_id"]]
         correct = float(rc[k] > rr[k])
         lines.append({"id": pair.source, "prompt": pair.prompt_text(), "prediction": "chosen" if correct else "rejected", "reference": "chosen",
-                      "scores": {"reward_correct": correct, "reward_margin": float(rc[k] - rr[k]), "logp_chosen": float(lp.chosen[k]),
-                                 "logp_rejected": float(lp.rejected[k]), "ref_logp_chosen": float(lp.ref_chosen[k]), "ref_logp_rejected": float(lp.ref_rejected[k])}})
+                      "scores": {"reward_accuracy": correct, "reward_margin": float(rc[k] - rr[k]), "logps_chosen": float(lp.chosen[k]),
+                                 "logps_rejected": float(lp.rejected[k]), "rewards_chosen": float(rc[k]), "rewards_rejected": float(rr[k]),
+                                 "ref_logps_chosen": float(lp.ref_chosen[k]), "ref_logps_rejected": float(lp.ref_rejected[k])}})
     atomic_write_jsonl(run_dir / "predictions.jsonl", lines)
