@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 MODES = {
     "quick": {"batch": 2, "max_length": 256, "steps": 3, "warmup": 1, "eval_examples": 16, "rounds": 1,
               "variants": ["trl_shipped", "tunesmith", "trl_best"]},
-    "full": {"batch": 8, "max_length": 512, "steps": 4, "warmup": 1, "eval_examples": 48, "rounds": 1,
+    "full": {"batch": 8, "max_length": 512, "steps": 3, "warmup": 1, "eval_examples": 48, "rounds": 1,
              "variants": ["trl_best", "tunesmith", "trl_shipped", "tunesmith_fp32"]},
 }
 
