@@ -186,3 +186,17 @@ def print_estimate(res: dict, console) -> None:
     for m, v in res["methods"].items():
         t.add_row(m, f"{v['trainable_parameters']:,}", *(f"{v[c] / GIB:.2f}" for c in cols))
     console.print(t)
+
+
+def estimate_command(model: str, *, batch: int, seq_len: int, r: int, checkpointing: bool, use_probe: bool, as_json: bool, console) -> dict:
+    """``tunesmith estimate``: run :func:`run_estimate` and print it as JSON (stdout) or a table (``console``).
+
+    Raises:
+        ModelError: when the model's config cannot be read.
+    """
+    res = run_estimate(model, batch=batch, seq_len=seq_len, r=r, checkpointing=checkpointing, use_probe=use_probe)
+    if as_json:
+        print(json.dumps(res, indent=1))
+    else:
+        print_estimate(res, console)
+    return res
