@@ -174,6 +174,13 @@ def _resume_changed(c: Ctx) -> list[str]:
     return c.sft("--resume", "latest", "--set", "lora.r=4")
 
 
+def _classify_csv(c: Ctx, name: str, text: str, *extra: str) -> list[str]:
+    """`tunesmith classify` on a small CSV written into the case folder."""
+    path = c.tmp / name
+    path.write_text(text)
+    return ["classify", "--set", f"model.name={c.tiny}", "--set", f"train.output_dir={c.out}", "--set", f"data.path={path}", *extra]
+
+
 def _eval_path_bad(c: Ctx) -> list[str]:
     return c.sft("--set", f"data.eval_path={BAD / 'malformed.jsonl'}")
 
@@ -199,13 +206,19 @@ CASES = [
     Case("messages-not-list", _data("messages_not_list.jsonl"), _at("messages_not_list.jsonl", 1)),
     Case("line-is-array", _data("line_is_array.jsonl"), _at("line_is_array.jsonl", 1)),
     Case("malformed-json-file", _data("malformed.json"), _at("malformed.json", 3)),
-    Case("json-without-records", _data("not_records.json"), _at("not_records.json", "0")),
+    Case("json-without-records", _data("not_records.json"), lambda c: [f"{BAD / 'not_records.json'}:1", "data.format"]),
     Case("eval-file-malformed", _eval_path_bad, _at("malformed.jsonl", 2)),
     Case("truncates-to-nothing", _long_system, lambda c: ["train.max_length=16"], needs="model"),
     Case("model-max-length-1e30", _model_max_1e30, lambda c: ["train.max_length=16"], needs="model"),
+    # --- classification data (tunesmith classify) ---
+    Case("csv-missing-columns", lambda c: _classify_csv(c, "cols.csv", "message,topic\nhello there,greet\nbye now,farewell\n"),
+         lambda c: [f"{c.tmp / 'cols.csv'}:2", "labels.text_column", "labels.label_column"]),
+    Case("label-outside-label-set", lambda c: _classify_csv(c, "labels.csv", "text,label\nhello,greet\nbye,farewell\nrain?,weather\nhi,greet\n",
+                                                            "--set", "labels.names=[greet,farewell]"),
+         lambda c: [f"{c.tmp / 'labels.csv'}:4", "weather", "labels.unknown_labels=drop"]),
     # --- config ---
     Case("data-file-missing", lambda c: c.sft(data=c.tmp / "nope.jsonl"), lambda c: ["data.path", "nope.jsonl"]),
-    Case("data-path-is-folder", lambda c: c.sft(data=c.tmp), lambda c: [f"data.path={c.tmp}"]),
+    Case("data-path-is-folder", lambda c: c.sft(data=c.tmp), lambda c: [str(c.tmp), "not a saved Hugging Face dataset", "point data.path at a file"]),
     Case("config-file-missing", lambda c: c.sft(str(c.tmp / "missing.yaml")), lambda c: [str(c.tmp / "missing.yaml")]),
     Case("config-is-folder", lambda c: c.sft(str(c.tmp)), lambda c: [str(c.tmp), "is a directory"]),
     Case("bad-yaml", _cfg("bad_yaml.yaml"), lambda c: [f"{BAD / 'bad_yaml.yaml'}:3"]),

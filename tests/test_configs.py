@@ -1,4 +1,4 @@
-"""Every shipped config in configs/ loads and validates (classify_* configs with the classify config class)."""
+"""Every shipped config in configs/ loads and validates (classify_* and dpo_* configs with their own config classes)."""
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,10 @@ def _config_class(path: Path):
         from tunesmith.classify_config import ClassifyConfig
 
         return ClassifyConfig
+    if path.name.startswith("dpo"):  # preference tuning (issue 7)
+        from tunesmith.dpo_config import DPORunConfig
+
+        return DPORunConfig
     return RunConfig
 
 
@@ -34,5 +38,5 @@ def test_classify_chatterbot_example_data():
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "classify_chatterbot.yaml", model_cls=ClassifyConfig)
     train, ev, names, report = load_label_data(cfg)
     assert names == ["trivia", "coding", "psychology", "ai", "emotion", "literature"]
-    assert (len(train), len(ev), report["duplicates_dropped"]) == (446, 111, 1277)
+    assert (len(train), len(ev), report["duplicates_dropped"]) == (446, 111, 150)  # of the 899 distinct conversations, 150 repeat a first user message
     assert report["eval_counts"] == {"ai": 12, "coding": 19, "emotion": 10, "literature": 6, "psychology": 12, "trivia": 52}

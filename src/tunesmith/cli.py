@@ -7,6 +7,11 @@
     tunesmith classify-baseline [CONFIG]             # prompting baseline of the same task and eval set
     tunesmith predict --model RUN_DIR [FILE|-]       # labels and probabilities as JSON lines
     tunesmith data check|preview [CONFIG]            # the data as SFT will train on it
+    tunesmith baseline [CONFIG]                      # prompting the instruction-tuned model, scored with eval.metrics
+    tunesmith eval [CONFIG] --adapter DIR            # the same examples, prompts and metrics for a fine-tuned model
+    tunesmith report RUN_DIR...                      # decision report: CIs, wins/losses, cost, verdict
+    tunesmith chat|generate|merge|export             # use the result (issue 6)
+    tunesmith dpo [CONFIG]                           # preference tuning (DPO) after SFT
     tunesmith estimate [MODEL]                       # memory for full fine-tuning, LoRA, QLoRA
 """
 from __future__ import annotations
@@ -215,6 +220,137 @@ def data_preview(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = 
     from tunesmith.datacheck import run_preview
 
     raise typer.Exit(run_preview(load_config(config, set_), n, plain=plain))
+
+
+# --- decision order (issue 4) ---
+@app.command()
+@handles_errors
+def baseline(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+             output: Optional[str] = typer.Option(None, "--output", help="Run directory (default: <train.output_dir>-baseline; k-shot: <output>-<k>shot)."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory.")):
+    """Is prompting enough? Prompt the instruction-tuned model on the eval split (zero-shot, and eval.k_shot-shot) and score it with eval.metrics."""
+    from tunesmith.config import load_config
+    from tunesmith.decision import run_baseline
+
+    run_baseline(load_config(config, set_), output=output, overwrite=overwrite)
+
+
+@app.command("eval")
+@handles_errors
+def eval_cmd(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+             adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter folder (e.g. runs/sft/adapter), merged into model.name."),
+             model: Optional[str] = typer.Option(None, "--model", help="A merged (full) model folder."),
+             output: Optional[str] = typer.Option(None, "--output", help="Run directory (default: <train.output_dir>-eval)."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory.")):
+    """Score a fine-tuned model with the same examples, prompts and metrics as `tunesmith baseline`."""
+    from tunesmith.config import load_config
+    from tunesmith.decision import run_eval
+
+    run_eval(load_config(config, set_), adapter=adapter, model_dir=model, output=output, overwrite=overwrite)
+
+
+@app.command()
+@handles_errors
+def report(run_dirs: list[str] = typer.Argument(..., help="Run directories; the first is the reference (the prompting baseline)."),
+           output: Optional[str] = typer.Option(None, "--output", "-o", help="HTML file (default: <last RUN_DIR>/report.html)."),
+           target: Optional[list[str]] = typer.Option(None, "--target", help="METRIC=VALUE, e.g. json_schema=0.95 (repeatable; default: eval.targets of the runs)."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report file.")):
+    """Decision report: baseline vs fine-tuned per metric with bootstrap CIs, wins/losses, cost and a verdict against targets."""
+    from tunesmith.report import parse_targets, write_report
+
+    write_report(run_dirs, output, targets=parse_targets(target) if target else None, overwrite=overwrite)
+# --- end decision order ---
+
+
+# --- use (issue 6) ---
+ModelOpt = typer.Option(None, "--model", help="Base model (embedded name, HF id, folder, .gguf) or a `tunesmith sft` run folder.", show_default=False)
+AdapterOpt = typer.Option(None, "--adapter", help="LoRA adapter folder (or run folder holding adapter/); its base comes from the run config.", show_default=False)
+
+
+def _log(text: str) -> None:
+    err.print(_escape(text), highlight=False)
+
+
+@app.command()
+@handles_errors
+def chat(model: Optional[str] = ModelOpt, adapter: Optional[str] = AdapterOpt,
+         system: Optional[str] = typer.Option(None, "--system", help="System prompt (default: the template's)."),
+         temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="Sampling temperature; 0 = greedy."),
+         top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
+         max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Tokens per reply at most."),
+         seed: int = typer.Option(0, "--seed", help="Sampling seed.")):
+    """Interactive chat through the chat template, tokens streamed; /reset, /system TEXT, /exit. Reads stdin when piped."""
+    from tunesmith.chat import run_chat
+
+    run_chat(model, adapter, system=system, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+
+
+@app.command()
+@handles_errors
+def generate(source: str = typer.Argument(..., help="JSONL (prompt or messages), JSON list, or text file (one prompt a line); - for stdin."),
+             model: Optional[str] = ModelOpt, adapter: Optional[str] = AdapterOpt,
+             output: Optional[str] = typer.Option(None, "--output", "-o", help="Write JSONL here (atomically) instead of stdout."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file."),
+             batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per batch (left padding)."),
+             max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens per reply at most."),
+             temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (default); > 0 samples."),
+             top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0)."),
+             system: Optional[str] = typer.Option(None, "--system", help="System prompt for records without one."),
+             seed: int = typer.Option(0, "--seed", help="Sampling seed.")):
+    """Batched generation: one JSON line per prompt (id, prompt, prediction, reference, finish_reason), greedy by default."""
+    from tunesmith.generate_cmd import run_generate
+
+    run_generate(source, model=model, adapter=adapter, output=output, overwrite=overwrite, max_new_tokens=max_new_tokens,
+                 batch_size=batch_size, temperature=temperature, top_p=top_p, system=system, seed=seed, log=_log)
+
+
+@app.command()
+@handles_errors
+def merge(adapter: str = typer.Option(..., "--adapter", help="LoRA adapter folder or `tunesmith sft` run folder."),
+          model: Optional[str] = typer.Option(None, "--model", help="Base model (default: the adapter's base).", show_default=False),
+          output: str = typer.Option(..., "--output", "-o", help="Folder for the merged safetensors checkpoint."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output folder."),
+          untie: bool = typer.Option(True, "--untie/--refuse-tied", help="When the adapter trains tied embeddings: untie and save both (default) or refuse.")):
+    """Merge a LoRA adapter into its base (fp32) and save safetensors + tokenizer + chat template + generation config."""
+    from tunesmith.export import run_merge
+
+    run_merge(adapter, model=model, output=output, overwrite=overwrite, untie=untie, log=_log)
+
+
+@app.command()
+@handles_errors
+def export(model: Optional[str] = ModelOpt, adapter: Optional[str] = AdapterOpt,
+           fmt: str = typer.Option("gguf", "--format", help="Export format: gguf."),
+           output: str = typer.Option(..., "--output", "-o", help="The .gguf file to write."),
+           outtype: str = typer.Option("f32", "--outtype", help="Tensor type: f32 (exact) or f16."),
+           modelfile: bool = typer.Option(False, "--modelfile", help="Also write an Ollama Modelfile next to the GGUF."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file."),
+           stop_check: bool = typer.Option(True, "--stop-check/--no-stop-check", help="Run the 'does it stop' smoke test (off for untrained models).")):
+    """Export to GGUF (llama models), reload it, and check greedy outputs and template consistency (report: <name>.consistency.json)."""
+    from tunesmith.export import run_export
+
+    run_export(model, adapter, output=output, fmt=fmt, outtype=outtype, modelfile=modelfile, overwrite=overwrite, stop_check=stop_check, log=_log)
+# --- end use ---
+
+
+# --- preference tuning (issue 7) ---
+@app.command(epilog="Config fields: run `tunesmith dpo --show-config` for every field with its value and documentation.")
+@handles_errors
+def dpo(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing train.output_dir."),
+        skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip (log and count) invalid preference pairs instead of stopping."),
+        show_config: bool = typer.Option(False, "--show-config", help="Print every dpo config field and exit.")):
+    """Preference tuning (DPO, TRL) after SFT: LoRA from the SFT adapter; held-out reward accuracy with a CI, win rate vs the start."""
+    from tunesmith.config import load_config
+    from tunesmith.dpo_config import DPORunConfig
+
+    cfg = load_config(config, (set_ or []) + (["data.skip_invalid=true"] if skip_invalid else []), model_cls=DPORunConfig)
+    if show_config:
+        return _print_fields(cfg, DPORunConfig)
+    from tunesmith.train.dpo import run_dpo
+
+    run_dpo(cfg, overwrite=overwrite)
+# --- end preference tuning ---
 
 
 # --- performance (issue 10) ---

@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -50,7 +50,7 @@ class DataSection(BaseModel):
     model_config = _STRICT
 
     name: str | None = "chatterbot"
-    """A bundled dataset name (`chatterbot`). Used when `path` is not set."""
+    """A bundled dataset name (`chatterbot`; `chatterbot_json`: the same corpus answered as strict JSON {topic, reply}). Used when `path` is not set."""
     path: str | None = None
     """A data file (JSONL, JSON, CSV, Parquet) or a saved Hugging Face dataset directory."""
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst", "label"] = "auto"
@@ -102,6 +102,12 @@ class TrainSection(BaseModel):
     """Trainer settings; every key is a `trl.SFTConfig` field (others are rejected with a suggestion)."""
 
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True, validate_assignment=True)
+    library_name: ClassVar[str] = "trl.SFTConfig"
+
+    @classmethod
+    def library_fields(cls) -> frozenset[str]:
+        """Field names of the library config the extra keys of this section go to (``trl.SFTConfig``)."""
+        return sft_config_fields()
 
     output_dir: str = "runs/sft"
     """Run directory: adapter, metrics, plots, manifest and checkpoints go here."""
@@ -194,6 +200,38 @@ class EvalSection(BaseModel):
     """Held-out prompts whose generations before and after training go to samples.jsonl."""
     max_new_tokens: int = Field(64, gt=0)
     """Generation budget per sample, in tokens."""
+    # --- decision order (issue 4) ---
+    baseline: bool = False
+    """`tunesmith sft` also prompts the untrained model on the eval set first (into `<output_dir>/baseline`), evaluates the trained adapter the same way after training (`<output_dir>/eval`) and writes the decision report (`<output_dir>/report.html`)."""
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match", "rouge_l", "chrf", "eval_loss", "perplexity"])
+    """Task metrics of `tunesmith baseline`/`eval`/`report`: exact_match, contains, json_valid, json_schema, regex, label_accuracy, label_macro_f1, rouge_l, chrf (from generations), eval_loss, perplexity (from the references)."""
+    json_schema: dict | str | None = None
+    """JSON Schema for the `json_schema` metric: a mapping written in the config, or the path of a .json file (relative to the config file)."""
+    regex: str | None = None
+    """Pattern the whole stripped answer must match for the `regex` metric (Python `re.fullmatch`, DOTALL)."""
+    label_field: str | None = None
+    """For label_accuracy/label_macro_f1: the JSON field holding the label (e.g. `topic`); None compares the whole normalised answer."""
+    k_shot: int = Field(0, ge=0)
+    """`tunesmith baseline` also runs a k-shot baseline: k train examples (seeded by `k_shot_seed`) prepended as user/assistant turns after the system turn."""
+    k_shot_seed: int = 0
+    """Seed choosing the k-shot examples from the train split."""
+    targets: dict[str, float] = Field(default_factory=dict)
+    """Targets of the decision verdict, metric -> threshold, e.g. {json_schema: 0.95}: at least this (at most for eval_loss/perplexity)."""
+
+    @model_validator(mode="after")
+    def _decision_fields(self) -> "EvalSection":
+        from tunesmith.metrics import ALL_METRICS
+
+        problems = [f"unknown metric {m!r} (known: {', '.join(ALL_METRICS)})" for m in self.metrics if m not in ALL_METRICS]
+        problems += [f"target {t!r} is not in eval.metrics" for t in self.targets if t not in self.metrics]
+        if "json_schema" in self.metrics and self.json_schema is None:
+            problems.append("metric json_schema needs eval.json_schema (a mapping or a .json file)")
+        if "regex" in self.metrics and self.regex is None:
+            problems.append("metric regex needs eval.regex")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+    # --- end decision order ---
 
 
 class RunConfig(BaseModel):
@@ -292,8 +330,8 @@ def _field_names(model_cls: type[BaseModel], loc: tuple) -> list[str]:
             return []
         cls = field.annotation
     names = list(getattr(cls, "model_fields", {}))
-    if cls is TrainSection:
-        names += sorted(sft_config_fields())
+    if hasattr(cls, "library_fields"):  # a train section whose extra keys are a library's config fields
+        names += sorted(cls.library_fields())
     return names
 
 
@@ -329,18 +367,20 @@ def _fix_for(err: dict) -> str:
     return "see `tunesmith config` for the expected type"
 
 
-def _check_train_keys(raw: dict, origin: dict[str, str]) -> list[Problem]:
+def _check_train_keys(raw: dict, origin: dict[str, str], model_cls: type[BaseModel] = None) -> list[Problem]:
     """Report (and drop) unknown ``train`` keys up front, so they are listed even when other fields fail."""
     train = raw.get("train")
     if not isinstance(train, dict):
         return []
-    known = set(TrainSection.model_fields) | sft_config_fields()
+    section = model_cls.model_fields["train"].annotation if model_cls is not None and "train" in model_cls.model_fields else TrainSection
+    library = section.library_fields() if hasattr(section, "library_fields") else sft_config_fields()
+    known = set(section.model_fields) | library
     problems = []
     for key in [k for k in train if k not in known]:
         near = difflib.get_close_matches(str(key), sorted(known), n=1)
         src = origin.get(f"train.{key}")
         where = f"train.{key}" + (f" (from {src})" if src else "")
-        problems.append(Problem(where, "unknown key (not a trl.SFTConfig field)", f"did you mean 'train.{near[0]}'?" if near else "remove it; `tunesmith config` lists every field"))
+        problems.append(Problem(where, f"unknown key (not a {getattr(section, 'library_name', 'trl.SFTConfig')} field)", f"did you mean 'train.{near[0]}'?" if near else "remove it; `tunesmith config` lists every field"))
         del train[key]
     return problems
 
@@ -395,13 +435,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         keys, value = parse_override(text)
         _set_path(raw, keys, value)
         origin[".".join(keys)] = f"--set {text}"
-    for key in ("path", "eval_path"):
-        data = raw.get("data")
+    for sec, key in (("data", "path"), ("data", "eval_path"), ("eval", "json_schema")):
+        data = raw.get(sec)
         if isinstance(data, dict) and isinstance(data.get(key), str) and data[key] and not Path(data[key]).expanduser().is_absolute():
-            origin_is_cli = f"data.{key}" in origin
+            origin_is_cli = f"{sec}.{key}" in origin
             data[key] = str((Path.cwd() if origin_is_cli else base) / data[key])
     problems += _check_paths(raw, base)
-    problems += _check_train_keys(raw, origin)
+    problems += _check_train_keys(raw, origin, model_cls)
     cfg = None
     try:
         cfg = model_cls.model_validate(raw)

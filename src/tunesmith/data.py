@@ -90,8 +90,14 @@ def load_chatterbot() -> list[Conversation]:
     return out
 
 
-BUNDLED = {"chatterbot": load_chatterbot}
-"""Bundled dataset name -> loader returning ``list[Conversation]``."""
+def _chatterbot_json() -> list[Conversation]:
+    from tunesmith.chatterbot_json import load_chatterbot_json  # decision-order example (issue 4)
+
+    return load_chatterbot_json()
+
+
+BUNDLED = {"chatterbot": load_chatterbot, "chatterbot_json": _chatterbot_json}
+"""Bundled dataset name -> loader returning ``list[Conversation]`` (``chatterbot_json``: see :mod:`tunesmith.chatterbot_json`)."""
 
 
 def load_file(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> tuple[list[Conversation], LoadReport]:
@@ -107,10 +113,15 @@ def load_file(path: str | Path, fmt: str = "auto", columns: dict[str, str] | Non
         (``where`` is ``path:line``), ``report.format`` the format used.
 
     Raises:
-        DataError: when the format cannot be detected or is unknown.
+        DataError: when no record can be read (each unreadable line with its ``path:line``, or an empty file),
+            or the format cannot be detected or is unknown.
     """
     records, problems = read_records(path)
     report = LoadReport(rows_read=len(records) + len({p.where for p in problems}))
+    if not records:  # nothing readable: report why (unreadable lines, or an empty file) rather than "unknown format"
+        raise DataError(f"{path}: no readable record" if problems else f"{path} is empty", problems or [Problem(
+            f"data.path={path}", "the file holds no records (it is empty or has only blank lines)",
+            "point data.path at a file with one record per line (JSONL) or a list of records (JSON)")])
     if fmt == "auto":
         first = next((r for _, r in records if isinstance(r, dict)), None)
         fmt = detect_format(first, columns) if first is not None else None

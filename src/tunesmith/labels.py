@@ -90,7 +90,9 @@ def read_table(path: str | Path, labels_cfg) -> list[tuple[str, dict]]:
     if fmt in ("jsonl", "json"):
         from tunesmith.data import read_records
 
-        records = read_records(path)
+        records, problems = read_records(path)
+        if problems:
+            raise DataError(f"Cannot read {path}", problems)
         return [(where, r if isinstance(r, dict) else {}) for where, r in records]
     import datasets
 

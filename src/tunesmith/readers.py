@@ -5,7 +5,8 @@ JSON array or object (``.json``), CSV/TSV (``.csv``/``.tsv``), Parquet (``.parqu
 Hugging Face dataset saved with ``Dataset.save_to_disk`` (a folder).  ``where`` is
 ``"path:line"`` (1-based physical line) for JSONL, CSV (the line the record starts on, from the
 ``csv`` module's ``line_num``, so quoted newlines are counted) and JSON (the line where the
-array element starts); ``"path#row"`` (0-based) for Parquet and saved datasets.
+array element starts); ``"path#row"`` (0-based) for Parquet and saved datasets.  A gzip-compressed text file (``.jsonl.gz``,
+``.json.gz``, ``.csv.gz``, ...) is read as the file inside it, with the same line numbers.
 
 Undecodable records (invalid UTF-8, malformed JSON) are returned as :class:`Problem` entries,
 never raised one by one, so the caller can report them all or skip them.
@@ -41,6 +42,8 @@ def read_records(path: str | Path) -> tuple[list[tuple[str, object]], list[Probl
     if not p.is_file():
         raise DataError("Data file not found", [Problem(str(p), "no such file or folder", "check data.path")])
     suffix = p.suffix.lower()
+    if suffix == ".gz":
+        suffix = Path(p.stem).suffix.lower()  # data.jsonl.gz reads as data.jsonl
     if suffix == ".parquet":
         return _read_parquet(p), []
     if suffix in (".csv", ".tsv"):
@@ -53,10 +56,22 @@ def read_records(path: str | Path) -> tuple[list[tuple[str, object]], list[Probl
                                                       "use .jsonl, .json, .csv, .tsv, .parquet or a saved dataset folder")])
 
 
+def _read_bytes(p: Path) -> bytes:
+    """The file's bytes, decompressed when the name ends in ``.gz`` (gzip)."""
+    if p.suffix.lower() != ".gz":
+        return p.read_bytes()
+    import gzip
+
+    try:
+        return gzip.decompress(p.read_bytes())
+    except (OSError, EOFError) as exc:
+        raise DataError("Cannot decompress data file", [Problem(str(p), f"not a valid gzip file ({exc})", "re-compress it with gzip, or give the uncompressed file")]) from None
+
+
 def _decode_lines(p: Path) -> tuple[list[tuple[int, str]], list[Problem]]:
     """Split into physical lines (``\\n``), decoding each as UTF-8; bad lines become problems."""
     lines, problems = [], []
-    raw = p.read_bytes()
+    raw = _read_bytes(p)
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
@@ -85,7 +100,7 @@ def _read_jsonl(p: Path) -> tuple[list, list[Problem]]:
 
 
 def _read_json(p: Path) -> tuple[list, list[Problem]]:
-    raw = p.read_bytes()
+    raw = _read_bytes(p)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -127,7 +142,7 @@ def _element_lines(text: str, n: int) -> list[int] | None:
 
 
 def _read_csv(p: Path, delimiter: str) -> tuple[list, list[Problem]]:
-    raw = p.read_bytes()
+    raw = _read_bytes(p)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

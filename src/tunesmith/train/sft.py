@@ -127,7 +127,14 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     """
     checked = checked or check_sft_inputs(cfg, overwrite=overwrite, resume=resume)
     with write_errors(checked.run_dir):
-        return _run(cfg, checked)
+        if cfg.eval.baseline and is_main_process():  # decision order (issue 4): baseline -> SFT -> eval -> report
+            from tunesmith.decision import sft_baseline, sft_compare
+
+            sft_baseline(cfg, checked)
+        metrics = _run(cfg, checked)
+        if cfg.eval.baseline and is_main_process():
+            sft_compare(cfg, checked)
+        return metrics
 
 
 def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
@@ -256,7 +263,8 @@ def _before(cfg, run_dir, ckpt, trainer, model, tokenizer, sample_convs, eot, ha
     if cfg.eval.before_training and has_eval:
         state["before"] = {k: v for k, v in trainer.evaluate(metric_key_prefix="eval").items() if isinstance(v, (int, float))}
         state["samples_before"] = _samples(model, tokenizer, sample_convs, eot, cfg.eval.max_new_tokens)
-    atomic_write_json(path, state)
+    if is_main_process():  # every process evaluates (a distributed eval); only the main one writes
+        atomic_write_json(path, state)
     return state
 
 

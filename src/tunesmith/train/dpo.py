@@ -1,0 +1,264 @@
+"""Preference tuning (DPO, Rafailov et al. 2023) with LoRA on TRL's DPOTrainer: the stage after SFT.
+
+Run it::
+
+    tunesmith dpo configs/dpo_chatterbot.yaml                   # bundled chatterbot-pairs, ~3 min on 2 CPU cores
+    tunesmith dpo configs/dpo_hh.yaml --set model.adapter=runs/sft
+
+Path: config -> preference pairs (load, validate, split) -> model (base, merged SFT model, or base + SFT adapter)
+-> TRL DPOTrainer with ``ref_model=None``: with a LoRA policy the reference is the same weights with the adapter
+disabled (or, continuing an SFT adapter, TRL's frozen LoRA-sized ``ref`` copy of it), so the base weights are never
+held twice -> held-out reward accuracy (bootstrap CI), margins, log-probs -> win rate against the starting model
+-> ``metrics.json`` (kind ``dpo``), ``predictions.jsonl``, ``adapter/`` in ``train.output_dir``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from tunesmith.data import split
+from tunesmith.dpo_config import DPORunConfig
+from tunesmith.distributed import save_trained_model
+from tunesmith.dpo_metrics import pair_logps
+from tunesmith.errors import DataError, ModelError, Problem
+from tunesmith.lora import count_parameters, to_peft_config
+from tunesmith.models import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
+from tunesmith.preference import PreferencePair, load_pairs
+from tunesmith.runs import atomic_write_json, atomic_write_text, lock_run_dir, prepare_run_dir, write_errors, write_manifest
+from tunesmith.template_checks import fix_generation_config
+from tunesmith.templates import apply_chat_template_option, end_of_turn_ids
+from tunesmith.train.common import Timer, console, install_progress, plot_loss_curve, write_log_history
+
+_OURS = {"output_dir", "bf16"}
+
+
+def split_pairs(cfg: DPORunConfig) -> tuple[list[PreferencePair], list[PreferencePair], dict]:
+    """Load and validate the pairs, then hold out ``data.eval_fraction`` (or read ``data.eval_path``).
+
+    Returns:
+        (train pairs, eval pairs, load report).
+
+    Raises:
+        DataError: invalid records (``file:line``), no training pair, or no held-out pair.
+    """
+    pairs, report = load_pairs(cfg.data)
+    if cfg.data.eval_path:
+        train, (evals, _) = pairs, load_pairs(cfg.data.model_copy(update={"path": cfg.data.eval_path}))
+    else:
+        train, evals = split(pairs, cfg.data.eval_fraction, cfg.data.split_seed)
+    train = train[: cfg.data.max_train_examples] if cfg.data.max_train_examples else train
+    evals = evals[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else evals
+    where = f"data.path={cfg.data.path}" if cfg.data.path else f"data.name={cfg.data.name}"
+    if not train:
+        raise DataError("No training pairs", [Problem(where, f"{report['kept']} valid pairs, none left for training", "give more pairs or lower data.eval_fraction")])
+    if not evals:
+        raise DataError("No held-out pairs", [Problem(where, "reward accuracy needs held-out pairs", "set data.eval_fraction > 0 or data.eval_path")])
+    return train, evals, report
+
+
+def build_dpo_config(cfg: DPORunConfig, run_dir: Path, use_bf16: bool, *, precompute: bool):
+    """Translate the ``train`` section into ``trl.DPOConfig`` (checkpoints under ``run_dir/checkpoints``).
+
+    Precision comes from the hardware (bf16 only where native), gradient checkpointing is off unless asked for
+    (TRL defaults it on), and ``remove_unused_columns`` keeps TRL's tokenised columns.
+    """
+    from trl import DPOConfig
+
+    valid = {f.name for f in dataclasses.fields(DPOConfig)}
+    kwargs = {k: v for k, v in cfg.train.model_dump().items() if k in valid and k not in _OURS}
+    kwargs.update(output_dir=str(run_dir / "checkpoints"), bf16=use_bf16, fp16=False, use_cpu=not torch.cuda.is_available(),
+                  report_to="none", disable_tqdm=True, precompute_ref_log_probs=precompute,
+                  gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.train.gradient_checkpointing else None)
+    kwargs.setdefault("ddp_find_unused_parameters", False)
+    return DPOConfig(**kwargs)
+
+
+def adapter_dir(path: str) -> Path:
+    """The PEFT adapter folder of ``model.adapter``: a `tunesmith sft` run directory (its ``adapter/``) or the folder itself.
+
+    Raises:
+        ModelError: when neither holds ``adapter_config.json``.
+    """
+    p = Path(path).expanduser()
+    for cand in (p / "adapter", p):
+        if (cand / "adapter_config.json").is_file():
+            return cand
+    raise ModelError("SFT adapter not found", [Problem(f"model.adapter={path}", "no adapter_config.json in it or in its adapter/ folder",
+                                                        "point it at a `tunesmith sft` run directory or a PEFT adapter folder")])
+
+
+def build_policy(cfg: DPORunConfig, model):
+    """Prepare the starting policy and the PEFT config TRL should add.
+
+    Returns:
+        (model, peft_config): a fresh LoRA (no adapter, or ``adapter_mode=merge`` after merging the SFT adapter into the
+        base weights) is added by TRL from ``peft_config``; ``adapter_mode=continue`` returns a trainable ``PeftModel``
+        holding the SFT adapter (TRL then copies it into a frozen ``ref`` adapter) and ``peft_config=None``.
+    """
+    from peft import PeftModel
+
+    if cfg.model.adapter:
+        folder = adapter_dir(cfg.model.adapter)
+        if cfg.model.adapter_mode == "continue":
+            return PeftModel.from_pretrained(model, str(folder), is_trainable=True), None
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    return model, (to_peft_config(cfg.lora) if cfg.lora.enabled else None)
+
+
+def make_trainer(cfg: DPORunConfig, model, peft_config, tokenizer, train_pairs, eval_pairs, run_dir: Path, *, use_bf16: bool = False, precompute: bool = False):
+    """Build TRL's ``DPOTrainer`` with ``ref_model=None`` and tunesmith's progress display.
+
+    With a LoRA policy TRL takes the reference from the same module with the adapter disabled (a fresh adapter) or
+    from its frozen ``ref`` copy of a pretrained adapter (LoRA-sized), so the base weights exist once in memory.
+    Without LoRA, ``precompute`` must be True: the reference log-probs are computed before training, so TRL does not
+    load a second copy of the model.
+
+    Returns:
+        The trainer; its ``train_dataset``/``eval_dataset`` are tokenised (pairs whose prompt fills ``max_length`` dropped).
+    """
+    from trl import DPOTrainer
+
+    args = build_dpo_config(cfg, run_dir, use_bf16, precompute=precompute)
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=_dataset(train_pairs), eval_dataset=_dataset(eval_pairs),
+                         processing_class=tokenizer, peft_config=peft_config)
+    install_progress(trainer)
+    if not console.is_terminal:
+        trainer.add_callback(_LogLines())
+    return trainer
+
+
+class _LogLines(TrainerCallback):
+    """Print one line per Trainer log (step, loss, reward accuracy and margin) when stderr is not a terminal (the
+    progress bar is not drawn there)."""
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        """Print the step's DPO loss and batch reward statistics."""
+        if logs and "loss" in logs and state.is_world_process_zero:
+            console.print(f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f} "
+                          f"rewards/accuracies {logs.get('rewards/accuracies', float('nan')):.3f} rewards/margins {logs.get('rewards/margins', float('nan')):.4f}", highlight=False)
+
+
+def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
+    """Run DPO end to end and write every artifact; ``metrics.json`` is written last (its presence means "complete").
+
+    Args:
+        cfg: the validated :class:`~tunesmith.dpo_config.DPORunConfig`.
+        overwrite: replace an existing, non-empty ``train.output_dir``.
+
+    Returns:
+        The metrics dict also written to ``metrics.json`` (shared contract: ``kind="dpo"``, ``task_metrics``, ``cost``).
+
+    Raises:
+        ConfigError, DataError, ModelError, TemplateError: bad input, before training starts.
+    """
+    from tunesmith.config import dump_config
+    from tunesmith.preflight import check_secrets
+
+    check_secrets(cfg)
+    train_pairs, eval_pairs, report = split_pairs(cfg)
+    run_dir = prepare_run_dir(cfg.train.output_dir, overwrite=overwrite)
+    lock_run_dir(run_dir)
+    with write_errors(run_dir):
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        return _run(cfg, run_dir, train_pairs, eval_pairs, report)
+
+
+def _run(cfg: DPORunConfig, run_dir: Path, train_pairs, eval_pairs, report: dict) -> dict:
+    from tunesmith.dpo_report import start_generations, write_dpo_artifacts
+
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # TRL's tokenising maps; the training bar is tunesmith's
+    torch.manual_seed(cfg.train.seed)
+    source = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
+    apply_chat_template_option(tokenizer, cfg.model.chat_template, require=report["conversational"])
+    use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else choose_dtype(cfg.model.dtype) == torch.bfloat16
+    base = load_causal_lm(source, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
+                          trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision)
+    if tokenizer.chat_template:
+        fix_generation_config(base.generation_config, tokenizer)
+    eot = end_of_turn_ids(tokenizer, base.generation_config)
+    gen_config = base.generation_config
+    model, peft_config = build_policy(cfg, base)
+    precompute = cfg.train.precompute_ref_log_probs or not (peft_config is not None or _is_peft(model))
+    console.print(f"[bold]tunesmith dpo[/] model={source.name} ({source.kind})" + (f" + adapter {cfg.model.adapter} ({cfg.model.adapter_mode})" if cfg.model.adapter else "")
+                  + f" precision={'bf16-mixed' if use_bf16 else 'fp32'} pairs: train={len(train_pairs)} eval={len(eval_pairs)} ({report['format']}, "
+                  f"{report['skipped']} skipped); beta={cfg.train.beta} loss={','.join(cfg.train.loss_type)}")
+    write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=_fingerprint(train_pairs + eval_pairs),
+                   tokenizer=tokenizer, extra={"model_source": dataclasses.asdict(source)})
+    trainer = make_trainer(cfg, model, peft_config, tokenizer, train_pairs, eval_pairs, run_dir, use_bf16=use_bf16, precompute=precompute)
+    dropped = {"train": len(train_pairs) - len(trainer.train_dataset), "eval": len(eval_pairs) - len(trainer.eval_dataset)}
+    console.print(f"generating {min(cfg.eval.win_rate_prompts, len(eval_pairs))} held-out replies with the starting model (for the win rate)")
+    start = start_generations(cfg, trainer, tokenizer, eval_pairs, eot)  # the starting model = the reference, before any step
+    with Timer() as t:
+        trainer.train()
+    console.print(f"scoring {len(trainer.eval_dataset)} held-out pairs (policy and reference log-probs)")
+    eval_rows = list(trainer.eval_dataset)
+    lp = pair_logps(trainer, eval_rows, cfg.train.per_device_eval_batch_size)
+    trainable, total = count_parameters(trainer.model)
+    extra = {"train_seconds": t.seconds, "global_step": trainer.state.global_step, "train_loss": trainer.state.log_history[-1].get("train_loss"),
+             "precision": "bf16-mixed" if use_bf16 else "fp32", "beta": cfg.train.beta, "loss_type": cfg.train.loss_type,
+             "reference": _reference_kind(cfg, peft_config, precompute), "start": {"model": source.name, "adapter": cfg.model.adapter, "adapter_mode": cfg.model.adapter_mode},
+             "data": {**report, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "dropped_prompt_too_long": dropped},
+             "trainable_parameters": trainable, "total_parameters": total}
+    metrics = write_dpo_artifacts(run_dir, cfg, trainer, tokenizer, eval_pairs, eval_rows, lp, start, eot, extra)
+    _drop_ref_adapter(trainer.model)  # after every reference log-prob: continuing an SFT adapter, 'ref' is the reference
+    save_trained_model(trainer, run_dir / ("adapter" if _is_peft(trainer.model) else "model"),
+                       extra_files={"generation_config.json": gen_config.to_json_string()})
+    write_log_history(run_dir, trainer.state.log_history)
+    plot_loss_curve(run_dir, trainer.state.log_history)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    _summary(run_dir, metrics)
+    return metrics
+
+
+def _dataset(pairs: list[PreferencePair]):
+    """TRL rows plus ``pair_id`` (the record's ``file:line``), so evaluated rows map back to their pairs."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{**p.to_trl(), "pair_id": p.source} for p in pairs])
+
+
+def _is_peft(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _drop_ref_adapter(model) -> None:
+    """Delete TRL's frozen ``ref`` adapter copy (continuing an SFT adapter) so only the trained adapter is saved."""
+    if _is_peft(model) and "ref" in model.peft_config:
+        model.set_adapter("default")
+        model.delete_adapter("ref")
+
+
+def _reference_kind(cfg: DPORunConfig, peft_config, precompute: bool) -> str:
+    if cfg.model.adapter and cfg.model.adapter_mode == "continue":
+        return "base + frozen copy of the SFT adapter (TRL 'ref' adapter; base weights shared)"
+    if peft_config is not None:
+        return "policy with the LoRA adapter disabled (same weights)" + (" (log-probs precomputed)" if precompute else "")
+    return "starting model, log-probs precomputed before training (full fine-tuning)"
+
+
+def _fingerprint(pairs: list[PreferencePair]) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps(p.to_trl(), sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def _summary(run_dir: Path, m: dict) -> None:
+    tm = m["task_metrics"]
+    lo, hi = m["held_out"]["reward_accuracy_ci"]
+    win = m.get("win_rate") or {}
+    console.print(f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: held-out reward accuracy {tm['reward_accuracy']:.3f} "
+                  f"({m['eval']['confidence']:.0%} CI {lo:.3f}-{hi:.3f}, {m['held_out']['pairs']} pairs), margin {tm['reward_margin']:.3f}"
+                  + (f"; win rate vs start {win['win_rate']:.3f} ({win['metric']})" if win.get("win_rate") is not None else "")
+                  + f"\n  artifacts: {run_dir}/")

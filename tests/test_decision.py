@@ -1,0 +1,186 @@
+"""Decision order (issue 4): the shared eval step, baseline/eval identity, eval_loss, and the end-to-end CLI on a tiny Llama."""
+import json
+import pytest
+import torch
+
+from tunesmith.chatterbot_json import SCHEMA, SYSTEM_PROMPT
+from tunesmith.evaluate import build_examples, reference_losses
+from tunesmith.messages import Conversation, Message
+from tunesmith.templates import IGNORE_INDEX, render_conversation
+
+
+def _conv(user, reply, src):
+    return Conversation([Message("system", "Be brief."), Message("user", user), Message("assistant", reply)], src)
+
+
+TRAIN = [_conv(f"question {i}", f"answer {i}", f"train#{i}") for i in range(6)]
+EVAL = [_conv("What is 2+2?", '{"a": 4}', "eval#0"), _conv("Name a colour.", "Blue, I think.", "eval#1")]
+
+
+def test_prompt_ids_are_the_training_context(smol_tokenizer):
+    """The prompt is exactly the rendered conversation up to the reply: the tokens the model is trained to continue."""
+    examples = build_examples(smol_tokenizer, EVAL)
+    for ex in examples:
+        r = render_conversation(smol_tokenizer, ex.conversation)
+        n = len(ex.prompt_ids)
+        assert r.input_ids[:n] == ex.prompt_ids
+        assert all(x == IGNORE_INDEX for x in r.labels[:n]) and r.labels[n] != IGNORE_INDEX
+        assert smol_tokenizer.decode(ex.prompt_ids).endswith("<|im_start|>assistant\n")
+    assert [ex.id for ex in examples] == ["eval#0", "eval#1"] and examples[1].reference == "Blue, I think."
+
+
+def test_k_shot_demonstrations_follow_the_system_turn(smol_tokenizer):
+    a = build_examples(smol_tokenizer, EVAL, TRAIN, k_shot=2, seed=7)
+    b = build_examples(smol_tokenizer, EVAL, TRAIN, k_shot=2, seed=7)
+    assert [x.prompt_ids for x in a] == [x.prompt_ids for x in b]  # seeded
+    roles = [m.role for m in a[0].conversation.messages]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    demos = [m.content for m in a[0].conversation.messages[1:5]]
+    assert demos == [m.content for m in a[1].conversation.messages[1:5]]  # the same demonstrations for every example
+    assert all(d in {f"question {i}" for i in range(6)} | {f"answer {i}" for i in range(6)} for d in demos)
+    # only the final reply is scored: demonstration replies are weight 0
+    r = render_conversation(smol_tokenizer, a[0].conversation)
+    trained = smol_tokenizer.decode([t for t in r.labels if t != IGNORE_INDEX])
+    assert trained == '{"a": 4}<|im_end|>'
+
+
+def test_reference_loss_equals_transformers_loss(tiny_llama_dir, smol_tokenizer):
+    """Batched, right-padded reference NLL / tokens equals the model's own mean loss on each example alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    examples = build_examples(smol_tokenizer, EVAL)
+    got = reference_losses(model, smol_tokenizer, examples, batch_size=2)
+    for ex, (nll, n) in zip(examples, got):
+        r = render_conversation(smol_tokenizer, ex.conversation)
+        with torch.no_grad():
+            want = model(input_ids=torch.tensor([r.input_ids]), labels=torch.tensor([r.labels])).loss.item()
+        assert n == sum(1 for t in r.labels if t != IGNORE_INDEX) - 0  # labels are shifted by one: every trained token counts
+        assert nll / n == pytest.approx(want, abs=1e-4)
+
+
+def _cli(*args, code=0):
+    """Run the CLI in-process (no interpreter start-up); returns the click Result."""
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    assert res.exit_code == code, res.output[-3000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def decision_run(tmp_path_factory, tiny_llama_dir):
+    """`tunesmith sft` with eval.baseline on the tiny Llama: baseline (zero- and 1-shot) -> 2 SFT steps -> eval -> report."""
+    root = tmp_path_factory.mktemp("decision")
+    cfg = root / "cfg.yaml"
+    cfg.write_text(json.dumps({
+        "model": {"name": str(tiny_llama_dir)},
+        "data": {"name": "chatterbot_json", "max_train_examples": 16, "max_eval_examples": 6},
+        "train": {"output_dir": str(root / "run"), "max_steps": 2, "per_device_train_batch_size": 4, "eval_strategy": "no",
+                  "save_strategy": "no", "logging_steps": 1, "learning_rate": 1e-3},
+        "eval": {"baseline": True, "before_training": False, "num_samples": 0, "max_new_tokens": 6, "k_shot": 1, "label_field": "topic",
+                 "metrics": ["json_valid", "json_schema", "label_accuracy", "label_macro_f1", "exact_match", "contains", "rouge_l", "chrf",
+                             "eval_loss", "perplexity"],
+                 "json_schema": SCHEMA, "targets": {"json_schema": 0.95}},
+    }))
+    _cli("sft", str(cfg))
+    return cfg, root / "run"
+
+
+def _rows(path):
+    return [json.loads(line) for line in (path / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_sft_writes_baseline_eval_and_report(decision_run):
+    _, run = decision_run
+    for sub in ("baseline", "baseline-1shot", "eval"):
+        m = json.loads((run / sub / "metrics.json").read_text())
+        assert set(m["task_metrics"]) == {"json_valid", "json_schema", "label_accuracy", "label_macro_f1", "exact_match", "contains",
+                                          "rouge_l", "chrf", "eval_loss", "perplexity"}
+        assert m["eval_examples"] == 6 and m["cost"]["parameters"] > 0 and m["cost"]["generation_tokens_per_second"] > 0
+        assert m["kind"] == ("eval" if sub == "eval" else "baseline")
+    assert json.loads((run / "eval" / "metrics.json").read_text())["cost"]["trainable_parameters"] > 0
+    html = (run / "report.html").read_text()
+    assert "Verdict:" in html and "json_schema ≥ 0.95: prompting, zero-shot" in html and "data:image/png;base64," in html
+    assert (run / "metrics.json").is_file() and (run / "adapter" / "adapter_config.json").is_file()
+
+
+def test_baseline_and_eval_use_identical_examples_and_prompts(decision_run):
+    _, run = decision_run
+    base, ev, kshot = _rows(run / "baseline"), _rows(run / "eval"), _rows(run / "baseline-1shot")
+    assert [r["id"] for r in base] == [r["id"] for r in ev] == [r["id"] for r in kshot]
+    assert [r["prompt_ids_sha256"] for r in base] == [r["prompt_ids_sha256"] for r in ev]
+    assert [r["prompt"] for r in base] == [r["prompt"] for r in ev]
+    assert all(SYSTEM_PROMPT in r["prompt"] for r in base)
+    assert all(a["prompt_ids_sha256"] != b["prompt_ids_sha256"] for a, b in zip(base, kshot))  # k-shot prompts are longer
+    assert [r["reference"] for r in base] == [r["reference"] for r in ev]
+    # the adapter changed the model: reference likelihood differs
+    assert any(abs(a["scores"]["eval_loss"] - b["scores"]["eval_loss"]) > 1e-4 for a, b in zip(base, ev))
+
+
+def test_standalone_commands_reproduce_the_sft_numbers(decision_run, tmp_path):
+    """`tunesmith baseline` and `tunesmith eval --adapter` (same config, same seed) reproduce the in-sft runs exactly."""
+    cfg, run = decision_run
+    from tunesmith.config import load_config
+    from tunesmith.decision import run_baseline, run_eval
+
+    config = load_config(cfg, ["eval.k_shot=0"])
+    run_baseline(config, output=tmp_path / "b")
+    run_eval(config, adapter=run / "adapter", output=tmp_path / "e")
+    for mine, theirs in ((tmp_path / "b", run / "baseline"), (tmp_path / "e", run / "eval")):
+        a, b = _rows(mine), _rows(theirs)
+        assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
+        assert [r["prompt_ids_sha256"] for r in a] == [r["prompt_ids_sha256"] for r in b]
+        for x, y in zip(a, b):
+            assert x["scores"] == pytest.approx(y["scores"], abs=1e-5)
+
+
+def test_report_cli_and_refusals(decision_run, tmp_path):
+    _, run = decision_run
+    out = tmp_path / "r.html"
+    res = _cli("report", str(run / "baseline"), str(run / "eval"), "--output", str(out), "--target", "json_valid=0.5")
+    assert "verdict:" in res.output and out.is_file() and "json_valid ≥ 0.5" in out.read_text()
+    again = _cli("report", str(run / "baseline"), "--output", str(out), code=2)
+    assert "--overwrite" in again.output
+    missing = _cli("eval", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "e"), code=2)
+    assert "Model path not found" in missing.output and not (tmp_path / "e").exists()
+    misaligned = _cli("report", str(run / "baseline"), str(tmp_path / "nothing"), "--output", str(tmp_path / "x.html"), code=2)
+    assert "Not an evaluated run dir" in misaligned.output
+
+
+def test_same_seed_reproduces_the_fine_tuned_numbers(decision_run, tmp_path):
+    """A second SFT run with the same seed (without the baseline step) gives a bit-identical adapter and identical eval predictions."""
+    from safetensors.torch import load_file
+
+    from tunesmith.config import load_config
+    from tunesmith.decision import run_eval
+    from tunesmith.train.sft import run_sft
+
+    cfg, run = decision_run
+    again = tmp_path / "again"
+    config = load_config(cfg, [f"train.output_dir={again}", "eval.baseline=false"])  # the baseline step must not perturb training
+    run_sft(config)
+    a, b = load_file(run / "adapter" / "adapter_model.safetensors"), load_file(again / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    run_eval(config, adapter=again / "adapter", output=tmp_path / "e")
+    mine, theirs = _rows(tmp_path / "e"), _rows(run / "eval")
+    assert [r["prediction"] for r in mine] == [r["prediction"] for r in theirs]
+    assert [r["prompt_ids_sha256"] for r in mine] == [r["prompt_ids_sha256"] for r in theirs]
+    m1, m2 = (json.loads((p / "metrics.json").read_text())["task_metrics"] for p in (tmp_path / "e", run / "eval"))
+    assert m1 == pytest.approx(m2, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_shipped_example_prompting_falls_short_and_sft_meets_the_target(tmp_path):
+    """The shipped decision-order example end to end on the embedded SmolLM2-135M-Instruct (about 20 min on 2 busy cores)."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "decision_chatterbot_json.yaml"
+    run = tmp_path / "run"
+    _cli("sft", str(config), "--set", f"train.output_dir={run}")
+    base = json.loads((run / "baseline" / "metrics.json").read_text())["task_metrics"]
+    sft = json.loads((run / "eval" / "metrics.json").read_text())["task_metrics"]
+    assert base["json_schema"] < 0.95 <= sft["json_schema"], (base, sft)
+    assert "Prompting falls short; SFT (LoRA adapter) meets every target. Fine-tune." in (run / "report.html").read_text()

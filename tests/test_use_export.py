@@ -1,0 +1,191 @@
+"""tunesmith export --format gguf (issue 6): GGUF metadata, exact f32 round trip through transformers' GGUF loader,
+template consistency check (passes, and catches a wrong template / a model that does not stop), Modelfile.
+
+    PYTHONPATH=src pytest -q tests/test_use_export.py
+"""
+import json
+
+import pytest
+import torch
+
+from conftest import build_tiny_llama
+from test_use_merge import logits, make_adapter
+from tunesmith.errors import ModelError
+
+
+def tiny_bpe_tokenizer(chat_template: str):
+    """A byte-level BPE tokenizer with 325 tokens (ids 0-2: <|endoftext|>, <|im_start|>, <|im_end|>) and the given chat
+    template. Reading a GGUF with SmolLM2's 49,152 tokens takes gguf's reader 10-30 s, so the fast tests use this one;
+    tests/test_use_embedded.py (slow) exports the real SmolLM2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(["Hello there, how are you? The capital of France is Paris. system user assistant You are a helpful AI assistant"] * 20, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    tok.chat_template = chat_template
+    return tok
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, smol_tokenizer):
+    """A tiny llama (325-token BPE vocabulary, SmolLM2's chat template) + random LoRA adapter exported to GGUF (f32) with a
+    Modelfile; stop check off (random model)."""
+    from tunesmith.export import run_export
+
+    tmp = tmp_path_factory.mktemp("export")
+    base_dir = build_tiny_llama(tiny_bpe_tokenizer(smol_tokenizer.chat_template), tmp / "base", tie=True)
+    peft_model, tok = make_adapter(base_dir, None, tmp / "adapter")
+    report = run_export(str(base_dir), str(tmp / "adapter"), output=str(tmp / "out" / "tiny.gguf"), modelfile=True,
+                        stop_check=False, max_new_tokens=8, log=lambda s: None)
+    return tmp, report, logits(peft_model, tok), tok
+
+
+def test_permute_matches_transformers_reverse():
+    """Our q/k permutation is undone exactly by transformers' GGUF loader (LlamaTensorProcessor)."""
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    from tunesmith.gguf_io import permute_qk
+
+    w = torch.arange(12 * 8 * 5, dtype=torch.float32).reshape(12 * 8 // 2 * 2, 5)  # 96 rows: 12 heads x head_dim 8
+    proc = LlamaTensorProcessor(config={"num_attention_heads": 12, "num_key_value_heads": 4})
+    for name, kv in (("blk.0.attn_q.weight", None), ("blk.0.attn_k.weight", 4)):
+        rows = w[: (kv or 12) * 8]
+        permuted = permute_qk(rows, 12, kv)
+        assert not torch.equal(permuted, rows)
+        back = proc.process(permuted.numpy(), name).weights
+        assert torch.equal(torch.from_numpy(back), rows)
+
+
+def test_gguf_metadata(exported, smol_tokenizer):
+    from gguf import GGUFReader
+
+    tmp, report, _, tok = exported
+    r = GGUFReader(str(tmp / "out" / "tiny.gguf"))
+    f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("GGUF.")}
+    assert f["general.architecture"] == "llama" and f["llama.block_count"] == 2 and f["llama.embedding_length"] == 64
+    assert f["llama.attention.head_count"] == 4 and f["llama.attention.head_count_kv"] == 2
+    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "default"  # GPT-2 byte-level split (no source GGUF to copy from)
+    assert f["tokenizer.chat_template"] == smol_tokenizer.chat_template
+    assert f["tokenizer.ggml.eos_token_id"] == 2 and f["tokenizer.ggml.bos_token_id"] == 1
+    tokens, types = f["tokenizer.ggml.tokens"], f["tokenizer.ggml.token_type"]
+    assert len(tokens) == f["llama.vocab_size"] == 325 and tokens[2] == "<|im_end|>" and types[:3] == [3, 3, 3] and types[100] == 1
+    merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
+    assert f["tokenizer.ggml.merges"] == [" ".join(m) for m in merges] and len(merges) > 50
+    names = {t.name for t in r.tensors}
+    assert "token_embd.weight" in names and "blk.1.attn_q.weight" in names and "output.weight" not in names  # tied
+    assert all(t.tensor_type.name == "F32" for t in r.tensors)
+
+
+def test_gguf_round_trip_and_consistency(exported):
+    """Reloaded by transformers, the GGUF gives the merged model's logits (f32: <= 1e-5) and the same greedy tokens;
+    every consistency check passed."""
+    from tunesmith.gguf_io import load_gguf
+
+    tmp, report, want, tok = exported
+    assert report["round_trip"]["max_abs_logit_diff"] <= 1e-5
+    checks = {c["name"]: c for c in report["consistency"]["checks"]}
+    assert set(checks) == {"greedy_round_trip", "ids_saved_tokenizer", "ids_gguf", "template_gguf", "eot_in_generation_config", "eot_in_gguf",
+                           "modelfile_template"}
+    assert all(c["ok"] for c in checks.values()), checks
+    model, gtok = load_gguf(tmp / "out" / "tiny.gguf")
+    assert (logits(model, gtok) - want).abs().max() < 1e-4  # GGUF == base + adapter
+    saved = json.loads((tmp / "out" / "tiny.consistency.json").read_text())
+    assert saved["consistency"]["ok"] is True and saved["adapter"].endswith("adapter")
+
+
+def test_modelfile(exported):
+    tmp, report, _, _ = exported
+    text = (tmp / "out" / "Modelfile").read_text()
+    assert text.splitlines()[0] == "FROM ./tiny.gguf"
+    assert '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"""' in text
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
+    assert text.rstrip().endswith('PARAMETER stop "<|im_end|>"')
+
+
+def test_modelfile_check_on_llama3_and_a_broken_template(smol_tokenizer):
+    """The Go TEMPLATE is rendered (Ollama's semantics for range/Role/Content) and compared with the chat template's text:
+    Llama-3's template trims message content and Ollama's does not, which the check reports for a whitespace-padded turn."""
+    import copy
+
+    from tunesmith.consistency import fixed_conversations, modelfile_check, render_go_template
+    from tunesmith.export import ollama_template
+    from tunesmith.templates import resolve_chat_template
+
+    convs = fixed_conversations()
+    go, system = ollama_template(smol_tokenizer)
+    assert render_go_template(go, [{"role": "user", "content": "Hi"}], system) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert modelfile_check(smol_tokenizer, go.replace("{{ .Content }}<|im_end|>\n", "{{ .Content }}<|im_end|>"), system, convs).ok is False
+    tok = copy.deepcopy(smol_tokenizer)
+    tok.chat_template = resolve_chat_template("llama3")
+    go, system = ollama_template(tok)
+    assert modelfile_check(tok, go, system, convs[:3]).ok
+    bad = modelfile_check(tok, go, system, convs)
+    assert not bad.ok and bad.detail.startswith("consistency#3")  # a user turn ending in a newline
+
+
+def test_consistency_catches_a_different_template(exported):
+    """Serving with another chat template than the one in the GGUF is reported with the first differing token."""
+    from tunesmith.consistency import compare_ids, fixed_conversations, reference_ids, serving_ids
+    from tunesmith.gguf_io import load_gguf
+
+    tmp, _, _, tok = exported
+    _, gtok = load_gguf(tmp / "out" / "tiny.gguf")
+    convs = fixed_conversations()
+    ok = compare_ids("ids_gguf", tok, reference_ids(tok, convs), serving_ids(gtok, convs), convs)
+    assert ok.ok
+    gtok.chat_template = tok.chat_template.replace("<|im_end|>", "<|endoftext|>")
+    bad = compare_ids("ids_gguf", tok, reference_ids(tok, convs), serving_ids(gtok, convs), convs)
+    assert not bad.ok and "consistency#0" in bad.detail and "<|im_end|>" in bad.detail
+
+
+def test_export_stop_check_fails_for_model_that_never_stops(exported, tmp_path):
+    """A random model does not end its replies: the smoke test fails the export (exit 2) and says why."""
+    from tunesmith.export import ExportCheckError, run_export
+
+    tmp, _, _, _ = exported
+    with pytest.raises(ExportCheckError) as exc:
+        run_export(str(tmp / "base"), output=str(tmp_path / "x.gguf"), max_new_tokens=6, log=lambda s: None)
+    assert [p.where for p in exc.value.problems] == ["stops"]
+    assert "0/3 greedy replies ended" in exc.value.problems[0].reason
+    assert (tmp_path / "x.consistency.json").is_file()
+
+
+def test_export_refuses_non_llama_and_existing_output(exported, tmp_path):
+    from transformers import AutoConfig
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.export import run_export
+    from tunesmith.gguf_io import check_supported
+
+    tmp, _, _, _ = exported
+    cfg = AutoConfig.from_pretrained(tmp / "base")
+    cfg.model_type, cfg.attention_bias = "qwen2", True
+    with pytest.raises(ModelError) as exc:
+        check_supported(cfg)
+    assert [p.where for p in exc.value.problems] == ["config.model_type", "config.attention_bias"]
+    with pytest.raises(TunesmithError, match="Output exists"):
+        run_export(str(tmp / "base"), output=str(tmp / "out" / "tiny.gguf"))
+    with pytest.raises(TunesmithError, match="Unknown export format"):
+        run_export(str(tmp / "base"), output=str(tmp_path / "a.bin"), fmt="onnx")
+
+
+def test_export_f16(exported, tmp_path):
+    """--outtype f16: matrices in half precision, norms in f32; logits stay within 1e-2 and greedy replies agree."""
+    from gguf import GGUFReader
+
+    from tunesmith.export import run_export
+
+    tmp, _, _, _ = exported
+    report = run_export(str(tmp / "base"), str(tmp / "adapter"), output=str(tmp_path / "h.gguf"), outtype="f16", stop_check=False,
+                        max_new_tokens=8, log=lambda s: None)
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(tmp_path / "h.gguf")).tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["token_embd.weight"] == "F16" and types["output_norm.weight"] == "F32"
+    assert 0 < report["round_trip"]["max_abs_logit_diff"] < 1e-2
+    assert report["bytes"] < (tmp / "out" / "tiny.gguf").stat().st_size * 0.6
