@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 MODES = {
     "quick": {"batch": 2, "max_length": 256, "steps": 3, "warmup": 1, "eval_examples": 16, "rounds": 1,
               "variants": ["trl_shipped", "tunesmith", "trl_best"]},
-    "full": {"batch": 8, "max_length": 512, "steps": 4, "warmup": 1, "eval_examples": 48, "rounds": 1,
+    "full": {"batch": 8, "max_length": 512, "steps": 3, "warmup": 1, "eval_examples": 48, "rounds": 1,
              "variants": ["trl_best", "tunesmith", "trl_shipped", "tunesmith_fp32"]},
 }
 
@@ -101,12 +101,16 @@ def run_variant(variant: str, data: Path, work: Path, m: dict, timeout: float) -
 
 
 def predict_for_bench(batch: int, max_length: int) -> dict | None:
-    """``tunesmith estimate``'s LoRA prediction (process peak, bytes) for the bench's shape, to compare with the measured peak."""
+    """``tunesmith estimate``'s LoRA prediction (process peak, bytes) for one forward/backward pass of the bench's
+    tunesmith run (its default micro-batch: one packed row per pass on CPU), to compare with the measured peak."""
     try:
+        from tunesmith.config import TrainSection
         from tunesmith.estimate import estimate_for_run
+        from tunesmith.speed import plan_speed
     except ImportError:
         return None
-    return estimate_for_run("smollm2-135m-instruct", batch=batch, seq_len=max_length, method="lora")
+    rows = plan_speed(TrainSection(per_device_train_batch_size=batch), "sdpa").rows_per_pass or batch
+    return {**estimate_for_run("smollm2-135m-instruct", batch=rows, seq_len=max_length, method="lora"), "rows_per_pass": rows}
 
 
 def summarise(results: list[dict], peaks: dict, estimate: dict | None) -> dict:
@@ -165,7 +169,7 @@ def markdown(report: dict) -> str:
         lines += ["", "Targets (tunesmith): " + "; ".join(f"{k}: {v:.3f}" for k, v in s["targets"].items())]
     if s["estimate"]:
         e = s["estimate"]
-        lines += ["", f"`tunesmith estimate` predicted peak {e['predicted_peak_bytes'] / 1e9:.2f} GB vs measured {e.get('measured_peak_rss_bytes', 0) / 1e9:.2f} GB "
+        lines += ["", f"`tunesmith estimate --batch {e['batch']} --seq-len {e['seq_len']}` (rows per pass) predicted peak {e['predicted_peak_bytes'] / 1e9:.2f} GB vs measured {e.get('measured_peak_rss_bytes', 0) / 1e9:.2f} GB "
                   f"(ratio {e.get('predicted_over_measured', float('nan')):.2f})"]
     return "\n".join(lines) + "\n"
 

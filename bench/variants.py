@@ -151,14 +151,14 @@ def run(a) -> dict:
 
     trainer.training_step = counting_step
     trainer.train()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # training peak (model load included), before scoring
+    gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     trainable, total = count_parameters(trainer.model)
     t = clock.times
     warm = min(a.warmup, len(t) - 2)
     measured_tokens = sum(real[warm:])
     seconds = t[-1] - t[warm]
     cpu_seconds = clock.cpu[-1] - clock.cpu[warm]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     return {"variant": a.variant, "description": VARIANTS[a.variant], "precision": precision, "steps": len(t) - 1, "warmup_steps": warm,
             "step_seconds": [round(y - x, 3) for x, y in zip(t, t[1:])], "real_tokens_per_step": real,
             "tokens_per_second": measured_tokens / seconds, "tokens_per_cpu_second": measured_tokens / cpu_seconds,

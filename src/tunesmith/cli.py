@@ -364,15 +364,9 @@ def estimate(model: str = typer.Argument("smollm2-135m-instruct", help="Embedded
              use_probe: bool = typer.Option(True, "--probe/--no-probe", help="Calibrate with two short probe runs when the model is local."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """Memory needed for full fine-tuning, LoRA and QLoRA: weights, gradients, AdamW states, activations by batch and length."""
-    import json
+    from tunesmith.estimate import estimate_command
 
-    from tunesmith.estimate import print_estimate, run_estimate
-
-    res = run_estimate(model, batch=batch, seq_len=seq_len, r=rank, checkpointing=checkpointing, use_probe=use_probe)
-    if as_json:
-        print(json.dumps(res, indent=1))
-    else:
-        print_estimate(res, out)
+    estimate_command(model, batch=batch, seq_len=seq_len, r=rank, checkpointing=checkpointing, use_probe=use_probe, as_json=as_json, console=out)
 # --- end performance ---
 
 

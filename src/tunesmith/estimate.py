@@ -159,9 +159,18 @@ def run_estimate(model: str, *, batch: int = 8, seq_len: int = 512, r: int = 16,
 
     Returns:
         ``{"model", "shape", "batch", "seq_len", "probe" (or None), "methods": {...}}`` (see :func:`estimate`).
+
+    Raises:
+        ModelError: the config cannot be read, or the probe run fails (the fix names ``--no-probe``).
     """
     shape, local = load_shape(model)
-    cal = probe(local, r=r) if use_probe and local else None
+    try:
+        cal = probe(local, r=r) if use_probe and local else None
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        from tunesmith.errors import ModelError, Problem
+
+        raise ModelError("The probe run failed", [Problem(f"{model} (probe)", str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__,
+                                                          "run with --no-probe for the analytical estimate")]) from None
     kw = {}
     if cal is not None:
         lora = estimate(shape, batch=1, seq_len=0, r=r)["lora"]
@@ -186,3 +195,17 @@ def print_estimate(res: dict, console) -> None:
     for m, v in res["methods"].items():
         t.add_row(m, f"{v['trainable_parameters']:,}", *(f"{v[c] / GIB:.2f}" for c in cols))
     console.print(t)
+
+
+def estimate_command(model: str, *, batch: int, seq_len: int, r: int, checkpointing: bool, use_probe: bool, as_json: bool, console) -> dict:
+    """``tunesmith estimate``: run :func:`run_estimate` and print it as JSON (stdout) or a table (``console``).
+
+    Raises:
+        ModelError: when the model's config cannot be read.
+    """
+    res = run_estimate(model, batch=batch, seq_len=seq_len, r=r, checkpointing=checkpointing, use_probe=use_probe)
+    if as_json:
+        print(json.dumps(res, indent=1))
+    else:
+        print_estimate(res, console)
+    return res

@@ -292,6 +292,10 @@ def load_causal_lm(source: ModelSource, *, dtype: torch.dtype = torch.float32, a
     from transformers import AutoModelForCausalLM
 
     check_weight_format(source, allow_pickle)
+    if attn_implementation == "auto":  # performance (issue 10): flash-attention 2 on CUDA when installed, else sdpa
+        from tunesmith.speed import choose_attention
+
+        attn_implementation = choose_attention("auto", "cuda" if torch.cuda.is_available() else "cpu")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.location, dtype=dtype, attn_implementation=attn_implementation,
