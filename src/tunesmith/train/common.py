@@ -22,10 +22,18 @@ class RichProgress(TrainerCallback):
         self.task = None
         self.loss = float("nan")
         self.eval_loss = float("nan")
+        self.lines = False  # not a terminal (CI, a log file): one plain line per log event instead of a live bar
+        self.start = 0.0
+        self.start_step = 0
 
     def on_train_begin(self, args, state, control, **kw):
         """Start the bar at ``state.global_step`` (non-zero when resuming); only the main process shows one."""
         if not state.is_world_process_zero:
+            return
+        if not console.is_terminal:
+            import time
+
+            self.lines, self.start, self.start_step = True, time.monotonic(), state.global_step
             return
         self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                                  TextColumn("eval_loss {task.fields[eval]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -39,7 +47,15 @@ class RichProgress(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kw):
-        """Show the latest ``loss`` and ``eval_loss``."""
+        """Show the latest ``loss`` and ``eval_loss`` (without a terminal: print a line ``step N/M loss .. elapsed .. ETA ..``)."""
+        if self.lines and logs and ("loss" in logs or "eval_loss" in logs):
+            import time
+
+            elapsed = time.monotonic() - self.start
+            done = max(state.global_step - self.start_step, 1)  # steps run by this process (a resume starts later)
+            eta = elapsed / done * max(state.max_steps - state.global_step, 0)
+            parts = [f"step {state.global_step}/{state.max_steps}"] + [f"{k} {logs[k]:.4f}" for k in ("loss", "eval_loss") if k in logs]
+            console.print("train: " + " ".join(parts) + f" elapsed {elapsed:.0f}s ETA {eta:.0f}s", highlight=False)
         if self.progress and logs:
             if "loss" in logs:
                 self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
