@@ -23,6 +23,8 @@ def make_streamer(tokenizer, write):
     from transformers import TextStreamer
 
     class Streamer(TextStreamer):
+        """transformers' TextStreamer writing each finalised piece of text to the chat's output."""
+
         def on_finalized_text(self, text: str, stream_end: bool = False):  # noqa: D102
             write(text + ("\n" if stream_end else ""))
 

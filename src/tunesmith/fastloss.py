@@ -43,6 +43,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_size, grad_enabled=True):  # noqa: D102
+        """Loss sum and counts over ``hidden: [n, d]`` at ``targets: LongTensor[n]`` through ``weight: [vocab, d]``, ``chunk_size`` rows at a time; gradients are computed in the same pass and saved for :meth:`backward`."""
         need_h, need_w, need_b = (grad_enabled and x for x in ctx.needs_input_grad[:3])
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -78,6 +79,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, *_):  # noqa: D102
+        """Scale the gradients saved by :meth:`forward` by ``grad_loss`` (autograd.Function protocol)."""
         saved = iter(ctx.saved_tensors)
         need_h, need_w, need_b = ctx.have
         grad_h = next(saved) * grad_loss.to(ctx.dtypes[0]) if need_h else None
@@ -127,6 +129,7 @@ class ChunkedLossOutput:
         return getattr(self, key)
 
     def keys(self):  # noqa: D102
+        """Field names, so the result unpacks like a mapping."""
         return ("loss", "n_trained", "n_correct", "entropy_sum")
 
 
@@ -155,6 +158,7 @@ def install_chunked_loss(model, chunk_size: int = DEFAULT_CHUNK) -> None:
         return
 
     def forward(self, *args, tunesmith_chunked_loss=False, labels=None, num_items_in_batch=None, **kwargs):
+        """The wrapped model's forward; with ``tunesmith_chunked_loss`` the loss comes from :func:`chunked_cross_entropy` on the final hidden states and no full logits are built."""
         if not tunesmith_chunked_loss:
             if labels is not None:
                 kwargs["labels"] = labels
