@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,3 +169,22 @@ def test_manifest_records_the_run_and_no_secret(setup, reference_and_killed, smo
     for f in ref.rglob("*"):
         if f.is_file():
             assert SECRET.encode() not in f.read_bytes(), f
+
+
+def test_kill_after_the_last_step_resumes_without_an_extra_step(setup, reference_and_killed):
+    """A run killed after its last checkpoint, while writing its final artifacts, is restored from that checkpoint:
+    no ninth step (transformers' train() would run one), the same weights and counts as the uninterrupted run."""
+    cfg, base = setup
+    ref, _, _ = reference_and_killed
+    run = base / "finished"
+    assert subprocess.run(_cmd(cfg, run), env=_env(), capture_output=True, text=True).returncode == 0
+    for name in ("metrics.json", "samples.jsonl", "log_history.jsonl", "loss_curve.png", "reload_check.json"):
+        (run / name).unlink()
+    shutil.rmtree(run / "adapter")
+    res = subprocess.run(_cmd(cfg, run, "--resume", "latest"), env=_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (ref, run))
+    assert mb["global_step"] == STEPS and mb["resumed_from"].endswith(f"checkpoint-{STEPS}")
+    assert mb["tokens_seen"] == ma["tokens_seen"] and mb["eval_loss"] == ma["eval_loss"]
+    a, b = _adapter(ref), _adapter(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -182,7 +182,7 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
     stopper = GracefulStop()
     trainer.add_callback(stopper)
     with Timer() as t:
-        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        result = _train_or_restore_finished(trainer, ckpt)
     if stopper.signum is not None:
         last = latest_checkpoint(run_dir)
         raise TrainingStopped(stopper.signum, str(last) if last else None, resume_command())
@@ -225,6 +225,28 @@ def _run(cfg: RunConfig, checked: CheckedInputs) -> dict:
     atomic_write_json(run_dir / "metrics.json", metrics)
     _summary(run_dir, metrics)
     return metrics
+
+
+def _train_or_restore_finished(trainer, ckpt):
+    """``trainer.train()``, resuming from ``ckpt`` when given. A checkpoint at or past ``max_steps`` (the run was killed
+    after its last step, while writing the final artifacts) is only loaded: weights, trainer state and callback state
+    (token counts), and no step is run; transformers' ``train`` would run one extra step there.
+
+    Returns:
+        ``TrainOutput`` from ``trainer.train``, or None when the finished checkpoint was only restored.
+    """
+    import json
+
+    if ckpt is not None and trainer.args.max_steps > 0:
+        state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+        if state.get("global_step", 0) >= trainer.args.max_steps:
+            from transformers.trainer_callback import TrainerState
+
+            trainer._load_from_checkpoint(str(ckpt))
+            trainer.state = TrainerState.load_from_json(str(Path(ckpt) / "trainer_state.json"))
+            trainer._load_callback_state()
+            return None
+    return trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
 
 
 def _write_reload_check(run_dir: Path, model, tokenizer, convs) -> None:
