@@ -49,6 +49,21 @@ def tiny_source(tiny_llama_dir):
     return ModelSource("tiny", str(tiny_llama_dir), "local")
 
 
+
+def _save_random_sft_adapter(tiny_source, path):
+    """A LoRA r=4 "SFT" adapter with random lora_B (so it changes the model), saved to ``path``; returns the PEFT model."""
+    from peft import get_peft_model
+
+    from tunesmith.lora import to_peft_config
+
+    sft = get_peft_model(load_causal_lm(tiny_source), to_peft_config(DPORunConfig().lora.model_copy(update={"r": 4})))
+    with torch.no_grad():
+        for n, p in sft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    sft.save_pretrained(path)
+    return sft
+
 def test_fresh_lora_reference_is_the_same_weights_with_the_adapter_disabled(tmp_path, tiny_source, tiny_llama_dir, smol_tokenizer):
     from tunesmith.train.dpo import build_policy, make_trainer
 
@@ -77,17 +92,11 @@ def test_fresh_lora_reference_is_the_same_weights_with_the_adapter_disabled(tmp_
 
 
 def test_continuing_an_sft_adapter_keeps_one_copy_of_the_base(tmp_path, tiny_source, tiny_llama_dir, smol_tokenizer):
-    from peft import PeftModel, get_peft_model
+    from peft import PeftModel
 
-    from tunesmith.lora import to_peft_config
     from tunesmith.train.dpo import build_policy, make_trainer
 
-    sft = get_peft_model(load_causal_lm(tiny_source), to_peft_config(DPORunConfig().lora.model_copy(update={"r": 4})))
-    with torch.no_grad():
-        for n, p in sft.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-    sft.save_pretrained(tmp_path / "sft" / "adapter")
+    _save_random_sft_adapter(tiny_source, tmp_path / "sft" / "adapter")
     cfg = _cfg(tmp_path, tiny_llama_dir, f"model.adapter={tmp_path / 'sft'}")
     base = load_causal_lm(tiny_source)
     base_bytes = sum(_storages(base).values())
@@ -175,17 +184,11 @@ def test_tiny_dpo_run_writes_the_shared_contract(tmp_path, tiny_llama_dir):
 
 
 def test_merge_mode_folds_the_sft_adapter_into_the_base(tmp_path, tiny_source, tiny_llama_dir):
-    from peft import PeftModel, get_peft_model
+    from peft import PeftModel
 
-    from tunesmith.lora import to_peft_config
     from tunesmith.train.dpo import adapter_dir, build_policy
 
-    sft = get_peft_model(load_causal_lm(tiny_source), to_peft_config(DPORunConfig().lora.model_copy(update={"r": 4})))
-    with torch.no_grad():
-        for n, p in sft.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-    sft.save_pretrained(tmp_path / "sft" / "adapter")
+    sft = _save_random_sft_adapter(tiny_source, tmp_path / "sft" / "adapter")
     assert adapter_dir(str(tmp_path / "sft")) == tmp_path / "sft" / "adapter"
     cfg = _cfg(tmp_path, tiny_llama_dir, f"model.adapter={tmp_path / 'sft'}", "model.adapter_mode=merge")
     model, peft_config = build_policy(cfg, load_causal_lm(tiny_source))
