@@ -37,10 +37,10 @@ MODES = {
 
 def prepare_data(out: Path, max_length: int, eval_examples: int) -> dict:
     """Render chatterbot (tunesmith's split, chat template, assistant-only labels) once; save train/eval rows to ``out``."""
-    from tunesmith.collate import render_all, to_dataset
-    from tunesmith.config import RunConfig
-    from tunesmith.models import load_tokenizer, resolve_model
-    from tunesmith.preflight import load_data
+    from tunesmith.render.rows import render_all, to_dataset
+    from tunesmith.config.sft import RunConfig
+    from tunesmith.models.sources import load_tokenizer, resolve_model
+    from tunesmith.train.lifecycle import load_data
 
     cfg = RunConfig()
     train, evals, _ = load_data(cfg)
@@ -104,9 +104,9 @@ def predict_for_bench(batch: int, max_length: int) -> dict | None:
     """``tunesmith estimate``'s LoRA prediction (process peak, bytes) for one forward/backward pass of the bench's
     tunesmith run (its default micro-batch: one packed row per pass on CPU), to compare with the measured peak."""
     try:
-        from tunesmith.config import TrainSection
-        from tunesmith.estimate import estimate_for_run
-        from tunesmith.speed import plan_speed
+        from tunesmith.config.sft import TrainSection
+        from tunesmith.train.estimate import estimate_for_run
+        from tunesmith.train.speed.plan import plan_speed
     except ImportError:
         return None
     rows = plan_speed(TrainSection(per_device_train_batch_size=batch), "sdpa").rows_per_pass or batch

@@ -84,7 +84,7 @@ def _common_args(a) -> dict:
 def _trl(a, train_ds, lora_cfg, tokenizer, model_dir):
     from trl import SFTConfig, SFTTrainer
 
-    from tunesmith.lora import to_peft_config
+    from tunesmith.models.adapters import to_peft_config
 
     kw = _common_args(a)
     if a.variant == "trl_best":
@@ -99,9 +99,9 @@ def _trl(a, train_ds, lora_cfg, tokenizer, model_dir):
 
 
 def _tunesmith(a, train_ds, cfg, tokenizer, source):
-    from tunesmith.lora import apply_lora
-    from tunesmith.models import choose_dtype, load_causal_lm
-    from tunesmith.speed import apply_threads, plan_speed, sft_overrides
+    from tunesmith.models.adapters import apply_lora
+    from tunesmith.models.sources import choose_dtype, load_causal_lm
+    from tunesmith.train.speed.plan import apply_threads, plan_speed, sft_overrides
     from tunesmith.train.sft import _make_trainer, build_sft_config
 
     sets = {"tunesmith_fp32": {"bf16": False}, "tunesmith_trl_loss": {"chunked_loss": False}, "tunesmith_flat": {"packing_layout": "flat"},
@@ -126,9 +126,9 @@ def run(a) -> dict:
     """Train one variant for ``a.steps`` optimizer steps and return its measurements (see bench_sft.py for the fields)."""
     from datasets import load_from_disk
 
-    from tunesmith.config import RunConfig
-    from tunesmith.lora import count_parameters
-    from tunesmith.models import load_tokenizer, resolve_model
+    from tunesmith.config.sft import RunConfig
+    from tunesmith.models.adapters import count_parameters
+    from tunesmith.models.sources import load_tokenizer, resolve_model
 
     cfg = RunConfig()
     cfg.lora.lora_dropout = a.lora_dropout

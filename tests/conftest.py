@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def embedded_source():
     """The embedded SmolLM2-135M-Instruct, converted once into $TUNESMITH_HOME (about 20 s the first time)."""
-    from tunesmith.models import resolve_model
+    from tunesmith.models.sources import resolve_model
 
     return resolve_model("smollm2-135m-instruct")
 
@@ -25,7 +25,7 @@ def embedded_source():
 @pytest.fixture(scope="session")
 def smol_tokenizer(embedded_source):
     """SmolLM2's tokenizer with its ChatML chat template (end-of-turn token <|im_end|>, id 2)."""
-    from tunesmith.models import load_tokenizer
+    from tunesmith.models.sources import load_tokenizer
 
     return load_tokenizer(embedded_source)
 

@@ -9,11 +9,11 @@ import torch
 import yaml
 
 from conftest import SHARED_DATA
-from tunesmith.classify_config import ClassifyConfig
-from tunesmith.config import load_config
+from tunesmith.config.classify import ClassifyConfig
+from tunesmith.config.sft import load_config
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.labels import LabelRecord, clean, load_label_data, read_table, stratified_split, to_records
-from tunesmith.models import ModelSource
+from tunesmith.data.labels import LabelRecord, clean, load_label_data, read_table, stratified_split, to_records
+from tunesmith.models.sources import ModelSource
 
 TOPICS = {"sports": ["who won the cup final", "the team scored a goal", "great match today", "the striker was injured",
                      "tennis final tonight", "he ran a marathon"],
@@ -76,7 +76,7 @@ def test_pooling_same_logits_left_and_right_padding(tiny_classifier, smol_tokeni
 
 
 def test_metrics_match_hand_computed(tmp_path):
-    from tunesmith.classify_metrics import classification_metrics, write_eval_artifacts
+    from tunesmith.evaluate.classification import classification_metrics, write_eval_artifacts
 
     refs = ["a", "a", "a", "b", "b", "c"]
     preds = ["a", "a", "b", "b", "unparsed", "a"]
@@ -162,7 +162,7 @@ def test_sms_loader_counts_and_cleaning():
 
 
 def test_parse_label():
-    from tunesmith.train.classify_baseline import parse_label
+    from tunesmith.evaluate.classify_baseline import parse_label
 
     names = ["card_arrival", "ai", "tech support"]
     assert parse_label("Card arrival.", names) == "card_arrival"
@@ -188,7 +188,7 @@ def test_classify_end_to_end_reload_predict_and_baseline(tmp_path, tiny_llama_di
 
     from tunesmith.cli import app
     from tunesmith.train.classify import run_classify
-    from tunesmith.train.classify_baseline import run_classify_baseline
+    from tunesmith.evaluate.classify_baseline import run_classify_baseline
 
     cfg = _cfg(tmp_path, tiny_llama_dir, **{"labels.class_weights": "balanced"})
     metrics = run_classify(cfg)

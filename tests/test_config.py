@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tunesmith.config import RunConfig, describe_fields, load_config, parse_override
+from tunesmith.config.sft import RunConfig, describe_fields, load_config, parse_override
 from tunesmith.errors import ConfigError
 
 
@@ -73,7 +73,7 @@ def test_cli_exit_code_2_without_traceback(tmp_path):
 def test_docs_config_reference_is_current():
     from pathlib import Path
 
-    from tunesmith.config import config_reference_markdown
+    from tunesmith.config.sft import config_reference_markdown
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text() == config_reference_markdown(), "regenerate with: tunesmith config --markdown > docs/config.md"

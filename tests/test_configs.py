@@ -3,18 +3,18 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.config import RunConfig, load_config
+from tunesmith.config.sft import RunConfig, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
 def _config_class(path: Path):
     if path.name.startswith("classify"):
-        from tunesmith.classify_config import ClassifyConfig
+        from tunesmith.config.classify import ClassifyConfig
 
         return ClassifyConfig
     if path.name.startswith("dpo"):  # preference tuning (issue 7)
-        from tunesmith.dpo_config import DPORunConfig
+        from tunesmith.config.dpo import DPORunConfig
 
         return DPORunConfig
     return RunConfig
@@ -32,8 +32,8 @@ def test_default_config_file_equals_builtin_defaults():
 
 
 def test_classify_chatterbot_example_data():
-    from tunesmith.classify_config import ClassifyConfig
-    from tunesmith.labels import load_label_data
+    from tunesmith.config.classify import ClassifyConfig
+    from tunesmith.data.labels import load_label_data
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "classify_chatterbot.yaml", model_cls=ClassifyConfig)
     train, ev, names, report = load_label_data(cfg)

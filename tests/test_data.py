@@ -6,8 +6,8 @@ import json
 import pytest
 from conftest import SHARED_DATA
 
-from tunesmith.config import DataSection
-from tunesmith.data import load_conversations, load_file
+from tunesmith.config.sft import DataSection
+from tunesmith.data.conversations import load_conversations, load_file
 from tunesmith.errors import DataError
 
 

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from tunesmith.chatterbot_json import SCHEMA, SYSTEM_PROMPT
-from tunesmith.evaluate import build_examples, reference_losses
-from tunesmith.messages import Conversation, Message
-from tunesmith.templates import IGNORE_INDEX, render_conversation
+from tunesmith.data.bundled import SCHEMA, SYSTEM_PROMPT
+from tunesmith.evaluate.generative import build_examples, reference_losses
+from tunesmith.data.records import Conversation, Message
+from tunesmith.render.templates import IGNORE_INDEX, render_conversation
 
 
 def _conv(user, reply, src):
@@ -123,8 +123,8 @@ def test_baseline_and_eval_use_identical_examples_and_prompts(decision_run):
 def test_standalone_commands_reproduce_the_sft_numbers(decision_run, tmp_path):
     """`tunesmith baseline` and `tunesmith eval --adapter` (same config, same seed) reproduce the in-sft runs exactly."""
     cfg, run = decision_run
-    from tunesmith.config import load_config
-    from tunesmith.decision import run_baseline, run_eval
+    from tunesmith.config.sft import load_config
+    from tunesmith.evaluate.baseline import run_baseline, run_eval
 
     config = load_config(cfg, ["eval.k_shot=0"])
     run_baseline(config, output=tmp_path / "b")
@@ -154,8 +154,8 @@ def test_same_seed_reproduces_the_fine_tuned_numbers(decision_run, tmp_path):
     """A second SFT run with the same seed (without the baseline step) gives a bit-identical adapter and identical eval predictions."""
     from safetensors.torch import load_file
 
-    from tunesmith.config import load_config
-    from tunesmith.decision import run_eval
+    from tunesmith.config.sft import load_config
+    from tunesmith.evaluate.baseline import run_eval
     from tunesmith.train.sft import run_sft
 
     cfg, run = decision_run

@@ -103,9 +103,9 @@ def test_step_loss_is_normalised_by_global_trained_tokens(setup, runs, smol_toke
     import torch.nn.functional as F
     from transformers import LlamaForCausalLM
 
-    from tunesmith.collate import render_all
-    from tunesmith.config import DataSection
-    from tunesmith.data import load_conversations
+    from tunesmith.render.rows import render_all
+    from tunesmith.config.sft import DataSection
+    from tunesmith.data.conversations import load_conversations
 
     model = LlamaForCausalLM.from_pretrained(setup / "tiny").eval()
     convs, _ = load_conversations(DataSection(path=str(setup / "train.jsonl")))
@@ -154,12 +154,12 @@ def test_checkpoint_from_two_processes_resumes_on_one(setup, runs):
 
 
 def test_launch_command_strips_the_shortcut():
-    from tunesmith.distributed import launch_command, strip_option
+    from tunesmith.runtime.distributed import launch_command, strip_option
 
     argv = strip_option(["sft", "c.yaml", "--num-processes", "4", "--set", "a=1", "--num-processes=4"], "--num-processes")
     assert argv == ["sft", "c.yaml", "--set", "a=1"]
     cmd = launch_command(argv, 4)
-    assert cmd[1:3] == ["-m", "tunesmith.distributed"] and cmd[cmd.index("--num_processes") + 1] == "4"
+    assert cmd[1:3] == ["-m", "tunesmith.runtime.distributed"] and cmd[cmd.index("--num_processes") + 1] == "4"
     assert cmd[-6:] == ["-m", "tunesmith", "sft", "c.yaml", "--set", "a=1"] and "--multi_gpu" in cmd
 
 
@@ -190,7 +190,7 @@ def test_shipped_accelerate_configs_are_valid(name, kind):
 def test_sft_config_normalises_over_the_global_batch(tmp_path):
     """transformers 5.24 defaults average_tokens_across_devices to True; tunesmith sets it explicitly (a changed
     default would silently average per device) and turns DDP's unused-parameter search off unless asked."""
-    from tunesmith.config import load_config
+    from tunesmith.config.sft import load_config
     from tunesmith.train.sft import build_sft_config
 
     args = build_sft_config(load_config(None, ["train.gradient_accumulation_steps=3"]), tmp_path, False)

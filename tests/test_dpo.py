@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunesmith.config import load_config
-from tunesmith.dpo_config import DPORunConfig
-from tunesmith.dpo_metrics import PairLogps, bootstrap_ci, pair_logps, preference_metrics, win_rate
-from tunesmith.messages import Message
-from tunesmith.models import ModelSource, load_causal_lm
-from tunesmith.preference import PreferencePair
+from tunesmith.config.sft import load_config
+from tunesmith.config.dpo import DPORunConfig
+from tunesmith.evaluate.preference import PairLogps, bootstrap_ci, pair_logps, preference_metrics, win_rate
+from tunesmith.data.records import Message
+from tunesmith.models.sources import ModelSource, load_causal_lm
+from tunesmith.data.preference import PreferencePair
 
 PAIRS = [PreferencePair([Message("user", f"Say the colour number {k}.")], f"Blue {k}.", f"No {k}!", f"mem:{k}") for k in range(6)]
 
@@ -54,7 +54,7 @@ def _save_random_sft_adapter(tiny_source, path):
     """A LoRA r=4 "SFT" adapter with random lora_B (so it changes the model), saved to ``path``; returns the PEFT model."""
     from peft import get_peft_model
 
-    from tunesmith.lora import to_peft_config
+    from tunesmith.models.adapters import to_peft_config
 
     sft = get_peft_model(load_causal_lm(tiny_source), to_peft_config(DPORunConfig().lora.model_copy(update={"r": 4})))
     with torch.no_grad():
@@ -170,7 +170,7 @@ def test_tiny_dpo_run_writes_the_shared_contract(tmp_path, tiny_llama_dir):
     for name, value in saved["task_metrics"].items():  # every task metric is the mean of its per-pair score
         assert sum(p["scores"][name] for p in preds) / len(preds) == pytest.approx(value, rel=1e-6, abs=1e-6)  # float32 means
     assert all(p["prediction"] == ("chosen" if p["scores"]["reward_margin"] > 0 else "rejected") for p in preds)
-    from tunesmith.report import build_report  # the decision report reads a DPO run like any other
+    from tunesmith.evaluate.report import build_report  # the decision report reads a DPO run like any other
 
     rep = build_report([run, run])
     assert rep["metrics"] == list(saved["task_metrics"])

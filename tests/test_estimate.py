@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tunesmith.estimate import Shape, activation_bytes_per_token, estimate
+from tunesmith.train.estimate import Shape, activation_bytes_per_token, estimate
 
 TINY = Shape(vocab=100, hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, head_dim=4, tied=True)
 
@@ -64,7 +64,7 @@ def test_cli_unknown_model_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_probe_calibrates_on_the_real_model(embedded_source):
-    from tunesmith.estimate import probe
+    from tunesmith.train.estimate import probe
 
     cal = probe(embedded_source.location, seq_lens=(64, 512))
     assert cal["act_bytes_per_token"] > 0 and cal["intercept_bytes"] > 4 * 134_515_008  # at least the fp32 weights

@@ -1,4 +1,4 @@
-"""Chunked cross-entropy (tunesmith.fastloss) against transformers' own causal-LM loss and autograd gradients.
+"""Chunked cross-entropy (tunesmith.train.speed.fastloss) against transformers' own causal-LM loss and autograd gradients.
 
     PYTHONPATH=src python -m pytest -q tests/test_fastloss.py
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunesmith.fastloss import ChunkedLossOutput, chunked_cross_entropy, install_chunked_loss
+from tunesmith.train.speed.fastloss import ChunkedLossOutput, chunked_cross_entropy, install_chunked_loss
 
 
 def _labels(seed: int, shape, vocab: int, masked: float = 0.6) -> torch.Tensor:

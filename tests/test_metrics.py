@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from tunesmith.chatterbot_json import SCHEMA
-from tunesmith.metrics import aggregate, extract_label, macro_f1, normalise, score_example
+from tunesmith.data.bundled import SCHEMA
+from tunesmith.evaluate.metrics import aggregate, extract_label, macro_f1, normalise, score_example
 
 
 def one(pred, ref, metric, **kw):
@@ -72,7 +72,7 @@ def test_aggregate_weights_eval_loss_by_reference_tokens():
 
 
 def test_config_rejects_bad_metric_setup():
-    from tunesmith.config import load_config
+    from tunesmith.config.sft import load_config
     from tunesmith.errors import ConfigError
 
     for overrides, reason in ((["eval.metrics=[bleu]"], "unknown metric 'bleu'"),

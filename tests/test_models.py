@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tunesmith.errors import ModelError
-from tunesmith.models import choose_dtype, hardware_supports_bf16, list_models, load_causal_lm, load_tokenizer, resolve_model
+from tunesmith.models.sources import choose_dtype, hardware_supports_bf16, list_models, load_causal_lm, load_tokenizer, resolve_model
 
 
 def test_embedded_checkpoint_is_plain_and_keeps_template(embedded_source):
@@ -24,7 +24,7 @@ def test_embedded_checkpoint_is_plain_and_keeps_template(embedded_source):
 def test_converted_logits_equal_transformers_gguf_load(embedded_source):
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.models import embedded_gguf_path
+    from tunesmith.models.sources import embedded_gguf_path
 
     gguf = embedded_gguf_path("smollm2-135m-instruct")
     ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()

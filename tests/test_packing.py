@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunesmith.messages import Conversation, Message
-from tunesmith.templates import render_conversation
+from tunesmith.data.records import Conversation, Message
+from tunesmith.render.templates import render_conversation
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -1,4 +1,4 @@
-"""Packed rows (tunesmith.packrows): exact collation, and each sample's logits in a packed [batch, L] row equal its
+"""Packed rows (tunesmith.train.speed.packrows): exact collation, and each sample's logits in a packed [batch, L] row equal its
 logits alone (attention never crosses samples, nor rows).
 
     PYTHONPATH=src python -m pytest -q tests/test_packrows.py
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunesmith.packrows import PackedRowsCollator, pack_rows, row_position_ids
+from tunesmith.train.speed.packrows import PackedRowsCollator, pack_rows, row_position_ids
 
 
 def test_collator_token_by_token():

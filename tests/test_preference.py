@@ -8,8 +8,8 @@ import pytest
 
 from conftest import SHARED_DATA
 from tunesmith.errors import DataError
-from tunesmith.messages import Message
-from tunesmith.preference import detect_preference_format, load_chatterbot_pairs, load_pair_file, load_pairs, split_hh, to_pair
+from tunesmith.data.records import Message
+from tunesmith.data.preference import detect_preference_format, load_chatterbot_pairs, load_pair_file, load_pairs, split_hh, to_pair
 
 
 def _write(path, records) -> str:
@@ -117,7 +117,7 @@ def test_bad_conversational_and_openai_records(tmp_path):
 
 
 def test_load_pairs_raises_with_every_problem_or_skips(tmp_path):
-    from tunesmith.dpo_config import DPODataSection
+    from tunesmith.config.dpo import DPODataSection
 
     path = _write(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "", "chosen": "b", "rejected": "c"},
                                         {"prompt": "a", "chosen": "", "rejected": "c"}])

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tunesmith.errors import DataError
-from tunesmith.report import build_report, meets, parse_targets, wins_losses, write_report
+from tunesmith.evaluate.report import build_report, meets, parse_targets, wins_losses, write_report
 
 
 def _write_run(path, kind, method, schema_scores, losses, labels=None):
@@ -105,8 +105,8 @@ def test_macro_f1_bootstrap_uses_labels(tmp_path):
 def test_fast_macro_f1_equals_sklearn():
     import numpy as np
 
-    from tunesmith.metrics import macro_f1
-    from tunesmith.report import macro_f1_resampler
+    from tunesmith.evaluate.metrics import macro_f1
+    from tunesmith.evaluate.report import macro_f1_resampler
 
     rng = np.random.default_rng(0)
     refs = [str(x) for x in rng.integers(0, 4, 50)]
@@ -120,7 +120,7 @@ def test_fast_macro_f1_equals_sklearn():
 def test_peak_memory_is_measured_per_evaluation():
     import numpy as np
 
-    from tunesmith.decision import peak_memory_bytes, reset_peak_memory
+    from tunesmith.evaluate.baseline import peak_memory_bytes, reset_peak_memory
 
     big = np.ones(50 * 2**20 // 8)  # 50 MiB, touched
     high = peak_memory_bytes()

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tunesmith.config import RunConfig
+from tunesmith.config.sft import RunConfig
 from tunesmith.errors import ModelError
-from tunesmith.models import MAX_SANE_LENGTH, ModelSource, load_causal_lm, load_tokenizer
-from tunesmith.runs import redact, redact_argv
+from tunesmith.models.sources import MAX_SANE_LENGTH, ModelSource, load_causal_lm, load_tokenizer
+from tunesmith.runtime.runs import redact, redact_argv
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The speed plan (tunesmith.speed) and the trainer path it builds: decisions per hardware, and the chunked loss and
+"""The speed plan (tunesmith.train.speed.plan) and the trainer path it builds: decisions per hardware, and the chunked loss and
 packed rows giving TRL's own eval_loss and first-step train loss on the same model and data.
 
     PYTHONPATH=src python -m pytest -q tests/test_speed.py
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunesmith.config import RunConfig, TrainSection
-from tunesmith.speed import plan_speed, sft_overrides
+from tunesmith.config.sft import RunConfig, TrainSection
+from tunesmith.train.speed.plan import plan_speed, sft_overrides
 
 
 def test_plan_on_cpu_defaults():
@@ -30,7 +30,7 @@ def test_plan_on_cpu_defaults():
 
 
 def test_plan_on_cuda_picks_varlen_flash_attention_and_liger_when_installed(monkeypatch):
-    import tunesmith.speed as speed
+    import tunesmith.train.speed.plan as speed
 
     assert plan_speed(TrainSection(), "auto", device="cuda").attn_implementation == "sdpa" or speed._installed("flash_attn")
     monkeypatch.setattr(speed, "_installed", lambda m: m in ("flash_attn", "liger_kernel"))
@@ -42,10 +42,10 @@ def test_plan_on_cuda_picks_varlen_flash_attention_and_liger_when_installed(monk
 
 
 def _trainer(tiny_llama_dir, smol_tokenizer, tmp_path, **train):
-    from tunesmith.collate import to_dataset
-    from tunesmith.lora import apply_lora
-    from tunesmith.models import load_causal_lm, resolve_model
-    from tunesmith.templates import Rendered
+    from tunesmith.render.rows import to_dataset
+    from tunesmith.models.adapters import apply_lora
+    from tunesmith.models.sources import load_causal_lm, resolve_model
+    from tunesmith.render.templates import Rendered
     from tunesmith.train.sft import _make_trainer, build_sft_config
 
     cfg = RunConfig()

@@ -33,7 +33,7 @@ def test_merge_embedded(adapter, tmp_path, embedded_source):
     of the size of fp32 rounding itself (fp32 vs fp64 of the unmerged model)."""
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.export import run_merge
+    from tunesmith.export.gguf import run_merge
 
     out_adapter, want, tok, want64 = adapter
     report = run_merge(str(out_adapter), model="smollm2-135m-instruct", output=str(tmp_path / "merged"), log=print)
@@ -47,7 +47,7 @@ def test_merge_embedded(adapter, tmp_path, embedded_source):
 def test_export_embedded_gguf(adapter, tmp_path):
     """GGUF of SmolLM2 + adapter: same greedy replies as base + adapter, logits within 1e-4, every consistency check passes
     (it stops at <|im_end|>), and a merged folder exports the same."""
-    from tunesmith.export import run_export
+    from tunesmith.export.gguf import run_export
 
     out_adapter, want, tok, _ = adapter
     report = run_export("smollm2-135m-instruct", str(out_adapter), output=str(tmp_path / "smol.gguf"), modelfile=True, log=print)
@@ -60,9 +60,9 @@ def test_export_embedded_gguf(adapter, tmp_path):
 
 
 def test_generate_embedded_batched_equals_single(embedded_source):
-    from tunesmith.generate_cmd import PromptRecord, generate_records
-    from tunesmith.inference import load_for_use
-    from tunesmith.messages import Message
+    from tunesmith.use.generate import PromptRecord, generate_records
+    from tunesmith.models.loading import load_for_use
+    from tunesmith.data.records import Message
 
     loaded = load_for_use("smollm2-135m-instruct")
     texts = ["What is the capital of France?", "Hi", "Write one sentence about the sea.", "List three colours."]

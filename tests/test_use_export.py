@@ -35,7 +35,7 @@ def tiny_bpe_tokenizer(chat_template: str):
 def exported(tmp_path_factory, smol_tokenizer):
     """A tiny llama (325-token BPE vocabulary, SmolLM2's chat template) + random LoRA adapter exported to GGUF (f32) with a
     Modelfile; stop check off (random model)."""
-    from tunesmith.export import run_export
+    from tunesmith.export.gguf import run_export
 
     tmp = tmp_path_factory.mktemp("export")
     base_dir = build_tiny_llama(tiny_bpe_tokenizer(smol_tokenizer.chat_template), tmp / "base", tie=True)
@@ -49,7 +49,7 @@ def test_permute_matches_transformers_reverse():
     """Our q/k permutation is undone exactly by transformers' GGUF loader (LlamaTensorProcessor)."""
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-    from tunesmith.gguf_io import permute_qk
+    from tunesmith.export.gguf_io import permute_qk
 
     w = torch.arange(12 * 8 * 5, dtype=torch.float32).reshape(12 * 8 // 2 * 2, 5)  # 96 rows: 12 heads x head_dim 8
     proc = LlamaTensorProcessor(config={"num_attention_heads": 12, "num_key_value_heads": 4})
@@ -84,7 +84,7 @@ def test_gguf_metadata(exported, smol_tokenizer):
 def test_gguf_round_trip_and_consistency(exported):
     """Reloaded by transformers, the GGUF gives the merged model's logits (f32: <= 1e-5) and the same greedy tokens;
     every consistency check passed."""
-    from tunesmith.gguf_io import load_gguf
+    from tunesmith.export.gguf_io import load_gguf
 
     tmp, report, want, tok = exported
     assert report["round_trip"]["max_abs_logit_diff"] <= 1e-5
@@ -112,9 +112,9 @@ def test_modelfile_check_on_llama3_and_a_broken_template(smol_tokenizer):
     Llama-3's template trims message content and Ollama's does not, which the check reports for a whitespace-padded turn."""
     import copy
 
-    from tunesmith.consistency import fixed_conversations, modelfile_check, render_go_template
-    from tunesmith.export import ollama_template
-    from tunesmith.templates import resolve_chat_template
+    from tunesmith.export.consistency import fixed_conversations, modelfile_check, render_go_template
+    from tunesmith.export.gguf import ollama_template
+    from tunesmith.render.templates import resolve_chat_template
 
     convs = fixed_conversations()
     go, system = ollama_template(smol_tokenizer)
@@ -132,8 +132,8 @@ def test_modelfile_check_on_llama3_and_a_broken_template(smol_tokenizer):
 
 def test_consistency_catches_a_different_template(exported):
     """Serving with another chat template than the one in the GGUF is reported with the first differing token."""
-    from tunesmith.consistency import compare_ids, fixed_conversations, reference_ids, serving_ids
-    from tunesmith.gguf_io import load_gguf
+    from tunesmith.export.consistency import compare_ids, fixed_conversations, reference_ids, serving_ids
+    from tunesmith.export.gguf_io import load_gguf
 
     tmp, _, _, tok = exported
     _, gtok = load_gguf(tmp / "out" / "tiny.gguf")
@@ -147,7 +147,7 @@ def test_consistency_catches_a_different_template(exported):
 
 def test_export_stop_check_fails_for_model_that_never_stops(exported, tmp_path):
     """A random model does not end its replies: the smoke test fails the export (exit 2) and says why."""
-    from tunesmith.export import ExportCheckError, run_export
+    from tunesmith.export.gguf import ExportCheckError, run_export
 
     tmp, _, _, _ = exported
     with pytest.raises(ExportCheckError) as exc:
@@ -161,8 +161,8 @@ def test_export_refuses_non_llama_and_existing_output(exported, tmp_path):
     from transformers import AutoConfig
 
     from tunesmith.errors import TunesmithError
-    from tunesmith.export import run_export
-    from tunesmith.gguf_io import check_supported
+    from tunesmith.export.gguf import run_export
+    from tunesmith.export.gguf_io import check_supported
 
     tmp, _, _, _ = exported
     cfg = AutoConfig.from_pretrained(tmp / "base")
@@ -180,7 +180,7 @@ def test_export_f16(exported, tmp_path):
     """--outtype f16: matrices in half precision, norms in f32; logits stay within 1e-2 and greedy replies agree."""
     from gguf import GGUFReader
 
-    from tunesmith.export import run_export
+    from tunesmith.export.gguf import run_export
 
     tmp, _, _, _ = exported
     report = run_export(str(tmp / "base"), str(tmp / "adapter"), output=str(tmp_path / "h.gguf"), outtype="f16", stop_check=False,

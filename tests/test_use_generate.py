@@ -14,13 +14,13 @@ from tunesmith.errors import DataError
 
 @pytest.fixture(scope="module")
 def loaded(tiny_llama_dir):
-    from tunesmith.inference import load_for_use
+    from tunesmith.models.loading import load_for_use
 
     return load_for_use(str(tiny_llama_dir))
 
 
 def test_read_prompts_formats(tmp_path):
-    from tunesmith.generate_cmd import read_prompts
+    from tunesmith.use.generate import read_prompts
 
     f = tmp_path / "p.jsonl"
     f.write_text('{"id": 7, "prompt": "Hi"}\n\nplain line\n'
@@ -37,7 +37,7 @@ def test_read_prompts_formats(tmp_path):
 
 
 def test_read_prompts_errors_name_every_line(tmp_path):
-    from tunesmith.generate_cmd import read_prompts
+    from tunesmith.use.generate import read_prompts
 
     f = tmp_path / "bad.jsonl"
     f.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n{"messages": [{"role": "robot", "content": "x"}]}\n')
@@ -51,8 +51,8 @@ def test_read_prompts_errors_name_every_line(tmp_path):
 
 def test_batched_equals_one_at_a_time(loaded):
     """Left padding: a batch of prompts of different lengths gives the same greedy tokens as each prompt alone."""
-    from tunesmith.generate_cmd import PromptRecord, generate_records
-    from tunesmith.messages import Message
+    from tunesmith.use.generate import PromptRecord, generate_records
+    from tunesmith.data.records import Message
 
     texts = ["Hi", "What is the capital of France? Answer briefly please.", "1 2 3", "Tell me a long story about a dragon and a knight."]
     recs = [PromptRecord(str(k), [Message("user", t)]) for k, t in enumerate(texts)]
@@ -64,9 +64,9 @@ def test_batched_equals_one_at_a_time(loaded):
 
 def test_generation_cut_after_first_eos(loaded):
     """generate_ids stops each row at its first end-of-turn id (kept) and other rows go on."""
-    from tunesmith.generate import generate_ids
-    from tunesmith.templates import render_prompt
-    from tunesmith.messages import Conversation, Message
+    from tunesmith.models.generation import generate_ids
+    from tunesmith.render.templates import render_prompt
+    from tunesmith.data.records import Conversation, Message
 
     tok = loaded.tokenizer
     prompts = [render_prompt(tok, Conversation([Message("user", t)])) for t in ("Hello", "Why is the sky blue?")]
@@ -82,7 +82,7 @@ def test_end_of_turn_added_to_generation_config(tmp_path, smol_tokenizer):
     from transformers import AutoTokenizer
 
     from conftest import build_tiny_llama
-    from tunesmith.inference import load_for_use, stop_ids
+    from tunesmith.models.loading import load_for_use, stop_ids
 
     tok = AutoTokenizer.from_pretrained(build_tiny_llama(smol_tokenizer, tmp_path / "a"))
     tok.eos_token = "<|endoftext|>"
@@ -93,7 +93,7 @@ def test_end_of_turn_added_to_generation_config(tmp_path, smol_tokenizer):
     assert any("end-of-turn id 2" in n for n in loaded.notes)
     assert {0, 2} <= stop_ids(loaded)
     from test_use_merge import make_adapter
-    from tunesmith.export import run_merge
+    from tunesmith.export.gguf import run_merge
 
     make_adapter(tmp_path / "m", None, tmp_path / "adapter")
     run_merge(str(tmp_path / "adapter"), model=str(tmp_path / "m"), output=str(tmp_path / "merged"), log=lambda s: None)
@@ -103,9 +103,9 @@ def test_end_of_turn_added_to_generation_config(tmp_path, smol_tokenizer):
 def test_chat_loop_history_reset_and_system(loaded):
     """The chat keeps history, /reset forgets it, /system replaces the system prompt; streamed text == reply;
     each reply equals batched generation of the same conversation."""
-    from tunesmith.chat import ChatSession, chat_loop
-    from tunesmith.generate_cmd import PromptRecord, generate_records
-    from tunesmith.messages import Message
+    from tunesmith.use.chat import ChatSession, chat_loop
+    from tunesmith.use.generate import PromptRecord, generate_records
+    from tunesmith.data.records import Message
 
     session = ChatSession(loaded, temperature=0, max_new_tokens=8)
     out = []
@@ -120,8 +120,8 @@ def test_chat_loop_history_reset_and_system(loaded):
 
 
 def test_chat_session_drops_oldest_turns(loaded):
-    from tunesmith.chat import ChatSession
-    from tunesmith.messages import Message
+    from tunesmith.use.chat import ChatSession
+    from tunesmith.data.records import Message
 
     session = ChatSession(loaded, temperature=0, max_new_tokens=1000)  # context 1024 - 1000 = 24 tokens of prompt
     session.history = [Message("user", "one two three four five six"), Message("assistant", "ok ok ok ok ok"), Message("user", "seven")]

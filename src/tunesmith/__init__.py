@@ -4,9 +4,9 @@ Public API::
 
     from tunesmith import load_config, run_sft, render_conversation
 """
-from tunesmith.config import RunConfig, load_config
+from tunesmith.config.sft import RunConfig, load_config
 from tunesmith.errors import ConfigError, DataError, ModelError, TemplateError, TunesmithError
-from tunesmith.messages import Conversation, Message
+from tunesmith.data.records import Conversation, Message
 
 __version__ = "0.1.0"
 
@@ -16,7 +16,7 @@ def __getattr__(name):  # lazy: importing tunesmith must not import torch/transf
         from tunesmith.train.sft import run_sft
         return run_sft
     if name in ("render_conversation", "Rendered"):
-        from tunesmith import templates
+        from tunesmith.render import templates
         return getattr(templates, name)
     raise AttributeError(name)
 

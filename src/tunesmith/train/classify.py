@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.classify_config import ClassifyConfig
-from tunesmith.classify_metrics import write_eval_artifacts
-from tunesmith.config import dump_config
+from tunesmith.config.classify import ClassifyConfig
+from tunesmith.evaluate.classification import write_eval_artifacts
+from tunesmith.config.sft import dump_config
 from tunesmith.errors import ConfigError, DataError, ModelError, Problem
-from tunesmith.labels import LabelRecord, load_label_data
-from tunesmith.lora import apply_lora, count_parameters
-from tunesmith.models import _hub_error, choose_dtype, load_tokenizer, resolve_model
-from tunesmith.runs import atomic_save_dir, atomic_write_text, prepare_run_dir, write_manifest
+from tunesmith.data.labels import LabelRecord, load_label_data
+from tunesmith.models.adapters import apply_lora, count_parameters
+from tunesmith.models.sources import _hub_error, choose_dtype, load_tokenizer, resolve_model
+from tunesmith.runtime.runs import atomic_save_dir, atomic_write_text, prepare_run_dir, write_manifest
 from tunesmith.train.common import Timer, console, install_progress, plot_loss_curve, write_log_history
 
 PAIR_SEPARATOR = "\n\n"
@@ -308,7 +308,7 @@ def run_classify(cfg: ClassifyConfig, *, overwrite: bool = False) -> dict:
 
 
 def _accuracy_f1(records: list[LabelRecord], probs: torch.Tensor, names: list[str]) -> dict:
-    from tunesmith.classify_metrics import classification_metrics
+    from tunesmith.evaluate.classification import classification_metrics
 
     m = classification_metrics([r.label for r in records], [names[i] for i in probs.argmax(-1).tolist()], names)
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-from tunesmith.runs import atomic_write_jsonl
+from tunesmith.runtime.runs import atomic_write_jsonl
 
 console = Console(stderr=True)
 

@@ -19,17 +19,17 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from tunesmith.data import split
-from tunesmith.dpo_config import DPORunConfig
-from tunesmith.distributed import save_trained_model
-from tunesmith.dpo_metrics import pair_logps
+from tunesmith.data.conversations import split
+from tunesmith.config.dpo import DPORunConfig
+from tunesmith.runtime.distributed import save_trained_model
+from tunesmith.evaluate.preference import pair_logps
 from tunesmith.errors import DataError, ModelError, Problem
-from tunesmith.lora import count_parameters, to_peft_config
-from tunesmith.models import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
-from tunesmith.preference import PreferencePair, load_pairs
-from tunesmith.runs import atomic_write_json, atomic_write_text, lock_run_dir, prepare_run_dir, write_errors, write_manifest
-from tunesmith.template_checks import fix_generation_config
-from tunesmith.templates import apply_chat_template_option, end_of_turn_ids
+from tunesmith.models.adapters import count_parameters, to_peft_config
+from tunesmith.models.sources import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
+from tunesmith.data.preference import PreferencePair, load_pairs
+from tunesmith.runtime.runs import atomic_write_json, atomic_write_text, lock_run_dir, prepare_run_dir, write_errors, write_manifest
+from tunesmith.render.checks import fix_generation_config
+from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids
 from tunesmith.train.common import Timer, console, install_progress, plot_loss_curve, write_log_history
 
 _OURS = {"output_dir", "bf16"}
@@ -145,7 +145,7 @@ def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
     """Run DPO end to end and write every artifact; ``metrics.json`` is written last (its presence means "complete").
 
     Args:
-        cfg: the validated :class:`~tunesmith.dpo_config.DPORunConfig`.
+        cfg: the validated :class:`~tunesmith.config.dpo.DPORunConfig`.
         overwrite: replace an existing, non-empty ``train.output_dir``.
 
     Returns:
@@ -154,8 +154,8 @@ def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
     Raises:
         ConfigError, DataError, ModelError, TemplateError: bad input, before training starts.
     """
-    from tunesmith.config import dump_config
-    from tunesmith.preflight import check_secrets
+    from tunesmith.config.sft import dump_config
+    from tunesmith.train.lifecycle import check_secrets
 
     check_secrets(cfg)
     train_pairs, eval_pairs, report = split_pairs(cfg)
@@ -167,7 +167,7 @@ def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
 
 
 def _run(cfg: DPORunConfig, run_dir: Path, train_pairs, eval_pairs, report: dict) -> dict:
-    from tunesmith.dpo_report import start_generations, write_dpo_artifacts
+    from tunesmith.evaluate.preference_report import start_generations, write_dpo_artifacts
 
     from datasets.utils.logging import disable_progress_bar
 

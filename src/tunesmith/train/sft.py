@@ -16,19 +16,19 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.collate import render_all, resolve_max_length, to_dataset
-from tunesmith.config import RunConfig
-from tunesmith.data import fingerprint
-from tunesmith.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
+from tunesmith.render.rows import render_all, resolve_max_length, to_dataset
+from tunesmith.config.sft import RunConfig
+from tunesmith.data.conversations import fingerprint
+from tunesmith.runtime.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
 from tunesmith.errors import DataError, Problem
-from tunesmith.generate import decode_reply, generate_ids
-from tunesmith.lora import apply_lora, count_parameters
-from tunesmith.models import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
-from tunesmith.preflight import CheckedInputs, check_sft_inputs
-from tunesmith.speed import FastLossTrainerMixin, apply_threads, attach, build_datasets, plan_speed, sft_overrides
-from tunesmith.runs import atomic_write_json, atomic_write_jsonl, redact_argv, write_errors, write_manifest
-from tunesmith.template_checks import check_template, fix_generation_config
-from tunesmith.templates import apply_chat_template_option, end_of_turn_ids, render_prompt
+from tunesmith.models.generation import decode_reply, generate_ids
+from tunesmith.models.adapters import apply_lora, count_parameters
+from tunesmith.models.sources import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
+from tunesmith.train.lifecycle import CheckedInputs, check_sft_inputs
+from tunesmith.train.speed.plan import FastLossTrainerMixin, apply_threads, attach, build_datasets, plan_speed, sft_overrides
+from tunesmith.runtime.runs import atomic_write_json, atomic_write_jsonl, redact_argv, write_errors, write_manifest
+from tunesmith.render.checks import check_template, fix_generation_config
+from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids, render_prompt
 from tunesmith.train.callbacks import GracefulStop, TokenCounter, TrainingStopped
 from tunesmith.train.checkpoints import RUN_STATE, latest_checkpoint, resume_command
 from tunesmith.train.common import Timer, console, install_progress, perplexity, plot_loss_curve, write_log_history
@@ -60,7 +60,7 @@ def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool, overrides: d
         average_tokens_across_devices=True,
     )
     kwargs.setdefault("ddp_find_unused_parameters", False)  # every LoRA weight gets a gradient: skip DDP's graph search
-    kwargs.update(overrides or {})  # the speed plan (tunesmith.speed.sft_overrides)
+    kwargs.update(overrides or {})  # the speed plan (tunesmith.train.speed.plan.sft_overrides)
     return SFTConfig(**kwargs)
 
 
@@ -77,7 +77,7 @@ class _CountingTrainerMixin:
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         mask = inputs.get("attention_mask")
         counter = self._counter()
-        real = inputs.get("num_real_tokens")  # packed rows (tunesmith.packrows) carry their non-pad count
+        real = inputs.get("num_real_tokens")  # packed rows (tunesmith.train.speed.packrows) carry their non-pad count
         seen = int(real) if real is not None else int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         counter.tokens_seen += seen
         self.process_tokens += seen
@@ -116,7 +116,7 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
         cfg: the validated run config.
         overwrite: replace an existing, non-empty ``train.output_dir``.
         resume: ``"latest"``/True (newest complete checkpoint) or a checkpoint path to continue from.
-        checked: the result of :func:`tunesmith.preflight.check_sft_inputs` when the caller already ran it.
+        checked: the result of :func:`tunesmith.train.lifecycle.check_sft_inputs` when the caller already ran it.
 
     Returns:
         The metrics dict also written to ``metrics.json``.
@@ -128,7 +128,7 @@ def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | Non
     checked = checked or check_sft_inputs(cfg, overwrite=overwrite, resume=resume)
     with write_errors(checked.run_dir):
         if cfg.eval.baseline and is_main_process():  # decision order (issue 4): baseline -> SFT -> eval -> report
-            from tunesmith.decision import sft_baseline, sft_compare
+            from tunesmith.evaluate.baseline import sft_baseline, sft_compare
 
             sft_baseline(cfg, checked)
         metrics = _run(cfg, checked)

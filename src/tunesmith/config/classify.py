@@ -1,0 +1,175 @@
+"""Typed config of ``tunesmith classify``: the model/data/lora sections of a run plus ``labels``.
+
+Run ``tunesmith classify --show-config`` to print every field with its value and documentation.
+
+The ``train`` section takes ``transformers.TrainingArguments`` field names (classification trains
+with the plain transformers ``Trainer``); an unknown key is rejected with a "did you mean".
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tunesmith.config.sft import DataSection, LoraSection, ModelSection
+
+_STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+@functools.cache
+def training_args_fields() -> frozenset[str]:
+    """Return the field names of ``transformers.TrainingArguments`` (the keys ``train`` accepts)."""
+    from transformers import TrainingArguments
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
+
+
+class LabelsSection(BaseModel):
+    """Which columns hold the text and the label, the label set, and how the data is cleaned and split."""
+
+    model_config = _STRICT
+
+    text_column: str = "text"
+    """Column (or JSON key) holding the text to classify."""
+    text_pair_column: str | None = None
+    """Optional second text column (sentence-pair tasks); both texts are encoded as one sequence pair."""
+    label_column: str = "label"
+    """Column holding the label name (a string; numbers are read as their text)."""
+    names: list[str] | None = None
+    """The label set, in id order. None takes the sorted set of labels found in the training data."""
+    unknown_labels: Literal["error", "drop"] = "error"
+    """Records whose label is not in `names`: `error` stops with each file:line; `drop` skips them (counted)."""
+    min_examples: int = Field(1, ge=1)
+    """With `names` unset: drop labels with fewer records than this (after de-duplication)."""
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    """Loss weights per class: `none`, `balanced` (n_samples / (n_classes * count), scikit-learn's rule) or one float per label."""
+    stratify: bool = True
+    """Stratified train/eval split: each label keeps its share in both parts (scikit-learn train_test_split)."""
+    deduplicate: bool = True
+    """Drop records whose (text, text pair) already appeared; the first occurrence and its label are kept. Avoids eval examples leaking from train."""
+    clean_text: bool = True
+    """Strip surrounding whitespace, unescape HTML entities (&amp;) and repair Windows-1252 mojibake (C1 control characters such as U+0092)."""
+    file_format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "hf"] = "auto"
+    """Data file format; `auto` goes by the suffix (.csv .tsv .jsonl .json .parquet, a folder = saved HF dataset)."""
+    column_names: list[str] | None = None
+    """Column names for a CSV/TSV file without a header row (e.g. [label, text]); None means the first row is the header."""
+    encoding: str = "utf-8"
+    """Text encoding of CSV/TSV files."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "LabelsSection":
+        if self.names is not None and len(set(self.names)) != len(self.names):
+            raise ValueError("names has duplicates")
+        if self.names is not None and len(self.names) < 2:
+            raise ValueError("names needs at least two labels")
+        if isinstance(self.class_weights, list) and self.names is not None and len(self.class_weights) != len(self.names):
+            raise ValueError(f"class_weights has {len(self.class_weights)} values for {len(self.names)} labels")
+        return self
+
+
+class ClassifyTrainSection(BaseModel):
+    """Trainer settings; every key is a `transformers.TrainingArguments` field (others are rejected with a suggestion)."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True, validate_assignment=True)
+
+    output_dir: str = "runs/classify"
+    """Run directory: model or adapter, metrics, predictions, plots and manifest go here."""
+    max_steps: int = -1
+    """Number of optimizer steps; -1 trains for `num_train_epochs` instead."""
+    num_train_epochs: float = 3.0
+    """Epochs to train when `max_steps` is -1."""
+    per_device_train_batch_size: int = Field(16, gt=0)
+    """Examples per device per micro-batch."""
+    per_device_eval_batch_size: int = Field(32, gt=0)
+    """Examples per device per evaluation batch."""
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    """Micro-batches accumulated per optimizer step."""
+    learning_rate: float = Field(5e-4, gt=0)
+    """Peak learning rate (AdamW). The new head starts from random weights, so LoRA runs like 2e-4 to 1e-3; full fine-tuning 1e-5 to 5e-5."""
+    lr_scheduler_type: str = "linear"
+    """Learning-rate schedule (transformers `SchedulerType`)."""
+    warmup_steps: float = 0.1
+    """Warmup: an integer number of steps, or a float in [0, 1) as a fraction of total steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_length: int = Field(128, gt=0)
+    """Maximum tokens per example (text plus text pair); longer examples are truncated (counted in metrics)."""
+    eval_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    """When to evaluate during training."""
+    eval_steps: int | None = None
+    """Evaluate every this many steps when eval_strategy is `steps`."""
+    logging_steps: int = 5
+    """Log train loss every this many steps."""
+    save_strategy: Literal["no", "steps", "epoch", "best"] = "no"
+    """When to write resumable checkpoints under output_dir/checkpoints."""
+    seed: int = 42
+    """Random seed for the head's initialisation, LoRA, dropout and data order."""
+    bf16: bool | None = None
+    """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
+
+    @model_validator(mode="after")
+    def _known_extras(self) -> "ClassifyTrainSection":
+        unknown = sorted(set(self.model_extra or {}) - training_args_fields())
+        if unknown:
+            msgs = []
+            for key in unknown:
+                near = difflib.get_close_matches(key, sorted(training_args_fields()), n=1)
+                msgs.append(f"unknown key {key!r} (not a transformers.TrainingArguments field)" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            raise ValueError("; ".join(msgs))
+        return self
+
+
+class ClassifyEvalSection(BaseModel):
+    """Evaluation of the trained classifier and of the prompting baseline."""
+
+    model_config = _STRICT
+
+    before_training: bool = False
+    """Also score the untrained head (chance level), so the gain is visible."""
+    baseline: bool = False
+    """Also run the prompting baseline (the instruction-tuned model picks a label) on the same eval set, into `<output_dir>-baseline`."""
+    baseline_prompt: str = ("Classify the message into exactly one of these categories: {labels}.\n"
+                            "Answer with the category name only.\n\nMessage: {text}")
+    """User-turn template of the prompting baseline; `{labels}` is the comma-separated label list, `{text}` the example (and `{text_pair}`)."""
+    max_new_tokens: int = Field(12, gt=0)
+    """Generation budget of the prompting baseline, in tokens."""
+
+
+class ClassifyDataSection(DataSection):
+    """Training and evaluation data; the `data` fields of a run with classification defaults."""
+
+    name: str | None = "chatterbot-topics"
+    """A bundled classification dataset (`chatterbot-topics`). Used when `path` is not set."""
+    eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    """Fraction of records held out for evaluation when `eval_path` is unset (stratified by label, seeded by `split_seed`)."""
+    max_eval_examples: int | None = Field(None, gt=0)
+    """Use at most this many evaluation records (stratified subsample); None uses all."""
+
+
+class ClassifyLoraSection(LoraSection):
+    """LoRA adapter on the body (peft.LoraConfig fields); the classification head is trained in full."""
+
+    modules_to_save: list[str] | None = Field(default_factory=lambda: ["score"])
+    """Modules trained in full and saved with the adapter: the classification head `score` (PEFT adds it for SEQ_CLS in any case)."""
+
+
+class ClassifyConfig(BaseModel):
+    """A classification run: model, data, labels, lora, train and eval sections."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    """Model source and loading (a causal LM checkpoint gets a new, trained `score` head)."""
+    data: ClassifyDataSection = Field(default_factory=ClassifyDataSection)
+    """Training and evaluation data (`path`, `eval_path`, `name`, `eval_fraction`, `split_seed`, ...)."""
+    labels: LabelsSection = Field(default_factory=LabelsSection)
+    """Text/label columns, label set, class weights, split and cleaning."""
+    lora: ClassifyLoraSection = Field(default_factory=ClassifyLoraSection)
+    """LoRA adapter on the body; the head (`score`) is trained in full via modules_to_save. lora.enabled=false fine-tunes everything."""
+    train: ClassifyTrainSection = Field(default_factory=ClassifyTrainSection)
+    """Trainer (transformers.TrainingArguments fields)."""
+    eval: ClassifyEvalSection = Field(default_factory=ClassifyEvalSection)
+    """Evaluation and the prompting baseline."""

@@ -1,0 +1,207 @@
+"""Load, normalise and split SFT data into :class:`~tunesmith.data.records.Conversation` records.
+
+Sources: a data file in any common format (``data.path``: JSONL, JSON, CSV, Parquet or a saved
+Hugging Face dataset; formats in :mod:`tunesmith.data.formats`, files in :mod:`tunesmith.data.readers`) or a
+bundled dataset by name (``data.name``).  Bundled: ``chatterbot`` (the English dialogue corpus in the PyPI package
+``chatterbot-corpus``, BSD licence, read from the installed package).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tunesmith.errors import DataError, Problem
+from tunesmith.data.formats import FORMATS, detect_format, to_conversation
+from tunesmith.data.records import Conversation, Message
+from tunesmith.data.readers import read_records
+
+log = logging.getLogger("tunesmith.data.conversations")
+
+
+@dataclass
+class LoadReport:
+    """What loading read, kept and skipped.
+
+    Attributes:
+        rows_read: records read from the source.
+        kept: records that passed validation.
+        skipped: every problem of every invalid record, as :class:`Problem` (several per record possible).
+        format: the record format used (detected or set).
+    """
+
+    rows_read: int = 0
+    kept: int = 0
+    skipped: list[Problem] = field(default_factory=list)
+    format: str = ""
+
+    @property
+    def skipped_records(self) -> int:
+        """Number of distinct records (``file:line``) that were skipped."""
+        return len({p.where for p in self.skipped})
+
+
+def chatterbot_dir() -> Path:
+    """Return the folder of English YAML files of the installed ``chatterbot-corpus`` package.
+
+    Raises:
+        DataError: when the package is not installed.
+    """
+    spec = importlib.util.find_spec("chatterbot_corpus")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("Bundled dataset 'chatterbot' is not installed", [Problem(
+            "data.name=chatterbot", "the PyPI package chatterbot-corpus is missing", "pip install --no-deps chatterbot-corpus")])
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "english"
+
+
+def load_chatterbot() -> list[Conversation]:
+    """Turn the chatterbot English corpus into multi-turn user/assistant conversations.
+
+    Each corpus conversation is a list of statements, each answering the one before; they
+    alternate user/assistant starting with the user, and a trailing user statement is dropped.
+    ``meta["topic"]`` holds the file's first category (e.g. ``computers``).
+
+    The corpus repeats many conversations (2,026 lists, 899 distinct): exact duplicates are dropped,
+    keeping the first, so an eval split never holds copies of training conversations.
+
+    Returns:
+        899 distinct conversations (chatterbot-corpus 1.3.3), in file order (sorted file names) for determinism.
+    """
+    out, seen = [], set()
+    for path in sorted(chatterbot_dir().glob("*.yml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        topic = str(doc.get("categories", [path.stem])[0]).lower()
+        for idx, turns in enumerate(doc.get("conversations", [])):
+            turns = [str(t).strip() for t in turns if t is not None and str(t).strip()]
+            if len(turns) % 2:
+                turns = turns[:-1]
+            if len(turns) < 2:
+                continue
+            if tuple(turns) in seen:
+                continue
+            seen.add(tuple(turns))
+            msgs = [Message("user" if k % 2 == 0 else "assistant", t) for k, t in enumerate(turns)]
+            out.append(Conversation(msgs, f"chatterbot/{path.name}#{idx}", {"topic": topic}))
+    return out
+
+
+def _chatterbot_json() -> list[Conversation]:
+    from tunesmith.data.bundled import load_chatterbot_json  # decision-order example (issue 4)
+
+    return load_chatterbot_json()
+
+
+BUNDLED = {"chatterbot": load_chatterbot, "chatterbot_json": _chatterbot_json}
+"""Bundled dataset name -> loader returning ``list[Conversation]`` (``chatterbot_json``: see :mod:`tunesmith.data.bundled`)."""
+
+
+def load_file(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> tuple[list[Conversation], LoadReport]:
+    """Read a data file (any :mod:`tunesmith.data.readers` type) and convert every record of format ``fmt``.
+
+    Args:
+        path: data file or saved dataset folder.
+        fmt: one of :data:`tunesmith.data.formats.FORMATS`, or ``auto`` (detected from the first record).
+        columns: ``data.columns`` mapping (canonical field -> column name).
+
+    Returns:
+        (valid conversations, report); ``report.skipped`` lists every invalid record's problems
+        (``where`` is ``path:line``), ``report.format`` the format used.
+
+    Raises:
+        DataError: when no record can be read (each unreadable line with its ``path:line``, or an empty file),
+            or the format cannot be detected or is unknown.
+    """
+    records, problems = read_records(path)
+    report = LoadReport(rows_read=len(records) + len({p.where for p in problems}))
+    if not records:  # nothing readable: report why (unreadable lines, or an empty file) rather than "unknown format"
+        raise DataError(f"{path}: no readable record" if problems else f"{path} is empty", problems or [Problem(
+            f"data.path={path}", "the file holds no records (it is empty or has only blank lines)",
+            "point data.path at a file with one record per line (JSONL) or a list of records (JSON)")])
+    if fmt == "auto":
+        first = next((r for _, r in records if isinstance(r, dict)), None)
+        fmt = detect_format(first, columns) if first is not None else None
+        if fmt is None:
+            keys = sorted(first)[:12] if isinstance(first, dict) else []
+            raise DataError(f"Cannot tell the format of {path}", [Problem(
+                records[0][0] if records else str(path), f"no known format matches the record keys {keys}",
+                "set data.format (messages, sharegpt, alpaca, prompt_completion, text, oasst) and data.columns, "
+                "e.g. --set data.columns.output=response")])
+    elif fmt not in FORMATS:
+        raise DataError("Unsupported data format", [Problem("data.format", f"{fmt!r} is not a conversation format",
+                                                            f"use one of {', '.join(FORMATS)} (or auto)")])
+    report.format = fmt
+    convs = []
+    for where, obj in records:
+        conv, probs = to_conversation(obj, fmt, where, columns)
+        if probs:
+            problems += probs
+        else:
+            convs.append(conv)
+    report.skipped = problems
+    report.kept = len(convs)
+    return convs, report
+
+
+def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conversation], LoadReport]:
+    """Load the records ``data_cfg`` names (``path`` first, else bundled ``name``), validated.
+
+    Args:
+        data_cfg: a :class:`tunesmith.config.sft.DataSection` (uses path, name, format, columns,
+            skip_invalid, system_prompt).
+        log_skipped: log a warning per skipped problem (``tunesmith.data.conversations`` logger).
+
+    Returns:
+        (conversations, report).  With ``skip_invalid`` each invalid record is left out, and
+        logged and counted in ``report.skipped``.
+
+    Raises:
+        DataError: every invalid record with its ``file:line``, reason and fix (unless
+            ``skip_invalid``); an unknown format or bundled name.
+    """
+    if data_cfg.path:
+        convs, report = load_file(data_cfg.path, data_cfg.format, dict(data_cfg.columns))
+        if report.skipped and not data_cfg.skip_invalid:
+            bad = len({p.where for p in report.skipped})
+            raise DataError(f"{data_cfg.path}: {bad} invalid record(s) of {report.rows_read}; nothing was trained "
+                            "(fix them, or pass --skip-invalid / data.skip_invalid=true to skip them)", report.skipped)
+    elif data_cfg.name in BUNDLED:
+        convs = BUNDLED[data_cfg.name]()
+        report = LoadReport(rows_read=len(convs), kept=len(convs), format="messages")
+    else:
+        raise DataError("No data", [Problem("data", f"unknown bundled dataset {data_cfg.name!r}" if data_cfg.name else "neither data.path nor data.name is set",
+                                            f"set data.path to a file or data.name to one of {sorted(BUNDLED)}")])
+    for p in report.skipped if log_skipped else []:
+        log.warning("skipped %s: %s", p.where, p.reason)
+    if data_cfg.system_prompt:
+        for c in convs:
+            if c.kind not in ("text", "completion") and c.messages[0].role != "system":
+                c.messages.insert(0, Message("system", data_cfg.system_prompt))
+    return convs, report
+
+
+def split(convs: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic train/eval split: shuffle indices with ``random.Random(seed)``, hold out a fraction.
+
+    Returns:
+        (train, eval) lists; eval has ``round(len * eval_fraction)`` records (at least 1 when the fraction > 0).
+    """
+    idx = list(range(len(convs)))
+    random.Random(seed).shuffle(idx)
+    n_eval = max(1, round(len(convs) * eval_fraction)) if eval_fraction > 0 and len(convs) > 1 else 0
+    held = set(idx[:n_eval])
+    return [c for i, c in enumerate(convs) if i not in held], [c for i, c in enumerate(convs) if i in held]
+
+
+def fingerprint(convs: list[Conversation]) -> str:
+    """SHA-256 (hex, 16 chars) of the conversations' roles and contents, for the manifest and caches."""
+    h = hashlib.sha256()
+    for c in convs:
+        for m in c.messages:
+            h.update(f"{m.role}\x00{m.content}\x00{m.weight}\x01".encode())
+        h.update(b"\x02")
+    return h.hexdigest()[:16]

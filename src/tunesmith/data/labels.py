@@ -1,0 +1,270 @@
+"""Label data for classification: read text/label columns, build the label set, clean, split.
+
+Sources: CSV/TSV (read with the ``csv`` module, so CRLF endings and quoted newlines work and line
+numbers are physical), JSONL/JSON (``data.read_records``), Parquet and saved Hugging Face datasets,
+and the bundled ``chatterbot-topics`` (each chatterbot conversation's first user message, labelled
+with its topic).  Every record gets a stable id (``file:line`` or the bundled source), which the
+predictions of every model evaluated on the same eval set share.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import DataError, Problem
+
+
+@dataclass
+class LabelRecord:
+    """One classification example.
+
+    Attributes:
+        id: stable id, ``"path:line"`` (physical, 1-based) or a bundled source name.
+        text: the text to classify.
+        label: the label name.
+        text_pair: optional second text.
+    """
+
+    id: str
+    text: str
+    label: str
+    text_pair: str | None = None
+
+
+_C1 = re.compile("[\u0080-\u009f]")
+
+
+def clean(text: str) -> str:
+    """Normalise line endings (CRLF -> LF), strip whitespace, unescape HTML entities and map C1 control
+    characters through Windows-1252 (``"\\x92"`` -> ``"’"``), the usual mojibake of SMS/web corpora."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _C1.sub(lambda m: bytes([ord(m.group())]).decode("cp1252", errors="ignore"), text)
+    return html.unescape(text).strip()
+
+
+def _read_delimited(path: Path, delimiter: str, column_names: list[str] | None, encoding: str) -> list[tuple[str, dict]]:
+    rows = []
+    try:
+        with path.open(newline="", encoding=encoding) as f:
+            reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+            header = column_names
+            start = reader.line_num + 1
+            for row in reader:
+                if header is None:
+                    header = row
+                elif any(cell.strip() for cell in row):
+                    rows.append((f"{path}:{start}", dict(zip(header, row))))
+                start = reader.line_num + 1
+    except UnicodeDecodeError as exc:
+        raise DataError(f"Cannot read {path}", [Problem(str(path), f"not valid {encoding} at byte {exc.start}", "set labels.encoding (e.g. latin-1)")]) from None
+    except csv.Error as exc:
+        raise DataError(f"Cannot read {path}", [Problem(f"{path}:{reader.line_num}", str(exc), "fix the CSV quoting")]) from None
+    return rows
+
+
+def read_table(path: str | Path, labels_cfg) -> list[tuple[str, dict]]:
+    """Read a data file into (``"path:line"``, row dict) pairs.
+
+    Args:
+        path: CSV/TSV/JSONL/JSON/Parquet file, or a folder saved with ``datasets.Dataset.save_to_disk``.
+        labels_cfg: the ``labels`` section (file_format, column_names, encoding).
+
+    Returns:
+        One pair per record; CSV/TSV/JSONL line numbers are physical and 1-based, Parquet/HF rows are ``path#index``.
+
+    Raises:
+        DataError: unreadable file or an unknown format.
+    """
+    path = Path(path)
+    fmt = labels_cfg.file_format
+    if fmt == "auto":
+        fmt = "hf" if path.is_dir() else {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}.get(path.suffix.lower(), "")
+        if not fmt:
+            raise DataError(f"Unknown data format of {path}", [Problem(str(path), f"suffix {path.suffix!r} is not .csv/.tsv/.jsonl/.json/.parquet", "set labels.file_format (csv, tsv, jsonl, json, parquet, hf)")])
+    if fmt in ("csv", "tsv"):
+        return _read_delimited(path, "," if fmt == "csv" else "\t", labels_cfg.column_names, labels_cfg.encoding)
+    if fmt in ("jsonl", "json"):
+        from tunesmith.data.conversations import read_records
+
+        records, problems = read_records(path)
+        if problems:
+            raise DataError(f"Cannot read {path}", problems)
+        return [(where, r if isinstance(r, dict) else {}) for where, r in records]
+    import datasets
+
+    ds = datasets.Dataset.from_parquet(str(path)) if fmt == "parquet" else datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"]
+    return [(f"{path}#{i}", row) for i, row in enumerate(ds)]
+
+
+def load_chatterbot_topics() -> list[tuple[str, dict]]:
+    """Bundled ``chatterbot-topics``: the first user message of each chatterbot conversation, labelled with its topic.
+
+    Returns:
+        (source, {"text", "label"}) pairs, about 2,000 before de-duplication (749 distinct messages).
+    """
+    from tunesmith.data.conversations import load_chatterbot
+
+    return [(c.source, {"text": c.messages[0].content, "label": c.meta["topic"]}) for c in load_chatterbot()]
+
+
+BUNDLED = {"chatterbot-topics": load_chatterbot_topics}
+"""Bundled classification dataset name -> loader of (id, row) pairs."""
+
+
+def to_records(rows: list[tuple[str, dict]], labels_cfg) -> list[LabelRecord]:
+    """Turn (id, row) pairs into :class:`LabelRecord`, checking that every column is present and non-empty.
+
+    Raises:
+        DataError: every row with a missing or empty text/label column, with its ``file:line``.
+    """
+    out, problems = [], []
+    cols = [("text", labels_cfg.text_column), ("label", labels_cfg.label_column)]
+    if labels_cfg.text_pair_column:
+        cols.append(("text_pair", labels_cfg.text_pair_column))
+    for where, row in rows:
+        vals = {}
+        for field, col in cols:
+            value = row.get(col)
+            value = "" if value is None else str(value)
+            value = clean(value) if labels_cfg.clean_text else value
+            if not value.strip():
+                have = ", ".join(map(str, list(row)[:8])) or "nothing"
+                problems.append(Problem(where, f"column {col!r} is missing or empty (row has: {have})", f"set labels.{field}_column to the right column name"))
+            vals[field] = value
+        out.append(LabelRecord(where, vals["text"], vals["label"], vals.get("text_pair")))
+    if problems:
+        raise DataError(f"{len(problems)} record(s) without text or label", problems[:50])
+    return out
+
+
+def deduplicate(records: list[LabelRecord]) -> tuple[list[LabelRecord], int]:
+    """Keep the first record of each (text, text_pair); returns (records, number dropped)."""
+    seen, out = set(), []
+    for r in records:
+        key = (r.text, r.text_pair)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out, len(records) - len(out)
+
+
+def label_set(records: list[LabelRecord], labels_cfg) -> list[str]:
+    """The label names in id order: ``labels.names``, else the sorted labels with at least ``min_examples`` records.
+
+    Raises:
+        DataError: fewer than two labels.
+    """
+    if labels_cfg.names:
+        return list(labels_cfg.names)
+    counts = Counter(r.label for r in records)
+    names = sorted(k for k, v in counts.items() if v >= labels_cfg.min_examples)
+    if len(names) < 2:
+        raise DataError("Need at least two labels", [Problem("labels", f"found {dict(counts)}", "check labels.label_column and labels.min_examples")])
+    return names
+
+
+def check_labels(records: list[LabelRecord], names: list[str], policy: str) -> tuple[list[LabelRecord], int]:
+    """Keep records whose label is in ``names``.
+
+    Args:
+        policy: ``"error"`` raises for records outside the set, ``"drop"`` skips them.
+
+    Returns:
+        (kept records, number dropped).
+
+    Raises:
+        DataError: with ``policy="error"``, one problem per record outside the label set, naming its ``file:line``.
+    """
+    allowed = set(names)
+    bad = [r for r in records if r.label not in allowed]
+    if bad and policy == "error":
+        shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+        raise DataError(f"{len(bad)} record(s) have a label outside the label set", [
+            Problem(r.id, f"label {r.label!r} is not one of the {len(names)} labels", f"use one of: {shown}; or add it to labels.names, or set labels.unknown_labels=drop")
+            for r in bad[:50]])
+    return [r for r in records if r.label in allowed], len(bad)
+
+
+def stratified_split(records: list[LabelRecord], eval_fraction: float, seed: int, stratify: bool = True) -> tuple[list, list]:
+    """Split into (train, eval) with scikit-learn ``train_test_split``, stratified by label when possible.
+
+    Labels with a single record cannot be stratified; they go to train (and stratification applies to the rest).
+
+    Returns:
+        (train, eval), each in the original record order (so ids are in file order).
+    """
+    if eval_fraction <= 0 or len(records) < 2:
+        return list(records), []
+    from sklearn.model_selection import train_test_split
+
+    counts = Counter(r.label for r in records)
+    single = [i for i, r in enumerate(records) if counts[r.label] < 2]
+    rest = [i for i, r in enumerate(records) if counts[r.label] >= 2]
+    strat = [records[i].label for i in rest] if stratify else None
+    n_eval = max(1, round(len(rest) * eval_fraction))
+    if stratify and n_eval < len(set(strat)):
+        n_eval = len(set(strat))
+    tr, ev = train_test_split(rest, test_size=n_eval, random_state=seed, stratify=strat)
+    tr, ev = sorted(tr + single), sorted(ev)
+    return [records[i] for i in tr], [records[i] for i in ev]
+
+
+def subsample(records: list[LabelRecord], n: int | None, seed: int) -> list[LabelRecord]:
+    """Keep ``n`` records, stratified by label where possible (files are often sorted by label), in file order."""
+    if not n or n >= len(records):
+        return list(records)
+    _, kept = stratified_split(records, n / len(records), seed, stratify=True)
+    return kept[:n]
+
+
+def _rows_from(data_cfg, labels_cfg, path: str | None) -> list[tuple[str, dict]]:
+    if path:
+        return read_table(path, labels_cfg)
+    if data_cfg.name in BUNDLED:
+        return BUNDLED[data_cfg.name]()
+    raise DataError("No data", [Problem("data", f"unknown bundled dataset {data_cfg.name!r}" if data_cfg.name else "neither data.path nor data.name is set",
+                                        f"set data.path to a CSV/JSONL/Parquet file or data.name to one of {sorted(BUNDLED)}")])
+
+
+def load_label_data(cfg) -> tuple[list[LabelRecord], list[LabelRecord], list[str], dict]:
+    """Load, clean, de-duplicate, check and split the data of a :class:`~tunesmith.config.classify.ClassifyConfig`.
+
+    Returns:
+        (train records, eval records, label names in id order, a report dict of counts).
+
+    Raises:
+        DataError: unreadable files, missing columns, labels outside the label set (``file:line`` each).
+    """
+    report: dict = {}
+    records = to_records(_rows_from(cfg.data, cfg.labels, cfg.data.path), cfg.labels)
+    report["rows_read"] = len(records)
+    eval_records = None
+    if cfg.data.eval_path:
+        eval_records = to_records(read_table(cfg.data.eval_path, cfg.labels), cfg.labels)
+    if cfg.labels.deduplicate:
+        records, report["duplicates_dropped"] = deduplicate(records)
+        if eval_records is not None:
+            seen = {(r.text, r.text_pair) for r in records}
+            eval_records, _ = deduplicate(eval_records)
+            before = len(eval_records)
+            eval_records = [r for r in eval_records if (r.text, r.text_pair) not in seen]
+            report["eval_overlap_dropped"] = before - len(eval_records)
+    names = label_set(records, cfg.labels)
+    policy = "drop" if (cfg.labels.names is None and cfg.labels.min_examples > 1) else cfg.labels.unknown_labels
+    records, report["unknown_label_dropped"] = check_labels(records, names, policy)
+    if eval_records is not None:
+        eval_records, report["eval_unknown_label_dropped"] = check_labels(eval_records, names, policy)
+        train = records
+    else:
+        train, eval_records = stratified_split(records, cfg.data.eval_fraction, cfg.data.split_seed, cfg.labels.stratify)
+    train = subsample(train, cfg.data.max_train_examples, cfg.data.split_seed)
+    eval_records = subsample(eval_records, cfg.data.max_eval_examples, cfg.data.split_seed)
+    report.update(train=len(train), eval=len(eval_records), labels=len(names),
+                  train_counts=dict(Counter(r.label for r in train)), eval_counts=dict(Counter(r.label for r in eval_records)))
+    return train, eval_records, names, report

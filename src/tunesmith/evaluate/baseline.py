@@ -1,0 +1,226 @@
+"""`tunesmith baseline` and `tunesmith eval`: score a model on the config's eval split and write a contract run dir.
+
+    tunesmith baseline configs/decision_chatterbot_json.yaml     # -> runs/decision-chatterbot-json-baseline/
+    tunesmith eval configs/decision_chatterbot_json.yaml --adapter runs/decision-chatterbot-json/adapter
+    tunesmith sft configs/decision_chatterbot_json.yaml          # eval.baseline: true -> baseline, SFT, eval, report
+
+Both commands load the data exactly as `tunesmith sft` does (same split, caps and system prompt), render the prompts
+with the config's tokenizer and chat template (:func:`tunesmith.evaluate.generative.build_examples`) and run the one evaluation
+step :func:`tunesmith.evaluate.generative.evaluate_examples`, so baseline and fine-tuned numbers come from the same code, the
+same examples and the same prompt token ids. Each run dir holds ``metrics.json`` (written last), ``predictions.jsonl``,
+``config.yaml`` and ``manifest.json``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from tunesmith.config.sft import RunConfig, dump_config
+from tunesmith.errors import ModelError, Problem
+from tunesmith.evaluate.generative import build_examples, evaluate_examples, load_schema
+from tunesmith.runtime.runs import atomic_write_json, atomic_write_jsonl, atomic_write_text, prepare_run_dir, write_manifest
+from tunesmith.train.common import console
+
+
+def _load(cfg: RunConfig, *, adapter: str | Path | None = None, model_dir: str | Path | None = None):
+    """Load the config's tokenizer and the model to evaluate (base, base + merged adapter, or a merged model folder).
+
+    Returns:
+        (source name, model, tokenizer, adapter parameter count).
+
+    Raises:
+        ModelError: an adapter folder without ``adapter_config.json``; any load failure.
+    """
+    from tunesmith.models.sources import load_causal_lm, load_tokenizer, resolve_model
+    from tunesmith.render.checks import fix_generation_config
+    from tunesmith.render.templates import apply_chat_template_option
+
+    kw = dict(trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
+    source = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(source, **kw)
+    apply_chat_template_option(tokenizer, cfg.model.chat_template)
+    target = resolve_model(str(model_dir)) if model_dir else source
+    model = load_causal_lm(target, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
+                           allow_pickle=cfg.model.allow_pickle, **kw)
+    adapter_params = 0
+    if adapter:
+        from peft import PeftModel
+
+        folder = _adapter_folder(Path(adapter))
+        model = PeftModel.from_pretrained(model, str(folder))
+        adapter_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+        model = model.merge_and_unload()  # the served model: base weights + B@A, no adapter overhead per token
+    fix_generation_config(model.generation_config, tokenizer)
+    return (str(model_dir) if model_dir else source.name), model.eval(), tokenizer, adapter_params
+
+
+def _adapter_folder(path: Path) -> Path:
+    if (path / "adapter_config.json").is_file():
+        return path
+    subs = sorted(p.parent for p in path.glob("*/adapter_config.json")) if path.is_dir() else []
+    if len(subs) == 1:  # a named adapter is saved in a sub-folder of that name
+        return subs[0]
+    raise ModelError("Not an adapter folder", [Problem(str(path), "no adapter_config.json", "pass the adapter/ folder of a `tunesmith sft` run (--adapter) or a merged model folder (--model)")])
+
+
+def _data(cfg: RunConfig):
+    from tunesmith.train.lifecycle import load_data
+
+    train, evals, _ = load_data(cfg)
+    if not evals:
+        from tunesmith.errors import ConfigError
+
+        raise ConfigError("No eval examples", [Problem("data.eval_fraction", "the eval split is empty", "set data.eval_fraction > 0 or data.eval_path")])
+    return train, evals
+
+
+def evaluate_run(cfg: RunConfig, out_dir: Path, *, kind: str, method: str, k_shot: int = 0, adapter=None, model_dir=None,
+                 data=None, overwrite: bool = False) -> dict:
+    """Evaluate one model on the config's eval split and write the run dir.
+
+    Args:
+        cfg: the run config (model, data, eval sections are used).
+        out_dir: run directory to create (refused when it holds a run, unless ``overwrite``).
+        kind: ``"baseline"`` or ``"eval"`` (``metrics.json`` ``kind``).
+        method: display name in the report, e.g. ``"prompting, zero-shot"``.
+        k_shot: demonstrations prepended to every prompt.
+        adapter / model_dir: a LoRA adapter folder (merged into the base for evaluation) / a merged model folder.
+        data: (train, eval) conversations when the caller already loaded them.
+
+    Returns:
+        The metrics dict written to ``metrics.json``.
+
+    Raises:
+        TunesmithError: bad config, data, schema, model or output folder.
+    """
+    from tunesmith.train.classify import peak_memory_bytes
+
+    from tunesmith.models.sources import resolve_model
+
+    schema = load_schema(cfg.eval)
+    train, evals = data or _data(cfg)
+    if model_dir:
+        resolve_model(str(model_dir))  # a missing folder fails before the run dir is created
+    if adapter:
+        _adapter_folder(Path(adapter))
+    out_dir = prepare_run_dir(out_dir, overwrite=overwrite)
+    reset_peak_memory()
+    name, model, tokenizer, adapter_params = _load(cfg, adapter=adapter, model_dir=model_dir)
+    examples = build_examples(tokenizer, evals, train, k_shot=k_shot, seed=cfg.eval.k_shot_seed)
+    from tunesmith.render.templates import end_of_turn_ids
+
+    console.print(f"[bold]tunesmith {kind}[/] {method}: model={name}, {len(examples)} eval examples, metrics {', '.join(cfg.eval.metrics)}")
+    start = time.perf_counter()
+    rows, task, timing = evaluate_examples(model, tokenizer, examples, cfg.eval, batch_size=cfg.train.per_device_eval_batch_size,
+                                           eot_ids=end_of_turn_ids(tokenizer, model.generation_config), json_schema=schema)
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    cost = {"parameters": total, "trainable_parameters": adapter_params,
+            "generation_tokens_per_second": timing["generated_tokens"] / timing["generation_seconds"] if timing["generation_seconds"] else None,
+            "peak_memory_bytes": peak_memory_bytes()}
+    metrics = {"kind": kind, "method": method, "model": name, "adapter": str(adapter) if adapter else None, "k_shot": k_shot,
+               "task_metrics": task, "cost": cost, "eval_examples": len(rows), "targets": dict(cfg.eval.targets),
+               "max_new_tokens": cfg.eval.max_new_tokens, "eval_seconds": time.perf_counter() - start, **timing}
+    atomic_write_jsonl(out_dir / "predictions.jsonl", rows)
+    atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
+    write_manifest(out_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=None, tokenizer=tokenizer,
+                   extra={"evaluated": {"model": name, "adapter": str(adapter) if adapter else None, "k_shot": k_shot}})
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    console.print(f"[bold green]{kind}[/] in {metrics['eval_seconds']:.0f}s: " + ", ".join(f"{k} {v:.4f}" for k, v in task.items()) + f"\n  artifacts: {out_dir}/")
+    return metrics
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak-memory measurement: CUDA peak stats, or on Linux the process's RSS high-water mark
+    (writing ``5`` to ``/proc/self/clear_refs``, proc(5), Linux >= 4.0); elsewhere nothing is reset."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_bytes() -> int | None:
+    """Peak memory since :func:`reset_peak_memory`, in bytes: CUDA max allocated, else ``VmHWM`` of
+    ``/proc/self/status`` (peak resident set), else ``ru_maxrss`` (peak since the process started)."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def default_dir(cfg: RunConfig, suffix: str) -> Path:
+    """``<train.output_dir>-<suffix>`` (beside, not inside, the SFT run dir, which must start empty)."""
+    return Path(str(cfg.train.output_dir).rstrip("/") + f"-{suffix}")
+
+
+def run_baseline(cfg: RunConfig, *, output: str | Path | None = None, overwrite: bool = False, data=None) -> list[Path]:
+    """Prompt the instruction-tuned model zero-shot (and ``eval.k_shot``-shot when > 0) on the eval split.
+
+    Returns:
+        The run dirs written: ``output`` (default ``<train.output_dir>-baseline``) and ``<output>-<k>shot``.
+    """
+    out = Path(output) if output else default_dir(cfg, "baseline")
+    data = data or _data(cfg)
+    evaluate_run(cfg, out, kind="baseline", method="prompting, zero-shot", data=data, overwrite=overwrite)
+    dirs = [out]
+    if cfg.eval.k_shot:
+        kdir = Path(str(out).rstrip("/") + f"-{cfg.eval.k_shot}shot")
+        evaluate_run(cfg, kdir, kind="baseline", method=f"prompting, {cfg.eval.k_shot}-shot", k_shot=cfg.eval.k_shot, data=data, overwrite=overwrite)
+        dirs.append(kdir)
+    return dirs
+
+
+def run_eval(cfg: RunConfig, *, adapter=None, model_dir=None, output=None, overwrite: bool = False, data=None) -> Path:
+    """Evaluate a fine-tuned model (``adapter`` folder or merged ``model_dir``) exactly as the zero-shot baseline.
+
+    Returns:
+        The run dir (default ``<train.output_dir>-eval``).
+
+    Raises:
+        ConfigError: neither or both of ``adapter`` and ``model_dir`` given.
+    """
+    from tunesmith.errors import ConfigError
+
+    if (adapter is None) == (model_dir is None):
+        raise ConfigError("Say which model to evaluate", [Problem("tunesmith eval", "give exactly one of --adapter DIR or --model DIR",
+                                                                  "e.g. --adapter runs/sft/adapter")])
+    out = Path(output) if output else default_dir(cfg, "eval")
+    method = "SFT (LoRA adapter)" if adapter else "fine-tuned (merged model)"
+    evaluate_run(cfg, out, kind="eval", method=method, adapter=adapter, model_dir=model_dir, data=data, overwrite=overwrite)
+    return out
+
+
+def sft_baseline(cfg: RunConfig, checked) -> None:
+    """Before SFT training (``eval.baseline``): the prompting baseline(s) into ``<run_dir>/baseline`` on the run's own split.
+
+    A resumed run keeps the baseline it already has."""
+    out = checked.run_dir / "baseline"
+    if checked.checkpoint is not None and (out / "metrics.json").is_file():
+        return
+    run_baseline(cfg, output=out, overwrite=True, data=(checked.train_convs, checked.eval_convs))
+
+
+def sft_compare(cfg: RunConfig, checked) -> None:
+    """After SFT training (``eval.baseline``): evaluate the saved adapter (or model) into ``<run_dir>/eval`` and write
+    ``<run_dir>/report.html`` comparing it with the baseline(s)."""
+    from tunesmith.evaluate.report import write_report
+
+    run_dir = checked.run_dir
+    saved = {"adapter": run_dir / "adapter"} if cfg.lora.enabled else {"model_dir": run_dir / "model"}
+    run_eval(cfg, output=run_dir / "eval", overwrite=True, data=(checked.train_convs, checked.eval_convs), **saved)
+    baselines = sorted(p for p in run_dir.glob("baseline*") if (p / "metrics.json").is_file())
+    write_report([*baselines, run_dir / "eval"], run_dir / "report.html", overwrite=True)
+
+
+__all__ = ["evaluate_run", "run_baseline", "run_eval", "sft_baseline", "sft_compare", "default_dir"]

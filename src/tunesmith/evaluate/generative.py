@@ -1,0 +1,206 @@
+"""The one evaluation step behind `tunesmith baseline` and `tunesmith eval`: same examples, same prompts, same metrics.
+
+    tunesmith baseline configs/decision_chatterbot_json.yaml                      # prompting the instruction-tuned model
+    tunesmith eval configs/decision_chatterbot_json.yaml --adapter runs/decision-chatterbot-json/adapter
+
+Each eval conversation's last assistant turn is the reference; everything before it (the data's own system and user
+turns, plus ``eval.k_shot`` train examples as user/assistant turns after the system turn) is the prompt, rendered by
+:func:`tunesmith.render.templates.render_prompt`. Generation is :func:`tunesmith.models.generation.generate_ids` (batched, left
+padding, greedy, stops at the template's end-of-turn token). ``eval_loss`` is the mean cross-entropy of the reference
+tokens (the reply and its end-of-turn token, labels from :func:`tunesmith.render.templates.render_conversation`) given the
+prompt; ``perplexity = exp(eval_loss)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import DataError, Problem
+from tunesmith.data.records import Conversation, Message
+from tunesmith.evaluate.metrics import GENERATION_METRICS, REFERENCE_METRICS, aggregate, extract_label, score_example
+from tunesmith.render.templates import IGNORE_INDEX, render_conversation, render_prompt
+
+
+@dataclass
+class EvalExample:
+    """One eval example, identical for every model evaluated on a config.
+
+    Attributes:
+        id: the record's source (``file:line`` or the bundled id).
+        conversation: prompt turns plus the reference as the last assistant turn (earlier assistant turns ``weight=0``).
+        reference: the reference answer text.
+        prompt_ids: ``list[int][seq]``, the rendered prompt with the generation prompt.
+    """
+
+    id: str
+    conversation: Conversation
+    reference: str
+    prompt_ids: list[int]
+
+
+def _demo_turns(train_convs: list[Conversation], k: int, seed: int) -> list[Message]:
+    """User/assistant turns of ``k`` train conversations chosen with ``random.Random(seed)`` (system turns dropped)."""
+    usable = [c for c in train_convs if c.kind in ("messages", "prompt_completion")]
+    if k > len(usable):
+        raise DataError("Not enough train examples for k-shot", [Problem("eval.k_shot", f"k={k} but the train split has {len(usable)} conversations",
+                                                                        "lower eval.k_shot")])
+    picked = random.Random(seed).sample(range(len(usable)), k)
+    return [Message(m.role, m.content, weight=0) for i in picked for m in usable[i].messages if m.role != "system"]
+
+
+def build_examples(tokenizer, eval_convs: list[Conversation], train_convs: list[Conversation] | None = None, *,
+                   k_shot: int = 0, seed: int = 0, chat_template: str | None = None) -> list[EvalExample]:
+    """Turn eval conversations into :class:`EvalExample` (the prompt and reference every model is scored on).
+
+    Args:
+        tokenizer: the config's tokenizer (its chat template renders every prompt).
+        eval_convs: eval conversations; each must end with an assistant turn (the reference).
+        train_convs: source of the k-shot demonstrations.
+        k_shot: number of demonstrations, inserted after the leading system turns.
+        seed: ``random.Random`` seed choosing them (the same demonstrations for every example).
+
+    Returns:
+        One :class:`EvalExample` per eval conversation, in eval-set order.
+
+    Raises:
+        DataError: a conversation without a final assistant turn (or plain ``text``), or too few train examples for k.
+    """
+    demos = _demo_turns(train_convs or [], k_shot, seed) if k_shot else []
+    out = []
+    for conv in eval_convs:
+        if conv.kind == "text" or not conv.messages or conv.messages[-1].role != "assistant":
+            raise DataError("An eval record has no reference answer", [Problem(conv.source or "eval record", "the last turn is not an assistant turn"
+                                                                               if conv.kind != "text" else "plain text records have no prompt/answer split",
+                                                                               "end each eval conversation with the assistant's reference answer")])
+        if demos and conv.kind == "completion":
+            raise DataError("k-shot needs chat conversations", [Problem(conv.source or "eval record", "plain prompt/completion records have no turns to put demonstrations in",
+                                                                        "set eval.k_shot: 0, or use chat-formatted data")])
+        *context, last = conv.messages
+        context = [Message(m.role, m.content, weight=0 if m.role == "assistant" else m.weight, name=m.name) for m in context]
+        n_sys = next((i for i, m in enumerate(context) if m.role != "system"), len(context))
+        turns = context[:n_sys] + demos + context[n_sys:] + [Message("assistant", last.content, name=last.name)]
+        full = Conversation(turns, conv.source, dict(conv.meta), conv.kind)
+        out.append(EvalExample(conv.source, full, last.content, render_prompt(tokenizer, full, chat_template=chat_template)))
+    return out
+
+
+def ids_digest(ids: list[int]) -> str:
+    """SHA-256 (hex, 16 chars) of a token-id list: equal digests mean identical prompt ids."""
+    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def reference_losses(model, tokenizer, examples: list[EvalExample], *, batch_size: int = 8, eot_ids=None) -> list[tuple[float, int]]:
+    """Summed cross-entropy (nats) and token count of each example's reference given its prompt.
+
+    Args:
+        examples: the eval examples; only the last assistant turn (reply + end-of-turn token) carries labels.
+
+    Returns:
+        ``list[(nll_sum: float, tokens: int)]``, one per example (eval_loss of the set = sum nll / sum tokens).
+    """
+    rendered = [render_conversation(tokenizer, ex.conversation, eot_ids=eot_ids) for ex in examples]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(rendered), batch_size):
+        chunk = rendered[start:start + batch_size]
+        width = max(len(r.input_ids) for r in chunk)
+        ids = torch.tensor([r.input_ids + [pad] * (width - len(r.input_ids)) for r in chunk], device=device)
+        mask = torch.tensor([[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in chunk], device=device)
+        labels = torch.tensor([r.labels + [IGNORE_INDEX] * (width - len(r.labels)) for r in chunk], device=device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+        for row in range(len(chunk)):
+            valid = shift_labels[row] != IGNORE_INDEX
+            out.append((float(nll[row][valid].sum()), int(valid.sum())))
+    return out
+
+
+def evaluate_examples(model, tokenizer, examples: list[EvalExample], eval_cfg, *, batch_size: int = 8, eot_ids=None,
+                      json_schema: dict | None = None) -> tuple[list[dict], dict, dict]:
+    """Generate, score and aggregate: the shared evaluation step.
+
+    Args:
+        model: a causal LM in eval mode.
+        examples: from :func:`build_examples`.
+        eval_cfg: the ``eval`` section (metrics, regex, label_field, max_new_tokens).
+        json_schema: the loaded schema for the ``json_schema`` metric.
+
+    Returns:
+        (rows, task_metrics, timing): ``rows`` are ``predictions.jsonl`` lines (id, prompt, prediction, reference,
+        scores, and labels / reference_tokens / prompt_ids_sha256); ``task_metrics`` ``{metric: float}``; ``timing``
+        ``{"generated_tokens", "generation_seconds", "loss_seconds"}``.
+    """
+    import time
+
+    from tunesmith.models.generation import decode_reply, generate_ids
+
+    metrics = list(eval_cfg.metrics)
+    gen_metrics = [m for m in metrics if m in GENERATION_METRICS]
+    predictions, n_tokens, gen_s = [""] * len(examples), 0, 0.0
+    if gen_metrics:
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
+        t0 = time.perf_counter()
+        gen = generate_ids(model, tokenizer, [examples[i].prompt_ids for i in order], max_new_tokens=eval_cfg.max_new_tokens,
+                           eos_ids=eot_ids, batch_size=batch_size)
+        gen_s = time.perf_counter() - t0
+        for i, ids in zip(order, gen):
+            predictions[i] = decode_reply(tokenizer, ids)
+            n_tokens += len(ids)
+    losses, loss_s = None, 0.0
+    if any(m in REFERENCE_METRICS for m in metrics):
+        t0 = time.perf_counter()
+        losses = reference_losses(model, tokenizer, examples, batch_size=batch_size, eot_ids=eot_ids)
+        loss_s = time.perf_counter() - t0
+    rows = []
+    for i, ex in enumerate(examples):
+        scores = score_example(predictions[i], ex.reference, gen_metrics, json_schema=json_schema, regex=eval_cfg.regex,
+                               label_field=eval_cfg.label_field)
+        row = {"id": ex.id, "prompt": tokenizer.decode(ex.prompt_ids), "prediction": predictions[i], "reference": ex.reference,
+               "scores": scores, "prompt_ids_sha256": ids_digest(ex.prompt_ids), "prompt_tokens": len(ex.prompt_ids)}
+        if losses is not None:
+            nll, toks = losses[i]
+            scores["eval_loss"] = nll / max(toks, 1)
+            scores["perplexity"] = math.exp(scores["eval_loss"])
+            row["reference_tokens"] = toks
+        if "label_accuracy" in metrics or "label_macro_f1" in metrics:
+            row["labels"] = {"prediction": extract_label(predictions[i], eval_cfg.label_field),
+                             "reference": extract_label(ex.reference, eval_cfg.label_field)}
+        rows.append(row)
+    timing = {"generated_tokens": n_tokens, "generation_seconds": gen_s, "loss_seconds": loss_s}
+    return rows, aggregate(rows, metrics), timing
+
+
+def load_schema(eval_cfg) -> dict | None:
+    """The JSON Schema of ``eval.json_schema`` (a mapping, or a .json file), checked to be a valid schema.
+
+    Raises:
+        ConfigError: unreadable file, invalid JSON, or not a valid JSON Schema.
+    """
+    import json
+
+    import jsonschema
+
+    from tunesmith.errors import ConfigError
+
+    spec = eval_cfg.json_schema
+    if spec is None:
+        return None
+    where = "eval.json_schema" + (f"={spec}" if isinstance(spec, str) else "")
+    try:
+        schema = json.loads(Path(spec).read_text(encoding="utf-8")) if isinstance(spec, str) else spec
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except OSError as exc:
+        raise ConfigError("Cannot read the JSON Schema", [Problem(where, exc.strerror or str(exc), "give a readable .json file or write the schema inline")]) from None
+    except ValueError as exc:
+        raise ConfigError("The JSON Schema file is not JSON", [Problem(where, str(exc), "fix the JSON")]) from None
+    except jsonschema.SchemaError as exc:
+        raise ConfigError("Not a valid JSON Schema", [Problem(where, exc.message, "fix the schema (see json-schema.org)")]) from None
+    return schema

@@ -1,0 +1,171 @@
+"""Template consistency check, run at export: do training and serving tokenise a conversation the same way?
+
+A model trained on one rendering and served with another (a different template in the saved tokenizer,
+a GGUF whose tokenizer splits ``<|im_end|>`` into pieces, an EOS that is not the end-of-turn token)
+answers badly or never stops.  On a fixed set of conversations this compares the token ids of
+
+1. the training template: :func:`tunesmith.render.templates.render_conversation` / ``render_prompt`` with the
+   tokenizer tunesmith trained with (what SFT computed its loss on);
+2. the saved tokenizer: ``AutoTokenizer.from_pretrained(saved_dir).apply_chat_template(...)`` (plain transformers);
+3. the GGUF: the tokenizer and ``tokenizer.chat_template`` transformers reads back from the GGUF file;
+
+for the full conversation and for the generation prompt, and checks that the end-of-turn token is an EOS id
+in the saved ``generation_config.json`` and in the GGUF metadata.  A "does it stop" smoke test then runs
+greedy generation on short prompts and passes when every reply ends with an EOS id the GGUF declares,
+within ``max_new_tokens``.
+
+Run it::
+
+    tunesmith export --format gguf --model runs/sft --output model.gguf     # runs the check, writes model.consistency.json
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from tunesmith.data.records import Conversation, Message
+
+CONVERSATIONS: list[list[tuple[str, str]]] = [
+    [("user", "Hello!"), ("assistant", "Hi! How can I help you today?")],
+    [("system", "You are a terse assistant."), ("user", "What is 2 + 2?"), ("assistant", "4")],
+    [("user", "Name a colour."), ("assistant", "Blue."), ("user", "Another one, please."), ("assistant", "Green.")],
+    [("user", "Write a Python function that adds two numbers.\n\n```python\n"), ("assistant", "```python\ndef add(a, b):\n    return a + b\n```")],
+    [("user", "  Leading spaces, tabs\tand unicode: café, naïve, 東京, emoji 🙂 "), ("assistant", " Noted: café 東京 🙂\n")],
+]
+"""Fixed conversations: single and multi-turn, a system turn, code, whitespace and non-ASCII text."""
+
+STOP_PROMPTS = ["Hello!", "What is the capital of France?", "Say one word."]
+"""User turns for the "does it stop" smoke test."""
+
+
+def fixed_conversations() -> list[Conversation]:
+    """:data:`CONVERSATIONS` as :class:`Conversation` objects (source ``consistency#k``)."""
+    return [Conversation([Message(r, c) for r, c in conv], f"consistency#{k}") for k, conv in enumerate(CONVERSATIONS)]
+
+
+@dataclass
+class Check:
+    """One consistency check.
+
+    Attributes:
+        name: stable id (``ids_saved_tokenizer``, ``ids_gguf``, ``eot_in_generation_config``, ``eot_in_gguf``, ``stops``, ...).
+        ok: passed.
+        detail: one sentence; for a token mismatch the conversation, position and the differing tokens.
+    """
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class ConsistencyReport:
+    """All checks of one export. ``ok`` is True when every check passed."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every check passed."""
+        return all(c.ok for c in self.checks)
+
+    def failures(self) -> list[Check]:
+        """The checks that failed."""
+        return [c for c in self.checks if not c.ok]
+
+    def to_json(self) -> dict:
+        """``{"ok": bool, "checks": [{"name", "ok", "detail"}]}``."""
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+def reference_ids(train_tokenizer, convs: list[Conversation]) -> list[tuple[list[int], list[int]]]:
+    """Training-side ``(full ids, generation-prompt ids)`` per conversation (tunesmith's own renderer)."""
+    from tunesmith.render.templates import render_conversation, render_prompt
+
+    return [(render_conversation(train_tokenizer, c).input_ids, render_prompt(train_tokenizer, c)) for c in convs]
+
+
+def serving_ids(tokenizer, convs: list[Conversation]) -> list[tuple[list[int], list[int]]]:
+    """Serving-side ``(full ids, generation-prompt ids)``: ``tokenizer.apply_chat_template(..., tokenize=True)`` as a server calls it."""
+    out = []
+    for c in convs:
+        msgs = c.to_template()
+        full = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=False)
+        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=True, add_generation_prompt=True, return_dict=False)
+        out.append((list(full), list(prompt)))
+    return out
+
+
+def _first_diff(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((k for k in range(n) if a[k] != b[k]), n)
+
+
+def compare_ids(name: str, tokenizer, reference, other, convs) -> Check:
+    """Compare ``other`` against ``reference`` (lists of ``(full, prompt)`` id lists); the detail names the first mismatch."""
+    for conv, (ref_full, ref_prompt), (full, prompt) in zip(convs, reference, other):
+        for part, a, b in (("conversation", ref_full, full), ("generation prompt", ref_prompt, prompt)):
+            if a != b:
+                k = _first_diff(a, b)
+                show = lambda ids: tokenizer.convert_ids_to_tokens(ids[k:k + 3])  # noqa: E731
+                return Check(name, False, f"{conv.source} {part}: token {k} differs: training {show(a)} vs {show(b)} "
+                                          f"(lengths {len(a)} vs {len(b)})")
+    return Check(name, True, f"{len(convs)} conversations: identical token ids (full and generation prompt)")
+
+
+def eot_check(name: str, eot: int | None, eos_ids: set[int], where: str) -> Check:
+    """Pass when the template's end-of-turn id ``eot`` is among ``eos_ids``."""
+    if eot is None:
+        return Check(name, False, "the template writes no end-of-turn token after a reply; generation cannot stop at the end of a turn")
+    return Check(name, eot in eos_ids, f"end-of-turn id {eot} {'is' if eot in eos_ids else 'is NOT'} among the EOS ids {sorted(eos_ids)} of {where}")
+
+
+def stop_check(model, tokenizer, stop: set[int], *, max_new_tokens: int = 64, name: str = "stops") -> Check:
+    """The "does it stop" smoke test: greedy replies to :data:`STOP_PROMPTS` must each end with an id of ``stop``
+    within ``max_new_tokens`` tokens (rendered with ``tokenizer``'s chat template)."""
+    from tunesmith.models.generation import generate_ids
+
+    prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True,
+                                                  return_dict=False)) for p in STOP_PROMPTS]
+    outs = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, eos_ids=stop, batch_size=1)
+    lengths = [len(o) for o in outs]
+    stopped = [bool(o) and o[-1] in stop for o in outs]
+    return Check(name, all(stopped), f"{sum(stopped)}/{len(outs)} greedy replies ended with an EOS id {sorted(stop)} "
+                                     f"within {max_new_tokens} tokens (reply lengths {lengths})")
+
+
+def render_go_template(template: str, messages: list[dict], system: str | None = None) -> str:
+    """Render the subset of Ollama's Go template that :func:`tunesmith.export.gguf.modelfile_text` writes:
+    ``PREFIX{{- range .Messages }}BODY{{ end }}TAIL`` with ``{{ .Role }}``/``{{ .Content }}`` in BODY; ``{{-`` trims
+    whitespace before it, as in Go.  ``system`` is the Modelfile's SYSTEM, which Ollama puts first when the
+    conversation has no system message.
+
+    Raises:
+        ValueError: for a template outside that subset.
+    """
+    import re
+
+    m = re.fullmatch(r"(.*?)\{\{(-?) range \.Messages \}\}(.*?)\{\{(-?) end \}\}(.*)", template, re.S)
+    if m is None:
+        raise ValueError("not a '{{ range .Messages }}...{{ end }}' template")
+    prefix, trim_range, body, trim_end, tail = m.groups()
+    prefix = prefix.rstrip() if trim_range else prefix
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": system}] + list(messages)
+    parts = []
+    for msg in messages:
+        text = body.replace("{{ .Role }}", msg["role"]).replace("{{ .Content }}", msg["content"])
+        parts.append(text.rstrip() if trim_end else text)
+    return prefix + "".join(parts) + tail
+
+
+def modelfile_check(tokenizer, go_template: str, system: str | None, convs: list[Conversation]) -> Check:
+    """The Modelfile's TEMPLATE (+ SYSTEM) gives the same generation-prompt text as the chat template on ``convs``."""
+    for conv in convs:
+        msgs = conv.to_template()[:-1]
+        want = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        got = render_go_template(go_template, msgs, system)
+        if got != want:
+            k = _first_diff(list(want), list(got))
+            return Check("modelfile_template", False, f"{conv.source}: the Modelfile TEMPLATE renders {got[k:k + 30]!r} "
+                                                      f"where the chat template renders {want[k:k + 30]!r} (char {k})")
+    return Check("modelfile_template", True, f"{len(convs)} conversations: the Modelfile TEMPLATE renders the chat template's generation prompt text")

@@ -1,0 +1,181 @@
+"""``tunesmith data check`` and ``tunesmith data preview``: see the data exactly as SFT will train on it.
+
+    tunesmith data check [CONFIG] [--set ...] [--skip-invalid]   # counts, lengths, masks, template findings
+    tunesmith data preview [CONFIG] [--set ...] -n 3             # rendered examples, trained tokens highlighted
+
+Both load the tokenizer only (no model weights), render through the same functions as
+``tunesmith sft`` (:func:`tunesmith.data.conversations.load_conversations`, :func:`tunesmith.render.rows.render_all`)
+and return exit code 2 when the data has errors that would stop training.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from tunesmith.render.rows import TokenStats, render_all, resolve_max_length
+from tunesmith.data.conversations import LoadReport, load_conversations
+from tunesmith.data.records import Conversation
+from tunesmith.render.checks import Finding, check_template
+from tunesmith.render.templates import IGNORE_INDEX, apply_chat_template_option
+
+console = Console()
+
+
+@dataclass
+class Prepared:
+    """Everything both commands need: tokenizer, generation/model config, data, the bounded max_length."""
+
+    tokenizer: object
+    generation_config: object
+    model_config: object
+    convs: list[Conversation]
+    load: LoadReport
+    max_length: int
+    max_length_note: str
+
+
+def prepare(cfg) -> Prepared:
+    """Load tokenizer (with ``model.chat_template``), configs and every record (invalid ones kept aside).
+
+    Raises:
+        TunesmithError: model, template or data problems that stop before any record is read.
+    """
+    from transformers import AutoConfig, GenerationConfig
+
+    from tunesmith.models.sources import load_tokenizer, resolve_model
+
+    source = resolve_model(cfg.model.name)
+    tok = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
+    apply_chat_template_option(tok, cfg.model.chat_template, require=False)
+    try:
+        gen = GenerationConfig.from_pretrained(source.location)
+    except Exception:  # noqa: BLE001 - a checkpoint may have none
+        gen = None
+    try:
+        mcfg = AutoConfig.from_pretrained(source.location, trust_remote_code=cfg.model.trust_remote_code)
+    except Exception:  # noqa: BLE001
+        mcfg = None
+    convs, load = load_conversations(cfg.data.model_copy(update={"skip_invalid": True}), log_skipped=False)
+    n, note = resolve_max_length(cfg.train.max_length, tok, mcfg)
+    return Prepared(tok, gen, mcfg, convs, load, n, note)
+
+
+def _reason_key(reason: str) -> str:
+    return re.sub(r"\[\d+\]|turn \d+|byte \d+|column \d+|char \d+|token \d+", "#", reason)
+
+
+def _duplicates(convs: list[Conversation]) -> int:
+    seen = Counter(hashlib.sha256("\x01".join(f"{m.role}\x00{m.content}" for m in c.messages).encode()).hexdigest() for c in convs)
+    return sum(v - 1 for v in seen.values())
+
+
+def run_check(cfg, *, skip_invalid: bool = False) -> int:
+    """Print the data report for ``cfg``; return the exit code (0 ok, 2 when training would stop).
+
+    Report: rows read/kept/skipped with reasons, tokens per example (min/median/p95/max), trained
+    token share, truncation losses, role counts, duplicates, template findings.
+    """
+    skip_invalid = skip_invalid or cfg.data.skip_invalid
+    p = prepare(cfg)
+    findings = check_template(p.tokenizer, p.generation_config) if p.tokenizer.chat_template else []
+    if cfg.data.system_prompt:  # every conversation gets a system turn, so the template's default never shows
+        findings = [f for f in findings if f.code != "default_system_prompt"]
+    chat = [c for c in p.convs if c.kind not in ("text", "completion")]
+    if chat and not p.tokenizer.chat_template:
+        apply_chat_template_option(p.tokenizer, None)  # raises the clear "no chat template" error
+    rows, stats = render_all(p.tokenizer, p.convs, p.max_length, generation_config=p.generation_config, skip_invalid=True, log_skipped=False)
+    problems = p.load.skipped + stats.invalid
+    _print_report(cfg, p, stats, findings, problems)
+    bad = len({x.where for x in problems})
+    if bad and not skip_invalid:
+        console.print(f"[bold red]error:[/] {bad} invalid record(s): `tunesmith sft` would stop before training. "
+                      "Fix them, or pass --skip-invalid to skip them.")
+        return 2
+    if not rows:
+        console.print("[bold red]error:[/] no example has a trained token left; nothing would be trained.")
+        return 2
+    return 0
+
+
+def _print_report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], problems) -> None:
+    s = stats.summary()
+    bad = len({x.where for x in problems})
+    src = cfg.data.path or f"bundled:{cfg.data.name}"
+    t = Table(title=f"data check: {src} (format {p.load.format})", show_header=False)
+    t.add_column("what")
+    t.add_column("value", overflow="fold")
+    t.add_row("rows read / kept / skipped", f"{p.load.rows_read} / {s['kept']} / {bad}")
+    t.add_row("tokens per example (min / median / p95 / max)", f"{s['length_min']} / {s['length_median']} / {s['length_p95']} / {s['length_max']}")
+    t.add_row("tokens / trained tokens (share)", f"{s['tokens']} / {s['trained_tokens']} ({s['trained_token_share']:.1%})")
+    t.add_row("max_length", p.max_length_note)
+    t.add_row("truncated examples", f"{s['truncated']} (trained tokens lost: {s['trained_tokens_lost_to_truncation']})")
+    t.add_row("dropped: no trained token after truncation", str(s["dropped_all_masked"]))
+    roles = Counter(m.role for c in p.convs for m in c.messages if c.kind not in ("text", "completion"))
+    kinds = Counter(c.kind for c in p.convs)
+    t.add_row("role counts", ", ".join(f"{r} {n}" for r, n in roles.most_common()) or "-")
+    t.add_row("record kinds", ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "-")
+    t.add_row("duplicate records", str(_duplicates(p.convs)))
+    with_tools = sum(1 for c in p.convs if c.meta.get("tools") not in (None, "", "[]", []))
+    if with_tools:
+        t.add_row("records with a `tools` field", f"{with_tools} (kept as metadata; tool schemas are not rendered into the prompt)")
+    console.print(t)
+    if problems:
+        reasons = Counter(_reason_key(x.reason) for x in problems)
+        r = Table(title=f"skipped records: {bad} ({len(problems)} problems)")
+        for col in ("count", "reason", "first at", "fix"):
+            r.add_column(col, overflow="fold")
+        for reason, n in reasons.most_common(12):
+            first = next(x for x in problems if _reason_key(x.reason) == reason)
+            r.add_row(str(n), reason, first.where, first.fix)
+        console.print(r)
+    for f in findings:
+        color = "yellow" if f.level == "warning" else "cyan"
+        console.print(f"[{color}]template {f.level}:[/] {f.message}", highlight=False)
+
+
+def run_preview(cfg, n: int, *, plain: bool | None = None) -> int:
+    """Print ``n`` rendered examples: trained tokens highlighted, masked tokens dimmed.
+
+    Args:
+        plain: mark trained spans as ``[[...]]`` instead of colours (default: when stdout is not a terminal).
+
+    Returns:
+        The exit code (2 when no example renders).
+    """
+    p = prepare(cfg)
+    plain = (not console.is_terminal) if plain is None else plain
+    rows, stats = render_all(p.tokenizer, p.convs[: max(n, 0) * 2 + 4], p.max_length, generation_config=p.generation_config,
+                             skip_invalid=True, log_skipped=False)
+    for x in stats.invalid:
+        console.print(f"[yellow]skipped[/] {x.where}: {x.reason}", highlight=False)
+    if not rows:
+        console.print("[bold red]error:[/] no example could be rendered with a trained token")
+        return 2
+    legend = escape("trained tokens in [[double brackets]], masked tokens plain") if plain else "[bold green]trained tokens highlighted[/], [dim]masked tokens dimmed[/]"
+    console.print(f"legend: {legend}; max_length={p.max_length}")
+    for k, r in enumerate(rows[:n]):
+        console.rule(f"example {k + 1}: {r.source} — {len(r.input_ids)} tokens, {r.num_trained} trained", style="dim")
+        console.print(_spans(p.tokenizer, r.input_ids, r.labels, plain), highlight=False, markup=False, soft_wrap=True)
+    return 0
+
+
+def _spans(tok, ids: list[int], labels: list[int], plain: bool) -> Text:
+    """Group runs of trained / masked tokens and decode each run (keeps multi-byte characters whole)."""
+    out, start = Text(), 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or (labels[k] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
+            trained = labels[start] != IGNORE_INDEX
+            piece = tok.decode(ids[start:k], skip_special_tokens=False)
+            if plain:
+                out.append(f"[[{piece}]]" if trained else piece)
+            else:
+                out.append(piece, style="bold black on green" if trained else "dim")
+            start = k
+    return out

@@ -1,0 +1,197 @@
+"""``tunesmith generate``: a file of prompts or conversations -> JSONL of replies (batched, left padding, greedy).
+
+Run it::
+
+    tunesmith generate prompts.jsonl --model runs/sft -o replies.jsonl
+    printf 'What is 2+2?\\nName a colour.\\n' | tunesmith generate - --model smollm2-135m-instruct
+
+Input, one record per line: JSONL objects with ``prompt`` (a string, or a list of messages) or
+``messages`` (OpenAI chat; a trailing assistant turn is dropped and becomes ``reference``), an optional
+``id`` and ``reference``/``completion``; or plain text lines (each is one user turn).  A ``.json``
+file holding a list of such objects works too.  Output, one line per input, in input order::
+
+    {"id", "prompt", "prediction", "reference", "finish_reason": "stop"|"length", "new_tokens"}
+
+Every prompt is rendered through the chat template with the generation prompt; generation stops at the
+template's end-of-turn token (added to the generation config's eos ids when missing).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import DataError, Problem
+from tunesmith.data.records import Conversation, Message
+
+
+@dataclass
+class PromptRecord:
+    """One generation request.
+
+    Attributes:
+        id: the input's ``id``, else ``"<file>:<line>"``.
+        messages: the conversation up to the reply to generate (system/user/assistant turns).
+        reference: the expected reply when the input gave one, else None.
+    """
+
+    id: str
+    messages: list[Message]
+    reference: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The last user turn's text (what a reader of the output file wants to see next to the prediction)."""
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), self.messages[-1].content)
+
+
+def _messages(value, where: str) -> list[Message]:
+    if isinstance(value, str):
+        return [Message("user", value)]
+    if not isinstance(value, list) or not value:
+        raise DataError("Bad prompt record", [Problem(where, "prompt/messages must be a string or a non-empty list of {role, content}",
+                                                      'write {"prompt": "text"} or {"messages": [{"role": "user", "content": "text"}]}')])
+    out = []
+    for k, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant", "tool"):
+            raise DataError("Bad prompt record", [Problem(f"{where} (message {k})", "each message needs role (system/user/assistant/tool) and string content",
+                                                          'e.g. {"role": "user", "content": "Hello"}')])
+        out.append(Message(m["role"], m["content"]))
+    return out
+
+
+def parse_record(obj, where: str) -> PromptRecord:
+    """Turn one input object (or a plain text line) into a :class:`PromptRecord`.
+
+    Raises:
+        DataError: naming ``where`` (``file:line``) when the record has neither ``prompt`` nor ``messages``.
+    """
+    if isinstance(obj, str):
+        return PromptRecord(where, [Message("user", obj)])
+    if not isinstance(obj, dict) or not ({"prompt", "messages"} & obj.keys()):
+        raise DataError("Bad prompt record", [Problem(where, "a JSON object needs a prompt or messages field", 'e.g. {"id": 1, "prompt": "Hello"}')])
+    msgs = _messages(obj.get("messages", obj.get("prompt")), where)
+    reference = obj.get("reference", obj.get("completion"))
+    if msgs[-1].role == "assistant":
+        reference = reference if reference is not None else msgs[-1].content
+        msgs = msgs[:-1]
+    if not msgs:
+        raise DataError("Bad prompt record", [Problem(where, "nothing is left to prompt with after the final assistant turn", "add a user turn")])
+    return PromptRecord(str(obj.get("id", where)), msgs, reference if isinstance(reference, str) else None)
+
+
+def read_prompts(source: str) -> list[PromptRecord]:
+    """Read prompt records from a file (``.jsonl``/``.json``/text) or ``-`` (stdin); blank lines are skipped.
+
+    Raises:
+        DataError: a missing file, or a bad record (every bad line is reported, with ``file:line``).
+    """
+    name = "stdin" if source == "-" else source
+    if source != "-" and not Path(source).is_file():
+        raise DataError("Prompt file not found", [Problem(source, "no such file", "check the path, or pass - to read stdin")])
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    if source != "-" and Path(source).suffix.lower() == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError("Malformed JSON", [Problem(f"{name}:{exc.lineno}", exc.msg, "fix the file")]) from None
+        items = items if isinstance(items, list) else [items]
+        return _collect((f"{name}#{k}", item) for k, item in enumerate(items))
+    lines = [(f"{name}:{no}", line) for no, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    return _collect((where, _json_or_text(line, where)) for where, line in lines)
+
+
+def _json_or_text(line: str, where: str):
+    if not line.lstrip().startswith("{"):
+        return line
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError("Malformed JSON line", [Problem(where, f"{exc.msg} (column {exc.colno})", "each line must be one JSON object or plain text")]) from None
+
+
+def _collect(items) -> list[PromptRecord]:
+    out, problems = [], []
+    for where, item in items:
+        try:
+            out.append(parse_record(item, where))
+        except DataError as exc:
+            problems += exc.problems
+    if problems:
+        raise DataError(f"{len(problems)} bad prompt record(s)", problems)
+    return out
+
+
+def with_system(messages: list[Message], system: str | None) -> list[Message]:
+    """Prepend a system turn (replacing none the record has) when ``system`` is given."""
+    if system is None or (messages and messages[0].role == "system"):
+        return list(messages)
+    return [Message("system", system)] + list(messages)
+
+
+def generate_records(loaded, records: list[PromptRecord], *, max_new_tokens: int = 128, batch_size: int = 8,
+                     temperature: float = 0.0, top_p: float = 1.0, system: str | None = None) -> list[dict]:
+    """Generate a reply for every record, batched with left padding; greedy when ``temperature == 0``.
+
+    Args:
+        loaded: :class:`tunesmith.models.loading.Loaded`.
+        records: the prompts, in output order.
+        max_new_tokens: budget per reply, in tokens.
+        batch_size: prompts per ``generate`` call.
+        temperature, top_p: sampling settings (used only when ``temperature > 0``).
+        system: system prompt for records without one.
+
+    Returns:
+        One dict per record: ``{"id", "prompt", "prediction", "reference", "finish_reason", "new_tokens"}``.
+    """
+    from tunesmith.models.generation import decode_reply, generate_ids
+    from tunesmith.models.loading import stop_ids
+    from tunesmith.render.templates import render_prompt
+
+    eos = stop_ids(loaded)
+    prompts = [render_prompt(loaded.tokenizer, Conversation(with_system(r.messages, system), r.id)) for r in records]
+    outs = generate_ids(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens, eos_ids=eos, batch_size=batch_size,
+                        do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p)
+    return [{"id": r.id, "prompt": r.prompt, "prediction": decode_reply(loaded.tokenizer, o), "reference": r.reference,
+             "finish_reason": "stop" if o and o[-1] in eos else "length", "new_tokens": len(o)}
+            for r, o in zip(records, outs)]
+
+
+def run_generate(source: str, *, model: str | None, adapter: str | None = None, output: str | None = None, overwrite: bool = False,
+                 max_new_tokens: int = 128, batch_size: int = 8, temperature: float = 0.0, top_p: float = 1.0,
+                 system: str | None = None, seed: int = 0, log=None) -> list[dict]:
+    """Entry of ``tunesmith generate``: read prompts, load the model, generate, write JSONL (``output`` atomically, else stdout).
+
+    Returns:
+        The rows written.
+
+    Raises:
+        DataError: bad input file; TunesmithError: ``output`` exists without ``overwrite``; ModelError: model/adapter.
+    """
+    import torch
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.models.loading import load_for_use
+    from tunesmith.runtime.runs import atomic_write_jsonl
+
+    if output and Path(output).exists() and not overwrite:
+        raise TunesmithError("Output file exists", [Problem(output, "it would be overwritten", "pass --overwrite or another --output")])
+    records = read_prompts(source)
+    torch.manual_seed(seed)
+    loaded = load_for_use(model, adapter)
+    start = time.perf_counter()
+    rows = generate_records(loaded, records, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
+                            top_p=top_p, system=system)
+    seconds = time.perf_counter() - start
+    if output:
+        atomic_write_jsonl(output, rows)
+    else:
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if log is not None:
+        tokens = sum(r["new_tokens"] for r in rows)
+        log(f"{len(rows)} replies, {tokens} new tokens in {seconds:.1f}s ({tokens / max(seconds, 1e-9):.1f} tokens/s); "
+            f"stopped at end-of-turn: {sum(r['finish_reason'] == 'stop' for r in rows)}/{len(rows)}" + (f"; wrote {output}" if output else ""))
+    return rows

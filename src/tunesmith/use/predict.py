@@ -1,0 +1,115 @@
+"""Batched labels and probabilities from a trained classifier run.
+
+Run it::
+
+    tunesmith predict --model runs/classify-chatterbot texts.jsonl > labels.jsonl
+    echo "who wrote Hamlet" | tunesmith predict --model runs/classify-chatterbot -
+
+Input: JSONL objects (the run's ``labels.text_column``, optional ``id``), CSV/TSV/Parquet files
+(columns as in the run's config), or plain text, one example per line.  Output: one JSON line per
+example, ``{"id", "text", "label", "probabilities": {label: float}}``, in input order.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from tunesmith.errors import ModelError, Problem
+from tunesmith.data.labels import LabelRecord, clean, read_table
+
+
+def load_run_classifier(run_dir: str | Path):
+    """Load the classifier of a ``tunesmith classify`` run with plain transformers (+ peft for an adapter).
+
+    Returns:
+        (model in eval mode, tokenizer, the run's ClassifyConfig).
+
+    Raises:
+        ModelError: when ``run_dir`` holds neither ``model/`` nor ``adapter/``.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunesmith.config.classify import ClassifyConfig
+    from tunesmith.models.sources import resolve_model
+
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.yaml"
+    cfg = ClassifyConfig.model_validate(yaml.safe_load(cfg_file.read_text())) if cfg_file.is_file() else ClassifyConfig()
+    if (run_dir / "model").is_dir():
+        path = run_dir / "model"
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+    elif (run_dir / "adapter").is_dir():
+        from peft import PeftModel
+
+        path = run_dir / "adapter"
+        config = AutoConfig.from_pretrained(path)
+        base_loc = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if cfg_file.is_file():
+            base_loc = resolve_model(cfg.model.name).location
+        base = AutoModelForSequenceClassification.from_pretrained(base_loc, config=config)
+        model = PeftModel.from_pretrained(base, path)
+    else:
+        raise ModelError("Not a classify run", [Problem(str(run_dir), "no model/ or adapter/ folder", "pass the train.output_dir of a finished `tunesmith classify` run")])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.eval(), tokenizer, cfg
+
+
+def read_inputs(source: str, labels_cfg) -> list[LabelRecord]:
+    """Read examples to classify from a file or ``-`` (stdin).
+
+    Returns:
+        Records with empty labels; ids are the input's ``id`` field, else ``"<source>:<line>"``.
+    """
+    if source != "-" and Path(source).suffix.lower() in (".csv", ".tsv", ".parquet"):
+        rows = read_table(source, labels_cfg)
+        return [LabelRecord(str(row.get("id", where)), clean(str(row.get(labels_cfg.text_column, ""))), "",
+                            clean(str(row[labels_cfg.text_pair_column])) if labels_cfg.text_pair_column and row.get(labels_cfg.text_pair_column) else None)
+                for where, row in rows]
+    lines = sys.stdin.read().splitlines() if source == "-" else Path(source).read_text(encoding="utf-8").splitlines()
+    name = "stdin" if source == "-" else source
+    out = []
+    for no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        obj = None
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj = None
+        if isinstance(obj, dict):
+            pair = obj.get(labels_cfg.text_pair_column) if labels_cfg.text_pair_column else None
+            out.append(LabelRecord(str(obj.get("id", f"{name}:{no}")), clean(str(obj.get(labels_cfg.text_column, ""))), "", clean(str(pair)) if pair else None))
+        else:
+            out.append(LabelRecord(f"{name}:{no}", clean(line), ""))
+    return out
+
+
+def run_predict(run_dir: str, source: str, *, output: str | None = None, batch_size: int = 32) -> list[dict]:
+    """Classify every example of ``source`` with the run's model and write JSONL (stdout or ``output``).
+
+    Returns:
+        The rows written: ``{"id", "text", "label", "probabilities": {label: float}}``.
+
+    Raises:
+        ModelError: ``run_dir`` is not a classify run.
+    """
+    from tunesmith.runtime.runs import atomic_write_jsonl
+    from tunesmith.train.classify import encode, predict_proba
+
+    model, tokenizer, cfg = load_run_classifier(run_dir)
+    records = read_inputs(source, cfg.labels)
+    rows, _ = encode(tokenizer, records, None, cfg.train.max_length)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    probs = predict_proba(model, rows, model.config.pad_token_id, batch_size=batch_size) if rows else None
+    out = [{"id": r.id, "text": r.text, "label": names[int(p.argmax())], "probabilities": {n: round(float(v), 6) for n, v in zip(names, p)}}
+           for r, p in zip(records, probs if probs is not None else [])]
+    if output:
+        atomic_write_jsonl(output, out)
+    else:
+        for row in out:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return out
