@@ -93,7 +93,7 @@ def test_run_dir_lock_refuses_a_live_writer_and_takes_over_a_dead_one(tmp_path):
     import sys
 
     from tunesmith.errors import TunesmithError
-    from tunesmith.runtime.runs import LOCK, lock_run_dir, prepare_run_dir
+    from tunesmith.runtime.rundir import LOCK, lock_run_dir, prepare_run_dir
 
     (tmp_path / LOCK).write_text(str(os.getppid()))          # a live process that is not us
     with pytest.raises(TunesmithError) as exc:
@@ -109,7 +109,7 @@ def test_write_errors_name_the_file_and_never_swallow_other_errors(tmp_path):
     import errno
 
     from tunesmith.errors import TunesmithError
-    from tunesmith.runtime.runs import write_errors
+    from tunesmith.runtime.rundir import write_errors
 
     with pytest.raises(TunesmithError) as exc:
         with write_errors(tmp_path):

@@ -12,7 +12,9 @@ from conftest import SHARED_DATA
 from tunesmith.config.classify import ClassifyConfig
 from tunesmith.config.sft import load_config
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.data.labels import LabelRecord, clean, load_label_data, read_table, stratified_split, to_records
+from tunesmith.data.labels import clean, load_label_data, read_table, to_records
+from tunesmith.data.split import stratified_split
+from tunesmith.data.records import LabelRecord
 from tunesmith.models.sources import ModelSource
 
 TOPICS = {"sports": ["who won the cup final", "the team scored a goal", "great match today", "the striker was injured",

@@ -12,7 +12,7 @@ from tunesmith.config.dpo import DPORunConfig
 from tunesmith.evaluate.preference import PairLogps, bootstrap_ci, pair_logps, preference_metrics, win_rate
 from tunesmith.data.records import Message
 from tunesmith.models.sources import ModelSource, load_causal_lm
-from tunesmith.data.preference import PreferencePair
+from tunesmith.data.records import PreferencePair
 
 PAIRS = [PreferencePair([Message("user", f"Say the colour number {k}.")], f"Blue {k}.", f"No {k}!", f"mem:{k}") for k in range(6)]
 

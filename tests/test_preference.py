@@ -9,7 +9,8 @@ import pytest
 from conftest import SHARED_DATA
 from tunesmith.errors import DataError
 from tunesmith.data.records import Message
-from tunesmith.data.preference import detect_preference_format, load_chatterbot_pairs, load_pair_file, load_pairs, split_hh, to_pair
+from tunesmith.data.preference import detect_preference_format, load_pair_file, load_pairs, split_hh
+from tunesmith.data.bundled import load_chatterbot_pairs
 
 
 def _write(path, records) -> str:

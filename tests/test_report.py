@@ -120,7 +120,7 @@ def test_fast_macro_f1_equals_sklearn():
 def test_peak_memory_is_measured_per_evaluation():
     import numpy as np
 
-    from tunesmith.evaluate.baseline import peak_memory_bytes, reset_peak_memory
+    from tunesmith.runtime.memory import peak_memory_bytes, reset_peak_memory
 
     big = np.ones(50 * 2**20 // 8)  # 50 MiB, touched
     high = peak_memory_bytes()

@@ -146,8 +146,9 @@ def test_manifest_records_the_run_and_no_secret(setup, reference_and_killed, smo
     import yaml
 
     from tunesmith.config.sft import load_config
-    from tunesmith.data.conversations import fingerprint, load_conversations, split
-    from tunesmith.runtime.runs import template_hash
+    from tunesmith.data.conversations import load_conversations
+    from tunesmith.data.split import fingerprint, split
+    from tunesmith.runtime.manifest import template_hash
 
     cfg_path, _ = setup
     ref, _, _ = reference_and_killed

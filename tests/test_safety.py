@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tunesmith.config.sft import RunConfig
 from tunesmith.errors import ModelError
 from tunesmith.models.sources import MAX_SANE_LENGTH, ModelSource, load_causal_lm, load_tokenizer
-from tunesmith.runtime.runs import redact, redact_argv
+from tunesmith.runtime.secrets import redact, redact_argv
 
 
 @pytest.fixture

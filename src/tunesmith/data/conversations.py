@@ -7,19 +7,16 @@ bundled dataset by name (``data.name``).  Bundled: ``chatterbot`` (the English d
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from tunesmith.errors import DataError, Problem
 from tunesmith.data.formats import FORMATS, detect_format, to_conversation
 from tunesmith.data.records import Conversation, Message
 from tunesmith.data.readers import read_records
+from tunesmith.data.bundled import load_bundled
 
 log = logging.getLogger("tunesmith.data.conversations")
 
@@ -46,58 +43,10 @@ class LoadReport:
         return len({p.where for p in self.skipped})
 
 
-def chatterbot_dir() -> Path:
-    """Return the folder of English YAML files of the installed ``chatterbot-corpus`` package.
-
-    Raises:
-        DataError: when the package is not installed.
-    """
-    spec = importlib.util.find_spec("chatterbot_corpus")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("Bundled dataset 'chatterbot' is not installed", [Problem(
-            "data.name=chatterbot", "the PyPI package chatterbot-corpus is missing", "pip install --no-deps chatterbot-corpus")])
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "english"
 
 
-def load_chatterbot() -> list[Conversation]:
-    """Turn the chatterbot English corpus into multi-turn user/assistant conversations.
-
-    Each corpus conversation is a list of statements, each answering the one before; they
-    alternate user/assistant starting with the user, and a trailing user statement is dropped.
-    ``meta["topic"]`` holds the file's first category (e.g. ``computers``).
-
-    The corpus repeats many conversations (2,026 lists, 899 distinct): exact duplicates are dropped,
-    keeping the first, so an eval split never holds copies of training conversations.
-
-    Returns:
-        899 distinct conversations (chatterbot-corpus 1.3.3), in file order (sorted file names) for determinism.
-    """
-    out, seen = [], set()
-    for path in sorted(chatterbot_dir().glob("*.yml")):
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        topic = str(doc.get("categories", [path.stem])[0]).lower()
-        for idx, turns in enumerate(doc.get("conversations", [])):
-            turns = [str(t).strip() for t in turns if t is not None and str(t).strip()]
-            if len(turns) % 2:
-                turns = turns[:-1]
-            if len(turns) < 2:
-                continue
-            if tuple(turns) in seen:
-                continue
-            seen.add(tuple(turns))
-            msgs = [Message("user" if k % 2 == 0 else "assistant", t) for k, t in enumerate(turns)]
-            out.append(Conversation(msgs, f"chatterbot/{path.name}#{idx}", {"topic": topic}))
-    return out
 
 
-def _chatterbot_json() -> list[Conversation]:
-    from tunesmith.data.bundled import load_chatterbot_json  # decision-order example (issue 4)
-
-    return load_chatterbot_json()
-
-
-BUNDLED = {"chatterbot": load_chatterbot, "chatterbot_json": _chatterbot_json}
-"""Bundled dataset name -> loader returning ``list[Conversation]`` (``chatterbot_json``: see :mod:`tunesmith.data.bundled`)."""
 
 
 def load_file(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> tuple[list[Conversation], LoadReport]:
@@ -169,12 +118,9 @@ def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conv
             bad = len({p.where for p in report.skipped})
             raise DataError(f"{data_cfg.path}: {bad} invalid record(s) of {report.rows_read}; nothing was trained "
                             "(fix them, or pass --skip-invalid / data.skip_invalid=true to skip them)", report.skipped)
-    elif data_cfg.name in BUNDLED:
-        convs = BUNDLED[data_cfg.name]()
-        report = LoadReport(rows_read=len(convs), kept=len(convs), format="messages")
     else:
-        raise DataError("No data", [Problem("data", f"unknown bundled dataset {data_cfg.name!r}" if data_cfg.name else "neither data.path nor data.name is set",
-                                            f"set data.path to a file or data.name to one of {sorted(BUNDLED)}")])
+        convs = load_bundled(data_cfg.name, "conversations")
+        report = LoadReport(rows_read=len(convs), kept=len(convs), format="messages")
     for p in report.skipped if log_skipped else []:
         log.warning("skipped %s: %s", p.where, p.reason)
     if data_cfg.system_prompt:
@@ -184,24 +130,5 @@ def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conv
     return convs, report
 
 
-def split(convs: list, eval_fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic train/eval split: shuffle indices with ``random.Random(seed)``, hold out a fraction.
-
-    Returns:
-        (train, eval) lists; eval has ``round(len * eval_fraction)`` records (at least 1 when the fraction > 0).
-    """
-    idx = list(range(len(convs)))
-    random.Random(seed).shuffle(idx)
-    n_eval = max(1, round(len(convs) * eval_fraction)) if eval_fraction > 0 and len(convs) > 1 else 0
-    held = set(idx[:n_eval])
-    return [c for i, c in enumerate(convs) if i not in held], [c for i, c in enumerate(convs) if i in held]
 
 
-def fingerprint(convs: list[Conversation]) -> str:
-    """SHA-256 (hex, 16 chars) of the conversations' roles and contents, for the manifest and caches."""
-    h = hashlib.sha256()
-    for c in convs:
-        for m in c.messages:
-            h.update(f"{m.role}\x00{m.content}\x00{m.weight}\x01".encode())
-        h.update(b"\x02")
-    return h.hexdigest()[:16]

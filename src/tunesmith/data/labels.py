@@ -8,31 +8,18 @@ predictions of every model evaluated on the same eval set share.
 """
 from __future__ import annotations
 
-import csv
 import html
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import DataError, Problem
+from tunesmith.data.bundled import load_bundled
+from tunesmith.data.readers import read_records
+from tunesmith.data.records import LabelRecord
+from tunesmith.data.split import stratified_split, subsample
 
 
-@dataclass
-class LabelRecord:
-    """One classification example.
-
-    Attributes:
-        id: stable id, ``"path:line"`` (physical, 1-based) or a bundled source name.
-        text: the text to classify.
-        label: the label name.
-        text_pair: optional second text.
-    """
-
-    id: str
-    text: str
-    label: str
-    text_pair: str | None = None
 
 
 _C1 = re.compile("[\u0080-\u009f]")
@@ -46,28 +33,8 @@ def clean(text: str) -> str:
     return html.unescape(text).strip()
 
 
-def _read_delimited(path: Path, delimiter: str, column_names: list[str] | None, encoding: str) -> list[tuple[str, dict]]:
-    rows = []
-    try:
-        with path.open(newline="", encoding=encoding) as f:
-            reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
-            header = column_names
-            start = reader.line_num + 1
-            for row in reader:
-                if header is None:
-                    header = row
-                elif any(cell.strip() for cell in row):
-                    rows.append((f"{path}:{start}", dict(zip(header, row))))
-                start = reader.line_num + 1
-    except UnicodeDecodeError as exc:
-        raise DataError(f"Cannot read {path}", [Problem(str(path), f"not valid {encoding} at byte {exc.start}", "set labels.encoding (e.g. latin-1)")]) from None
-    except csv.Error as exc:
-        raise DataError(f"Cannot read {path}", [Problem(f"{path}:{reader.line_num}", str(exc), "fix the CSV quoting")]) from None
-    return rows
-
-
 def read_table(path: str | Path, labels_cfg) -> list[tuple[str, dict]]:
-    """Read a data file into (``"path:line"``, row dict) pairs.
+    """Read a data file into (``"path:line"``, row dict) pairs through :func:`tunesmith.data.readers.read_records`.
 
     Args:
         path: CSV/TSV/JSONL/JSON/Parquet file, or a folder saved with ``datasets.Dataset.save_to_disk``.
@@ -77,44 +44,13 @@ def read_table(path: str | Path, labels_cfg) -> list[tuple[str, dict]]:
         One pair per record; CSV/TSV/JSONL line numbers are physical and 1-based, Parquet/HF rows are ``path#index``.
 
     Raises:
-        DataError: unreadable file or an unknown format.
+        DataError: an unreadable file or line (each with its ``path:line``), or an unknown format.
     """
-    path = Path(path)
-    fmt = labels_cfg.file_format
-    if fmt == "auto":
-        fmt = "hf" if path.is_dir() else {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}.get(path.suffix.lower(), "")
-        if not fmt:
-            raise DataError(f"Unknown data format of {path}", [Problem(str(path), f"suffix {path.suffix!r} is not .csv/.tsv/.jsonl/.json/.parquet", "set labels.file_format (csv, tsv, jsonl, json, parquet, hf)")])
-    if fmt in ("csv", "tsv"):
-        return _read_delimited(path, "," if fmt == "csv" else "\t", labels_cfg.column_names, labels_cfg.encoding)
-    if fmt in ("jsonl", "json"):
-        from tunesmith.data.conversations import read_records
-
-        records, problems = read_records(path)
-        if problems:
-            raise DataError(f"Cannot read {path}", problems)
-        return [(where, r if isinstance(r, dict) else {}) for where, r in records]
-    import datasets
-
-    ds = datasets.Dataset.from_parquet(str(path)) if fmt == "parquet" else datasets.load_from_disk(str(path))
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"]
-    return [(f"{path}#{i}", row) for i, row in enumerate(ds)]
-
-
-def load_chatterbot_topics() -> list[tuple[str, dict]]:
-    """Bundled ``chatterbot-topics``: the first user message of each chatterbot conversation, labelled with its topic.
-
-    Returns:
-        (source, {"text", "label"}) pairs, about 2,000 before de-duplication (749 distinct messages).
-    """
-    from tunesmith.data.conversations import load_chatterbot
-
-    return [(c.source, {"text": c.messages[0].content, "label": c.meta["topic"]}) for c in load_chatterbot()]
-
-
-BUNDLED = {"chatterbot-topics": load_chatterbot_topics}
-"""Bundled classification dataset name -> loader of (id, row) pairs."""
+    records, problems = read_records(path, file_type=labels_cfg.file_format, column_names=labels_cfg.column_names,
+                                     encoding=labels_cfg.encoding)
+    if problems:
+        raise DataError(f"Cannot read {path}", problems)
+    return [(where, r if isinstance(r, dict) else {}) for where, r in records]
 
 
 def to_records(rows: list[tuple[str, dict]], labels_cfg) -> list[LabelRecord]:
@@ -191,45 +127,14 @@ def check_labels(records: list[LabelRecord], names: list[str], policy: str) -> t
     return [r for r in records if r.label in allowed], len(bad)
 
 
-def stratified_split(records: list[LabelRecord], eval_fraction: float, seed: int, stratify: bool = True) -> tuple[list, list]:
-    """Split into (train, eval) with scikit-learn ``train_test_split``, stratified by label when possible.
-
-    Labels with a single record cannot be stratified; they go to train (and stratification applies to the rest).
-
-    Returns:
-        (train, eval), each in the original record order (so ids are in file order).
-    """
-    if eval_fraction <= 0 or len(records) < 2:
-        return list(records), []
-    from sklearn.model_selection import train_test_split
-
-    counts = Counter(r.label for r in records)
-    single = [i for i, r in enumerate(records) if counts[r.label] < 2]
-    rest = [i for i, r in enumerate(records) if counts[r.label] >= 2]
-    strat = [records[i].label for i in rest] if stratify else None
-    n_eval = max(1, round(len(rest) * eval_fraction))
-    if stratify and n_eval < len(set(strat)):
-        n_eval = len(set(strat))
-    tr, ev = train_test_split(rest, test_size=n_eval, random_state=seed, stratify=strat)
-    tr, ev = sorted(tr + single), sorted(ev)
-    return [records[i] for i in tr], [records[i] for i in ev]
 
 
-def subsample(records: list[LabelRecord], n: int | None, seed: int) -> list[LabelRecord]:
-    """Keep ``n`` records, stratified by label where possible (files are often sorted by label), in file order."""
-    if not n or n >= len(records):
-        return list(records)
-    _, kept = stratified_split(records, n / len(records), seed, stratify=True)
-    return kept[:n]
 
 
 def _rows_from(data_cfg, labels_cfg, path: str | None) -> list[tuple[str, dict]]:
     if path:
         return read_table(path, labels_cfg)
-    if data_cfg.name in BUNDLED:
-        return BUNDLED[data_cfg.name]()
-    raise DataError("No data", [Problem("data", f"unknown bundled dataset {data_cfg.name!r}" if data_cfg.name else "neither data.path nor data.name is set",
-                                        f"set data.path to a CSV/JSONL/Parquet file or data.name to one of {sorted(BUNDLED)}")])
+    return load_bundled(data_cfg.name, "labels")
 
 
 def load_label_data(cfg) -> tuple[list[LabelRecord], list[LabelRecord], list[str], dict]:

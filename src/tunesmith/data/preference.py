@@ -20,13 +20,13 @@ identical chosen and rejected replies, unknown roles, wrong types.  Bundled: ``c
 """
 from __future__ import annotations
 
-import random
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.errors import DataError, Problem
 from tunesmith.data.records import ROLES, Message
+from tunesmith.data.bundled import load_bundled
+from tunesmith.data.records import PreferencePair
 
 PREFERENCE_FORMATS = ("prompt_chosen_rejected", "openai", "hh", "implicit")
 """Formats :func:`to_pair` understands."""
@@ -35,44 +35,6 @@ _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
-@dataclass
-class PreferencePair:
-    """One preference pair in canonical form.
-
-    Attributes:
-        prompt: ``list[Message]`` (conversational: rendered through the chat template with the generation prompt)
-            or ``str`` (text: prompt and response are concatenated as they are, EOS appended by TRL).
-        chosen: the preferred response text.
-        rejected: the dispreferred response text.
-        source: where it came from, ``"path:line"`` (physical line, 1-based) or ``"name#index"``.
-        meta: extra fields kept from the record (never trained on).
-    """
-
-    prompt: list[Message] | str
-    chosen: str
-    rejected: str
-    source: str = ""
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def conversational(self) -> bool:
-        """True when the prompt is a list of messages."""
-        return not isinstance(self.prompt, str)
-
-    def to_trl(self) -> dict:
-        """Return the row TRL's ``DPOTrainer`` takes: ``{"prompt", "chosen", "rejected"}`` as strings, or
-        conversational (``prompt`` a list of ``{role, content}`` dicts, each response a one-message list)."""
-        if not self.conversational:
-            return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
-        return {"prompt": [m.to_template() for m in self.prompt],
-                "chosen": [{"role": "assistant", "content": self.chosen}],
-                "rejected": [{"role": "assistant", "content": self.rejected}]}
-
-    def prompt_text(self) -> str:
-        """The last user turn (conversational) or the prompt string, for reports."""
-        if not self.conversational:
-            return self.prompt
-        return next((m.content for m in reversed(self.prompt) if m.role == "user"), self.prompt[-1].content)
 
 
 def detect_preference_format(record) -> str | None:
@@ -262,33 +224,8 @@ def validate_pair(pair: PreferencePair) -> list[Problem]:
     return problems
 
 
-def load_chatterbot_pairs(seed: int = 0) -> list[PreferencePair]:
-    """Bundled ``chatterbot-pairs``: one pair per chatterbot-corpus conversation (obtainable offline: PyPI package).
-
-    The prompt is the conversation before its last assistant reply; chosen is that reply; rejected is the last reply
-    of a conversation from a different topic file, drawn with ``random.Random(seed)``. The pairs teach topical
-    relevance, a preference a small model can learn in minutes on a CPU.
-
-    Returns:
-        899 pairs (chatterbot-corpus 1.3.3), in corpus order; ``meta`` holds ``topic`` and ``rejected_topic``.
-    """
-    from tunesmith.data.conversations import load_chatterbot
-
-    convs = load_chatterbot()
-    rng = random.Random(seed)
-    out = []
-    for c in convs:
-        while True:
-            other = convs[rng.randrange(len(convs))]
-            if other.meta["topic"] != c.meta["topic"] and other.messages[-1].content.strip() != c.messages[-1].content.strip():
-                break
-        out.append(PreferencePair(c.messages[:-1], c.messages[-1].content, other.messages[-1].content, c.source,
-                                  {"topic": c.meta["topic"], "rejected_topic": other.meta["topic"]}))
-    return out
 
 
-BUNDLED_PAIRS = {"chatterbot-pairs": load_chatterbot_pairs}
-"""Bundled preference dataset name -> loader returning ``list[PreferencePair]``."""
 
 
 def load_pair_file(path: str | Path, fmt: str = "auto") -> tuple[list[PreferencePair], list[Problem], str, int]:
@@ -343,12 +280,9 @@ def load_pairs(data_cfg) -> tuple[list[PreferencePair], dict]:
             bad = len({p.where for p in problems})
             raise DataError(f"{data_cfg.path}: {bad} invalid preference pair(s) of {read}; nothing was trained "
                             "(fix them, or pass --skip-invalid / data.skip_invalid=true to skip them)", problems)
-    elif data_cfg.name in BUNDLED_PAIRS:
-        pairs, problems, fmt = BUNDLED_PAIRS[data_cfg.name](), [], "bundled"
-        read = len(pairs)
     else:
-        raise DataError("No data", [Problem("data", f"unknown bundled preference dataset {data_cfg.name!r}" if data_cfg.name else "neither data.path nor data.name is set",
-                                            f"set data.path to a file or data.name to one of {sorted(BUNDLED_PAIRS)}")])
+        pairs, problems, fmt = load_bundled(data_cfg.name, "pairs"), [], "bundled"
+        read = len(pairs)
     kinds = {p.conversational for p in pairs}
     if len(kinds) > 1:
         first_text = next(p for p in pairs if not p.conversational)

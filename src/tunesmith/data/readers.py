@@ -20,14 +20,20 @@ from pathlib import Path
 
 from tunesmith.errors import DataError, Problem
 
-TEXT_SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv", ".tsv"}
+SUFFIX_TYPES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+"""File suffix -> file type (``.gz`` is looked through: ``data.jsonl.gz`` is ``jsonl``)."""
 
 
-def read_records(path: str | Path) -> tuple[list[tuple[str, object]], list[Problem]]:
-    """Read every record of a data file or saved dataset folder.
+def read_records(path: str | Path, *, file_type: str = "auto", column_names: list[str] | None = None,
+                 encoding: str = "utf-8") -> tuple[list[tuple[str, object]], list[Problem]]:
+    """Read every record of a data file or saved dataset folder: the one reader of every command's data.
 
     Args:
         path: the file or folder.
+        file_type: ``auto`` (by suffix; a folder is a saved dataset), ``jsonl``, ``json``, ``csv``, ``tsv``,
+            ``parquet`` or ``hf``.
+        column_names: CSV/TSV only: the column names of a file without a header row (None: the first row is the header).
+        encoding: CSV/TSV only: the text encoding (JSON is always UTF-8).
 
     Returns:
         (records, problems): ``records`` is a list of (``where``, record) with ``record`` a
@@ -37,22 +43,27 @@ def read_records(path: str | Path) -> tuple[list[tuple[str, object]], list[Probl
         DataError: when the path does not exist or its type is not supported.
     """
     p = Path(path)
-    if p.is_dir():
+    if file_type == "auto":
+        suffix = p.suffix.lower()
+        if suffix == ".gz":
+            suffix = Path(p.stem).suffix.lower()  # data.jsonl.gz reads as data.jsonl
+        file_type = "hf" if p.is_dir() else SUFFIX_TYPES.get(suffix, "")
+        if not file_type and p.is_file():
+            raise DataError("Unsupported data file", [Problem(str(p), f"unknown file type {suffix or '(none)'!r}",
+                                                              "use .jsonl, .json, .csv, .tsv, .parquet or a saved dataset folder")])
+    if file_type == "hf" and p.is_dir():
         return _read_saved_dataset(p), []
     if not p.is_file():
         raise DataError("Data file not found", [Problem(str(p), "no such file or folder", "check data.path")])
-    suffix = p.suffix.lower()
-    if suffix == ".gz":
-        suffix = Path(p.stem).suffix.lower()  # data.jsonl.gz reads as data.jsonl
-    if suffix == ".parquet":
+    if file_type == "parquet":
         return _read_parquet(p), []
-    if suffix in (".csv", ".tsv"):
-        return _read_csv(p, "\t" if suffix == ".tsv" else ",")
-    if suffix == ".json":
+    if file_type in ("csv", "tsv"):
+        return _read_csv(p, "\t" if file_type == "tsv" else ",", column_names, encoding)
+    if file_type == "json":
         return _read_json(p)
-    if suffix in (".jsonl", ".ndjson"):
+    if file_type == "jsonl":
         return _read_jsonl(p)
-    raise DataError("Unsupported data file", [Problem(str(p), f"unknown file type {suffix or '(none)'!r}",
+    raise DataError("Unsupported data file", [Problem(str(p), f"file type {file_type!r} does not fit this path",
                                                       "use .jsonl, .json, .csv, .tsv, .parquet or a saved dataset folder")])
 
 
@@ -141,20 +152,29 @@ def _element_lines(text: str, n: int) -> list[int] | None:
     return out
 
 
-def _read_csv(p: Path, delimiter: str) -> tuple[list, list[Problem]]:
+def _read_csv(p: Path, delimiter: str, column_names: list[str] | None = None, encoding: str = "utf-8") -> tuple[list, list[Problem]]:
+    """CSV (quoted fields may hold newlines) or TSV (no quoting: a tab separates, quotes are text, as IANA's TSV)."""
     raw = _read_bytes(p)
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        return [], [Problem(f"{p}:{line}", f"invalid UTF-8 at byte {exc.start}", "re-save the file as UTF-8")]
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    reader.fieldnames  # reads the header row, so line_num points past it
+        return [], [Problem(f"{p}:{line}", f"invalid {encoding} at byte {exc.start}",
+                            "re-save the file as UTF-8, or set its encoding (labels.encoding, e.g. latin-1)")]
+    except LookupError:
+        raise DataError("Unknown text encoding", [Problem(str(p), f"{encoding!r} is not a Python codec", "use e.g. utf-8 or latin-1")]) from None
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=column_names, delimiter=delimiter, quoting=quoting)
+    reader.fieldnames  # reads the header row (when there is one), so line_num points past it
     records, start = [], reader.line_num + 1
-    for row in reader:
-        # line_num is the last physical line read; the record started after the previous one ended
-        records.append((f"{p}:{start}", {k: v for k, v in row.items() if k is not None}))
-        start = reader.line_num + 1
+    try:
+        for row in reader:
+            # line_num is the last physical line read; the record started after the previous one ended
+            if any((v or "").strip() for k, v in row.items() if k is not None and isinstance(v, str)):
+                records.append((f"{p}:{start}", {k: v for k, v in row.items() if k is not None}))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        return records, [Problem(f"{p}:{reader.line_num}", str(exc), "fix the CSV quoting")]
     return records, []
 
 

@@ -59,3 +59,60 @@ class Conversation:
     def to_template(self) -> list[dict[str, Any]]:
         """Return the messages as the list of dicts ``apply_chat_template`` takes."""
         return [m.to_template() for m in self.messages]
+
+
+@dataclass
+class LabelRecord:
+    """One classification example.
+
+    Attributes:
+        id: stable id, ``"path:line"`` (physical, 1-based) or a bundled source name.
+        text: the text to classify.
+        label: the label name.
+        text_pair: optional second text.
+    """
+
+    id: str
+    text: str
+    label: str
+    text_pair: str | None = None
+
+
+@dataclass
+class PreferencePair:
+    """One preference pair in canonical form.
+
+    Attributes:
+        prompt: ``list[Message]`` (conversational: rendered through the chat template with the generation prompt)
+            or ``str`` (text: prompt and response are concatenated as they are, EOS appended by TRL).
+        chosen: the preferred response text.
+        rejected: the dispreferred response text.
+        source: where it came from, ``"path:line"`` (physical line, 1-based) or ``"name#index"``.
+        meta: extra fields kept from the record (never trained on).
+    """
+
+    prompt: list[Message] | str
+    chosen: str
+    rejected: str
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def conversational(self) -> bool:
+        """True when the prompt is a list of messages."""
+        return not isinstance(self.prompt, str)
+
+    def to_trl(self) -> dict:
+        """Return the row TRL's ``DPOTrainer`` takes: ``{"prompt", "chosen", "rejected"}`` as strings, or
+        conversational (``prompt`` a list of ``{role, content}`` dicts, each response a one-message list)."""
+        if not self.conversational:
+            return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        return {"prompt": [m.to_template() for m in self.prompt],
+                "chosen": [{"role": "assistant", "content": self.chosen}],
+                "rejected": [{"role": "assistant", "content": self.rejected}]}
+
+    def prompt_text(self) -> str:
+        """The last user turn (conversational) or the prompt string, for reports."""
+        if not self.conversational:
+            return self.prompt
+        return next((m.content for m in reversed(self.prompt) if m.role == "user"), self.prompt[-1].content)

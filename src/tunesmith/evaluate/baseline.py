@@ -20,8 +20,12 @@ import torch
 from tunesmith.config.sft import RunConfig, dump_config
 from tunesmith.errors import ModelError, Problem
 from tunesmith.evaluate.generative import build_examples, evaluate_examples, load_schema
-from tunesmith.runtime.runs import atomic_write_json, atomic_write_jsonl, atomic_write_text, prepare_run_dir, write_manifest
-from tunesmith.train.common import console
+from tunesmith.runtime.rundir import prepare_run_dir
+from tunesmith.runtime.manifest import write_manifest
+from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from tunesmith.runtime.console import console
+from tunesmith.runtime.memory import reset_peak_memory
+from tunesmith.runtime.memory import peak_memory_bytes
 
 
 def _load(cfg: RunConfig, *, adapter: str | Path | None = None, model_dir: str | Path | None = None):
@@ -95,7 +99,6 @@ def evaluate_run(cfg: RunConfig, out_dir: Path, *, kind: str, method: str, k_sho
     Raises:
         TunesmithError: bad config, data, schema, model or output folder.
     """
-    from tunesmith.train.classify import peak_memory_bytes
 
     from tunesmith.models.sources import resolve_model
 
@@ -131,32 +134,8 @@ def evaluate_run(cfg: RunConfig, out_dir: Path, *, kind: str, method: str, k_sho
     return metrics
 
 
-def reset_peak_memory() -> None:
-    """Start a new peak-memory measurement: CUDA peak stats, or on Linux the process's RSS high-water mark
-    (writing ``5`` to ``/proc/self/clear_refs``, proc(5), Linux >= 4.0); elsewhere nothing is reset."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
-def peak_memory_bytes() -> int | None:
-    """Peak memory since :func:`reset_peak_memory`, in bytes: CUDA max allocated, else ``VmHWM`` of
-    ``/proc/self/status`` (peak resident set), else ``ru_maxrss`` (peak since the process started)."""
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def default_dir(cfg: RunConfig, suffix: str) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.runtime.runs import atomic_write_json, atomic_write_jsonl
+from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl
 
 UNPARSED = "unparsed"
 """Prediction of the prompting baseline when its answer names no label."""

@@ -22,13 +22,16 @@ from tunesmith.evaluate.classification import UNPARSED, write_eval_artifacts
 from tunesmith.config.sft import dump_config
 from tunesmith.errors import ConfigError, Problem
 from tunesmith.models.generation import decode_reply, generate_ids
-from tunesmith.data.labels import LabelRecord, load_label_data
+from tunesmith.data.labels import load_label_data
+from tunesmith.data.records import LabelRecord
 from tunesmith.models.adapters import count_parameters
 from tunesmith.data.records import Conversation, Message
 from tunesmith.models.sources import load_causal_lm, load_tokenizer, resolve_model
-from tunesmith.runtime.runs import atomic_write_text, prepare_run_dir, write_manifest
+from tunesmith.runtime.rundir import prepare_run_dir
+from tunesmith.runtime.manifest import write_manifest
+from tunesmith.runtime.files import atomic_write_text
 from tunesmith.render.templates import end_of_turn_ids, render_prompt
-from tunesmith.train.common import Timer, console
+from tunesmith.runtime.console import Timer, console
 
 
 def normalise(text: str) -> str:
@@ -123,8 +126,8 @@ def run_classify_baseline(cfg: ClassifyConfig, *, output_dir: str | None = None,
     with Timer() as t:
         preds, answers, n_tokens = predict_by_prompting(model, tokenizer, eval_recs, names, cfg.eval.baseline_prompt,
                                                         max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.train.per_device_eval_batch_size)
-    from tunesmith.runtime.runs import atomic_write_jsonl
-    from tunesmith.train.classify import peak_memory_bytes
+    from tunesmith.runtime.files import atomic_write_jsonl
+    from tunesmith.runtime.memory import peak_memory_bytes
 
     atomic_write_jsonl(run_dir / "answers.jsonl", [{"id": r.id, "answer": a, "parsed": p} for r, a, p in zip(eval_recs, answers, preds)])
     _, total = count_parameters(model)

@@ -17,7 +17,7 @@ from pathlib import Path
 from tunesmith.evaluate.preference import PairLogps, pair_logps, preference_metrics, rouge_l, win_rate
 from tunesmith.models.generation import decode_reply, generate_ids
 from tunesmith.data.records import Conversation
-from tunesmith.runtime.runs import atomic_write_jsonl
+from tunesmith.runtime.files import atomic_write_jsonl
 from tunesmith.render.templates import render_prompt
 
 
@@ -90,7 +90,7 @@ def write_dpo_artifacts(run_dir: Path, cfg, trainer, tokenizer, eval_pairs, eval
     Returns:
         The metrics dict (``kind``, ``model``, ``task_metrics``, ``cost``, ``held_out``, ``win_rate``, ...); the caller writes it.
     """
-    from tunesmith.train.classify import peak_memory_bytes
+    from tunesmith.runtime.memory import peak_memory_bytes
 
     pairs = eval_pairs[: len(start["prompts"])]
     win, tps = None, None

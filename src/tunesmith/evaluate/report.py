@@ -297,7 +297,7 @@ def write_report(paths: list[str | Path], output: str | Path | None = None, *, t
     from rich.console import Console
 
     from tunesmith.evaluate.report_html import render_html
-    from tunesmith.runtime.runs import atomic_write_text
+    from tunesmith.runtime.files import atomic_write_text
 
     console = Console(stderr=True)
 

@@ -128,7 +128,7 @@ def run_merge(adapter: str, *, model: str | None = None, output: str, overwrite:
     """
     from tunesmith.export.gguf_io import source_pre_tokenizer
     from tunesmith.models.loading import load_for_use
-    from tunesmith.runtime.runs import atomic_save_dir, atomic_write_json
+    from tunesmith.runtime.files import atomic_save_dir, atomic_write_json
 
     out = Path(output)
     _refuse_existing(out, overwrite)
@@ -227,7 +227,7 @@ def run_export(model: str | None, adapter: str | None = None, *, output: str, fm
     """
     from tunesmith.export.gguf_io import check_supported, source_pre_tokenizer, write_gguf
     from tunesmith.models.loading import load_for_use
-    from tunesmith.runtime.runs import atomic_write_json, atomic_write_text
+    from tunesmith.runtime.files import atomic_write_json, atomic_write_text
     from tunesmith.render.checks import template_eot_id
 
     if fmt != "gguf":

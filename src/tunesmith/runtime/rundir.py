@@ -2,17 +2,9 @@
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
-import platform
-import re
 import shutil
-import subprocess
-import sys
-import tempfile
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 
 from tunesmith.errors import Problem, TunesmithError
@@ -20,7 +12,6 @@ from tunesmith.errors import Problem, TunesmithError
 FINAL_ARTIFACTS = ("metrics.json", "adapter", "model", "manifest.json")
 """Files whose presence marks a finished run; a new run never writes over them without ``--overwrite``."""
 
-LIBRARIES = ("tunesmith", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "gguf", "pydantic")
 
 
 def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
@@ -60,122 +51,30 @@ def _prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> Path:
     return out
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not exc.filename:
-            exc.filename = str(path)  # a full disk fails in write(), which names no file
-        raise
 
 
-def atomic_write_json(path: str | Path, obj) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def atomic_write_jsonl(path: str | Path, rows) -> None:
-    """Write an iterable of dicts as JSON Lines atomically."""
-    atomic_write_text(path, "".join(json.dumps(r, default=str, ensure_ascii=False) + "\n" for r in rows))
 
 
-def atomic_save_dir(final: str | Path, save_fn) -> Path:
-    """Call ``save_fn(tmp_dir)`` then rename ``tmp_dir`` to ``final``: a crash leaves no complete-looking folder."""
-    final = Path(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        save_fn(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
-def library_versions() -> dict[str, str]:
-    """Installed versions of tunesmith and the libraries it trains with."""
-    out = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
-def template_hash(tokenizer) -> str | None:
-    """SHA-256 (hex, 16 chars) of the tokenizer's chat template, or None when it has none."""
-    tpl = getattr(tokenizer, "chat_template", None)
-    if not tpl:
-        return None
-    tpl = tpl if isinstance(tpl, str) else json.dumps(tpl, sort_keys=True)
-    return hashlib.sha256(tpl.encode()).hexdigest()[:16]
 
 
-_SECRET_KEY = re.compile(r"(^|_)((hub|hf|access|auth|api|bearer)_)?(token|key)$|password|secret|credential", re.IGNORECASE)
-_NOT_SECRET = {"pad_token", "eos_token", "bos_token", "unk_token", "sep_token", "cls_token", "mask_token"}
 
 
-def is_secret_key(name: str) -> bool:
-    """True for config keys that hold credentials (``hub_token``, ``token``, ``api_key``, ``*password*``, ``*secret*``),
-    false for token *settings* such as ``eos_token``/``pad_token`` or counts such as ``max_new_tokens``."""
-    name = str(name).lower()
-    if name in _NOT_SECRET:
-        return False
-    return bool(_SECRET_KEY.search(name)) and not name.endswith(("_key_name", "sort_key"))
 
 
-def redact(obj):
-    """Return a copy of a config dict with credential values (see :func:`is_secret_key`) replaced by ``***``."""
-    if isinstance(obj, dict):
-        return {k: ("***" if is_secret_key(k) and obj[k] not in (None, "", False) else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
 
 
-def redact_argv(argv: list[str]) -> list[str]:
-    """The command line with every argument that looks like a secret (an ``hf_...`` token, ``...token=...``,
-    ``...password=...``, ``...secret=...``, ``...api_key=...``) replaced by ``***``."""
-    return [("***" if _SECRET_ARG.search(a) else a) for a in argv]
 
 
-_SECRET_ARG = re.compile(r"hf_[A-Za-z0-9]{16,}|(token|secret|password|api_key)[^=]*=", re.IGNORECASE)
 
 
-def write_manifest(run_dir: Path, *, config: dict, seed: int, dataset_fingerprint: str | None, tokenizer=None, extra: dict | None = None) -> dict:
-    """Write ``manifest.json``: versions, resolved config, dataset fingerprint, chat-template hash, seed,
-    command line, git commit and platform.  Secrets are redacted.
-
-    Returns:
-        The manifest dict.
-    """
-    argv = redact_argv(sys.argv)
-    manifest = {
-        "versions": library_versions(), "python": sys.version.split()[0], "platform": platform.platform(),
-        "command": argv, "git_commit": _git_commit(), "seed": seed, "dataset_fingerprint": dataset_fingerprint,
-        "chat_template_sha256": template_hash(tokenizer) if tokenizer is not None else None,
-        "config": redact(config), **(extra or {}),
-    }
-    atomic_write_json(run_dir / "manifest.json", manifest)
-    return manifest
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR}

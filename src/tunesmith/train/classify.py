@@ -19,7 +19,6 @@ real token is pooled with left or right padding (even when pad == eos, as in Smo
 from __future__ import annotations
 
 import dataclasses
-import resource
 from pathlib import Path
 
 import torch
@@ -28,11 +27,17 @@ from tunesmith.config.classify import ClassifyConfig
 from tunesmith.evaluate.classification import write_eval_artifacts
 from tunesmith.config.sft import dump_config
 from tunesmith.errors import ConfigError, DataError, ModelError, Problem
-from tunesmith.data.labels import LabelRecord, load_label_data
+from tunesmith.data.labels import load_label_data
+from tunesmith.data.records import LabelRecord
 from tunesmith.models.adapters import apply_lora, count_parameters
 from tunesmith.models.sources import _hub_error, choose_dtype, load_tokenizer, resolve_model
-from tunesmith.runtime.runs import atomic_save_dir, atomic_write_text, prepare_run_dir, write_manifest
-from tunesmith.train.common import Timer, console, install_progress, plot_loss_curve, write_log_history
+from tunesmith.runtime.rundir import prepare_run_dir
+from tunesmith.runtime.manifest import write_manifest
+from tunesmith.runtime.files import atomic_save_dir, atomic_write_text
+from tunesmith.train.common import install_progress, plot_loss_curve, write_log_history
+from tunesmith.data.split import fingerprint
+from tunesmith.runtime.console import Timer, console
+from tunesmith.runtime.memory import peak_memory_bytes
 
 PAIR_SEPARATOR = "\n\n"
 """Joins text and text pair into one sequence (decoder tokenizers have no pair template)."""
@@ -199,11 +204,6 @@ def _compute_metrics(pred):
     return {"accuracy": float(accuracy_score(pred.label_ids, guess)), "macro_f1": float(f1_score(pred.label_ids, guess, average="macro"))}
 
 
-def peak_memory_bytes() -> int:
-    """Peak resident memory of this process in bytes (CUDA peak allocation when on GPU)."""
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _save(trainer, model, tokenizer, run_dir: Path, lora: bool) -> Path:
@@ -300,7 +300,7 @@ def run_classify(cfg: ClassifyConfig, *, overwrite: bool = False) -> dict:
     cost = {"parameters": total, "trainable_parameters": trainable, "peak_memory_bytes": peak_memory_bytes()}
     metrics = write_eval_artifacts(run_dir, kind="classify", model=source.name, records=eval_recs, predictions=preds, names=names, extra=extra, cost=cost)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=_fingerprint(train_recs + eval_recs),
+    write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=fingerprint(train_recs + eval_recs),
                    tokenizer=tokenizer, extra={"model_source": dataclasses.asdict(source), "labels": names})
     console.print(f"\n[bold green]done[/] in {t.seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} on {len(eval_recs)} eval examples"
                   + (f" (untrained head: {before['accuracy']:.4f} / {before['macro_f1']:.4f})" if before else "") + f"\n  artifacts: {run_dir}/")
@@ -313,11 +313,3 @@ def _accuracy_f1(records: list[LabelRecord], probs: torch.Tensor, names: list[st
     m = classification_metrics([r.label for r in records], [names[i] for i in probs.argmax(-1).tolist()], names)
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
 
-
-def _fingerprint(records: list[LabelRecord]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for r in records:
-        h.update(f"{r.text}\x00{r.text_pair}\x00{r.label}\x01".encode())
-    return h.hexdigest()[:16]

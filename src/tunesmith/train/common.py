@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-from tunesmith.runtime.runs import atomic_write_jsonl
+from tunesmith.runtime.files import atomic_write_jsonl
+from tunesmith.runtime.console import console
 
-console = Console(stderr=True)
 
 
 class RichProgress(TrainerCallback):
@@ -127,13 +125,3 @@ def perplexity(loss: float | None) -> float | None:
         return float("inf")
 
 
-class Timer:
-    """Wall-clock timer (seconds) for a ``with`` block: ``with Timer() as t: ...; t.seconds``."""
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start

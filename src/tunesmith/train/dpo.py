@@ -19,18 +19,23 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from tunesmith.data.conversations import split
+from tunesmith.data.split import split
 from tunesmith.config.dpo import DPORunConfig
 from tunesmith.runtime.distributed import save_trained_model
 from tunesmith.evaluate.preference import pair_logps
 from tunesmith.errors import DataError, ModelError, Problem
 from tunesmith.models.adapters import count_parameters, to_peft_config
 from tunesmith.models.sources import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
-from tunesmith.data.preference import PreferencePair, load_pairs
-from tunesmith.runtime.runs import atomic_write_json, atomic_write_text, lock_run_dir, prepare_run_dir, write_errors, write_manifest
+from tunesmith.data.preference import load_pairs
+from tunesmith.data.records import PreferencePair
+from tunesmith.runtime.rundir import lock_run_dir, prepare_run_dir, write_errors
+from tunesmith.runtime.manifest import write_manifest
+from tunesmith.runtime.files import atomic_write_json, atomic_write_text
 from tunesmith.render.checks import fix_generation_config
 from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids
-from tunesmith.train.common import Timer, console, install_progress, plot_loss_curve, write_log_history
+from tunesmith.train.common import install_progress, plot_loss_curve, write_log_history
+from tunesmith.data.split import fingerprint
+from tunesmith.runtime.console import Timer, console
 
 _OURS = {"output_dir", "bf16"}
 
@@ -188,7 +193,7 @@ def _run(cfg: DPORunConfig, run_dir: Path, train_pairs, eval_pairs, report: dict
     console.print(f"[bold]tunesmith dpo[/] model={source.name} ({source.kind})" + (f" + adapter {cfg.model.adapter} ({cfg.model.adapter_mode})" if cfg.model.adapter else "")
                   + f" precision={'bf16-mixed' if use_bf16 else 'fp32'} pairs: train={len(train_pairs)} eval={len(eval_pairs)} ({report['format']}, "
                   f"{report['skipped']} skipped); beta={cfg.train.beta} loss={','.join(cfg.train.loss_type)}")
-    write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=_fingerprint(train_pairs + eval_pairs),
+    write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=fingerprint(train_pairs + eval_pairs),
                    tokenizer=tokenizer, extra={"model_source": dataclasses.asdict(source)})
     trainer = make_trainer(cfg, model, peft_config, tokenizer, train_pairs, eval_pairs, run_dir, use_bf16=use_bf16, precompute=precompute)
     dropped = {"train": len(train_pairs) - len(trainer.train_dataset), "eval": len(eval_pairs) - len(trainer.eval_dataset)}
@@ -243,15 +248,6 @@ def _reference_kind(cfg: DPORunConfig, peft_config, precompute: bool) -> str:
         return "policy with the LoRA adapter disabled (same weights)" + (" (log-probs precomputed)" if precompute else "")
     return "starting model, log-probs precomputed before training (full fine-tuning)"
 
-
-def _fingerprint(pairs: list[PreferencePair]) -> str:
-    import hashlib
-    import json
-
-    h = hashlib.sha256()
-    for p in pairs:
-        h.update(json.dumps(p.to_trl(), sort_keys=True, ensure_ascii=False).encode())
-    return h.hexdigest()[:16]
 
 
 def _summary(run_dir: Path, m: dict) -> None:

@@ -12,11 +12,14 @@ import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.conversations import LoadReport, load_conversations, split
+from tunesmith.data.conversations import LoadReport, load_conversations
+from tunesmith.data.split import split
 from tunesmith.errors import ConfigError, DataError, Problem, TunesmithError
 from tunesmith.config.sft import dump_config
 from tunesmith.runtime.distributed import is_rank_zero
-from tunesmith.runtime.runs import atomic_write_text, is_secret_key, lock_run_dir, prepare_run_dir, write_errors
+from tunesmith.runtime.rundir import lock_run_dir, prepare_run_dir, write_errors
+from tunesmith.runtime.secrets import is_secret_key
+from tunesmith.runtime.files import atomic_write_text
 from tunesmith.train.checkpoints import check_same_run, resolve_resume
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 
 from tunesmith.render.rows import render_all, resolve_max_length, to_dataset
 from tunesmith.config.sft import RunConfig
-from tunesmith.data.conversations import fingerprint
+from tunesmith.data.split import fingerprint
 from tunesmith.runtime.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
 from tunesmith.errors import DataError, Problem
 from tunesmith.models.generation import decode_reply, generate_ids
@@ -26,12 +26,16 @@ from tunesmith.models.adapters import apply_lora, count_parameters
 from tunesmith.models.sources import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
 from tunesmith.train.lifecycle import CheckedInputs, check_sft_inputs
 from tunesmith.train.speed.plan import FastLossTrainerMixin, apply_threads, attach, build_datasets, plan_speed, sft_overrides
-from tunesmith.runtime.runs import atomic_write_json, atomic_write_jsonl, redact_argv, write_errors, write_manifest
+from tunesmith.runtime.rundir import write_errors
+from tunesmith.runtime.manifest import write_manifest
+from tunesmith.runtime.secrets import redact_argv
+from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl
 from tunesmith.render.checks import check_template, fix_generation_config
 from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids, render_prompt
 from tunesmith.train.callbacks import GracefulStop, TokenCounter, TrainingStopped
 from tunesmith.train.checkpoints import RUN_STATE, latest_checkpoint, resume_command
-from tunesmith.train.common import Timer, console, install_progress, perplexity, plot_loss_curve, write_log_history
+from tunesmith.train.common import install_progress, perplexity, plot_loss_curve, write_log_history
+from tunesmith.runtime.console import Timer, console
 
 _OURS = {"output_dir", "bf16", "max_length", "packing", "packing_strategy"}
 

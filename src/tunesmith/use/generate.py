@@ -174,7 +174,7 @@ def run_generate(source: str, *, model: str | None, adapter: str | None = None, 
 
     from tunesmith.errors import TunesmithError
     from tunesmith.models.loading import load_for_use
-    from tunesmith.runtime.runs import atomic_write_jsonl
+    from tunesmith.runtime.files import atomic_write_jsonl
 
     if output and Path(output).exists() and not overwrite:
         raise TunesmithError("Output file exists", [Problem(output, "it would be overwritten", "pass --overwrite or another --output")])

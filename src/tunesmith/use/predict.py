@@ -18,7 +18,8 @@ from pathlib import Path
 import yaml
 
 from tunesmith.errors import ModelError, Problem
-from tunesmith.data.labels import LabelRecord, clean, read_table
+from tunesmith.data.labels import clean, read_table
+from tunesmith.data.records import LabelRecord
 
 
 def load_run_classifier(run_dir: str | Path):
@@ -97,7 +98,7 @@ def run_predict(run_dir: str, source: str, *, output: str | None = None, batch_s
     Raises:
         ModelError: ``run_dir`` is not a classify run.
     """
-    from tunesmith.runtime.runs import atomic_write_jsonl
+    from tunesmith.runtime.files import atomic_write_jsonl
     from tunesmith.train.classify import encode, predict_proba
 
     model, tokenizer, cfg = load_run_classifier(run_dir)
