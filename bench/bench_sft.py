@@ -39,7 +39,8 @@ def prepare_data(out: Path, max_length: int, eval_examples: int) -> dict:
     """Render chatterbot (tunesmith's split, chat template, assistant-only labels) once; save train/eval rows to ``out``."""
     from tunesmith.render.rows import render_all, to_dataset
     from tunesmith.config.sft import RunConfig
-    from tunesmith.models.sources import load_tokenizer, resolve_model
+    from tunesmith.models.sources import resolve_model
+    from tunesmith.models.loading import load_tokenizer
     from tunesmith.train.lifecycle import load_data
 
     cfg = RunConfig()

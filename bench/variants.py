@@ -100,7 +100,8 @@ def _trl(a, train_ds, lora_cfg, tokenizer, model_dir):
 
 def _tunesmith(a, train_ds, cfg, tokenizer, source):
     from tunesmith.models.adapters import apply_lora
-    from tunesmith.models.sources import choose_dtype, load_causal_lm
+    from tunesmith.models.loading import load_causal_lm
+    from tunesmith.runtime.hardware import choose_dtype
     from tunesmith.train.speed.plan import apply_threads, plan_speed, sft_overrides
     from tunesmith.train.sft import _make_trainer, build_sft_config
 
@@ -128,7 +129,8 @@ def run(a) -> dict:
 
     from tunesmith.config.sft import RunConfig
     from tunesmith.models.adapters import count_parameters
-    from tunesmith.models.sources import load_tokenizer, resolve_model
+    from tunesmith.models.sources import resolve_model
+    from tunesmith.models.loading import load_tokenizer
 
     cfg = RunConfig()
     cfg.lora.lora_dropout = a.lora_dropout

@@ -25,7 +25,7 @@ def embedded_source():
 @pytest.fixture(scope="session")
 def smol_tokenizer(embedded_source):
     """SmolLM2's tokenizer with its ChatML chat template (end-of-turn token <|im_end|>, id 2)."""
-    from tunesmith.models.sources import load_tokenizer
+    from tunesmith.models.loading import load_tokenizer
 
     return load_tokenizer(embedded_source)
 

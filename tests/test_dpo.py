@@ -11,8 +11,10 @@ from tunesmith.config.sft import load_config
 from tunesmith.config.dpo import DPORunConfig
 from tunesmith.evaluate.preference import PairLogps, bootstrap_ci, pair_logps, preference_metrics, win_rate
 from tunesmith.data.records import Message
-from tunesmith.models.sources import ModelSource, load_causal_lm
+from tunesmith.models.sources import ModelSource
+from tunesmith.models.loading import load_causal_lm
 from tunesmith.data.records import PreferencePair
+from tunesmith.models.adapters import require_adapter
 
 PAIRS = [PreferencePair([Message("user", f"Say the colour number {k}.")], f"Blue {k}.", f"No {k}!", f"mem:{k}") for k in range(6)]
 
@@ -186,10 +188,10 @@ def test_tiny_dpo_run_writes_the_shared_contract(tmp_path, tiny_llama_dir):
 def test_merge_mode_folds_the_sft_adapter_into_the_base(tmp_path, tiny_source, tiny_llama_dir):
     from peft import PeftModel
 
-    from tunesmith.train.dpo import adapter_dir, build_policy
+    from tunesmith.train.dpo import build_policy
 
     sft = _save_random_sft_adapter(tiny_source, tmp_path / "sft" / "adapter")
-    assert adapter_dir(str(tmp_path / "sft")) == tmp_path / "sft" / "adapter"
+    assert require_adapter(str(tmp_path / "sft"), "model.adapter") == tmp_path / "sft" / "adapter"
     cfg = _cfg(tmp_path, tiny_llama_dir, f"model.adapter={tmp_path / 'sft'}", "model.adapter_mode=merge")
     model, peft_config = build_policy(cfg, load_causal_lm(tiny_source))
     assert not isinstance(model, PeftModel) and peft_config.r == 4

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from tunesmith.errors import ModelError
-from tunesmith.models.sources import choose_dtype, hardware_supports_bf16, list_models, load_causal_lm, load_tokenizer, resolve_model
+from tunesmith.models.sources import list_models, resolve_model
+from tunesmith.models.loading import load_causal_lm, load_tokenizer
+from tunesmith.runtime.hardware import choose_dtype, hardware_supports_bf16
 
 
 def test_embedded_checkpoint_is_plain_and_keeps_template(embedded_source):

@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 
 from tunesmith.config.sft import RunConfig
 from tunesmith.errors import ModelError
-from tunesmith.models.sources import MAX_SANE_LENGTH, ModelSource, load_causal_lm, load_tokenizer
+from tunesmith.models.sources import ModelSource
+from tunesmith.models.loading import load_causal_lm, load_tokenizer
+from tunesmith.render.rows import MAX_SANE_LENGTH
 from tunesmith.runtime.secrets import redact, redact_argv
 
 

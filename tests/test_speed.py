@@ -44,7 +44,8 @@ def test_plan_on_cuda_picks_varlen_flash_attention_and_liger_when_installed(monk
 def _trainer(tiny_llama_dir, smol_tokenizer, tmp_path, **train):
     from tunesmith.render.rows import to_dataset
     from tunesmith.models.adapters import apply_lora
-    from tunesmith.models.sources import load_causal_lm, resolve_model
+    from tunesmith.models.sources import resolve_model
+    from tunesmith.models.loading import load_causal_lm
     from tunesmith.render.templates import Rendered
     from tunesmith.train.sft import _make_trainer, build_sft_config
 

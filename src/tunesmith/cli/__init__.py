@@ -97,7 +97,8 @@ def sft(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
 @handles_errors
 def models():
     """List embedded models and cached checkpoints with their sizes."""
-    from tunesmith.models.sources import list_models, tunesmith_home
+    from tunesmith.models.sources import list_models
+    from tunesmith.runtime.paths import tunesmith_home
 
     table = Table(title=f"models (cache: {tunesmith_home()})")
     for col in ("name", "kind", "size", "path"):

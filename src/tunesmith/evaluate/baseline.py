@@ -15,10 +15,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 
 from tunesmith.config.sft import RunConfig, dump_config
-from tunesmith.errors import ModelError, Problem
+from tunesmith.errors import Problem
 from tunesmith.evaluate.generative import build_examples, evaluate_examples, load_schema
 from tunesmith.runtime.rundir import prepare_run_dir
 from tunesmith.runtime.manifest import write_manifest
@@ -26,10 +25,13 @@ from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl, atomi
 from tunesmith.runtime.console import console
 from tunesmith.runtime.memory import reset_peak_memory
 from tunesmith.runtime.memory import peak_memory_bytes
+from tunesmith.models.adapters import require_adapter
+from tunesmith.models.loading import load_for_use
 
 
 def _load(cfg: RunConfig, *, adapter: str | Path | None = None, model_dir: str | Path | None = None):
-    """Load the config's tokenizer and the model to evaluate (base, base + merged adapter, or a merged model folder).
+    """Load the model to evaluate (base, base + merged adapter, or a merged model folder) with the config's tokenizer,
+    through the one loader :func:`tunesmith.models.loading.load_for_use`.
 
     Returns:
         (source name, model, tokenizer, adapter parameter count).
@@ -37,36 +39,15 @@ def _load(cfg: RunConfig, *, adapter: str | Path | None = None, model_dir: str |
     Raises:
         ModelError: an adapter folder without ``adapter_config.json``; any load failure.
     """
-    from tunesmith.models.sources import load_causal_lm, load_tokenizer, resolve_model
-    from tunesmith.render.checks import fix_generation_config
-    from tunesmith.render.templates import apply_chat_template_option
-
-    kw = dict(trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
-    source = resolve_model(cfg.model.name)
-    tokenizer = load_tokenizer(source, **kw)
-    apply_chat_template_option(tokenizer, cfg.model.chat_template)
-    target = resolve_model(str(model_dir)) if model_dir else source
-    model = load_causal_lm(target, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
-                           allow_pickle=cfg.model.allow_pickle, **kw)
-    adapter_params = 0
+    loaded = load_for_use(str(model_dir) if model_dir else cfg.model.name, str(adapter) if adapter else None,
+                          chat_template=cfg.model.chat_template, tokenizer_from=cfg.model.name, allow_pickle=cfg.model.allow_pickle,
+                          attn_implementation=cfg.model.attn_implementation, trust_remote_code=cfg.model.trust_remote_code,
+                          revision=cfg.model.revision)
+    model, adapter_params = loaded.model, 0
     if adapter:
-        from peft import PeftModel
-
-        folder = _adapter_folder(Path(adapter))
-        model = PeftModel.from_pretrained(model, str(folder))
         adapter_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
         model = model.merge_and_unload()  # the served model: base weights + B@A, no adapter overhead per token
-    fix_generation_config(model.generation_config, tokenizer)
-    return (str(model_dir) if model_dir else source.name), model.eval(), tokenizer, adapter_params
-
-
-def _adapter_folder(path: Path) -> Path:
-    if (path / "adapter_config.json").is_file():
-        return path
-    subs = sorted(p.parent for p in path.glob("*/adapter_config.json")) if path.is_dir() else []
-    if len(subs) == 1:  # a named adapter is saved in a sub-folder of that name
-        return subs[0]
-    raise ModelError("Not an adapter folder", [Problem(str(path), "no adapter_config.json", "pass the adapter/ folder of a `tunesmith sft` run (--adapter) or a merged model folder (--model)")])
+    return (str(model_dir) if model_dir else loaded.base_name), model.eval(), loaded.tokenizer, adapter_params
 
 
 def _data(cfg: RunConfig):
@@ -107,7 +88,7 @@ def evaluate_run(cfg: RunConfig, out_dir: Path, *, kind: str, method: str, k_sho
     if model_dir:
         resolve_model(str(model_dir))  # a missing folder fails before the run dir is created
     if adapter:
-        _adapter_folder(Path(adapter))
+        require_adapter(adapter, f"--adapter {adapter}")
     out_dir = prepare_run_dir(out_dir, overwrite=overwrite)
     reset_peak_memory()
     name, model, tokenizer, adapter_params = _load(cfg, adapter=adapter, model_dir=model_dir)

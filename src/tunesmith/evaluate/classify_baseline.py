@@ -26,7 +26,8 @@ from tunesmith.data.labels import load_label_data
 from tunesmith.data.records import LabelRecord
 from tunesmith.models.adapters import count_parameters
 from tunesmith.data.records import Conversation, Message
-from tunesmith.models.sources import load_causal_lm, load_tokenizer, resolve_model
+from tunesmith.models.sources import resolve_model
+from tunesmith.models.loading import load_causal_lm, load_tokenizer
 from tunesmith.runtime.rundir import prepare_run_dir
 from tunesmith.runtime.manifest import write_manifest
 from tunesmith.runtime.files import atomic_write_text

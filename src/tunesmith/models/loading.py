@@ -16,16 +16,24 @@ embedding matrix, the two are untied first, so each keeps exactly the weights th
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from tunesmith.errors import ModelError, Problem
+from tunesmith.models.adapters import EMBEDDING_NAMES
+from tunesmith.models.adapters import adapter_base_name
+from tunesmith.models.adapters import adapter_tensor_shapes
+from tunesmith.models.adapters import adapter_trains_embeddings
+from tunesmith.models.adapters import adapter_vocab_size
+from tunesmith.models.adapters import find_adapter, require_adapter
+from tunesmith.models.adapters import untie_output_embeddings
+from tunesmith.models.sources import ModelSource
+from tunesmith.render.rows import MAX_SANE_LENGTH
+from tunesmith.runtime.hardware import is_installed
+from tunesmith.models.sources import resolve_model
 
-EMBEDDING_NAMES = ("embed_tokens", "lm_head")
-"""Module names of the input embedding and output layer in Llama-family checkpoints (PEFT's ``EMBEDDING_LAYER_NAMES``)."""
 
 
 @dataclass
@@ -53,79 +61,16 @@ class Loaded:
     untied: bool = False
 
 
-def find_adapter(path: str | Path) -> Path | None:
-    """Return the adapter folder for ``path``: itself when it holds ``adapter_config.json``, ``path/adapter`` for a run folder, else None."""
-    p = Path(path).expanduser()
-    if (p / "adapter_config.json").is_file():
-        return p
-    if (p / "adapter" / "adapter_config.json").is_file():
-        return p / "adapter"
-    return None
 
 
-def adapter_base_name(adapter_dir: Path) -> str:
-    """The base model of an adapter: the run's ``config.yaml`` ``model.name`` when the adapter sits in a run folder,
-    else ``adapter_config.json``'s ``base_model_name_or_path``.
-
-    Raises:
-        ModelError: when neither names a base (pass ``--model``).
-    """
-    import yaml
-
-    run_cfg = adapter_dir.parent / "config.yaml"
-    if run_cfg.is_file():
-        name = ((yaml.safe_load(run_cfg.read_text()) or {}).get("model") or {}).get("name")
-        if name:
-            return str(name)
-    name = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not name:
-        raise ModelError("The adapter does not name its base model", [Problem(
-            str(adapter_dir / "adapter_config.json"), "base_model_name_or_path is empty", "pass the base with --model")])
-    return str(name)
 
 
-def adapter_tensor_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the tensors in ``adapter_model.safetensors`` (read from the header, no weights loaded)."""
-    from safetensors import safe_open
-
-    path = adapter_dir / "adapter_model.safetensors"
-    if not path.is_file():
-        raise ModelError("Adapter weights missing", [Problem(str(adapter_dir), "no adapter_model.safetensors",
-                                                             "pass a folder written by `tunesmith sft` (or PeftModel.save_pretrained)")])
-    with safe_open(str(path), framework="pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
-def adapter_vocab_size(shapes: dict[str, tuple[int, ...]]) -> int | None:
-    """Rows of a full embedding/output matrix saved with the adapter (added tokens), else None."""
-    rows = [s[0] for k, s in shapes.items() if k.endswith(("embed_tokens.weight", "lm_head.weight")) and "lora_" not in k and len(s) == 2]
-    return max(rows) if rows else None
 
 
-def adapter_trains_embeddings(shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """Adapter tensors that change ``embed_tokens`` or ``lm_head`` beyond a plain copy of the input embedding:
-    LoRA on either, ``modules_to_save`` copies, or a saved full ``lm_head`` matrix."""
-    out = []
-    for k in shapes:
-        if not any(n in k for n in EMBEDDING_NAMES):
-            continue
-        if "lora_" in k or "modules_to_save" in k or k.endswith("lm_head.weight"):
-            out.append(k)
-    return out
 
 
-def untie_output_embeddings(model) -> None:
-    """Give the output layer its own copy of the (tied) input embedding matrix and set ``tie_word_embeddings=False``.
-
-    Values are unchanged; afterwards training or merging one matrix leaves the other alone, and
-    ``save_pretrained`` writes both (``lm_head.weight`` and ``model.embed_tokens.weight``).
-    """
-    head = model.get_output_embeddings()
-    head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
-    model.config.tie_word_embeddings = False
-    text_cfg = getattr(model.config, "get_text_config", lambda: None)()
-    if text_cfg is not None:
-        text_cfg.tie_word_embeddings = False
 
 
 def _tokenizer_dir(adapter_dir: Path | None) -> Path | None:
@@ -135,7 +80,9 @@ def _tokenizer_dir(adapter_dir: Path | None) -> Path | None:
 
 
 def load_for_use(model: str | None = None, adapter: str | None = None, *, dtype: torch.dtype = torch.float32,
-                 chat_template: str | None = None, untie: bool = True) -> Loaded:
+                 chat_template: str | None = None, untie: bool = True, tokenizer_from: str | None = None,
+                 allow_pickle: bool = False, attn_implementation: str = "sdpa", trust_remote_code: bool = False,
+                 revision: str | None = None) -> Loaded:
     """Load base (+ adapter) with tokenizer and a generation config that stops at the end-of-turn token.
 
     Args:
@@ -145,6 +92,9 @@ def load_for_use(model: str | None = None, adapter: str | None = None, *, dtype:
         dtype: weights dtype (fp32 for exact merge checks).
         chat_template: ``model.chat_template`` option (built-in name or .jinja path) overriding the saved template.
         untie: untie tied embeddings when the adapter trains them (see module doc); False refuses such an adapter.
+        tokenizer_from: load the tokenizer from this model instead (``tunesmith eval`` scores every model with the
+            config's tokenizer, so prompt token ids are identical across runs).
+        allow_pickle, attn_implementation, trust_remote_code, revision: the ``model.*`` options of a run config.
 
     Returns:
         :class:`Loaded`.
@@ -153,7 +103,6 @@ def load_for_use(model: str | None = None, adapter: str | None = None, *, dtype:
         ModelError: nothing to load, a missing adapter, an adapter that trains tied embeddings with ``untie=False``,
             or an adapter that does not fit its base.
     """
-    from tunesmith.models.sources import load_causal_lm, load_tokenizer, resolve_model
     from tunesmith.render.checks import fix_generation_config
     from tunesmith.render.templates import apply_chat_template_option
 
@@ -164,15 +113,16 @@ def load_for_use(model: str | None = None, adapter: str | None = None, *, dtype:
         raise ModelError("No model given", [Problem("--model", "neither --model nor --adapter was given", "pass --model NAME_OR_PATH")])
     source = resolve_model(model)
     notes: list[str] = []
+    remote = dict(trust_remote_code=trust_remote_code, revision=revision)
     tok_dir = _tokenizer_dir(adapter_dir)
-    if tok_dir is not None:
-        from tunesmith.models.sources import ModelSource
-
+    if tokenizer_from is not None:
+        tokenizer = load_tokenizer(resolve_model(tokenizer_from), **remote)
+    elif tok_dir is not None:
         tokenizer = load_tokenizer(ModelSource(str(tok_dir), str(tok_dir), "local"))
     else:
-        tokenizer = load_tokenizer(source)
-    apply_chat_template_option(tokenizer, chat_template, require=False)
-    base = load_causal_lm(source, dtype=dtype)
+        tokenizer = load_tokenizer(source, **remote)
+    apply_chat_template_option(tokenizer, chat_template, require=tokenizer_from is not None and chat_template is not None)
+    base = load_causal_lm(source, dtype=dtype, attn_implementation=attn_implementation, allow_pickle=allow_pickle, **remote)
     untied = False
     if adapter_dir is not None:
         untied = _prepare_base(base, adapter_dir, notes, untie)
@@ -188,11 +138,7 @@ def load_for_use(model: str | None = None, adapter: str | None = None, *, dtype:
 
 def _resolve_adapter(model: str | None, adapter: str | None) -> Path | None:
     if adapter is not None:
-        found = find_adapter(adapter)
-        if found is None:
-            raise ModelError("Adapter not found", [Problem(f"--adapter {adapter}", "no adapter_config.json there or in its adapter/ folder",
-                                                           "pass the adapter/ folder of a `tunesmith sft` run, or the run folder")])
-        return found
+        return require_adapter(adapter, f"--adapter {adapter}")
     return find_adapter(model) if model is not None and Path(model).expanduser().is_dir() else None
 
 
@@ -245,3 +191,86 @@ def stop_ids(loaded: Loaded) -> set[int]:
     from tunesmith.render.templates import end_of_turn_ids
 
     return end_of_turn_ids(loaded.tokenizer, loaded.generation_config)
+
+
+def _hub_error(source: ModelSource, exc: Exception) -> ModelError:
+    return ModelError("Cannot load model", [Problem(
+        f"model.name={source.name}", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+        "for a hub id, download it once on a connected machine (`hf download ID`) so it is in the local cache; "
+        "otherwise pass a local checkpoint folder, a .gguf file, or an embedded name from `tunesmith models`")])
+
+
+def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, revision: str | None = None):
+    """Load the tokenizer of a resolved source; a placeholder ``model_max_length`` (1e30) is capped.
+
+    Raises:
+        ModelError: when it cannot be loaded (hub id not cached offline, bad folder).
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code, revision=revision)
+    except Exception as exc:  # noqa: BLE001
+        raise _hub_error(source, exc) from None
+    if tok.model_max_length is None or tok.model_max_length > MAX_SANE_LENGTH:
+        tok.model_max_length = MAX_SANE_LENGTH
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+"""Weight files that are Python pickles: loading one can run arbitrary code."""
+
+
+def check_weight_format(source: ModelSource, allow_pickle: bool = False) -> None:
+    """Refuse a local checkpoint whose weights exist only as pickle files, unless ``allow_pickle``.
+
+    Raises:
+        ModelError: naming the folder and the pickle files, with the two ways out.
+    """
+    loc = Path(source.location)
+    if allow_pickle or not loc.is_dir() or any(loc.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in loc.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError("Refusing to unpickle model weights", [Problem(
+            str(loc), f"the weights are only in pickle files ({', '.join(pickles[:3])}); unpickling can run arbitrary code",
+            "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), or set model.allow_pickle: true if you trust this checkpoint")])
+
+
+def load_causal_lm(source: ModelSource, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+                   trust_remote_code: bool = False, allow_pickle: bool = False, revision: str | None = None):
+    """Load a causal LM (``AutoModelForCausalLM``) from a resolved source.
+
+    Weights load only from safetensors unless ``allow_pickle`` is set (pickle can run code).
+
+    Returns:
+        ``PreTrainedModel`` in ``dtype``, in train mode off (``eval()``).
+
+    Raises:
+        ModelError: when loading fails (no safetensors weights, not cached offline, ...).
+    """
+    from transformers import AutoModelForCausalLM
+
+    check_weight_format(source, allow_pickle)
+    if attn_implementation == "auto":  # performance (issue 10): flash-attention 2 on CUDA when installed, else sdpa
+        from tunesmith.models.loading import choose_attention
+
+        attn_implementation = choose_attention("auto", "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.location, dtype=dtype, attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, revision=revision)
+    except Exception as exc:  # noqa: BLE001
+        raise _hub_error(source, exc) from None
+    return model.eval()
+
+
+
+def choose_attention(requested: str, device: str) -> str:
+    """The attention kernel: ``auto`` is flash-attention 2 on CUDA when ``flash_attn`` is installed (varlen: padding-free
+    batches cost the sum of squared sample lengths), else SDPA; any other value is used as given."""
+    if requested != "auto":
+        return requested
+    return "flash_attention_2" if device == "cuda" and is_installed("flash_attn") else "sdpa"

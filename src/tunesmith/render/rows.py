@@ -11,10 +11,13 @@ import logging
 from dataclasses import dataclass, field
 
 from tunesmith.errors import DataError, Problem, TemplateError
-from tunesmith.models.sources import MAX_SANE_LENGTH
 from tunesmith.render.templates import IGNORE_INDEX, Rendered, end_of_turn_ids, render_conversation
 
 log = logging.getLogger("tunesmith.render.rows")
+
+
+MAX_SANE_LENGTH = 1_000_000
+"""A ``model_max_length`` above this is a placeholder (transformers uses 1e30), never a real limit."""
 
 
 @dataclass
@@ -154,3 +157,4 @@ def to_dataset(rendered: list[Rendered]):
     from datasets import Dataset
 
     return Dataset.from_dict({"input_ids": [r.input_ids for r in rendered], "labels": [r.labels for r in rendered]})
+

@@ -30,7 +30,9 @@ from tunesmith.errors import ConfigError, DataError, ModelError, Problem
 from tunesmith.data.labels import load_label_data
 from tunesmith.data.records import LabelRecord
 from tunesmith.models.adapters import apply_lora, count_parameters
-from tunesmith.models.sources import _hub_error, choose_dtype, load_tokenizer, resolve_model
+from tunesmith.models.sources import resolve_model
+from tunesmith.models.loading import _hub_error, load_tokenizer
+from tunesmith.runtime.hardware import choose_dtype
 from tunesmith.runtime.rundir import prepare_run_dir
 from tunesmith.runtime.manifest import write_manifest
 from tunesmith.runtime.files import atomic_save_dir, atomic_write_text

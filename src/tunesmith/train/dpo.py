@@ -23,9 +23,11 @@ from tunesmith.data.split import split
 from tunesmith.config.dpo import DPORunConfig
 from tunesmith.runtime.distributed import save_trained_model
 from tunesmith.evaluate.preference import pair_logps
-from tunesmith.errors import DataError, ModelError, Problem
+from tunesmith.errors import DataError, Problem
 from tunesmith.models.adapters import count_parameters, to_peft_config
-from tunesmith.models.sources import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
+from tunesmith.models.sources import resolve_model
+from tunesmith.models.loading import load_causal_lm, load_tokenizer
+from tunesmith.runtime.hardware import choose_dtype
 from tunesmith.data.preference import load_pairs
 from tunesmith.data.records import PreferencePair
 from tunesmith.runtime.rundir import lock_run_dir, prepare_run_dir, write_errors
@@ -36,6 +38,7 @@ from tunesmith.render.templates import apply_chat_template_option, end_of_turn_i
 from tunesmith.train.common import install_progress, plot_loss_curve, write_log_history
 from tunesmith.data.split import fingerprint
 from tunesmith.runtime.console import Timer, console
+from tunesmith.models.adapters import require_adapter
 
 _OURS = {"output_dir", "bf16"}
 
@@ -81,20 +84,6 @@ def build_dpo_config(cfg: DPORunConfig, run_dir: Path, use_bf16: bool, *, precom
     return DPOConfig(**kwargs)
 
 
-def adapter_dir(path: str) -> Path:
-    """The PEFT adapter folder of ``model.adapter``: a `tunesmith sft` run directory (its ``adapter/``) or the folder itself.
-
-    Raises:
-        ModelError: when neither holds ``adapter_config.json``.
-    """
-    p = Path(path).expanduser()
-    for cand in (p / "adapter", p):
-        if (cand / "adapter_config.json").is_file():
-            return cand
-    raise ModelError("SFT adapter not found", [Problem(f"model.adapter={path}", "no adapter_config.json in it or in its adapter/ folder",
-                                                        "point it at a `tunesmith sft` run directory or a PEFT adapter folder")])
-
-
 def build_policy(cfg: DPORunConfig, model):
     """Prepare the starting policy and the PEFT config TRL should add.
 
@@ -106,7 +95,7 @@ def build_policy(cfg: DPORunConfig, model):
     from peft import PeftModel
 
     if cfg.model.adapter:
-        folder = adapter_dir(cfg.model.adapter)
+        folder = require_adapter(cfg.model.adapter, f"model.adapter={cfg.model.adapter}")
         if cfg.model.adapter_mode == "continue":
             return PeftModel.from_pretrained(model, str(folder), is_trainable=True), None
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()

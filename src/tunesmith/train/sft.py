@@ -23,7 +23,9 @@ from tunesmith.runtime.distributed import gather_sum, is_main_process, main_firs
 from tunesmith.errors import DataError, Problem
 from tunesmith.models.generation import decode_reply, generate_ids
 from tunesmith.models.adapters import apply_lora, count_parameters
-from tunesmith.models.sources import choose_dtype, load_causal_lm, load_tokenizer, resolve_model
+from tunesmith.models.sources import resolve_model
+from tunesmith.models.loading import load_causal_lm, load_tokenizer
+from tunesmith.runtime.hardware import choose_dtype
 from tunesmith.train.lifecycle import CheckedInputs, check_sft_inputs
 from tunesmith.train.speed.plan import FastLossTrainerMixin, apply_threads, attach, build_datasets, plan_speed, sft_overrides
 from tunesmith.runtime.rundir import write_errors

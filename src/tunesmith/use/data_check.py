@@ -49,7 +49,8 @@ def prepare(cfg) -> Prepared:
     """
     from transformers import AutoConfig, GenerationConfig
 
-    from tunesmith.models.sources import load_tokenizer, resolve_model
+    from tunesmith.models.sources import resolve_model
+    from tunesmith.models.loading import load_tokenizer
 
     source = resolve_model(cfg.model.name)
     tok = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)

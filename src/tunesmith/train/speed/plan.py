@@ -6,13 +6,14 @@
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 
 import torch
 
 from tunesmith.train.speed.fastloss import DEFAULT_CHUNK, install_chunked_loss, supports_chunked_loss
 from tunesmith.train.speed.packrows import PackedRowsCollator, pack_rows
+from tunesmith.runtime.hardware import is_installed
+from tunesmith.models.loading import choose_attention
 
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn", "kernels-community/flash-attn3")
 """Attention implementations that run padding-free batches as variable-length sequences (cost ~ sum of sample lengths squared)."""
@@ -44,16 +45,8 @@ class SpeedPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
-def choose_attention(requested: str, device: str) -> str:
-    """The attention kernel: ``auto`` is flash-attention 2 on CUDA when ``flash_attn`` is installed (varlen: padding-free
-    batches cost the sum of squared sample lengths), else SDPA; any other value is used as given."""
-    if requested != "auto":
-        return requested
-    return "flash_attention_2" if device == "cuda" and _installed("flash_attn") else "sdpa"
 
 
 def plan_speed(train_cfg, attn_requested: str, device: str | None = None) -> SpeedPlan:
@@ -74,7 +67,7 @@ def plan_speed(train_cfg, attn_requested: str, device: str | None = None) -> Spe
         layout = "flat"  # TRL's wrapped packing has no sample boundaries to keep
     if layout == "auto":
         layout = "flat" if attn in VARLEN_ATTENTION else "rows"
-    liger = device == "cuda" and _installed("liger_kernel")
+    liger = device == "cuda" and is_installed("liger_kernel")
     rows_per_pass = train_cfg.micro_batch_size or (1 if device == "cpu" and layout == "rows" else train_cfg.per_device_train_batch_size)
     micro = train_cfg.per_device_train_batch_size // rows_per_pass
     plan = SpeedPlan(layout=layout, chunked_loss=train_cfg.chunked_loss, attn_implementation=attn, liger=liger, threads=train_cfg.num_threads,
