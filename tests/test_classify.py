@@ -43,7 +43,7 @@ def _cfg(tmp_path, model_dir, **over) -> ClassifyConfig:
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tiny_llama_dir, smol_tokenizer):
-    from tunesmith.train.classify import choose_pad_id, load_classifier
+    from tunesmith.models.classifier import choose_pad_id, load_classifier
 
     pad = choose_pad_id(smol_tokenizer)
     model = load_classifier(ModelSource("tiny", str(tiny_llama_dir), "local"), ["a", "b", "c"], pad, ClassifyConfig().model)
@@ -51,7 +51,7 @@ def tiny_classifier(tiny_llama_dir, smol_tokenizer):
 
 
 def test_pad_id_never_occurs_in_encoded_text(smol_tokenizer):
-    from tunesmith.train.classify import choose_pad_id, encode
+    from tunesmith.models.classifier import choose_pad_id, encode
 
     pad = choose_pad_id(smol_tokenizer)
     assert pad == smol_tokenizer.eos_token_id == 2  # SmolLM2: pad == eos == <|im_end|>
@@ -63,7 +63,7 @@ def test_pad_id_never_occurs_in_encoded_text(smol_tokenizer):
 
 
 def test_pooling_same_logits_left_and_right_padding(tiny_classifier, smol_tokenizer):
-    from tunesmith.train.classify import encode, pad_batch
+    from tunesmith.models.classifier import encode, pad_batch
 
     model, pad = tiny_classifier
     recs = [LabelRecord(str(i), t, "a") for i, t in enumerate(["hi", "a much longer sentence with <|im_end|> inside it", "three words here"])]

@@ -9,7 +9,8 @@ import torch
 
 from tunesmith.config.sft import load_config
 from tunesmith.config.dpo import DPORunConfig
-from tunesmith.evaluate.preference import PairLogps, bootstrap_ci, pair_logps, preference_metrics, win_rate
+from tunesmith.evaluate.preference import PairLogps, pair_logps, preference_metrics, win_rate
+from tunesmith.evaluate.stats import bootstrap_ci
 from tunesmith.data.records import Message
 from tunesmith.models.sources import ModelSource
 from tunesmith.models.loading import load_causal_lm

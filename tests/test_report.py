@@ -106,7 +106,7 @@ def test_fast_macro_f1_equals_sklearn():
     import numpy as np
 
     from tunesmith.evaluate.metrics import macro_f1
-    from tunesmith.evaluate.report import macro_f1_resampler
+    from tunesmith.evaluate.stats import macro_f1_resampler
 
     rng = np.random.default_rng(0)
     refs = [str(x) for x in rng.integers(0, 4, 50)]

@@ -221,7 +221,7 @@ class EvalSection(BaseModel):
 
     @model_validator(mode="after")
     def _decision_fields(self) -> "EvalSection":
-        from tunesmith.evaluate.metrics import ALL_METRICS
+        from tunesmith.config.metric_names import ALL_METRICS
 
         problems = [f"unknown metric {m!r} (known: {', '.join(ALL_METRICS)})" for m in self.metrics if m not in ALL_METRICS]
         problems += [f"target {t!r} is not in eval.metrics" for t in self.targets if t not in self.metrics]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl
+from tunesmith.evaluate.stats import macro_f1
 
 UNPARSED = "unparsed"
 """Prediction of the prompting baseline when its answer names no label."""
@@ -37,7 +38,7 @@ def classification_metrics(references: list[str], predictions: list[str], names:
     cm = confusion_matrix(references, outside, labels=names + [UNPARSED])
     return {
         "accuracy": float(accuracy_score(references, predictions)) if references else 0.0,
-        "macro_f1": float(mf), "macro_precision": float(mp), "macro_recall": float(mr),
+        "macro_f1": macro_f1(references, predictions, labels=names), "macro_precision": float(mp), "macro_recall": float(mr),
         "per_class": {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, n in enumerate(names)},
         "confusion_matrix": cm[: len(names)].tolist(),
         "unparsed_rate": sum(x not in names for x in predictions) / max(len(predictions), 1),

@@ -24,16 +24,8 @@ import json
 import re
 from functools import lru_cache
 
-GENERATION_METRICS = ("exact_match", "contains", "json_valid", "json_schema", "regex", "label_accuracy", "label_macro_f1", "rouge_l", "chrf")
-"""Metrics computed from generated answers."""
-REFERENCE_METRICS = ("eval_loss", "perplexity")
-"""Metrics computed from the reference answers' token likelihood (no generation)."""
-ALL_METRICS = GENERATION_METRICS + REFERENCE_METRICS
-"""Every metric name `eval.metrics` accepts."""
-LOWER_IS_BETTER = frozenset(REFERENCE_METRICS)
-"""Metrics where a smaller value is better (targets are upper bounds for them)."""
-CORPUS_METRICS = frozenset({"label_macro_f1"})
-"""Metrics with no per-example value (recomputed on each bootstrap resample from the labels)."""
+from tunesmith.config.metric_names import ALL_METRICS, CORPUS_METRICS, GENERATION_METRICS, LOWER_IS_BETTER, REFERENCE_METRICS  # noqa: F401
+from tunesmith.evaluate.stats import macro_f1
 
 
 def normalise(text: str) -> str:
@@ -86,6 +78,12 @@ def _rouge():
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure of a prediction against a reference (``rouge-score``, no stemming; Lin 2004), in [0, 1]:
+    the one ROUGE-L of the task metrics and of the DPO win rate."""
+    return float(_rouge().score(reference, prediction)["rougeL"].fmeasure)
+
+
 @lru_cache(maxsize=1)
 def _chrf():
     from sacrebleu.metrics import CHRF
@@ -126,25 +124,10 @@ def score_example(prediction: str, reference: str, metrics: list[str] | tuple[st
             label = extract_label(prediction, label_field)
             out[name] = float(label is not None and label == extract_label(reference, label_field))
         elif name == "rouge_l":
-            out[name] = float(_rouge().score(reference, prediction)["rougeL"].fmeasure)
+            out[name] = rouge_l(prediction, reference)
         elif name == "chrf":
             out[name] = float(_chrf().sentence_score(prediction, [reference]).score) / 100.0
     return out
-
-
-def macro_f1(references: list[str | None], predictions: list[str | None]) -> float:
-    """Macro-F1 over the labels found in ``references`` (scikit-learn ``f1_score``, ``zero_division=0``).
-
-    A prediction of ``None`` (no label) or a label outside the reference set counts as wrong for its reference class.
-    Returns 0.0 for no examples.
-    """
-    from sklearn.metrics import f1_score
-
-    if not references:
-        return 0.0
-    refs = ["<none>" if r is None else r for r in references]
-    preds = ["<none>" if p is None else p for p in predictions]
-    return float(f1_score(refs, preds, labels=sorted(set(refs)), average="macro", zero_division=0))
 
 
 def aggregate(rows: list[dict], metrics: list[str] | tuple[str, ...]) -> dict[str, float]:

@@ -19,8 +19,12 @@ from pathlib import Path
 
 from tunesmith.errors import DataError, Problem, TunesmithError
 from tunesmith.evaluate.metrics import CORPUS_METRICS, LOWER_IS_BETTER
+from tunesmith.evaluate.stats import N_RESAMPLES
+from tunesmith.evaluate.stats import macro_f1_resampler
+from tunesmith.evaluate.stats import percentile_ci
+from tunesmith.evaluate.stats import resample_indices
 
-N_BOOTSTRAP = 1000
+N_BOOTSTRAP = N_RESAMPLES
 """Bootstrap resamples per interval."""
 
 
@@ -105,34 +109,8 @@ def _statistic(run: Run, name: str):
     return lambda idx: float(vals[idx].mean())
 
 
-def macro_f1_resampler(refs: list, preds: list):
-    """A fast equivalent of :func:`tunesmith.evaluate.metrics.macro_f1` on index resamples (1,000 sklearn calls take ~10 s).
-
-    Labels are coded once; per resample, per-class true positives and reference/prediction counts come from
-    ``numpy.bincount``, and F1 = 2 TP / (reference count + prediction count) averaged over the classes present in the
-    resampled references (sklearn's ``f1_score(labels=sorted(set(refs)), average="macro", zero_division=0)``).
-
-    Returns:
-        ``f(idx: int array) -> float``.
-    """
-    import numpy as np
-
-    codes = {lab: k for k, lab in enumerate(sorted({str(x) for x in refs + preds}))}
-    r = np.array([codes[str(x)] for x in refs])
-    p = np.array([codes[str(x)] for x in preds])
-    n = len(codes)
-
-    def f(idx) -> float:
-        ri, pi = r[idx], p[idx]
-        ref_count, pred_count = np.bincount(ri, minlength=n), np.bincount(pi, minlength=n)
-        tp = np.bincount(ri[ri == pi], minlength=n)
-        present = ref_count > 0
-        return float((2 * tp[present] / (ref_count[present] + pred_count[present])).mean()) if present.any() else 0.0
-    return f
-
-
 def bootstrap(runs: list[Run], names: list[str], *, n: int = N_BOOTSTRAP, seed: int = 0, level: float = 0.95) -> None:
-    """Fill ``run.ci`` and ``run.delta_ci`` with percentile bootstrap intervals (numpy ``default_rng(seed)``).
+    """Fill ``run.ci`` and ``run.delta_ci`` with percentile bootstrap intervals (:mod:`tunesmith.evaluate.stats`).
 
     The same ``n`` index resamples (size = number of examples) serve every run and metric, so ``delta_ci`` is the
     interval of the paired difference to the reference run ``runs[0]``. A metric some row lacks gets no interval.
@@ -142,8 +120,7 @@ def bootstrap(runs: list[Run], names: list[str], *, n: int = N_BOOTSTRAP, seed: 
     size = len(runs[0].rows)
     if size == 0:
         return
-    samples = np.random.default_rng(seed).integers(0, size, size=(n, size))
-    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    samples = resample_indices(size, n, seed)
     for name in names:
         stats = {}
         for run in runs:
@@ -155,12 +132,11 @@ def bootstrap(runs: list[Run], names: list[str], *, n: int = N_BOOTSTRAP, seed: 
             if np.isnan(stats[id(run)]).any():
                 del stats[id(run)]
                 continue
-            run.ci[name] = (float(np.percentile(stats[id(run)], lo)), float(np.percentile(stats[id(run)], hi)))
+            run.ci[name] = percentile_ci(stats[id(run)], level)
         ref = stats.get(id(runs[0]))
         for run in runs[1:]:
             if ref is not None and id(run) in stats:
-                d = stats[id(run)] - ref
-                run.delta_ci[name] = (float(np.percentile(d, lo)), float(np.percentile(d, hi)))
+                run.delta_ci[name] = percentile_ci(stats[id(run)] - ref, level)
 
 
 def wins_losses(ref: Run, run: Run, name: str) -> tuple[int, int, int] | None:

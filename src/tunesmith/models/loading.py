@@ -193,7 +193,8 @@ def stop_ids(loaded: Loaded) -> set[int]:
     return end_of_turn_ids(loaded.tokenizer, loaded.generation_config)
 
 
-def _hub_error(source: ModelSource, exc: Exception) -> ModelError:
+def hub_error(source: ModelSource, exc: Exception) -> ModelError:
+    """The load failure of ``source`` as a :class:`ModelError` naming the model, the cause and the offline fix."""
     return ModelError("Cannot load model", [Problem(
         f"model.name={source.name}", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
         "for a hub id, download it once on a connected machine (`hf download ID`) so it is in the local cache; "
@@ -211,7 +212,7 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, revi
     try:
         tok = AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code, revision=revision)
     except Exception as exc:  # noqa: BLE001
-        raise _hub_error(source, exc) from None
+        raise hub_error(source, exc) from None
     if tok.model_max_length is None or tok.model_max_length > MAX_SANE_LENGTH:
         tok.model_max_length = MAX_SANE_LENGTH
     if tok.pad_token_id is None:
@@ -239,32 +240,52 @@ def check_weight_format(source: ModelSource, allow_pickle: bool = False) -> None
             "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), or set model.allow_pickle: true if you trust this checkpoint")])
 
 
-def load_causal_lm(source: ModelSource, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
-                   trust_remote_code: bool = False, allow_pickle: bool = False, revision: str | None = None):
-    """Load a causal LM (``AutoModelForCausalLM``) from a resolved source.
+def from_pretrained(auto_cls, source: ModelSource, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                    revision: str | None = None, attn_implementation: str | None = None, **kwargs):
+    """The one gate every model load goes through: ``auto_cls.from_pretrained`` with safetensors only (unless
+    ``allow_pickle``), no remote code (unless ``trust_remote_code``), and a clear error instead of a traceback.
 
-    Weights load only from safetensors unless ``allow_pickle`` is set (pickle can run code).
+    Args:
+        auto_cls: a transformers auto class (``AutoModelForCausalLM``, ``AutoModelForSequenceClassification``) or a
+            model class.
+        source: the resolved source (its ``location`` is a folder or a cached hub id).
+        allow_pickle: allow ``.bin``/``.pt`` pickle weights (unpickling can run code).
+        attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``...; ``auto`` picks flash-attention 2 on CUDA
+            when installed, else SDPA (:func:`choose_attention`).
+        **kwargs: passed on (``dtype``, ``config``, ...).
 
     Returns:
-        ``PreTrainedModel`` in ``dtype``, in train mode off (``eval()``).
+        The loaded ``PreTrainedModel``.
 
     Raises:
-        ModelError: when loading fails (no safetensors weights, not cached offline, ...).
+        ModelError: pickle-only weights without ``allow_pickle`` (naming the files), or any load failure.
+    """
+    check_weight_format(source, allow_pickle)
+    if attn_implementation == "auto":
+        attn_implementation = choose_attention("auto", "cuda" if torch.cuda.is_available() else "cpu")
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return auto_cls.from_pretrained(source.location, trust_remote_code=trust_remote_code, revision=revision,
+                                        use_safetensors=None if allow_pickle else True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a failed load is reported as the user's model problem
+        raise hub_error(source, exc) from None
+
+
+def load_causal_lm(source: ModelSource, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+                   trust_remote_code: bool = False, allow_pickle: bool = False, revision: str | None = None):
+    """Load a causal LM (``AutoModelForCausalLM``) from a resolved source through :func:`from_pretrained`.
+
+    Returns:
+        ``PreTrainedModel`` in ``dtype``, in eval mode.
+
+    Raises:
+        ModelError: when loading fails (pickle-only weights, not cached offline, ...).
     """
     from transformers import AutoModelForCausalLM
 
-    check_weight_format(source, allow_pickle)
-    if attn_implementation == "auto":  # performance (issue 10): flash-attention 2 on CUDA when installed, else sdpa
-        from tunesmith.models.loading import choose_attention
-
-        attn_implementation = choose_attention("auto", "cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source.location, dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, revision=revision)
-    except Exception as exc:  # noqa: BLE001
-        raise _hub_error(source, exc) from None
-    return model.eval()
+    return from_pretrained(AutoModelForCausalLM, source, dtype=dtype, attn_implementation=attn_implementation,
+                           trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, revision=revision).eval()
 
 
 

@@ -161,7 +161,7 @@ def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
 
 
 def _run(cfg: DPORunConfig, run_dir: Path, train_pairs, eval_pairs, report: dict) -> dict:
-    from tunesmith.evaluate.preference_report import start_generations, write_dpo_artifacts
+    from tunesmith.evaluate.preference import start_generations, write_dpo_artifacts
 
     from datasets.utils.logging import disable_progress_bar
 

@@ -20,40 +20,57 @@ import yaml
 from tunesmith.errors import ModelError, Problem
 from tunesmith.data.labels import clean, read_table
 from tunesmith.data.records import LabelRecord
+from tunesmith.config.classify import ClassifyConfig
+from tunesmith.models.adapters import find_adapter
+from tunesmith.models.loading import from_pretrained
+from tunesmith.models.sources import ModelSource
+from tunesmith.models.sources import resolve_model
 
 
 def load_run_classifier(run_dir: str | Path):
-    """Load the classifier of a ``tunesmith classify`` run with plain transformers (+ peft for an adapter).
+    """Load the classifier of a ``tunesmith classify`` run (plain transformers + peft, through the one loading gate).
 
     Returns:
         (model in eval mode, tokenizer, the run's ClassifyConfig).
 
     Raises:
-        ModelError: when ``run_dir`` holds neither ``model/`` nor ``adapter/``.
+        ModelError: when ``run_dir`` is not a classify run (no ``model/`` or ``adapter/``, or another command's
+            config), or its weights cannot be loaded (pickle-only weights need ``model.allow_pickle`` in its config).
     """
+    from pydantic import ValidationError
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from tunesmith.config.classify import ClassifyConfig
-    from tunesmith.models.sources import resolve_model
+    from transformers.utils import logging as hf_logging
 
     run_dir = Path(run_dir)
     cfg_file = run_dir / "config.yaml"
-    cfg = ClassifyConfig.model_validate(yaml.safe_load(cfg_file.read_text())) if cfg_file.is_file() else ClassifyConfig()
-    if (run_dir / "model").is_dir():
-        path = run_dir / "model"
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-    elif (run_dir / "adapter").is_dir():
-        from peft import PeftModel
+    not_classify = ModelError("Not a classify run", [Problem(
+        str(run_dir), "no classifier here (predict reads the model/ or adapter/ folder and config.yaml of `tunesmith classify`)",
+        "pass the train.output_dir of a finished `tunesmith classify` run; for SFT runs use `tunesmith generate`")])
+    try:
+        cfg = ClassifyConfig.model_validate(yaml.safe_load(cfg_file.read_text()) or {}) if cfg_file.is_file() else ClassifyConfig()
+    except (ValidationError, yaml.YAMLError, OSError):
+        raise not_classify from None
+    adapter = find_adapter(run_dir) if (run_dir / "adapter").is_dir() else None
+    path = run_dir / "model" if (run_dir / "model").is_dir() else adapter
+    if path is None:
+        raise not_classify
+    config = AutoConfig.from_pretrained(path)
+    if not getattr(config, "id2label", None) or "ForSequenceClassification" not in "".join(config.architectures or []):
+        raise not_classify
+    opts = dict(allow_pickle=cfg.model.allow_pickle, trust_remote_code=cfg.model.trust_remote_code)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the adapter restores the head: the base's "score newly initialized" notice is moot
+    try:
+        if adapter is None:
+            model = from_pretrained(AutoModelForSequenceClassification, ModelSource(str(path), str(path), "local"), **opts)
+        else:
+            from peft import PeftModel
 
-        path = run_dir / "adapter"
-        config = AutoConfig.from_pretrained(path)
-        base_loc = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if cfg_file.is_file():
-            base_loc = resolve_model(cfg.model.name).location
-        base = AutoModelForSequenceClassification.from_pretrained(base_loc, config=config)
-        model = PeftModel.from_pretrained(base, path)
-    else:
-        raise ModelError("Not a classify run", [Problem(str(run_dir), "no model/ or adapter/ folder", "pass the train.output_dir of a finished `tunesmith classify` run")])
+            base_name = cfg.model.name if cfg_file.is_file() else json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            base = from_pretrained(AutoModelForSequenceClassification, resolve_model(base_name), config=config, **opts)
+            model = PeftModel.from_pretrained(base, adapter)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model.eval(), tokenizer, cfg
 
@@ -99,7 +116,7 @@ def run_predict(run_dir: str, source: str, *, output: str | None = None, batch_s
         ModelError: ``run_dir`` is not a classify run.
     """
     from tunesmith.runtime.files import atomic_write_jsonl
-    from tunesmith.train.classify import encode, predict_proba
+    from tunesmith.models.classifier import encode, predict_proba
 
     model, tokenizer, cfg = load_run_classifier(run_dir)
     records = read_inputs(source, cfg.labels)
