@@ -10,7 +10,7 @@ import yaml
 
 from conftest import SHARED_DATA
 from tunesmith.config.classify import ClassifyConfig
-from tunesmith.config.sft import load_config
+from tunesmith.config.load import load_config
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.data.labels import clean, load_label_data, read_table, to_records
 from tunesmith.data.split import stratified_split

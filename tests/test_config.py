@@ -4,7 +4,10 @@ import sys
 
 import pytest
 
-from tunesmith.config.sft import RunConfig, describe_fields, load_config, parse_override
+from tunesmith.config.sft import RunConfig
+from tunesmith.config.problems import parse_override
+from tunesmith.config.reference import describe_fields
+from tunesmith.config.load import load_config
 from tunesmith.errors import ConfigError
 
 
@@ -73,7 +76,7 @@ def test_cli_exit_code_2_without_traceback(tmp_path):
 def test_docs_config_reference_is_current():
     from pathlib import Path
 
-    from tunesmith.config.sft import config_reference_markdown
+    from tunesmith.config.reference import config_reference_markdown
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text() == config_reference_markdown(), "regenerate with: tunesmith config --markdown > docs/config.md"

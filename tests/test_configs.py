@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.config.sft import RunConfig, load_config
+from tunesmith.config.sft import RunConfig
+from tunesmith.config.load import load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import SHARED_DATA
 
-from tunesmith.config.sft import DataSection
+from tunesmith.config.base import DataSection
 from tunesmith.data.conversations import load_conversations, load_file
 from tunesmith.errors import DataError
 

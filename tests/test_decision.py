@@ -123,7 +123,7 @@ def test_baseline_and_eval_use_identical_examples_and_prompts(decision_run):
 def test_standalone_commands_reproduce_the_sft_numbers(decision_run, tmp_path):
     """`tunesmith baseline` and `tunesmith eval --adapter` (same config, same seed) reproduce the in-sft runs exactly."""
     cfg, run = decision_run
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.evaluate.baseline import run_baseline, run_eval
 
     config = load_config(cfg, ["eval.k_shot=0"])
@@ -154,7 +154,7 @@ def test_same_seed_reproduces_the_fine_tuned_numbers(decision_run, tmp_path):
     """A second SFT run with the same seed (without the baseline step) gives a bit-identical adapter and identical eval predictions."""
     from safetensors.torch import load_file
 
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.evaluate.baseline import run_eval
     from tunesmith.train.sft import run_sft
 

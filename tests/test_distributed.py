@@ -104,7 +104,7 @@ def test_step_loss_is_normalised_by_global_trained_tokens(setup, runs, smol_toke
     from transformers import LlamaForCausalLM
 
     from tunesmith.render.rows import render_all
-    from tunesmith.config.sft import DataSection
+    from tunesmith.config.base import DataSection
     from tunesmith.data.conversations import load_conversations
 
     model = LlamaForCausalLM.from_pretrained(setup / "tiny").eval()
@@ -190,7 +190,7 @@ def test_shipped_accelerate_configs_are_valid(name, kind):
 def test_sft_config_normalises_over_the_global_batch(tmp_path):
     """transformers 5.24 defaults average_tokens_across_devices to True; tunesmith sets it explicitly (a changed
     default would silently average per device) and turns DDP's unused-parameter search off unless asked."""
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.train.sft import build_sft_config
 
     args = build_sft_config(load_config(None, ["train.gradient_accumulation_steps=3"]), tmp_path, False)

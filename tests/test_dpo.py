@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunesmith.config.sft import load_config
+from tunesmith.config.load import load_config
 from tunesmith.config.dpo import DPORunConfig
 from tunesmith.evaluate.preference import PairLogps, pair_logps, preference_metrics, win_rate
 from tunesmith.evaluate.stats import bootstrap_ci

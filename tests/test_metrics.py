@@ -72,7 +72,7 @@ def test_aggregate_weights_eval_loss_by_reference_tokens():
 
 
 def test_config_rejects_bad_metric_setup():
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.errors import ConfigError
 
     for overrides, reason in ((["eval.metrics=[bleu]"], "unknown metric 'bleu'"),

@@ -145,7 +145,7 @@ def test_manifest_records_the_run_and_no_secret(setup, reference_and_killed, smo
 
     import yaml
 
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.data.conversations import load_conversations
     from tunesmith.data.split import fingerprint, split
     from tunesmith.runtime.manifest import template_hash

@@ -33,7 +33,7 @@ def test_merge_embedded(adapter, tmp_path, embedded_source):
     of the size of fp32 rounding itself (fp32 vs fp64 of the unmerged model)."""
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.export.gguf import run_merge
+    from tunesmith.export.merge import run_merge
 
     out_adapter, want, tok, want64 = adapter
     report = run_merge(str(out_adapter), model="smollm2-135m-instruct", output=str(tmp_path / "merged"), log=print)

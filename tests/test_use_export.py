@@ -147,7 +147,8 @@ def test_consistency_catches_a_different_template(exported):
 
 def test_export_stop_check_fails_for_model_that_never_stops(exported, tmp_path):
     """A random model does not end its replies: the smoke test fails the export (exit 2) and says why."""
-    from tunesmith.export.gguf import ExportCheckError, run_export
+    from tunesmith.export.merge import ExportCheckError
+    from tunesmith.export.gguf import run_export
 
     tmp, _, _, _ = exported
     with pytest.raises(ExportCheckError) as exc:

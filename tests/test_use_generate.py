@@ -92,7 +92,7 @@ def test_end_of_turn_added_to_generation_config(tmp_path, smol_tokenizer):
     assert any("end-of-turn id 2" in n for n in loaded.notes)
     assert {0, 2} <= stop_ids(loaded)
     from test_use_merge import make_adapter
-    from tunesmith.export.gguf import run_merge
+    from tunesmith.export.merge import run_merge
 
     make_adapter(tmp_path / "m", None, tmp_path / "adapter")
     run_merge(str(tmp_path / "adapter"), model=str(tmp_path / "m"), output=str(tmp_path / "merged"), log=lambda s: None)

@@ -55,7 +55,7 @@ def merged_logits(out, tok):
 
 
 def test_merge_matches_base_plus_adapter(tmp_path, smol_tokenizer):
-    from tunesmith.export.gguf import run_merge
+    from tunesmith.export.merge import run_merge
 
     base_dir = build_tiny_llama(smol_tokenizer, tmp_path / "base")
     peft_model, tok = make_adapter(base_dir, smol_tokenizer, tmp_path / "adapter")
@@ -84,7 +84,7 @@ def test_merge_unties_trained_tied_embeddings(tmp_path, smol_tokenizer, target, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.export.gguf import run_merge
+    from tunesmith.export.merge import run_merge
 
     base_dir = build_tiny_llama(smol_tokenizer, tmp_path / "base", tie=True)
     peft_model, tok = make_adapter(base_dir, smol_tokenizer, tmp_path / "adapter", target_modules=target, modules_to_save=save, scale=0.2)
@@ -103,7 +103,7 @@ def test_merge_unties_trained_tied_embeddings(tmp_path, smol_tokenizer, target, 
 
 
 def test_merge_refuses_tied_when_asked(tmp_path, smol_tokenizer):
-    from tunesmith.export.gguf import run_merge
+    from tunesmith.export.merge import run_merge
 
     base_dir = build_tiny_llama(smol_tokenizer, tmp_path / "base", tie=True)
     make_adapter(base_dir, smol_tokenizer, tmp_path / "adapter", target_modules=("q_proj", "embed_tokens"))
@@ -114,7 +114,7 @@ def test_merge_refuses_tied_when_asked(tmp_path, smol_tokenizer):
 
 def test_adapter_with_added_tokens_loads_onto_stock_base(tmp_path, smol_tokenizer):
     """An adapter trained after adding a token (resized embeddings saved with it) reloads onto the stock base with no manual step."""
-    from tunesmith.export.gguf import run_merge
+    from tunesmith.export.merge import run_merge
     from tunesmith.models.loading import load_for_use
 
     base_dir = build_tiny_llama(smol_tokenizer, tmp_path / "base", tie=True)

@@ -4,7 +4,8 @@ Public API::
 
     from tunesmith import load_config, run_sft, render_conversation
 """
-from tunesmith.config.sft import RunConfig, load_config
+from tunesmith.config.sft import RunConfig
+from tunesmith.config.load import load_config
 from tunesmith.errors import ConfigError, DataError, ModelError, TemplateError, TunesmithError
 from tunesmith.data.records import Conversation, Message
 

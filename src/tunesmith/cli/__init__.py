@@ -63,7 +63,7 @@ def _escape(text: str) -> str:
 
 def _fields_epilog() -> str:
     """List every config field with its default and docstring for ``--help`` (same text as `tunesmith config`)."""
-    from tunesmith.config.sft import describe_fields
+    from tunesmith.config.reference import describe_fields
 
     lines = ["[bold]Config fields[/] (set in CONFIG or with --set KEY=VALUE):\n\n"]
     lines += [f"[cyan]{key}[/] = {_escape(default)}: {_escape(doc)}\n\n" for key, default, doc in describe_fields()]
@@ -78,7 +78,7 @@ def sft(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
         skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip (log and count) invalid data records instead of stopping."),
         num_processes: Optional[int] = NumProcOpt):
     """Supervised fine-tuning with LoRA on TRL's SFTTrainer (default: embedded SmolLM2 on chatterbot)."""
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.runtime.distributed import quiet_workers, relaunch
     from tunesmith.train.lifecycle import check_sft_inputs
 
@@ -115,7 +115,8 @@ def config_cmd(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = Se
     """Print every config field with its resolved value and documentation (validates CONFIG too)."""
     import yaml
 
-    from tunesmith.config.sft import config_reference_markdown, describe_fields, load_config
+    from tunesmith.config.reference import config_reference_markdown, describe_fields
+    from tunesmith.config.load import load_config
 
     if markdown:
         print(config_reference_markdown(), end="")
@@ -140,7 +141,7 @@ def classify(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetO
              show_config: bool = typer.Option(False, "--show-config", help="Print every classify config field and exit.")):
     """Task fine-tuning: a classification head on a decoder LLM (LoRA body + trained head; default: chatterbot topics)."""
     from tunesmith.config.classify import ClassifyConfig
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
 
     cfg = load_config(config, set_, model_cls=ClassifyConfig)
     if show_config:
@@ -161,7 +162,7 @@ def classify_baseline(config: Optional[str] = ConfigArg, set_: Optional[list[str
                       overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory.")):
     """Prompting baseline of a classify config: the instruction-tuned model picks a label, scored on the same eval set."""
     from tunesmith.config.classify import ClassifyConfig
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.evaluate.classify_baseline import run_classify_baseline
 
     run_classify_baseline(load_config(config, set_, model_cls=ClassifyConfig), output_dir=output, overwrite=overwrite)
@@ -182,7 +183,7 @@ def predict(source: str = typer.Argument("-", help="JSONL/CSV/TSV/Parquet/text f
 def _print_fields(cfg, model_cls) -> None:
     import yaml
 
-    from tunesmith.config.sft import describe_fields
+    from tunesmith.config.reference import describe_fields
 
     values = cfg.model_dump(mode="json")
     table = Table()
@@ -205,7 +206,7 @@ app.add_typer(data_app, name="data")
 def data_check(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
                skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Count invalid records as skipped (exit 0) instead of as errors.")):
     """Report rows kept/skipped (with reasons), token lengths, trained-token share, truncation, roles, duplicates, template findings."""
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.use.data_check import run_check
 
     raise typer.Exit(run_check(load_config(config, set_), skip_invalid=skip_invalid))
@@ -217,7 +218,7 @@ def data_preview(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = 
                  n: int = typer.Option(3, "-n", help="Number of examples to show."),
                  plain: Optional[bool] = typer.Option(None, "--plain/--color", help="Mark trained tokens with [[...]] instead of colours (default: plain when not a terminal).")):
     """Print N rendered examples with trained tokens highlighted and masked tokens dimmed."""
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.use.data_check import run_preview
 
     raise typer.Exit(run_preview(load_config(config, set_), n, plain=plain))
@@ -230,7 +231,7 @@ def baseline(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetO
              output: Optional[str] = typer.Option(None, "--output", help="Run directory (default: <train.output_dir>-baseline; k-shot: <output>-<k>shot)."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory.")):
     """Is prompting enough? Prompt the instruction-tuned model on the eval split (zero-shot, and eval.k_shot-shot) and score it with eval.metrics."""
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.evaluate.baseline import run_baseline
 
     run_baseline(load_config(config, set_), output=output, overwrite=overwrite)
@@ -244,7 +245,7 @@ def eval_cmd(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetO
              output: Optional[str] = typer.Option(None, "--output", help="Run directory (default: <train.output_dir>-eval)."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory.")):
     """Score a fine-tuned model with the same examples, prompts and metrics as `tunesmith baseline`."""
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.evaluate.baseline import run_eval
 
     run_eval(load_config(config, set_), adapter=adapter, model_dir=model, output=output, overwrite=overwrite)
@@ -313,7 +314,7 @@ def merge(adapter: str = typer.Option(..., "--adapter", help="LoRA adapter folde
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output folder."),
           untie: bool = typer.Option(True, "--untie/--refuse-tied", help="When the adapter trains tied embeddings: untie and save both (default) or refuse.")):
     """Merge a LoRA adapter into its base (fp32) and save safetensors + tokenizer + chat template + generation config."""
-    from tunesmith.export.gguf import run_merge
+    from tunesmith.export.merge import run_merge
 
     run_merge(adapter, model=model, output=output, overwrite=overwrite, untie=untie, log=_log)
 
@@ -342,7 +343,7 @@ def dpo(config: Optional[str] = ConfigArg, set_: Optional[list[str]] = SetOpt,
         skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip (log and count) invalid preference pairs instead of stopping."),
         show_config: bool = typer.Option(False, "--show-config", help="Print every dpo config field and exit.")):
     """Preference tuning (DPO, TRL) after SFT: LoRA from the SFT adapter; held-out reward accuracy with a CI, win rate vs the start."""
-    from tunesmith.config.sft import load_config
+    from tunesmith.config.load import load_config
     from tunesmith.config.dpo import DPORunConfig
 
     cfg = load_config(config, (set_ or []) + (["data.skip_invalid=true"] if skip_invalid else []), model_cls=DPORunConfig)

@@ -7,30 +7,19 @@ with the plain transformers ``Trainer``); an unknown key is rejected with a "did
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import functools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tunesmith.config.sft import DataSection, LoraSection, ModelSection
+from tunesmith.config.base import STRICT, DataSection, LibraryTrainSection, LoraSection, ModelSection
+from typing import ClassVar
 
-_STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-
-@functools.cache
-def training_args_fields() -> frozenset[str]:
-    """Return the field names of ``transformers.TrainingArguments`` (the keys ``train`` accepts)."""
-    from transformers import TrainingArguments
-
-    return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
 
 
 class LabelsSection(BaseModel):
     """Which columns hold the text and the label, the label set, and how the data is cleaned and split."""
 
-    model_config = _STRICT
+    model_config = STRICT
 
     text_column: str = "text"
     """Column (or JSON key) holding the text to classify."""
@@ -70,10 +59,10 @@ class LabelsSection(BaseModel):
         return self
 
 
-class ClassifyTrainSection(BaseModel):
+class ClassifyTrainSection(LibraryTrainSection):
     """Trainer settings; every key is a `transformers.TrainingArguments` field (others are rejected with a suggestion)."""
 
-    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True, validate_assignment=True)
+    library_name: ClassVar[str] = "transformers.TrainingArguments"
 
     output_dir: str = "runs/classify"
     """Run directory: model or adapter, metrics, predictions, plots and manifest go here."""
@@ -110,22 +99,12 @@ class ClassifyTrainSection(BaseModel):
     bf16: bool | None = None
     """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
 
-    @model_validator(mode="after")
-    def _known_extras(self) -> "ClassifyTrainSection":
-        unknown = sorted(set(self.model_extra or {}) - training_args_fields())
-        if unknown:
-            msgs = []
-            for key in unknown:
-                near = difflib.get_close_matches(key, sorted(training_args_fields()), n=1)
-                msgs.append(f"unknown key {key!r} (not a transformers.TrainingArguments field)" + (f" (did you mean {near[0]!r}?)" if near else ""))
-            raise ValueError("; ".join(msgs))
-        return self
 
 
 class ClassifyEvalSection(BaseModel):
     """Evaluation of the trained classifier and of the prompting baseline."""
 
-    model_config = _STRICT
+    model_config = STRICT
 
     before_training: bool = False
     """Also score the untrained head (chance level), so the gain is visible."""

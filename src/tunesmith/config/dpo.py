@@ -8,24 +8,12 @@ names the SFT adapter to start from (Rafailov et al. 2023: DPO starts from the S
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import functools
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tunesmith.config.sft import DataSection, LoraSection, ModelSection
+from tunesmith.config.base import STRICT, DataSection, LibraryTrainSection, LoraSection, ModelSection
 
-_STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-
-@functools.cache
-def dpo_config_fields() -> frozenset[str]:
-    """Return the field names of ``trl.DPOConfig`` (the keys the ``train`` section accepts)."""
-    from trl import DPOConfig
-
-    return frozenset(f.name for f in dataclasses.fields(DPOConfig))
 
 
 class DPOModelSection(ModelSection):
@@ -52,16 +40,11 @@ class DPODataSection(DataSection):
     """Use at most this many held-out pairs; keeps evaluation fast on CPU."""
 
 
-class DPOTrainSection(BaseModel):
+class DPOTrainSection(LibraryTrainSection):
     """Trainer settings; every key is a `trl.DPOConfig` field (others are rejected with a suggestion)."""
 
-    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True, validate_assignment=True)
     library_name: ClassVar[str] = "trl.DPOConfig"
 
-    @classmethod
-    def library_fields(cls) -> frozenset[str]:
-        """Field names of ``trl.DPOConfig`` (the extra keys this section accepts)."""
-        return dpo_config_fields()
 
     output_dir: str = "runs/dpo"
     """Run directory: adapter, metrics, predictions, plots and manifest go here."""
@@ -104,34 +87,18 @@ class DPOTrainSection(BaseModel):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: saves memory, costs ~30% more compute (TRL's DPOConfig defaults to True; tunesmith to False)."""
 
-    @field_validator("eval_strategy", "save_strategy", mode="before")
-    @classmethod
-    def _yaml_no(cls, value):
-        """YAML 1.1 reads a bare `no` as False; the strategy means "no"."""
-        return "no" if value is False else value
-
     @field_validator("loss_type", mode="before")
     @classmethod
     def _one_loss(cls, value):
         """A single loss may be given as a string."""
         return [value] if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _known_extras(self) -> "DPOTrainSection":
-        unknown = sorted(set(self.model_extra or {}) - dpo_config_fields())
-        if unknown:
-            msgs = []
-            for key in unknown:
-                near = difflib.get_close_matches(key, sorted(dpo_config_fields()), n=1)
-                msgs.append(f"unknown key {key!r} (not a trl.DPOConfig field)" + (f" (did you mean {near[0]!r}?)" if near else ""))
-            raise ValueError("; ".join(msgs))
-        return self
 
 
 class DPOEvalSection(BaseModel):
     """Evaluation on held-out pairs and the win rate against the starting (SFT/base) model."""
 
-    model_config = _STRICT
+    model_config = STRICT
 
     bootstrap_samples: int = Field(2000, ge=100)
     """Bootstrap resamples of the held-out pairs for the confidence interval of reward accuracy (percentile method, Efron 1979)."""

@@ -9,106 +9,23 @@ raised once as :class:`~tunesmith.errors.ConfigError` (exit code 2 from the CLI)
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import functools
-from pathlib import Path
 from typing import ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tunesmith.errors import ConfigError, Problem
 from tunesmith.config.problems import _check_paths, _field_names, _fix_for, _problems_from, _set_path, parse_override  # noqa: F401 (parse_override stays importable from here)
-
-_STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-
-class ModelSection(BaseModel):
-    """Where the model comes from and how it is loaded."""
-
-    model_config = _STRICT
-
-    name: str = "smollm2-135m-instruct"
-    """Embedded model name (see `tunesmith models`), a Hugging Face model id (used offline when cached), a local checkpoint directory, or a local .gguf file."""
-    revision: str | None = None
-    """Hub revision (branch, tag or commit) for a Hugging Face model id."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Training/inference precision. `auto` picks bf16 only where the hardware computes it natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX) and float32 otherwise."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...); `auto` picks flash-attention 2 on CUDA when the flash_attn package is installed, else sdpa (for causal LMs)."""
-    chat_template: str | None = None
-    """Override the model's chat template: a built-in name (`chatml`, `llama3`) or a path to a Jinja file."""
-    trust_remote_code: bool = False
-    """Allow model repositories to run their own Python code. Off by default for safety."""
-    allow_pickle: bool = False
-    """Allow loading weights from pickle (.bin/.pt) files. Off by default: only safetensors load."""
+from tunesmith.config.base import DataSection
+from tunesmith.config.base import LibraryTrainSection
+from tunesmith.config.base import LoraSection
+from tunesmith.config.base import ModelSection
+from tunesmith.config.base import STRICT
 
 
-class DataSection(BaseModel):
-    """Which data to train and evaluate on, and how to split it."""
 
-    model_config = _STRICT
-
-    name: str | None = "chatterbot"
-    """A bundled dataset name (`chatterbot`; `chatterbot_json`: the same corpus answered as strict JSON {topic, reply}). Used when `path` is not set."""
-    path: str | None = None
-    """A data file (JSONL, JSON, CSV, Parquet) or a saved Hugging Face dataset directory."""
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst", "label"] = "auto"
-    """Record format; `auto` detects it from the keys of the first record (messages, sharegpt conversations, alpaca instruction/output, prompt/completion, text, oasst message trees)."""
-    columns: dict[str, str] = Field(default_factory=dict)
-    """Column mapping from canonical name to the name in your file, e.g. {output: response, system: sys_prompt}. Canonical names: messages, conversations, instruction, input, output, prompt, completion, text, system."""
-    eval_path: str | None = None
-    """A separate evaluation file. When unset, `eval_fraction` of the data is held out."""
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    """Fraction of records held out for evaluation when `eval_path` is unset (deterministic from `split_seed`)."""
-    split_seed: int = 1234
-    """Seed of the deterministic train/eval split."""
-    max_train_examples: int | None = Field(None, gt=0)
-    """Use at most this many training records (after the split); None uses all."""
-    max_eval_examples: int | None = Field(100, gt=0)
-    """Use at most this many evaluation records; keeps eval fast on CPU."""
-    skip_invalid: bool = False
-    """Skip invalid records (each logged and counted) instead of stopping before training."""
-    system_prompt: str | None = None
-    """A system message added to every conversation that has none."""
-
-
-class LoraSection(BaseModel):
-    """LoRA adapter settings; field names are those of `peft.LoraConfig`."""
-
-    model_config = _STRICT
-
-    enabled: bool = True
-    """Train a LoRA adapter (True) or fine-tune all weights (False)."""
-    r: int = Field(16, gt=0)
-    """LoRA rank: the inner dimension of the low-rank update B@A."""
-    lora_alpha: int = Field(32, gt=0)
-    """LoRA scaling numerator: the update is scaled by lora_alpha / r (or / sqrt(r) with use_rslora)."""
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the LoRA input during training."""
-    target_modules: str | list[str] = "all-linear"
-    """Modules that get adapters: `all-linear` (every linear layer but the output head) or a list of module names."""
-    bias: Literal["none", "all", "lora_only"] = "none"
-    """Which biases are trained."""
-    modules_to_save: list[str] | None = None
-    """Extra modules trained in full and saved with the adapter (e.g. a classification head `score`)."""
-    use_rslora: bool = False
-    """Rank-stabilised LoRA scaling lora_alpha/sqrt(r) (Kalajdzievski 2023)."""
-    adapter_name: str = "default"
-    """Name of the adapter inside the PEFT model."""
-
-
-class TrainSection(BaseModel):
+class TrainSection(LibraryTrainSection):
     """Trainer settings; every key is a `trl.SFTConfig` field (others are rejected with a suggestion)."""
 
-    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True, validate_assignment=True)
     library_name: ClassVar[str] = "trl.SFTConfig"
-
-    @classmethod
-    def library_fields(cls) -> frozenset[str]:
-        """Field names of the library config the extra keys of this section go to (``trl.SFTConfig``)."""
-        return sft_config_fields()
 
     output_dir: str = "runs/sft"
     """Run directory: adapter, metrics, plots, manifest and checkpoints go here."""
@@ -165,35 +82,18 @@ class TrainSection(BaseModel):
     """torch intra-op CPU threads (torch.set_num_threads); None keeps torch's default (one per core)."""
     # --- end performance ---
 
-    @field_validator("eval_strategy", "save_strategy", mode="before")
-    @classmethod
-    def _yaml_no(cls, value):
-        """YAML 1.1 reads a bare `no` as False; the strategy means "no"."""
-        return "no" if value is False else value
-
     @model_validator(mode="after")
     def _micro_divides_batch(self) -> "TrainSection":
         if self.micro_batch_size and self.per_device_train_batch_size % self.micro_batch_size:
             raise ValueError(f"micro_batch_size={self.micro_batch_size} must divide per_device_train_batch_size={self.per_device_train_batch_size}")
         return self
 
-    @model_validator(mode="after")
-    def _known_extras(self) -> "TrainSection":
-        extras = set(self.model_extra or {})
-        unknown = sorted(extras - sft_config_fields())
-        if unknown:
-            msgs = []
-            for key in unknown:
-                near = difflib.get_close_matches(key, sorted(sft_config_fields()), n=1)
-                msgs.append(f"unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-            raise ValueError("; ".join(msgs))
-        return self
 
 
 class EvalSection(BaseModel):
     """Evaluation before/after training and sample generations."""
 
-    model_config = _STRICT
+    model_config = STRICT
 
     before_training: bool = True
     """Measure eval_loss and perplexity of the untrained model too, so the gain is visible."""
@@ -252,138 +152,13 @@ class RunConfig(BaseModel):
     """Evaluation and samples."""
 
 
-@functools.cache
-def sft_config_fields() -> frozenset[str]:
-    """Return the field names of ``trl.SFTConfig`` (the keys the ``train`` section accepts).
-
-    Importing TRL costs seconds (it imports torch), so the names are cached per TRL/transformers version in
-    ``$TUNESMITH_HOME/sft_config_fields-<trl>-<transformers>.json``; config validation then stays under a second.
-    """
-    import json
-    import os
-    from importlib import metadata
-
-    home = os.environ.get("TUNESMITH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tunesmith")
-    try:
-        cache = Path(home).expanduser() / f"sft_config_fields-{metadata.version('trl')}-{metadata.version('transformers')}.json"
-    except metadata.PackageNotFoundError:
-        cache = None
-    try:
-        return frozenset(json.loads(cache.read_text()))
-    except (AttributeError, OSError, ValueError):
-        pass
-    from trl import SFTConfig
-
-    names = frozenset(f.name for f in dataclasses.fields(SFTConfig))
-    if cache is not None:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(sorted(names)))
-            os.replace(tmp, cache)
-        except OSError:
-            pass
-    return names
 
 
-def _check_train_keys(raw: dict, origin: dict[str, str], model_cls: type[BaseModel] = None) -> list[Problem]:
-    """Report (and drop) unknown ``train`` keys up front, so they are listed even when other fields fail."""
-    train = raw.get("train")
-    if not isinstance(train, dict):
-        return []
-    section = model_cls.model_fields["train"].annotation if model_cls is not None and "train" in model_cls.model_fields else TrainSection
-    library = section.library_fields() if hasattr(section, "library_fields") else sft_config_fields()
-    known = set(section.model_fields) | library
-    problems = []
-    for key in [k for k in train if k not in known]:
-        near = difflib.get_close_matches(str(key), sorted(known), n=1)
-        src = origin.get(f"train.{key}")
-        where = f"train.{key}" + (f" (from {src})" if src else "")
-        problems.append(Problem(where, f"unknown key (not a {getattr(section, 'library_name', 'trl.SFTConfig')} field)", f"did you mean 'train.{near[0]}'?" if near else "remove it; `tunesmith config` lists every field"))
-        del train[key]
-    return problems
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *, model_cls: type[BaseModel] = RunConfig) -> BaseModel:
-    """Load a run config from YAML (optional) plus ``--set`` overrides, validated once.
-
-    Args:
-        path: YAML file, or None to start from the defaults.
-        overrides: ``["section.key=value", ...]``, applied in order after the file.
-        model_cls: the config class (RunConfig, or a command's own subclass).
-
-    Returns:
-        A validated config; relative ``data.path`` values are resolved against the YAML file's folder.
-
-    Raises:
-        ConfigError: listing every problem (unknown keys with a "did you mean", wrong types,
-            missing data files), each with its field path and a fix.
-    """
-    raw: dict = {}
-    origin: dict[str, str] = {}
-    base = Path.cwd()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("Cannot read config", [Problem(str(p), "no such file" if not p.exists() else "is a directory, not a YAML file", "pass the path of a .yaml config file")])
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{p}:{mark.line + 1}" if mark else str(p)
-            raise ConfigError("Config is not valid YAML", [Problem(where, str(exc).splitlines()[0], "fix the YAML syntax")]) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError("Config must be a mapping", [Problem(str(p), f"top level is a {type(loaded).__name__}", "write `section: {key: value}` pairs")])
-        raw = loaded
-        base = p.resolve().parent
-    problems: list[Problem] = []
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        _set_path(raw, keys, value)
-        origin[".".join(keys)] = f"--set {text}"
-    for sec, key in (("data", "path"), ("data", "eval_path"), ("eval", "json_schema")):
-        data = raw.get(sec)
-        if isinstance(data, dict) and isinstance(data.get(key), str) and data[key] and not Path(data[key]).expanduser().is_absolute():
-            origin_is_cli = f"{sec}.{key}" in origin
-            data[key] = str((Path.cwd() if origin_is_cli else base) / data[key])
-    problems += _check_paths(raw, base)
-    problems += _check_train_keys(raw, origin, model_cls)
-    cfg = None
-    try:
-        cfg = model_cls.model_validate(raw)
-    except ValidationError as exc:
-        problems = _problems_from(exc, model_cls, origin) + problems
-    if problems:
-        src = f" in {path}" if path else ""
-        raise ConfigError(f"Invalid configuration{src} ({len(problems)} problem{'s' * (len(problems) > 1)}):", problems)
-    return cfg
 
 
-def dump_config(cfg: BaseModel) -> str:
-    """Return the resolved config as YAML text (every field, defaults included)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def describe_fields(model_cls: type[BaseModel] = RunConfig) -> list[tuple[str, str, str]]:
-    """List (dotted key, default as YAML, documentation) for every field of every section."""
-    rows = []
-    for sname, sfield in model_cls.model_fields.items():
-        section = sfield.annotation
-        defaults = sfield.get_default(call_default_factory=True)
-        for fname, field in section.model_fields.items():
-            value = getattr(defaults, fname)
-            rows.append((f"{sname}.{fname}", yaml.safe_dump(value, default_flow_style=True).removesuffix("...\n").strip(), field.description or ""))
-    return rows
 
 
-def config_reference_markdown() -> str:
-    """Return the config reference (every field, default, documentation) as Markdown; docs/config.md is this text."""
-    lines = ["# tunesmith config reference", "", "Generated by `tunesmith config --markdown`; every key can be set in the YAML file or with `--set KEY=VALUE`.", ""]
-    section = None
-    for key, default, doc in describe_fields():
-        sec = key.split(".")[0]
-        if sec != section:
-            section = sec
-            lines += ["", f"## `{sec}`", "", RunConfig.model_fields[sec].description or "", "", "| key | default | meaning |", "|---|---|---|"]
-        lines.append(f"| `{key}` | `{default}` | {doc.replace('|', '/')} |")
-    return "\n".join(lines) + "\n"

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 
-from tunesmith.config.sft import RunConfig, dump_config
+from tunesmith.config.sft import RunConfig
+from tunesmith.config.load import dump_config
 from tunesmith.errors import Problem
 from tunesmith.evaluate.generative import build_examples, evaluate_examples, load_schema
 from tunesmith.runtime.rundir import prepare_run_dir

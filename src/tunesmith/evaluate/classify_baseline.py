@@ -19,7 +19,7 @@ import torch
 
 from tunesmith.config.classify import ClassifyConfig
 from tunesmith.evaluate.classification import UNPARSED, write_eval_artifacts
-from tunesmith.config.sft import dump_config
+from tunesmith.config.load import dump_config
 from tunesmith.errors import ConfigError, Problem
 from tunesmith.models.generation import decode_reply, generate_ids
 from tunesmith.data.labels import load_label_data

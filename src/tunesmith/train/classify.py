@@ -25,7 +25,7 @@ import torch
 
 from tunesmith.config.classify import ClassifyConfig
 from tunesmith.evaluate.classification import write_eval_artifacts
-from tunesmith.config.sft import dump_config
+from tunesmith.config.load import dump_config
 from tunesmith.errors import ConfigError, DataError, Problem
 from tunesmith.data.labels import load_label_data
 from tunesmith.data.records import LabelRecord

@@ -148,7 +148,7 @@ def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
     Raises:
         ConfigError, DataError, ModelError, TemplateError: bad input, before training starts.
     """
-    from tunesmith.config.sft import dump_config
+    from tunesmith.config.load import dump_config
     from tunesmith.train.lifecycle import check_secrets
 
     check_secrets(cfg)

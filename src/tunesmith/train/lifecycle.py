@@ -15,7 +15,7 @@ from pathlib import Path
 from tunesmith.data.conversations import LoadReport, load_conversations
 from tunesmith.data.split import split
 from tunesmith.errors import ConfigError, DataError, Problem, TunesmithError
-from tunesmith.config.sft import dump_config
+from tunesmith.config.load import dump_config
 from tunesmith.runtime.distributed import is_rank_zero
 from tunesmith.runtime.rundir import lock_run_dir, prepare_run_dir, write_errors
 from tunesmith.runtime.secrets import is_secret_key
