@@ -41,10 +41,10 @@ def prepare_data(out: Path, max_length: int, eval_examples: int) -> dict:
     from tunesmith.config.sft import RunConfig
     from tunesmith.models.sources import resolve_model
     from tunesmith.models.loading import load_tokenizer
-    from tunesmith.train.lifecycle import load_data
+    from tunesmith.data.conversations import load_sft_data
 
     cfg = RunConfig()
-    train, evals, _ = load_data(cfg)
+    train, evals, _ = load_sft_data(cfg)
     tok = load_tokenizer(resolve_model(cfg.model.name))
     rows, stats = render_all(tok, train, max_length)
     erows, _ = render_all(tok, evals[:eval_examples], max_length)

@@ -115,7 +115,7 @@ def _tunesmith(a, train_ds, cfg, tokenizer, source):
     plan = plan_speed(cfg.train, cfg.model.attn_implementation)
     apply_threads(plan)
     model = apply_lora(load_causal_lm(source, attn_implementation=plan.attn_implementation), cfg.lora)
-    args = build_sft_config(cfg, Path(a.out).parent / f"ckpt-{a.variant}", use_bf16, sft_overrides(plan, cfg.train))
+    args = build_sft_config(cfg, Path(a.out).parent / f"ckpt-{a.variant}", use_bf16, overrides=sft_overrides(plan, cfg.train))
     args.save_strategy, args.eval_strategy, args.disable_tqdm = "no", "no", True
     trainer = _make_trainer(model, tokenizer, args, train_ds, None, plan)
     clock = StepClock()

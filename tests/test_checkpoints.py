@@ -64,7 +64,8 @@ def test_resume_command_drops_overwrite_and_old_resume():
 def test_graceful_stop_saves_and_stops_after_the_step():
     from transformers import TrainerControl
 
-    from tunesmith.train.callbacks import GracefulStop, TrainingStopped
+    from tunesmith.train.callbacks import GracefulStop
+    from tunesmith.errors import TrainingStopped
 
     cb, control = GracefulStop(), TrainerControl()
     before = signal.getsignal(signal.SIGTERM)

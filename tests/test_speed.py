@@ -30,10 +30,13 @@ def test_plan_on_cpu_defaults():
 
 
 def test_plan_on_cuda_picks_varlen_flash_attention_and_liger_when_installed(monkeypatch):
+    import tunesmith.models.loading as loading
     import tunesmith.train.speed.plan as speed
+    from tunesmith.runtime.hardware import is_installed
 
-    assert plan_speed(TrainSection(), "auto", device="cuda").attn_implementation == "sdpa" or speed._installed("flash_attn")
-    monkeypatch.setattr(speed, "_installed", lambda m: m in ("flash_attn", "liger_kernel"))
+    assert plan_speed(TrainSection(), "auto", device="cuda").attn_implementation == "sdpa" or is_installed("flash_attn")
+    for module in (speed, loading):
+        monkeypatch.setattr(module, "is_installed", lambda m: m in ("flash_attn", "liger_kernel"))
     plan = plan_speed(TrainSection(), "auto", device="cuda")
     assert (plan.attn_implementation, plan.layout, plan.liger, plan.micro_batches) == ("flash_attention_2", "flat", True, 1)
     assert sft_overrides(plan) == {"use_liger_kernel": True}
@@ -63,7 +66,7 @@ def _trainer(tiny_llama_dir, smol_tokenizer, tmp_path, **train):
     torch.manual_seed(0)
     model = apply_lora(load_causal_lm(resolve_model(str(tiny_llama_dir))), cfg.lora)
     plan = plan_speed(cfg.train, "sdpa", device="cpu")
-    args = build_sft_config(cfg, tmp_path, False, sft_overrides(plan))
+    args = build_sft_config(cfg, tmp_path, False, overrides=sft_overrides(plan))
     return _make_trainer(model, smol_tokenizer, args, to_dataset(rows[:8]), to_dataset(rows[8:]), plan), plan
 
 

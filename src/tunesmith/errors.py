@@ -1,6 +1,7 @@
 """Error types that the CLI turns into a clear message and exit code 2 (never a traceback)."""
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 
@@ -58,3 +59,13 @@ class ModelError(TunesmithError):
 
 class TemplateError(TunesmithError):
     """A chat template is missing or renders conversations inconsistently."""
+
+
+class TrainingStopped(TunesmithError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit code 130 or 143 (128 + signal number)."""
+
+    def __init__(self, signum: int, checkpoint: str | None, resume_cmd: str):
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        where = checkpoint or "(no checkpoint: the signal came before the first step finished)"
+        super().__init__(f"Training stopped by {name}; a checkpoint was saved", [Problem(where, "the run is incomplete (no metrics.json)", f"resume with: {resume_cmd}")])

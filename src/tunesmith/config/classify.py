@@ -92,8 +92,12 @@ class ClassifyTrainSection(LibraryTrainSection):
     """Evaluate every this many steps when eval_strategy is `steps`."""
     logging_steps: int = 5
     """Log train loss every this many steps."""
-    save_strategy: Literal["no", "steps", "epoch", "best"] = "no"
-    """When to write resumable checkpoints under output_dir/checkpoints."""
+    save_strategy: Literal["no", "steps", "epoch", "best"] = "steps"
+    """When to write resumable checkpoints under output_dir/checkpoints (`--resume latest` continues from the newest; SIGINT/SIGTERM always save one)."""
+    save_steps: int = Field(50, gt=0)
+    """Checkpoint every this many steps."""
+    save_total_limit: int | None = 2
+    """Keep at most this many checkpoints."""
     seed: int = 42
     """Random seed for the head's initialisation, LoRA, dropout and data order."""
     bf16: bool | None = None

@@ -78,8 +78,12 @@ class DPOTrainSection(LibraryTrainSection):
     """Evaluate every this many steps when eval_strategy is `steps`."""
     logging_steps: int = 5
     """Log train loss and rewards every this many steps."""
-    save_strategy: Literal["no", "steps", "epoch", "best"] = "no"
-    """When to write checkpoints under output_dir/checkpoints (the final adapter is always saved)."""
+    save_strategy: Literal["no", "steps", "epoch", "best"] = "steps"
+    """When to write resumable checkpoints under output_dir/checkpoints (`--resume latest` continues from the newest; SIGINT/SIGTERM always save one)."""
+    save_steps: int = Field(20, gt=0)
+    """Checkpoint every this many steps."""
+    save_total_limit: int | None = 2
+    """Keep at most this many checkpoints."""
     seed: int = 42
     """Random seed for LoRA initialisation and data order."""
     bf16: bool | None = None

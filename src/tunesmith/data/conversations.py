@@ -17,6 +17,8 @@ from tunesmith.data.formats import FORMATS, detect_format, to_conversation
 from tunesmith.data.records import Conversation, Message
 from tunesmith.data.readers import read_records
 from tunesmith.data.bundled import load_bundled
+from tunesmith.data.split import split
+import errno
 
 log = logging.getLogger("tunesmith.data.conversations")
 
@@ -130,5 +132,29 @@ def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conv
     return convs, report
 
 
+def load_sft_data(cfg) -> tuple[list, list, LoadReport]:
+    """Load, validate and split the data (``data.path``/``data.eval_path`` or a bundled ``data.name``).
 
+    Returns:
+        (train conversations, eval conversations, load report).
 
+    Raises:
+        DataError: unreadable or invalid records (``file:line``), a path that is a folder, or no training record.
+    """
+    try:
+        convs, report = load_conversations(cfg.data)
+        if cfg.data.eval_path:
+            train, (evals, _) = convs, load_conversations(cfg.data.model_copy(update={"path": cfg.data.eval_path}))
+        else:
+            train, evals = split(convs, cfg.data.eval_fraction, cfg.data.split_seed)
+    except OSError as exc:
+        field_name = "data.eval_path" if exc.filename and cfg.data.eval_path and str(exc.filename) == cfg.data.eval_path else "data.path"
+        reason = "is a folder, not a data file" if exc.errno == errno.EISDIR else (exc.strerror or str(exc))
+        raise DataError("Cannot read the data", [Problem(f"{field_name}={exc.filename}", reason, "point it at a .jsonl or .json file")]) from None
+    train = train[: cfg.data.max_train_examples] if cfg.data.max_train_examples else train
+    evals = evals[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else evals
+    if not train:
+        where = f"data.path={cfg.data.path}" if cfg.data.path else f"data.name={cfg.data.name}"
+        raise DataError("No training records", [Problem(where, f"{report.rows_read} records read, {len(train)} left for training after the eval split",
+                                                        "give more records, or lower data.eval_fraction")])
+    return train, evals, report

@@ -27,6 +27,8 @@ from tunesmith.errors import DataError, Problem
 from tunesmith.data.records import ROLES, Message
 from tunesmith.data.bundled import load_bundled
 from tunesmith.data.records import PreferencePair
+from tunesmith.config.dpo import DPORunConfig
+from tunesmith.data.split import split
 
 PREFERENCE_FORMATS = ("prompt_chosen_rejected", "openai", "hh", "implicit")
 """Formats :func:`to_pair` understands."""
@@ -295,3 +297,27 @@ def load_pairs(data_cfg) -> tuple[list[PreferencePair], dict]:
     report = {"rows_read": read, "kept": len(pairs), "skipped": len({p.where for p in problems}), "format": fmt,
               "conversational": bool(pairs) and pairs[0].conversational, "skipped_reasons": [str(p) for p in problems[:20]]}
     return pairs, report
+
+
+def load_pair_data(cfg: DPORunConfig) -> tuple[list[PreferencePair], list[PreferencePair], dict]:
+    """Load and validate the pairs, then hold out ``data.eval_fraction`` (or read ``data.eval_path``).
+
+    Returns:
+        (train pairs, eval pairs, load report).
+
+    Raises:
+        DataError: invalid records (``file:line``), no training pair, or no held-out pair.
+    """
+    pairs, report = load_pairs(cfg.data)
+    if cfg.data.eval_path:
+        train, (evals, _) = pairs, load_pairs(cfg.data.model_copy(update={"path": cfg.data.eval_path}))
+    else:
+        train, evals = split(pairs, cfg.data.eval_fraction, cfg.data.split_seed)
+    train = train[: cfg.data.max_train_examples] if cfg.data.max_train_examples else train
+    evals = evals[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else evals
+    where = f"data.path={cfg.data.path}" if cfg.data.path else f"data.name={cfg.data.name}"
+    if not train:
+        raise DataError("No training pairs", [Problem(where, f"{report['kept']} valid pairs, none left for training", "give more pairs or lower data.eval_fraction")])
+    if not evals:
+        raise DataError("No held-out pairs", [Problem(where, "reward accuracy needs held-out pairs", "set data.eval_fraction > 0 or data.eval_path")])
+    return train, evals, report

@@ -52,9 +52,9 @@ def _load(cfg: RunConfig, *, adapter: str | Path | None = None, model_dir: str |
 
 
 def _data(cfg: RunConfig):
-    from tunesmith.train.lifecycle import load_data
+    from tunesmith.data.conversations import load_sft_data
 
-    train, evals, _ = load_data(cfg)
+    train, evals, _ = load_sft_data(cfg)
     if not evals:
         from tunesmith.errors import ConfigError
 
@@ -160,28 +160,3 @@ def run_eval(cfg: RunConfig, *, adapter=None, model_dir=None, output=None, overw
     method = "SFT (LoRA adapter)" if adapter else "fine-tuned (merged model)"
     evaluate_run(cfg, out, kind="eval", method=method, adapter=adapter, model_dir=model_dir, data=data, overwrite=overwrite)
     return out
-
-
-def sft_baseline(cfg: RunConfig, checked) -> None:
-    """Before SFT training (``eval.baseline``): the prompting baseline(s) into ``<run_dir>/baseline`` on the run's own split.
-
-    A resumed run keeps the baseline it already has."""
-    out = checked.run_dir / "baseline"
-    if checked.checkpoint is not None and (out / "metrics.json").is_file():
-        return
-    run_baseline(cfg, output=out, overwrite=True, data=(checked.train_convs, checked.eval_convs))
-
-
-def sft_compare(cfg: RunConfig, checked) -> None:
-    """After SFT training (``eval.baseline``): evaluate the saved adapter (or model) into ``<run_dir>/eval`` and write
-    ``<run_dir>/report.html`` comparing it with the baseline(s)."""
-    from tunesmith.evaluate.report import write_report
-
-    run_dir = checked.run_dir
-    saved = {"adapter": run_dir / "adapter"} if cfg.lora.enabled else {"model_dir": run_dir / "model"}
-    run_eval(cfg, output=run_dir / "eval", overwrite=True, data=(checked.train_convs, checked.eval_convs), **saved)
-    baselines = sorted(p for p in run_dir.glob("baseline*") if (p / "metrics.json").is_file())
-    write_report([*baselines, run_dir / "eval"], run_dir / "report.html", overwrite=True)
-
-
-__all__ = ["evaluate_run", "run_baseline", "run_eval", "sft_baseline", "sft_compare", "default_dir"]

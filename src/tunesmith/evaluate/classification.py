@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl
+from tunesmith.runtime.files import atomic_write_jsonl
 from tunesmith.evaluate.stats import macro_f1
 
 UNPARSED = "unparsed"
@@ -81,7 +81,7 @@ def plot_confusion(path: Path, matrix: list[list[int]], names: list[str], title:
 
 def write_eval_artifacts(run_dir: Path, *, kind: str, model: str, records, predictions: list[str], names: list[str],
                          extra: dict | None = None, cost: dict | None = None) -> dict:
-    """Write ``metrics.json``, ``predictions.jsonl`` and ``confusion_matrix.png`` for one evaluated model.
+    """Write ``predictions.jsonl`` and ``confusion_matrix.png`` for one evaluated model, and return its metrics.
 
     Args:
         run_dir: the run directory.
@@ -94,7 +94,7 @@ def write_eval_artifacts(run_dir: Path, *, kind: str, model: str, records, predi
         cost: the contract's ``cost`` object (parameters, trainable_parameters, ...).
 
     Returns:
-        The metrics dict written.
+        The metrics dict; the caller writes it to ``metrics.json`` last.
     """
     refs = [r.label for r in records]
     m = classification_metrics(refs, predictions, names)
@@ -107,5 +107,4 @@ def write_eval_artifacts(run_dir: Path, *, kind: str, model: str, records, predi
         {"id": r.id, "prompt": r.text if r.text_pair is None else f"{r.text}\n{r.text_pair}", "prediction": p, "reference": r.label,
          "scores": {"accuracy": float(p == r.label)}} for r, p in zip(records, predictions)])
     plot_confusion(run_dir / "confusion_matrix.png", m["confusion_matrix"], names, f"{kind}: {model} (macro-F1 {m['macro_f1']:.3f})")
-    atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics

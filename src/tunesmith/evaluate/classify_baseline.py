@@ -33,6 +33,8 @@ from tunesmith.runtime.manifest import write_manifest
 from tunesmith.runtime.files import atomic_write_text
 from tunesmith.render.templates import end_of_turn_ids, render_prompt
 from tunesmith.runtime.console import Timer, console
+from tunesmith.runtime.files import atomic_write_json
+from tunesmith.runtime.memory import reset_peak_memory
 
 
 def normalise(text: str) -> str:
@@ -119,6 +121,7 @@ def run_classify_baseline(cfg: ClassifyConfig, *, output_dir: str | None = None,
     _, eval_recs, names, data_report = load_label_data(cfg)
     if not eval_recs:
         raise ConfigError("No eval examples", [Problem("data.eval_fraction", "the eval set is empty", "set data.eval_fraction > 0 or data.eval_path")])
+    reset_peak_memory()
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
     model = load_causal_lm(source, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
@@ -139,6 +142,7 @@ def run_classify_baseline(cfg: ClassifyConfig, *, output_dir: str | None = None,
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=None, tokenizer=tokenizer,
                    extra={"model_source": dataclasses.asdict(source), "labels": names})
+    atomic_write_json(run_dir / "metrics.json", metrics)
     console.print(f"[bold green]baseline[/] in {t.seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
                   f"unparsed {metrics['unparsed_rate']:.1%}\n  artifacts: {run_dir}/")
     return metrics

@@ -1,15 +1,21 @@
 """What this machine computes fast: measured matmul throughput per precision, cached per CPU, and the precision it implies."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import json
 import os
 from pathlib import Path
-import torch
 from tunesmith.runtime.paths import tunesmith_home
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 512, seconds: float = 0.15) -> float:
     """Measured CPU matmul throughput for ``[n, n] @ [n, n]`` in ``dtype``, in GFLOP/s (2*n^3 FLOPs per product)."""
+    import torch
+
     import time
 
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
@@ -29,6 +35,8 @@ def hardware_supports_bf16(device: str | None = None) -> bool:
     58 GFLOP/s against 220 for fp32, so tunesmith measures once (about 1 s) and caches the answer in
     ``$TUNESMITH_HOME/hardware.json`` keyed by CPU model, core count and torch version.
     """
+    import torch
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -59,6 +67,8 @@ def hardware_supports_bf16(device: str | None = None) -> bool:
 
 def choose_dtype(requested: str = "auto") -> torch.dtype:
     """Map ``model.dtype`` to a torch dtype; ``auto`` is bf16 only where the hardware is native bf16."""
+    import torch
+
     if requested == "auto":
         return torch.bfloat16 if hardware_supports_bf16() else torch.float32
     return getattr(torch, requested)

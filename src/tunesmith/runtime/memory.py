@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-import torch
 
 
 def reset_peak_memory() -> None:
     """Start a new peak-memory measurement: CUDA peak stats, or on Linux the process's RSS high-water mark
     (writing ``5`` to ``/proc/self/clear_refs``, proc(5), Linux >= 4.0); elsewhere nothing is reset."""
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return
@@ -20,6 +21,8 @@ def reset_peak_memory() -> None:
 def peak_memory_bytes() -> int | None:
     """Peak memory since :func:`reset_peak_memory`, in bytes: CUDA max allocated, else ``VmHWM`` of
     ``/proc/self/status`` (peak resident set), else ``ru_maxrss`` (peak since the process started)."""
+    import torch
+
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
     try:

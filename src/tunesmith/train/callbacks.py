@@ -6,17 +6,8 @@ import signal
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from tunesmith.errors import Problem, TunesmithError
 
 
-class TrainingStopped(TunesmithError):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; exit code 130 or 143 (128 + signal number)."""
-
-    def __init__(self, signum: int, checkpoint: str | None, resume_cmd: str):
-        self.exit_code = 128 + signum
-        name = signal.Signals(signum).name
-        where = checkpoint or "(no checkpoint: the signal came before the first step finished)"
-        super().__init__(f"Training stopped by {name}; a checkpoint was saved", [Problem(where, "the run is incomplete (no metrics.json)", f"resume with: {resume_cmd}")])
 
 
 class TokenCounter(TrainerCallback, ExportableState):

@@ -116,7 +116,7 @@ def check_same_run(run_dir: Path, current: dict) -> None:
 def _flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
-        if isinstance(v, dict) and k in ("model", "data", "lora", "train", "eval") and not prefix:
+        if isinstance(v, dict) and k in ("model", "data", "labels", "lora", "train", "eval") and not prefix:
             out.update(_flatten(v, f"{k}."))
         else:
             out[prefix + str(k)] = v

@@ -125,3 +125,46 @@ def perplexity(loss: float | None) -> float | None:
         return float("inf")
 
 
+
+
+def mixed_precision(cfg) -> bool:
+    """bf16 mixed precision for this run: ``train.bf16`` when set, else what ``model.dtype`` resolves to on this
+    machine (``auto``: bf16 only where a measured bf16 matmul beats fp32, see :func:`tunesmith.runtime.hardware.choose_dtype`)."""
+    import torch
+
+    from tunesmith.runtime.hardware import choose_dtype
+
+    if cfg.train.bf16 is not None:
+        return bool(cfg.train.bf16)
+    return choose_dtype(cfg.model.dtype) == torch.bfloat16
+
+
+def library_args(cfg, run_dir, library_cls, *, bf16: bool, ours: set[str]) -> dict:
+    """Keyword arguments of a library trainer config (``trl.SFTConfig``, ``trl.DPOConfig``, ``TrainingArguments``):
+    the ``train`` fields that class has (minus ``ours``, which the recipe sets), plus what every recipe sets the same
+    way: the run's checkpoint folder and ``report_to`` (:func:`tunesmith.train.lifecycle.trainer_args`), the
+    precision, CPU when no GPU, gradient checkpointing without re-entrant autograd, and no DDP unused-parameter search
+    (every LoRA weight gets a gradient).
+
+    Returns:
+        ``dict`` to pass as ``library_cls(**kwargs)`` after recipe-specific additions.
+    """
+    import dataclasses
+
+    import torch
+
+    valid = {f.name for f in dataclasses.fields(library_cls)}
+    kwargs = {k: v for k, v in cfg.train.model_dump().items() if k in valid and k not in ours and k != "output_dir"}
+    from tunesmith.train.lifecycle import trainer_args
+
+    kwargs.update(trainer_args(cfg, run_dir), bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(),
+                  gradient_checkpointing_kwargs={"use_reentrant": False} if kwargs.get("gradient_checkpointing") else None)
+    kwargs.setdefault("ddp_find_unused_parameters", False)
+    return kwargs
+
+
+def run_train_loss(log_history: list[dict]) -> float | None:
+    """Mean of the logged train losses over the whole run (a resumed Trainer's own ``training_loss`` covers only its
+    own steps)."""
+    losses = [e["loss"] for e in log_history if "loss" in e]
+    return sum(losses) / len(losses) if losses else None

@@ -19,69 +19,41 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from tunesmith.data.split import split
 from tunesmith.config.dpo import DPORunConfig
 from tunesmith.runtime.distributed import save_trained_model
 from tunesmith.evaluate.preference import pair_logps
-from tunesmith.errors import DataError, Problem
 from tunesmith.models.adapters import count_parameters, to_peft_config
 from tunesmith.models.sources import resolve_model
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
-from tunesmith.runtime.hardware import choose_dtype
-from tunesmith.data.preference import load_pairs
 from tunesmith.data.records import PreferencePair
-from tunesmith.runtime.rundir import lock_run_dir, prepare_run_dir, write_errors
-from tunesmith.runtime.manifest import write_manifest
-from tunesmith.runtime.files import atomic_write_json, atomic_write_text
 from tunesmith.render.checks import fix_generation_config
 from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids
 from tunesmith.train.common import install_progress, plot_loss_curve, write_log_history
-from tunesmith.data.split import fingerprint
-from tunesmith.runtime.console import Timer, console
+from tunesmith.runtime.console import console
 from tunesmith.models.adapters import require_adapter
+from tunesmith.evaluate.preference import start_generations
+from tunesmith.evaluate.preference import write_dpo_artifacts
+from tunesmith.runtime.memory import reset_peak_memory
+from tunesmith.train.common import library_args
+from tunesmith.train.common import mixed_precision
+from tunesmith.train.common import run_train_loss
+from tunesmith.train.lifecycle import Run
+from tunesmith.train.lifecycle import start_run
 
-_OURS = {"output_dir", "bf16"}
+_OURS = {"bf16", "precompute_ref_log_probs"}
 
 
-def split_pairs(cfg: DPORunConfig) -> tuple[list[PreferencePair], list[PreferencePair], dict]:
-    """Load and validate the pairs, then hold out ``data.eval_fraction`` (or read ``data.eval_path``).
-
-    Returns:
-        (train pairs, eval pairs, load report).
-
-    Raises:
-        DataError: invalid records (``file:line``), no training pair, or no held-out pair.
-    """
-    pairs, report = load_pairs(cfg.data)
-    if cfg.data.eval_path:
-        train, (evals, _) = pairs, load_pairs(cfg.data.model_copy(update={"path": cfg.data.eval_path}))
-    else:
-        train, evals = split(pairs, cfg.data.eval_fraction, cfg.data.split_seed)
-    train = train[: cfg.data.max_train_examples] if cfg.data.max_train_examples else train
-    evals = evals[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else evals
-    where = f"data.path={cfg.data.path}" if cfg.data.path else f"data.name={cfg.data.name}"
-    if not train:
-        raise DataError("No training pairs", [Problem(where, f"{report['kept']} valid pairs, none left for training", "give more pairs or lower data.eval_fraction")])
-    if not evals:
-        raise DataError("No held-out pairs", [Problem(where, "reward accuracy needs held-out pairs", "set data.eval_fraction > 0 or data.eval_path")])
-    return train, evals, report
 
 
 def build_dpo_config(cfg: DPORunConfig, run_dir: Path, use_bf16: bool, *, precompute: bool):
-    """Translate the ``train`` section into ``trl.DPOConfig`` (checkpoints under ``run_dir/checkpoints``).
+    """Translate the ``train`` section into ``trl.DPOConfig`` (checkpoints under ``<run>/checkpoints``).
 
-    Precision comes from the hardware (bf16 only where native), gradient checkpointing is off unless asked for
-    (TRL defaults it on), and ``remove_unused_columns`` keeps TRL's tokenised columns.
+    Precision comes from the hardware (bf16 only where it measured faster), gradient checkpointing is off unless
+    asked for (TRL defaults it on).
     """
     from trl import DPOConfig
 
-    valid = {f.name for f in dataclasses.fields(DPOConfig)}
-    kwargs = {k: v for k, v in cfg.train.model_dump().items() if k in valid and k not in _OURS}
-    kwargs.update(output_dir=str(run_dir / "checkpoints"), bf16=use_bf16, fp16=False, use_cpu=not torch.cuda.is_available(),
-                  report_to="none", disable_tqdm=True, precompute_ref_log_probs=precompute,
-                  gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.train.gradient_checkpointing else None)
-    kwargs.setdefault("ddp_find_unused_parameters", False)
-    return DPOConfig(**kwargs)
+    return DPOConfig(**library_args(cfg, run_dir, DPOConfig, bf16=use_bf16, ours=_OURS), precompute_ref_log_probs=precompute)
 
 
 def build_policy(cfg: DPORunConfig, model):
@@ -102,7 +74,8 @@ def build_policy(cfg: DPORunConfig, model):
     return model, (to_peft_config(cfg.lora) if cfg.lora.enabled else None)
 
 
-def make_trainer(cfg: DPORunConfig, model, peft_config, tokenizer, train_pairs, eval_pairs, run_dir: Path, *, use_bf16: bool = False, precompute: bool = False):
+def make_trainer(cfg: DPORunConfig, model, peft_config, tokenizer, train_pairs, eval_pairs, run_dir: Path, *, use_bf16: bool = False,
+                 precompute: bool = False):
     """Build TRL's ``DPOTrainer`` with ``ref_model=None`` and tunesmith's progress display.
 
     With a LoRA policy TRL takes the reference from the same module with the adapter disabled (a fresh adapter) or
@@ -135,42 +108,32 @@ class _LogLines(TrainerCallback):
                           f"rewards/accuracies {logs.get('rewards/accuracies', float('nan')):.3f} rewards/margins {logs.get('rewards/margins', float('nan')):.4f}", highlight=False)
 
 
-def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False) -> dict:
+def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False, resume: str | bool | None = None, run: Run | None = None) -> dict:
     """Run DPO end to end and write every artifact; ``metrics.json`` is written last (its presence means "complete").
 
     Args:
         cfg: the validated :class:`~tunesmith.config.dpo.DPORunConfig`.
-        overwrite: replace an existing, non-empty ``train.output_dir``.
+        overwrite: replace a run folder tunesmith made before.
+        resume: ``"latest"``/True or a checkpoint path to continue from.
+        run: the run :func:`tunesmith.train.lifecycle.start_run` already claimed.
 
     Returns:
         The metrics dict also written to ``metrics.json`` (shared contract: ``kind="dpo"``, ``task_metrics``, ``cost``).
 
     Raises:
         ConfigError, DataError, ModelError, TemplateError: bad input, before training starts.
+        TrainingStopped: SIGINT/SIGTERM during training (a checkpoint was saved; exit code 130/143).
     """
-    from tunesmith.config.load import dump_config
-    from tunesmith.train.lifecycle import check_secrets
-
-    check_secrets(cfg)
-    train_pairs, eval_pairs, report = split_pairs(cfg)
-    run_dir = prepare_run_dir(cfg.train.output_dir, overwrite=overwrite)
-    lock_run_dir(run_dir)
-    with write_errors(run_dir):
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        return _run(cfg, run_dir, train_pairs, eval_pairs, report)
+    run = run or start_run(cfg, "dpo", overwrite=overwrite, resume=resume)
+    with run.guard():
+        return _run(cfg, run)
 
 
-def _run(cfg: DPORunConfig, run_dir: Path, train_pairs, eval_pairs, report: dict) -> dict:
-    from tunesmith.evaluate.preference import start_generations, write_dpo_artifacts
-
-    from datasets.utils.logging import disable_progress_bar
-
-    disable_progress_bar()  # TRL's tokenising maps; the training bar is tunesmith's
-    torch.manual_seed(cfg.train.seed)
+def _load_policy(cfg: DPORunConfig, report: dict):
+    """Tokenizer, starting policy (+ the PEFT config TRL adds), end-of-turn ids and generation config."""
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
     apply_chat_template_option(tokenizer, cfg.model.chat_template, require=report["conversational"])
-    use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else choose_dtype(cfg.model.dtype) == torch.bfloat16
     base = load_causal_lm(source, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
                           trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision)
     if tokenizer.chat_template:
@@ -178,35 +141,48 @@ def _run(cfg: DPORunConfig, run_dir: Path, train_pairs, eval_pairs, report: dict
     eot = end_of_turn_ids(tokenizer, base.generation_config)
     gen_config = base.generation_config
     model, peft_config = build_policy(cfg, base)
+    return source, tokenizer, model, peft_config, eot, gen_config
+
+
+def _run(cfg: DPORunConfig, run: Run) -> dict:
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # TRL's tokenising maps; the training bar is tunesmith's
+    torch.manual_seed(cfg.train.seed)
+    train_pairs, eval_pairs, report = run.data.train, run.data.eval, run.data.report
+    source, tokenizer, model, peft_config, eot, gen_config = _load_policy(cfg, report)
+    use_bf16 = mixed_precision(cfg)
     precompute = cfg.train.precompute_ref_log_probs or not (peft_config is not None or _is_peft(model))
     console.print(f"[bold]tunesmith dpo[/] model={source.name} ({source.kind})" + (f" + adapter {cfg.model.adapter} ({cfg.model.adapter_mode})" if cfg.model.adapter else "")
                   + f" precision={'bf16-mixed' if use_bf16 else 'fp32'} pairs: train={len(train_pairs)} eval={len(eval_pairs)} ({report['format']}, "
-                  f"{report['skipped']} skipped); beta={cfg.train.beta} loss={','.join(cfg.train.loss_type)}")
-    write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=fingerprint(train_pairs + eval_pairs),
-                   tokenizer=tokenizer, extra={"model_source": dataclasses.asdict(source)})
-    trainer = make_trainer(cfg, model, peft_config, tokenizer, train_pairs, eval_pairs, run_dir, use_bf16=use_bf16, precompute=precompute)
+                  f"{report['skipped']} skipped); beta={cfg.train.beta} loss={','.join(cfg.train.loss_type)}"
+                  + (f"; resuming from {run.checkpoint}" if run.resumed else ""))
+    run.write_manifest(tokenizer=tokenizer, records=train_pairs + eval_pairs, extra={"model_source": dataclasses.asdict(source)})
+    trainer = make_trainer(cfg, model, peft_config, tokenizer, train_pairs, eval_pairs, run.run_dir, use_bf16=use_bf16, precompute=precompute)
     dropped = {"train": len(train_pairs) - len(trainer.train_dataset), "eval": len(eval_pairs) - len(trainer.eval_dataset)}
-    console.print(f"generating {min(cfg.eval.win_rate_prompts, len(eval_pairs))} held-out replies with the starting model (for the win rate)")
-    start = start_generations(cfg, trainer, tokenizer, eval_pairs, eot)  # the starting model = the reference, before any step
-    with Timer() as t:
-        trainer.train()
+    if not run.resumed:
+        console.print(f"generating {min(cfg.eval.win_rate_prompts, len(eval_pairs))} held-out replies with the starting model (for the win rate)")
+        run.remember(start=start_generations(cfg, trainer, tokenizer, eval_pairs, eot))  # the starting model = the reference
+    result, seconds = run.train(trainer)
     console.print(f"scoring {len(trainer.eval_dataset)} held-out pairs (policy and reference log-probs)")
+    reset_peak_memory()  # the eval cost is the eval's own
     eval_rows = list(trainer.eval_dataset)
     lp = pair_logps(trainer, eval_rows, cfg.train.per_device_eval_batch_size)
     trainable, total = count_parameters(trainer.model)
-    extra = {"train_seconds": t.seconds, "global_step": trainer.state.global_step, "train_loss": trainer.state.log_history[-1].get("train_loss"),
+    extra = {"train_seconds": seconds, "global_step": trainer.state.global_step, "train_loss": run_train_loss(trainer.state.log_history) if run.resumed or result is None else result.training_loss,
+             "resumed_from": str(run.checkpoint) if run.resumed else None,
              "precision": "bf16-mixed" if use_bf16 else "fp32", "beta": cfg.train.beta, "loss_type": cfg.train.loss_type,
              "reference": _reference_kind(cfg, peft_config, precompute), "start": {"model": source.name, "adapter": cfg.model.adapter, "adapter_mode": cfg.model.adapter_mode},
              "data": {**report, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "dropped_prompt_too_long": dropped},
              "trainable_parameters": trainable, "total_parameters": total}
-    metrics = write_dpo_artifacts(run_dir, cfg, trainer, tokenizer, eval_pairs, eval_rows, lp, start, eot, extra)
+    metrics = write_dpo_artifacts(run.run_dir, cfg, trainer, tokenizer, eval_pairs, eval_rows, lp, run.state["start"], eot, extra)
     _drop_ref_adapter(trainer.model)  # after every reference log-prob: continuing an SFT adapter, 'ref' is the reference
-    save_trained_model(trainer, run_dir / ("adapter" if _is_peft(trainer.model) else "model"),
+    save_trained_model(trainer, run.run_dir / ("adapter" if _is_peft(trainer.model) else "model"),
                        extra_files={"generation_config.json": gen_config.to_json_string()})
-    write_log_history(run_dir, trainer.state.log_history)
-    plot_loss_curve(run_dir, trainer.state.log_history)
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    _summary(run_dir, metrics)
+    write_log_history(run.run_dir, trainer.state.log_history)
+    plot_loss_curve(run.run_dir, trainer.state.log_history)
+    run.finish(metrics)
+    _summary(run.run_dir, metrics)
     return metrics
 
 

@@ -1,43 +1,190 @@
-"""Checks that run before any model loads, so bad input fails in about a second with exit code 2.
+"""The one run lifecycle every training command (``sft``, ``classify``, ``dpo``) goes through.
 
-    tunesmith sft CONFIG        # the CLI calls check_sft_inputs() before importing torch
+    tunesmith sft CONFIG [--resume latest|PATH] [--overwrite]   # likewise classify and dpo
 
-Order: secrets in the config, the resume target, the data (every record validated, locations
-``file:line``), then the output directory (refuse to mix runs) where the resolved ``config.yaml``
-is written first.  Nothing here imports torch or transformers.
+:func:`start_run` runs before any model loads (nothing here imports torch), so bad input fails in about a second
+with exit code 2. In order: secrets in the config, the ``train.report_to`` integrations, the resume target (and
+that the config matches the run's), the data (every record validated, ``file:line``), then the output directory
+(lock, refuse to mix runs), where the resolved ``config.yaml`` is written first and ``run.log`` starts.
+
+The recipe then works through the :class:`Run` it gets back: :meth:`Run.guard` turns a failed write into a clear
+error, :meth:`Run.write_manifest` records the run (a resume appends itself), :meth:`Run.train` trains with
+checkpoints and graceful SIGINT/SIGTERM stops (exit 130/143 with the resume command), and :meth:`Run.finish`
+writes ``metrics.json`` last: its presence means "complete".
 """
 from __future__ import annotations
 
-import errno
+import json
+import logging
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.conversations import LoadReport, load_conversations
-from tunesmith.data.split import split
-from tunesmith.errors import ConfigError, DataError, Problem, TunesmithError
 from tunesmith.config.load import dump_config
-from tunesmith.runtime.distributed import is_rank_zero
+from tunesmith.errors import ConfigError, DataError, Problem, TrainingStopped, TunesmithError
+from tunesmith.runtime.console import Timer, log_to_file
+from tunesmith.runtime.distributed import is_main_process, is_rank_zero
+from tunesmith.runtime.files import atomic_write_json, atomic_write_text
+from tunesmith.runtime.hardware import is_installed
+from tunesmith.runtime.manifest import write_manifest
 from tunesmith.runtime.rundir import lock_run_dir, prepare_run_dir, write_errors
-from tunesmith.runtime.secrets import is_secret_key
-from tunesmith.runtime.files import atomic_write_text
-from tunesmith.train.checkpoints import check_same_run, resolve_resume
+from tunesmith.runtime.secrets import is_secret_key, redact_argv
+from tunesmith.train.checkpoints import RUN_STATE, check_same_run, latest_checkpoint, resolve_resume, resume_command
+
+INTEGRATION_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",),
+                        "mlflow": ("mlflow",), "comet_ml": ("comet_ml",), "clearml": ("clearml",), "dvclive": ("dvclive",),
+                        "swanlab": ("swanlab",)}
+"""``train.report_to`` value -> the packages that provide it (any one will do)."""
+
 
 @dataclass
-class CheckedInputs:
-    """What :func:`check_sft_inputs` verified and loaded.
+class RunData:
+    """What a command trains and evaluates on, split and validated.
 
     Attributes:
-        run_dir: the output directory, created and writable.
-        checkpoint: the checkpoint folder to resume from, or None for a fresh run.
-        train_convs / eval_convs: the conversations after the split and the ``max_*_examples`` caps.
-        report: what loading read, kept and skipped.
+        train / eval: the records (``Conversation``, ``LabelRecord`` or ``PreferencePair``) after the split and caps.
+        report: what loading read, kept and skipped (the loader's own report).
+        names: the label set in id order (classification only).
     """
 
+    train: list
+    eval: list
+    report: object = None
+    names: list[str] | None = None
+
+
+@dataclass
+class Run:
+    """A run folder claimed for one training command, and what :func:`start_run` checked and loaded for it.
+
+    Attributes:
+        cfg: the validated config (``RunConfig``, ``ClassifyConfig`` or ``DPORunConfig``).
+        kind: ``sft``, ``classify`` or ``dpo``.
+        run_dir: the output directory, created, locked and writable.
+        checkpoint: the checkpoint folder to resume from, or None for a fresh run.
+        data: the split data.
+        state: what the main process measured before training (``run_state.json``; restored on resume).
+    """
+
+    cfg: object
+    kind: str
     run_dir: Path
     checkpoint: Path | None
-    train_convs: list = field(default_factory=list)
-    eval_convs: list = field(default_factory=list)
-    report: LoadReport = field(default_factory=LoadReport)
+    data: RunData
+    state: dict = field(default_factory=dict)
+
+    @property
+    def resumed(self) -> bool:
+        """True when this run continues from a checkpoint."""
+        return self.checkpoint is not None
+
+    def guard(self) -> AbstractContextManager:
+        """Context in which a failed write under the run folder (disk full, read-only) becomes a clear error naming
+        the file (see :func:`tunesmith.runtime.rundir.write_errors`)."""
+        return write_errors(self.run_dir)
+
+    def remember(self, **values) -> None:
+        """Keep values measured before training (eval_loss before, samples, start generations) in ``run_state.json``,
+        so a resumed run reports them without measuring again. Only the main process writes."""
+        self.state.update(values)
+        if is_main_process():
+            atomic_write_json(self.run_dir / RUN_STATE, self.state)
+
+    def write_manifest(self, *, tokenizer=None, records: list | None = None, extra: dict | None = None) -> None:
+        """Write ``manifest.json`` before training (main process only); a resume appends itself to ``resumes``
+        (command line and checkpoint) instead.
+
+        Args:
+            tokenizer: the tokenizer trained with (its chat template is hashed).
+            records: every record of the run, for the data fingerprint.
+            extra: more keys (model source, labels, ...).
+        """
+        from tunesmith.data.split import fingerprint
+
+        if not is_main_process():
+            return
+        path = self.run_dir / "manifest.json"
+        if self.resumed and path.is_file():
+            manifest = json.loads(path.read_text())
+            manifest.setdefault("resumes", []).append({"from": str(self.checkpoint), "command": redact_argv(sys.argv)})
+            atomic_write_json(path, manifest)
+            return
+        write_manifest(self.run_dir, config=self.cfg.model_dump(mode="json"), seed=self.cfg.train.seed,
+                       dataset_fingerprint=fingerprint(records) if records else None, tokenizer=tokenizer,
+                       extra={"command_kind": self.kind, **(extra or {})})
+
+    def train(self, trainer) -> tuple[object | None, float]:
+        """Train, resuming from :attr:`checkpoint` when set, with a graceful stop on SIGINT/SIGTERM.
+
+        A checkpoint at or past ``max_steps`` (the run was killed after its last step, while writing the final
+        artifacts) is only restored: weights, trainer state and callback state, and no step runs (transformers'
+        ``train`` would run one extra step there).
+
+        Returns:
+            (``TrainOutput``, or None when a finished checkpoint was only restored; training seconds).
+
+        Raises:
+            TrainingStopped: a signal arrived; a checkpoint was saved (exit code 130/143, the resume command).
+        """
+        from tunesmith.train.callbacks import GracefulStop
+
+        stopper = GracefulStop()
+        trainer.add_callback(stopper)
+        with Timer() as t:
+            result = _train_or_restore(trainer, self.checkpoint)
+        if stopper.signum is not None:
+            last = latest_checkpoint(self.run_dir)
+            raise TrainingStopped(stopper.signum, str(last) if last else None, resume_command())
+        return result, t.seconds
+
+    def finish(self, metrics: dict) -> dict:
+        """Write ``metrics.json``, the last artifact (main process only).
+
+        Returns:
+            ``metrics``, unchanged.
+        """
+        if is_main_process():
+            atomic_write_json(self.run_dir / "metrics.json", metrics)
+        return metrics
+
+
+def sft_data(cfg) -> RunData:
+    """What ``sft`` trains on: conversations, validated and split (:func:`tunesmith.data.conversations.load_sft_data`)."""
+    from tunesmith.data.conversations import load_sft_data
+
+    train, evals, report = load_sft_data(cfg)
+    return RunData(train, evals, report)
+
+
+def classify_data(cfg) -> RunData:
+    """What ``classify`` trains on: label records read, cleaned, checked against the label set and split stratified.
+
+    Raises:
+        DataError: unreadable records (``file:line``), labels outside the set, or an empty train or eval set.
+    """
+    from tunesmith.data.labels import load_label_data
+
+    train, evals, names, report = load_label_data(cfg)
+    if not evals or not train:
+        part = "eval" if train else "training"
+        raise DataError(f"The {part} set is empty", [Problem(
+            "data", f"{len(train)} training and {len(evals)} eval records after cleaning and the split",
+            "set data.eval_fraction > 0 (or data.eval_path) and check the label set")])
+    return RunData(train, evals, report, names)
+
+
+def dpo_data(cfg) -> RunData:
+    """What ``dpo`` trains on: preference pairs, validated and split (:func:`tunesmith.data.preference.load_pair_data`)."""
+    from tunesmith.data.preference import load_pair_data
+
+    train, evals, report = load_pair_data(cfg)
+    return RunData(train, evals, report)
+
+
+LOADERS: dict[str, Callable[[object], RunData]] = {"sft": sft_data, "classify": classify_data, "dpo": dpo_data}
+"""Each training command's data loader, by command."""
 
 
 def check_secrets(cfg) -> None:
@@ -54,67 +201,95 @@ def check_secrets(cfg) -> None:
             "remove it; tunesmith never pushes to a hub, and huggingface_hub reads HF_TOKEN from the environment") for k in bad])
 
 
-def load_data(cfg) -> tuple[list, list, LoadReport]:
-    """Load, validate and split the data (``data.path``/``data.eval_path`` or a bundled ``data.name``).
-
-    Returns:
-        (train conversations, eval conversations, load report).
+def check_report_to(cfg) -> None:
+    """Refuse a ``train.report_to`` integration whose package is not installed (transformers would fail later).
 
     Raises:
-        DataError: unreadable or invalid records (``file:line``), a path that is a folder, or no training record.
+        ConfigError: naming the integration and the package to install.
     """
-    try:
-        convs, report = load_conversations(cfg.data)
-        if cfg.data.eval_path:
-            train, (evals, _) = convs, load_conversations(cfg.data.model_copy(update={"path": cfg.data.eval_path}))
-        else:
-            train, evals = split(convs, cfg.data.eval_fraction, cfg.data.split_seed)
-    except OSError as exc:
-        field_name = "data.eval_path" if exc.filename and cfg.data.eval_path and str(exc.filename) == cfg.data.eval_path else "data.path"
-        reason = "is a folder, not a data file" if exc.errno == errno.EISDIR else (exc.strerror or str(exc))
-        raise DataError("Cannot read the data", [Problem(f"{field_name}={exc.filename}", reason, "point it at a .jsonl or .json file")]) from None
-    train = train[: cfg.data.max_train_examples] if cfg.data.max_train_examples else train
-    evals = evals[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else evals
-    if not train:
-        where = f"data.path={cfg.data.path}" if cfg.data.path else f"data.name={cfg.data.name}"
-        raise DataError("No training records", [Problem(where, f"{report.rows_read} records read, {len(train)} left for training after the eval split",
-                                                        "give more records, or lower data.eval_fraction")])
-    return train, evals, report
+    wanted = cfg.train.report_to
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    missing = [w for w in wanted if w in INTEGRATION_PACKAGES and not any(is_installed(p) for p in INTEGRATION_PACKAGES[w])]
+    if missing:
+        raise ConfigError("Logging integration not installed", [Problem(
+            f"train.report_to={w}", f"the package {INTEGRATION_PACKAGES[w][0]!r} is not installed",
+            f"pip install {INTEGRATION_PACKAGES[w][0]}, or set train.report_to=none") for w in missing])
 
 
-def check_sft_inputs(cfg, *, overwrite: bool = False, resume: str | bool | None = None) -> CheckedInputs:
-    """Validate everything an SFT run needs that does not need the model.
+def start_run(cfg, kind: str, *, overwrite: bool = False, resume: str | bool | None = None) -> Run:
+    """Check everything a training run needs that does not need the model, then claim the run folder.
 
     Args:
-        cfg: the validated :class:`tunesmith.config.sft.RunConfig`.
-        overwrite: replace a non-empty ``train.output_dir``.
+        cfg: the validated config of the command.
+        kind: ``sft``, ``classify`` or ``dpo`` (its data loader is ``LOADERS[kind]``; every record is validated).
+        overwrite: replace a run folder tunesmith made before.
         resume: ``latest``/True or a checkpoint path.
 
     Returns:
-        :class:`CheckedInputs`.
+        The :class:`Run`, with ``config.yaml`` written (fresh runs) and ``run.log`` started.
 
     Raises:
         ConfigError, DataError, TunesmithError: each problem with its location; nothing is trained.
     """
     check_secrets(cfg)
+    check_report_to(cfg)
     run_dir = Path(cfg.train.output_dir)
     checkpoint = resolve_resume(run_dir, resume, overwrite=overwrite)
     if checkpoint is not None:
         check_same_run(run_dir, cfg.model_dump(mode="json"))
-    train, evals, report = load_data(cfg)
+    data = LOADERS[kind](cfg)
+    run_dir = _claim(run_dir, overwrite=overwrite, resumed=checkpoint is not None)
+    state: dict = {}
+    if checkpoint is not None and (run_dir / RUN_STATE).is_file():
+        state = json.loads((run_dir / RUN_STATE).read_text())
+    if is_rank_zero():
+        with write_errors(run_dir):
+            if checkpoint is None:
+                atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+            log_to_file(run_dir / "run.log")
+        logging.getLogger("tunesmith").info("tunesmith %s %s", kind, " ".join(redact_argv(sys.argv[1:])))
+    return Run(cfg, kind, run_dir, checkpoint, data, state)
+
+
+def _claim(run_dir: Path, *, overwrite: bool, resumed: bool) -> Path:
+    """Lock, check and create the run folder; under accelerate/torchrun only rank 0 owns the folder and its lock."""
     try:
         with write_errors(run_dir):
-            main = is_rank_zero()  # under accelerate/torchrun only rank 0 owns the folder and its lock
+            main = is_rank_zero()
             if run_dir.is_dir() and main:
                 lock_run_dir(run_dir)  # a live run in this folder is refused before --overwrite deletes anything
-            run_dir = prepare_run_dir(run_dir, overwrite=overwrite, resume=checkpoint is not None)
+            run_dir = prepare_run_dir(run_dir, overwrite=overwrite, resume=resumed)
             if main:
-                lock_run_dir(run_dir)  # (re)claim it: --overwrite deleted the folder and its lock
+                lock_run_dir(run_dir)  # (re)claim it: --overwrite removed the folder and its lock
     except TunesmithError as exc:
         for p in exc.problems:
             p.where = f"train.output_dir={p.where}"
         raise
-    if checkpoint is None and is_rank_zero():
-        with write_errors(run_dir):
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    return CheckedInputs(run_dir, checkpoint, train, evals, report)
+    return run_dir
+
+
+def _train_or_restore(trainer, ckpt: Path | None):
+    """``trainer.train()``, resuming from ``ckpt``; a checkpoint at or past ``max_steps`` is only restored."""
+    if ckpt is not None and trainer.args.max_steps > 0:
+        state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+        if state.get("global_step", 0) >= trainer.args.max_steps:
+            from transformers.trainer_callback import TrainerState
+
+            trainer._load_from_checkpoint(str(ckpt))
+            trainer.state = TrainerState.load_from_json(str(Path(ckpt) / "trainer_state.json"))
+            trainer._load_callback_state()
+            return None
+    return trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+
+
+def trainer_args(cfg, run_dir: Path) -> dict:
+    """The ``TrainingArguments`` fields every recipe sets the same way: checkpoints under ``<run_dir>/checkpoints``,
+    ``report_to`` honoured (TensorBoard event files under ``<run_dir>/logs``), callback state restored on resume,
+    tunesmith's own progress display instead of tqdm."""
+    import os
+
+    report_to = cfg.train.report_to
+    if "tensorboard" in ([report_to] if isinstance(report_to, str) else report_to):
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir) / "logs")
+    return {"output_dir": str(Path(run_dir) / "checkpoints"), "report_to": report_to, "disable_tqdm": True,
+            "restore_callback_states_from_checkpoint": True}
