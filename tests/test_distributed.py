@@ -28,7 +28,7 @@ TRAIN = [("What colour is the sky?", "Blue."),
          ("Say hi.", "hi"),
          ("Describe a cat in one sentence.", "A cat is a small furry animal that purrs, sleeps most of the day and chases mice at night.")]
 EVAL = [("Name a fruit.", "Apple."), ("What is 2+2?", "4")]
-ARTIFACTS = {"adapter", "metrics.json", "manifest.json", "config.yaml", "samples.jsonl", "log_history.jsonl", "loss_curve.png", "reload_check.json", "run_state.json"}
+ARTIFACTS = {"adapter", "metrics.json", "manifest.json", "config.yaml", "samples.jsonl", "log_history.jsonl", "loss_curve.png", "reload_check.json", "run_state.json", "run.log"}
 
 
 def _jsonl(path: Path, pairs) -> Path:

@@ -33,8 +33,8 @@ def _classify_data(path: Path) -> str:
             label = ["colour", "number", "animal"][i % 3]
             f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + f" {label}", "label": label}) + "\n")
     return (f"data: {{path: {path}, eval_fraction: 0.25}}\n"
-            "train: {{max_steps: {steps}, save_steps: {save}, save_total_limit: null, per_device_train_batch_size: 4, eval_strategy: 'no',\n"
-            "        logging_steps: 1, seed: 7, learning_rate: 0.01, max_length: 32}}\n")
+            f"train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, per_device_train_batch_size: 4,\n"
+            "        eval_strategy: 'no', logging_steps: 1, seed: 7, learning_rate: 0.01, max_length: 32}\n")
 
 
 def _dpo_data(path: Path) -> str:
@@ -45,9 +45,9 @@ def _dpo_data(path: Path) -> str:
             f.write(json.dumps({"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": good}],
                                 "rejected": [{"role": "assistant", "content": bad + " no"}]}) + "\n")
     return (f"data: {{path: {path}, eval_fraction: 0.25}}\n"
-            "train: {{max_steps: {steps}, save_steps: {save}, save_total_limit: null, per_device_train_batch_size: 2, eval_strategy: 'no',\n"
-            "        logging_steps: 1, seed: 7, learning_rate: 0.01, max_length: 64}}\n"
-            "eval: {{win_rate_prompts: 2, max_new_tokens: 2}}\n")
+            f"train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, per_device_train_batch_size: 2,\n"
+            "        eval_strategy: 'no', logging_steps: 1, seed: 7, learning_rate: 0.01, max_length: 64}\n"
+            "eval: {win_rate_prompts: 2, max_new_tokens: 2}\n")
 
 
 DATA = {"classify": _classify_data, "dpo": _dpo_data}
@@ -59,7 +59,7 @@ def setup(request, smol_tokenizer, tmp_path_factory):
     kind = request.param
     base = tmp_path_factory.mktemp(f"resume-{kind}")
     model = build_tiny_llama(smol_tokenizer, base / "tiny", hidden=32, seed=3)
-    body = DATA[kind](base / "data.jsonl").format(steps=STEPS, save=SAVE_EVERY)
+    body = DATA[kind](base / "data.jsonl")
     cfg = base / "cfg.yaml"
     cfg.write_text(f"model: {{name: {model}, dtype: float32}}\nlora: {{r: 4, lora_alpha: 8, lora_dropout: 0.1}}\n{body}")
     return kind, cfg, base

@@ -41,7 +41,7 @@ def handles_errors(fn):
             return fn(*args, **kwargs)
         except TunesmithError as exc:
             if is_rank_zero():  # under a distributed launch, only rank 0 reports
-                err.print("[bold red]error:[/] " + escape(exc.render()), highlight=False)
+                err.print("[bold red]error:[/] " + escape(exc.render()), highlight=False, soft_wrap=True)  # commands stay copyable
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
