@@ -15,6 +15,7 @@ token for LoRA: 2N (forward) + 2N (backward, activation gradients only: the base
 attention-score FLOPs are left out (Kaplan et al. 2020 eq. 2.1 conventions).  Full fine-tuning would be 6N.
 The same formula is used for every variant, so MFU ratios equal tokens/s ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,20 +29,34 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODES = {
-    "quick": {"batch": 2, "max_length": 256, "steps": 3, "warmup": 1, "eval_examples": 16, "rounds": 1,
-              "variants": ["trl_shipped", "tunesmith", "trl_best"]},
-    "full": {"batch": 8, "max_length": 512, "steps": 3, "warmup": 1, "eval_examples": 48, "rounds": 1,
-             "variants": ["trl_best", "tunesmith", "trl_shipped", "tunesmith_fp32"]},
+    "quick": {
+        "batch": 2,
+        "max_length": 256,
+        "steps": 3,
+        "warmup": 1,
+        "eval_examples": 16,
+        "rounds": 1,
+        "variants": ["trl_shipped", "tunesmith", "trl_best"],
+    },
+    "full": {
+        "batch": 8,
+        "max_length": 512,
+        "steps": 3,
+        "warmup": 1,
+        "eval_examples": 48,
+        "rounds": 1,
+        "variants": ["trl_best", "tunesmith", "trl_shipped", "tunesmith_fp32"],
+    },
 }
 
 
 def prepare_data(out: Path, max_length: int, eval_examples: int) -> dict:
     """Render chatterbot (tunesmith's split, chat template, assistant-only labels) once; save train/eval rows to ``out``."""
-    from tunesmith.render.rows import render_all, to_dataset
     from tunesmith.config.sft import RunConfig
-    from tunesmith.models.sources import resolve_model
-    from tunesmith.models.loading import load_tokenizer
     from tunesmith.data.conversations import load_sft_data
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.sources import resolve_model
+    from tunesmith.render.rows import render_all, to_dataset
 
     cfg = RunConfig()
     train, evals, _ = load_sft_data(cfg)
@@ -73,8 +88,13 @@ def matmul_peaks(seconds: float = 1.0) -> dict:
     import torch
 
     runs = [(_matmul(torch.float32, 2048, seconds), _matmul(torch.bfloat16, 2048, seconds)) for _ in range(2)]
-    return {"fp32_gflops": max(r[0][0] for r in runs), "bf16_gflops": max(r[1][0] for r in runs),
-            "fp32_gflops_cpu": max(r[0][1] for r in runs), "bf16_gflops_cpu": max(r[1][1] for r in runs), "threads": torch.get_num_threads()}
+    return {
+        "fp32_gflops": max(r[0][0] for r in runs),
+        "bf16_gflops": max(r[1][0] for r in runs),
+        "fp32_gflops_cpu": max(r[0][1] for r in runs),
+        "bf16_gflops_cpu": max(r[1][1] for r in runs),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def lora_flops_per_token(parameters: int, trainable: int) -> float:
@@ -85,8 +105,23 @@ def lora_flops_per_token(parameters: int, trainable: int) -> float:
 def run_variant(variant: str, data: Path, work: Path, m: dict, timeout: float) -> dict:
     """Run one variant in a fresh process; returns its result dict (or {"error": ...})."""
     out = work / f"{variant}-{time.monotonic_ns()}.json"
-    cmd = [sys.executable, str(HERE / "variants.py"), variant, "--data", str(data), "--out", str(out), "--steps", str(m["steps"]),
-           "--warmup", str(m["warmup"]), "--batch", str(m["batch"]), "--max-length", str(m["max_length"])]
+    cmd = [
+        sys.executable,
+        str(HERE / "variants.py"),
+        variant,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        str(m["steps"]),
+        "--warmup",
+        str(m["warmup"]),
+        "--batch",
+        str(m["batch"]),
+        "--max-length",
+        str(m["max_length"]),
+    ]
     load = os.getloadavg()
     start = time.perf_counter()
     try:
@@ -111,7 +146,10 @@ def predict_for_bench(batch: int, max_length: int) -> dict | None:
     except ImportError:
         return None
     rows = plan_speed(TrainSection(per_device_train_batch_size=batch), "sdpa").rows_per_pass or batch
-    return {**estimate_for_run("smollm2-135m-instruct", batch=rows, seq_len=max_length, method="lora"), "rows_per_pass": rows}
+    return {
+        **estimate_for_run("smollm2-135m-instruct", batch=rows, seq_len=max_length, method="lora"),
+        "rows_per_pass": rows,
+    }
 
 
 def summarise(results: list[dict], peaks: dict, estimate: dict | None) -> dict:
@@ -127,12 +165,22 @@ def summarise(results: list[dict], peaks: dict, estimate: dict | None) -> dict:
         tps = statistics.median(r["tokens_per_second"] for r in rs)
         tpc = statistics.median(r["tokens_per_cpu_second"] for r in rs)
         flops = lora_flops_per_token(rs[0]["parameters"], rs[0]["trainable_parameters"])
-        rows[v] = {"description": rs[0]["description"], "precision": rs[0]["precision"], "runs": len(rs), "tokens_per_second": tps,
-                   "tokens_per_cpu_second": tpc, "cpu_share": statistics.median(r["cpu_share"] for r in rs),
-                   "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rs), "peak_gpu_bytes": rs[0].get("peak_gpu_bytes"),
-                   "eval_loss": statistics.median(r["eval_loss"] for r in rs), "flops_per_token": flops,
-                   "mfu_fp32_peak": tps * flops / (peaks["fp32_gflops"] * 1e9), "mfu_bf16_peak": tps * flops / (peaks["bf16_gflops"] * 1e9),
-                   "mfu_fp32_peak_cpu": tpc * flops / (peaks["fp32_gflops_cpu"] * 1e9), "mfu_bf16_peak_cpu": tpc * flops / (peaks["bf16_gflops_cpu"] * 1e9)}
+        rows[v] = {
+            "description": rs[0]["description"],
+            "precision": rs[0]["precision"],
+            "runs": len(rs),
+            "tokens_per_second": tps,
+            "tokens_per_cpu_second": tpc,
+            "cpu_share": statistics.median(r["cpu_share"] for r in rs),
+            "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rs),
+            "peak_gpu_bytes": rs[0].get("peak_gpu_bytes"),
+            "eval_loss": statistics.median(r["eval_loss"] for r in rs),
+            "flops_per_token": flops,
+            "mfu_fp32_peak": tps * flops / (peaks["fp32_gflops"] * 1e9),
+            "mfu_bf16_peak": tps * flops / (peaks["bf16_gflops"] * 1e9),
+            "mfu_fp32_peak_cpu": tpc * flops / (peaks["fp32_gflops_cpu"] * 1e9),
+            "mfu_bf16_peak_cpu": tpc * flops / (peaks["bf16_gflops_cpu"] * 1e9),
+        }
     for v, row in rows.items():
         for ref in ("trl_best", "trl_shipped"):
             if ref in rows and v != ref:
@@ -143,10 +191,16 @@ def summarise(results: list[dict], peaks: dict, estimate: dict | None) -> dict:
     targets = None
     ts, best, shipped = rows.get("tunesmith"), rows.get("trl_best"), rows.get("trl_shipped")
     if ts and best and shipped:
-        targets = {"speed_vs_trl_best >= 2": ts["speed_vs_trl_best"], "speed_vs_trl_shipped >= 6": ts["speed_vs_trl_shipped"],
-                   "memory_vs_trl_shipped <= 1": ts["memory_vs_trl_shipped"], "abs(eval_loss_vs_trl_best) <= 0.02": ts["eval_loss_vs_trl_best"],
-                   "mfu_fp32_peak >= 0.40": ts["mfu_fp32_peak"], "mfu_fp32_peak (CPU time) >= 0.40": ts["mfu_fp32_peak_cpu"],
-                   "cpu_speed_vs_trl_best >= 2": ts["cpu_speed_vs_trl_best"], "cpu_speed_vs_trl_shipped >= 6": ts["cpu_speed_vs_trl_shipped"]}
+        targets = {
+            "speed_vs_trl_best >= 2": ts["speed_vs_trl_best"],
+            "speed_vs_trl_shipped >= 6": ts["speed_vs_trl_shipped"],
+            "memory_vs_trl_shipped <= 1": ts["memory_vs_trl_shipped"],
+            "abs(eval_loss_vs_trl_best) <= 0.02": ts["eval_loss_vs_trl_best"],
+            "mfu_fp32_peak >= 0.40": ts["mfu_fp32_peak"],
+            "mfu_fp32_peak (CPU time) >= 0.40": ts["mfu_fp32_peak_cpu"],
+            "cpu_speed_vs_trl_best >= 2": ts["cpu_speed_vs_trl_best"],
+            "cpu_speed_vs_trl_shipped >= 6": ts["cpu_speed_vs_trl_shipped"],
+        }
     if estimate and ts:
         estimate["measured_peak_rss_bytes"] = ts["peak_rss_bytes"]
         estimate["predicted_over_measured"] = estimate["predicted_peak_bytes"] / ts["peak_rss_bytes"]
@@ -156,22 +210,30 @@ def summarise(results: list[dict], peaks: dict, estimate: dict | None) -> dict:
 def markdown(report: dict) -> str:
     """The benchmark table (Markdown)."""
     s, c = report["summary"], report["conditions"]
-    lines = [f"`python bench/bench_sft.py --mode {c['mode']}`: {c['model']}, LoRA r=16 all-linear, batch {c['batch']}, max_length {c['max_length']}, "
-             f"{c['steps']} steps ({c['warmup']} warm-up), chatterbot; {c['cpu']} x{c['threads']} threads; matmul peak fp32 {c['peaks']['fp32_gflops']:.0f} / "
-             f"bf16 {c['peaks']['bf16_gflops']:.0f} GFLOP/s per wall second ({c['peaks']['fp32_gflops_cpu']:.0f} / {c['peaks']['bf16_gflops_cpu']:.0f} per CPU second); load average {c['load_start'][0]:.1f} -> {c['load_end'][0]:.1f}", "",
-             "| variant | precision | real tokens/s | x TRL best | x TRL shipped | tokens/CPU-s ratio vs best / shipped | CPU share | peak RSS | RSS / shipped | MFU vs fp32 peak: wall (CPU time) | MFU vs bf16 peak: wall (CPU time) | eval_loss | vs TRL best |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`python bench/bench_sft.py --mode {c['mode']}`: {c['model']}, LoRA r=16 all-linear, batch {c['batch']}, max_length {c['max_length']}, "
+        f"{c['steps']} steps ({c['warmup']} warm-up), chatterbot; {c['cpu']} x{c['threads']} threads; matmul peak fp32 {c['peaks']['fp32_gflops']:.0f} / "
+        f"bf16 {c['peaks']['bf16_gflops']:.0f} GFLOP/s per wall second ({c['peaks']['fp32_gflops_cpu']:.0f} / {c['peaks']['bf16_gflops_cpu']:.0f} per CPU second); load average {c['load_start'][0]:.1f} -> {c['load_end'][0]:.1f}",
+        "",
+        "| variant | precision | real tokens/s | x TRL best | x TRL shipped | tokens/CPU-s ratio vs best / shipped | CPU share | peak RSS | RSS / shipped | MFU vs fp32 peak: wall (CPU time) | MFU vs bf16 peak: wall (CPU time) | eval_loss | vs TRL best |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     f = lambda r, k, fmt: "-" if k not in r else fmt.format(r[k])  # noqa: E731
     for v, r in s["variants"].items():
-        lines.append(f"| {v} | {r['precision']} | {r['tokens_per_second']:.1f} | {f(r, 'speed_vs_trl_best', '{:.2f}')} | {f(r, 'speed_vs_trl_shipped', '{:.2f}')} | "
-                     f"{f(r, 'cpu_speed_vs_trl_best', '{:.2f}')} / {f(r, 'cpu_speed_vs_trl_shipped', '{:.2f}')} | {r['cpu_share']:.0%} | {r['peak_rss_bytes'] / 1e9:.2f} GB | {f(r, 'memory_vs_trl_shipped', '{:.2f}')} | {r['mfu_fp32_peak']:.1%} ({r['mfu_fp32_peak_cpu']:.1%}) | {r['mfu_bf16_peak']:.1%} ({r['mfu_bf16_peak_cpu']:.1%}) | "
-                     f"{r['eval_loss']:.4f} | {f(r, 'eval_loss_vs_trl_best', '{:+.2%}')} |")
+        lines.append(
+            f"| {v} | {r['precision']} | {r['tokens_per_second']:.1f} | {f(r, 'speed_vs_trl_best', '{:.2f}')} | {f(r, 'speed_vs_trl_shipped', '{:.2f}')} | "
+            f"{f(r, 'cpu_speed_vs_trl_best', '{:.2f}')} / {f(r, 'cpu_speed_vs_trl_shipped', '{:.2f}')} | {r['cpu_share']:.0%} | {r['peak_rss_bytes'] / 1e9:.2f} GB | {f(r, 'memory_vs_trl_shipped', '{:.2f}')} | {r['mfu_fp32_peak']:.1%} ({r['mfu_fp32_peak_cpu']:.1%}) | {r['mfu_bf16_peak']:.1%} ({r['mfu_bf16_peak_cpu']:.1%}) | "
+            f"{r['eval_loss']:.4f} | {f(r, 'eval_loss_vs_trl_best', '{:+.2%}')} |"
+        )
     if s["targets"]:
         lines += ["", "Targets (tunesmith): " + "; ".join(f"{k}: {v:.3f}" for k, v in s["targets"].items())]
     if s["estimate"]:
         e = s["estimate"]
-        lines += ["", f"`tunesmith estimate --batch {e['batch']} --seq-len {e['seq_len']}` (rows per pass) predicted peak {e['predicted_peak_bytes'] / 1e9:.2f} GB vs measured {e.get('measured_peak_rss_bytes', 0) / 1e9:.2f} GB "
-                  f"(ratio {e.get('predicted_over_measured', float('nan')):.2f})"]
+        lines += [
+            "",
+            f"`tunesmith estimate --batch {e['batch']} --seq-len {e['seq_len']}` (rows per pass) predicted peak {e['predicted_peak_bytes'] / 1e9:.2f} GB vs measured {e.get('measured_peak_rss_bytes', 0) / 1e9:.2f} GB "
+            f"(ratio {e.get('predicted_over_measured', float('nan')):.2f})",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -180,10 +242,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=sorted(MODES), default="quick")
     p.add_argument("--out", default="runs/bench")
-    p.add_argument("--variants", default=None, help="comma-separated subset/order of variants (bench/variants.py VARIANTS)")
+    p.add_argument(
+        "--variants", default=None, help="comma-separated subset/order of variants (bench/variants.py VARIANTS)"
+    )
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--timeout", type=float, default=900, help="seconds per variant run")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in every process (default: torch's, one per core); 1 gives load-robust CPU-time figures on a busy machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in every process (default: torch's, one per core); 1 gives load-robust CPU-time figures on a busy machine",
+    )
     for key in ("batch", "max_length", "steps", "eval_examples"):
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"override the mode's {key}")
     a = p.parse_args(argv)
@@ -208,9 +277,17 @@ def main(argv=None) -> int:
         results = []
         for rnd in range(m["rounds"]):
             for v in m["variants"]:
-                print(f"[bench] round {rnd + 1}/{m['rounds']}: {v} (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+                print(
+                    f"[bench] round {rnd + 1}/{m['rounds']}: {v} (load {os.getloadavg()[0]:.1f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 results.append(run_variant(v, data, data, m, a.timeout))
-                print(f"[bench]   -> {json.dumps({k: results[-1].get(k) for k in ('tokens_per_second', 'peak_rss_bytes', 'eval_loss', 'error')})}", file=sys.stderr, flush=True)
+                print(
+                    f"[bench]   -> {json.dumps({k: results[-1].get(k) for k in ('tokens_per_second', 'peak_rss_bytes', 'eval_loss', 'error')})}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         peaks_end = matmul_peaks()
     peaks = {k: max(peaks[k], peaks_end[k]) for k in peaks}
     estimate = predict_for_bench(m["batch"], m["max_length"])
@@ -218,12 +295,31 @@ def main(argv=None) -> int:
 
     import torch
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
-    report = {"conditions": {"mode": a.mode, "model": "SmolLM2-135M-Instruct", **{k: m[k] for k in ("batch", "max_length", "steps", "warmup", "rounds")},
-                             "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                             "peaks": peaks, "load_start": load_start, "load_end": os.getloadavg(), "data": stats,
-                             "torch": torch.__version__},
-              "runs": results}
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    report = {
+        "conditions": {
+            "mode": a.mode,
+            "model": "SmolLM2-135M-Instruct",
+            **{k: m[k] for k in ("batch", "max_length", "steps", "warmup", "rounds")},
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "peaks": peaks,
+            "load_start": load_start,
+            "load_end": os.getloadavg(),
+            "data": stats,
+            "torch": torch.__version__,
+        },
+        "runs": results,
+    }
     report["summary"] = summarise(results, peaks, estimate)
     (out / f"bench-{a.mode}.json").write_text(json.dumps(report, indent=1))
     md = markdown(report)

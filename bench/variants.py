@@ -6,6 +6,7 @@ Every variant trains the same LoRA on the same pre-tokenised rows (``DIR/train``
 assistant-only labels rendered by tunesmith) for the same number of optimizer steps, then scores eval_loss with
 the same function (:func:`eval_loss`), so only the training path differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,23 +63,38 @@ def eval_loss(model, rows, batch_size: int = 8) -> float:
     total, count = 0.0, 0
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
         for i in range(0, len(rows), batch_size):
-            chunk = rows[i:i + batch_size]
+            chunk = rows[i : i + batch_size]
             n = max(len(r["input_ids"]) for r in chunk)
             ids = torch.tensor([r["input_ids"] + [0] * (n - len(r["input_ids"])) for r in chunk])
             lab = torch.tensor([r["labels"] + [-100] * (n - len(r["labels"])) for r in chunk])
             mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (n - len(r["input_ids"])) for r in chunk])
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
             tgt = lab[:, 1:].to(model.device)
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum"
+            )
             total, count = total + float(loss), count + int((tgt != -100).sum())
     return total / max(count, 1)
 
 
 def _common_args(a) -> dict:
-    return dict(output_dir=str(Path(a.out).parent / f"ckpt-{a.variant}"), max_steps=a.steps, per_device_train_batch_size=a.batch,
-                learning_rate=2e-4, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no",
-                eval_strategy="no", report_to="none", disable_tqdm=True, seed=42, max_length=a.max_length,
-                use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
+    return dict(
+        output_dir=str(Path(a.out).parent / f"ckpt-{a.variant}"),
+        max_steps=a.steps,
+        per_device_train_batch_size=a.batch,
+        learning_rate=2e-4,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=42,
+        max_length=a.max_length,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
 
 
 def _trl(a, train_ds, lora_cfg, tokenizer, model_dir):
@@ -93,8 +109,14 @@ def _trl(a, train_ds, lora_cfg, tokenizer, model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     clock = StepClock()
-    trainer = SFTTrainer(model=model, args=SFTConfig(**kw), train_dataset=train_ds, processing_class=tokenizer,
-                         peft_config=to_peft_config(lora_cfg), callbacks=[clock.callback])
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(**kw),
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        peft_config=to_peft_config(lora_cfg),
+        callbacks=[clock.callback],
+    )
     return trainer, clock, "bf16-mixed" if trainer.args.bf16 else "fp32"
 
 
@@ -102,12 +124,18 @@ def _tunesmith(a, train_ds, cfg, tokenizer, source):
     from tunesmith.models.adapters import apply_lora
     from tunesmith.models.loading import load_causal_lm
     from tunesmith.runtime.hardware import choose_dtype
-    from tunesmith.train.speed.plan import apply_threads, plan_speed, sft_overrides
     from tunesmith.train.sft import _make_trainer, build_sft_config
+    from tunesmith.train.speed.plan import apply_threads, plan_speed, sft_overrides
 
-    sets = {"tunesmith_fp32": {"bf16": False}, "tunesmith_trl_loss": {"chunked_loss": False}, "tunesmith_flat": {"packing_layout": "flat"},
-            "tunesmith_micro1": {"micro_batch_size": 1}, "tunesmith_micro2": {"micro_batch_size": 2},
-            "tunesmith_whole_batch": {"micro_batch_size": a.batch}, "tunesmith_ckpt": {"gradient_checkpointing": True}}
+    sets = {
+        "tunesmith_fp32": {"bf16": False},
+        "tunesmith_trl_loss": {"chunked_loss": False},
+        "tunesmith_flat": {"packing_layout": "flat"},
+        "tunesmith_micro1": {"micro_batch_size": 1},
+        "tunesmith_micro2": {"micro_batch_size": 2},
+        "tunesmith_whole_batch": {"micro_batch_size": a.batch},
+        "tunesmith_ckpt": {"gradient_checkpointing": True},
+    }
     for k, v in {**_common_args(a), **sets.get(a.variant, {})}.items():
         if k in type(cfg.train).model_fields:
             setattr(cfg.train, k, v)
@@ -115,7 +143,9 @@ def _tunesmith(a, train_ds, cfg, tokenizer, source):
     plan = plan_speed(cfg.train, cfg.model.attn_implementation)
     apply_threads(plan)
     model = apply_lora(load_causal_lm(source, attn_implementation=plan.attn_implementation), cfg.lora)
-    args = build_sft_config(cfg, Path(a.out).parent / f"ckpt-{a.variant}", use_bf16, overrides=sft_overrides(plan, cfg.train))
+    args = build_sft_config(
+        cfg, Path(a.out).parent / f"ckpt-{a.variant}", use_bf16, overrides=sft_overrides(plan, cfg.train)
+    )
     args.save_strategy, args.eval_strategy, args.disable_tqdm = "no", "no", True
     trainer = _make_trainer(model, tokenizer, args, train_ds, None, plan)
     clock = StepClock()
@@ -129,14 +159,17 @@ def run(a) -> dict:
 
     from tunesmith.config.sft import RunConfig
     from tunesmith.models.adapters import count_parameters
-    from tunesmith.models.sources import resolve_model
     from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.sources import resolve_model
 
     cfg = RunConfig()
     cfg.lora.lora_dropout = a.lora_dropout
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source)
-    train_ds, eval_rows = load_from_disk(str(Path(a.data) / "train")), json.loads((Path(a.data) / "eval.json").read_text())
+    train_ds, eval_rows = (
+        load_from_disk(str(Path(a.data) / "train")),
+        json.loads((Path(a.data) / "eval.json").read_text()),
+    )
     torch.manual_seed(42)
     if a.variant.startswith("trl"):
         trainer, clock, precision = _trl(a, train_ds, cfg.lora, tokenizer, source.location)
@@ -153,7 +186,9 @@ def run(a) -> dict:
 
     trainer.training_step = counting_step
     trainer.train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # training peak (model load included), before scoring
+    peak = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )  # training peak (model load included), before scoring
     gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     trainable, total = count_parameters(trainer.model)
     t = clock.times
@@ -161,13 +196,26 @@ def run(a) -> dict:
     measured_tokens = sum(real[warm:])
     seconds = t[-1] - t[warm]
     cpu_seconds = clock.cpu[-1] - clock.cpu[warm]
-    return {"variant": a.variant, "description": VARIANTS[a.variant], "precision": precision, "steps": len(t) - 1, "warmup_steps": warm,
-            "step_seconds": [round(y - x, 3) for x, y in zip(t, t[1:])], "real_tokens_per_step": real,
-            "tokens_per_second": measured_tokens / seconds, "tokens_per_cpu_second": measured_tokens / cpu_seconds,
-            "cpu_share": cpu_seconds / seconds / torch.get_num_threads(), "peak_rss_bytes": peak, "peak_gpu_bytes": gpu_peak,
-            "train_losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
-            "eval_loss": eval_loss(trainer.model, eval_rows), "parameters": total, "trainable_parameters": trainable,
-            "threads": torch.get_num_threads(), "loadavg_end": os.getloadavg()}
+    return {
+        "variant": a.variant,
+        "description": VARIANTS[a.variant],
+        "precision": precision,
+        "steps": len(t) - 1,
+        "warmup_steps": warm,
+        "step_seconds": [round(y - x, 3) for x, y in zip(t, t[1:])],
+        "real_tokens_per_step": real,
+        "tokens_per_second": measured_tokens / seconds,
+        "tokens_per_cpu_second": measured_tokens / cpu_seconds,
+        "cpu_share": cpu_seconds / seconds / torch.get_num_threads(),
+        "peak_rss_bytes": peak,
+        "peak_gpu_bytes": gpu_peak,
+        "train_losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+        "eval_loss": eval_loss(trainer.model, eval_rows),
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "threads": torch.get_num_threads(),
+        "loadavg_end": os.getloadavg(),
+    }
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
 """Shared fixtures: the embedded tokenizer and tiny random Llama models built in-process (no network)."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO.parent / "shared" / "data") if (REPO.parent / "shared" / "data").is_dir() else Path("/work/shared/data")
+SHARED_DATA = (
+    (REPO.parent / "shared" / "data") if (REPO.parent / "shared" / "data").is_dir() else Path("/work/shared/data")
+)
 FIXTURES = Path(__file__).parent / "fixtures"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,7 +33,9 @@ def smol_tokenizer(embedded_source):
     return load_tokenizer(embedded_source)
 
 
-def build_tiny_llama(tokenizer, out_dir: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, tie: bool = True) -> Path:
+def build_tiny_llama(
+    tokenizer, out_dir: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, tie: bool = True
+) -> Path:
     """Save a randomly initialised tiny Llama (hidden 64, 2 layers, 4 heads, 2 kv heads) with ``tokenizer``.
 
     Returns:
@@ -40,12 +45,23 @@ def build_tiny_llama(tokenizer, out_dir: Path, *, seed: int = 0, hidden: int = 6
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=tie,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=tie,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(cfg)
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -6,6 +6,7 @@ Files live in tests/bad_inputs/; large or environment-specific inputs (a 10 MB l
 a read-only folder, a full disk) are built in the test.  All but five cases (``needs="model"``) fail before the model loads
 (preflight: config, output folder, data), in about a second each.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,16 @@ class Ctx:
 
     def sft(self, *args: str, data: Path | None = None, out: Path | None = None) -> list[str]:
         """Arguments of `tunesmith sft` with the tiny model, tiny steps and good data unless replaced."""
-        base = ["--set", f"model.name={self.tiny}", "--set", f"train.output_dir={out or self.out}", "--set", "train.max_steps=1",
-                "--set", f"data.path={data or self.good_data()}"]
+        base = [
+            "--set",
+            f"model.name={self.tiny}",
+            "--set",
+            f"train.output_dir={out or self.out}",
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            f"data.path={data or self.good_data()}",
+        ]
         return ["sft", *base, *args]
 
 
@@ -76,7 +85,11 @@ def _huge_line(c: Ctx) -> list[str]:
     path = c.tmp / "huge.jsonl"
     with path.open("w") as f:
         f.write(json.dumps(OK) + "\n")
-        f.write('{"messages": [{"role": "user", "content": "' + "x" * 10_000_000 + '"}, {"role": "assistant", "content": 3}]}\n')
+        f.write(
+            '{"messages": [{"role": "user", "content": "'
+            + "x" * 10_000_000
+            + '"}, {"role": "assistant", "content": 3}]}\n'
+        )
     return c.sft(data=path)
 
 
@@ -113,8 +126,8 @@ def _model_max_1e30(c: Ctx) -> list[str]:
 def _pickle_only(c: Ctx) -> list[str]:
     model = c.tmp / "pickled"
     shutil.copytree(c.tiny, model)
-    from safetensors.torch import load_file
     import torch
+    from safetensors.torch import load_file
 
     torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
     (model / "model.safetensors").unlink()
@@ -178,7 +191,16 @@ def _classify_csv(c: Ctx, name: str, text: str, *extra: str) -> list[str]:
     """`tunesmith classify` on a small CSV written into the case folder."""
     path = c.tmp / name
     path.write_text(text)
-    return ["classify", "--set", f"model.name={c.tiny}", "--set", f"train.output_dir={c.out}", "--set", f"data.path={path}", *extra]
+    return [
+        "classify",
+        "--set",
+        f"model.name={c.tiny}",
+        "--set",
+        f"train.output_dir={c.out}",
+        "--set",
+        f"data.path={path}",
+        *extra,
+    ]
 
 
 def _eval_path_bad(c: Ctx) -> list[str]:
@@ -211,26 +233,56 @@ CASES = [
     Case("truncates-to-nothing", _long_system, lambda c: ["train.max_length=16"], needs="model"),
     Case("model-max-length-1e30", _model_max_1e30, lambda c: ["train.max_length=16"], needs="model"),
     # --- classification data (tunesmith classify) ---
-    Case("csv-missing-columns", lambda c: _classify_csv(c, "cols.csv", "message,topic\nhello there,greet\nbye now,farewell\n"),
-         lambda c: [f"{c.tmp / 'cols.csv'}:2", "labels.text_column", "labels.label_column"]),
-    Case("label-outside-label-set", lambda c: _classify_csv(c, "labels.csv", "text,label\nhello,greet\nbye,farewell\nrain?,weather\nhi,greet\n",
-                                                            "--set", "labels.names=[greet,farewell]"),
-         lambda c: [f"{c.tmp / 'labels.csv'}:4", "weather", "labels.unknown_labels=drop"]),
+    Case(
+        "csv-missing-columns",
+        lambda c: _classify_csv(c, "cols.csv", "message,topic\nhello there,greet\nbye now,farewell\n"),
+        lambda c: [f"{c.tmp / 'cols.csv'}:2", "labels.text_column", "labels.label_column"],
+    ),
+    Case(
+        "label-outside-label-set",
+        lambda c: _classify_csv(
+            c,
+            "labels.csv",
+            "text,label\nhello,greet\nbye,farewell\nrain?,weather\nhi,greet\n",
+            "--set",
+            "labels.names=[greet,farewell]",
+        ),
+        lambda c: [f"{c.tmp / 'labels.csv'}:4", "weather", "labels.unknown_labels=drop"],
+    ),
     # --- config ---
     Case("data-file-missing", lambda c: c.sft(data=c.tmp / "nope.jsonl"), lambda c: ["data.path", "nope.jsonl"]),
-    Case("data-path-is-folder", lambda c: c.sft(data=c.tmp), lambda c: [str(c.tmp), "not a saved Hugging Face dataset", "point data.path at a file"]),
+    Case(
+        "data-path-is-folder",
+        lambda c: c.sft(data=c.tmp),
+        lambda c: [str(c.tmp), "not a saved Hugging Face dataset", "point data.path at a file"],
+    ),
     Case("config-file-missing", lambda c: c.sft(str(c.tmp / "missing.yaml")), lambda c: [str(c.tmp / "missing.yaml")]),
     Case("config-is-folder", lambda c: c.sft(str(c.tmp)), lambda c: [str(c.tmp), "is a directory"]),
     Case("bad-yaml", _cfg("bad_yaml.yaml"), lambda c: [f"{BAD / 'bad_yaml.yaml'}:3"]),
     Case("yaml-not-mapping", _cfg("yaml_list.yaml"), lambda c: [str(BAD / "yaml_list.yaml")]),
     Case("config-not-utf8", _cfg("not_utf8.yaml"), lambda c: [str(BAD / "not_utf8.yaml")]),
-    Case("unknown-keys", _cfg("unknown_key.yaml"), lambda c: ["model.nmae", "model.name", "train.max_step", "train.max_steps"]),
+    Case(
+        "unknown-keys",
+        _cfg("unknown_key.yaml"),
+        lambda c: ["model.nmae", "model.name", "train.max_step", "train.max_steps"],
+    ),
     Case("wrong-types-config", _cfg("wrong_type.yaml"), lambda c: ["train.learning_rate", "train.packing", "lora.r"]),
-    Case("set-without-equals", lambda c: c.sft("--set", "train.learning_rate"), lambda c: ["--set train.learning_rate"]),
-    Case("eval-fraction-out-of-range", lambda c: c.sft("--set", "data.eval_fraction=1.5"), lambda c: ["data.eval_fraction"]),
+    Case(
+        "set-without-equals", lambda c: c.sft("--set", "train.learning_rate"), lambda c: ["--set train.learning_rate"]
+    ),
+    Case(
+        "eval-fraction-out-of-range",
+        lambda c: c.sft("--set", "data.eval_fraction=1.5"),
+        lambda c: ["data.eval_fraction"],
+    ),
     Case("secret-in-config", _cfg("secret.yaml"), lambda c: ["train.hub_token"]),
     # --- model ---
-    Case("model-path-missing", lambda c: c.sft("--set", f"model.name={c.tmp / 'no-model'}"), lambda c: ["model.name="], needs="model"),
+    Case(
+        "model-path-missing",
+        lambda c: c.sft("--set", f"model.name={c.tmp / 'no-model'}"),
+        lambda c: ["model.name="],
+        needs="model",
+    ),
     Case("model-folder-without-config", _no_config_json, lambda c: [str(c.tmp / "notamodel")], needs="model"),
     Case("pickle-only-weights", _pickle_only, lambda c: [str(c.tmp / "pickled"), "model.allow_pickle"], needs="model"),
     # --- output folder ---
@@ -239,10 +291,16 @@ CASES = [
     Case("output-parent-is-a-file", _out_parent_is_file, lambda c: ["train.output_dir=", "afile"]),
     Case("output-read-only", _read_only, lambda c: ["train.output_dir=", "readonly"]),
     Case("output-read-only-existing", _read_only_existing, lambda c: [f"train.output_dir={c.tmp / 'readonly'}"]),
-    Case("output-under-proc", lambda c: c.sft(out=Path("/proc/tunesmith-run")), lambda c: ["train.output_dir=/proc/tunesmith-run"]),
+    Case(
+        "output-under-proc",
+        lambda c: c.sft(out=Path("/proc/tunesmith-run")),
+        lambda c: ["train.output_dir=/proc/tunesmith-run"],
+    ),
     Case("disk-full", lambda c: c.sft(), lambda c: [str(c.out / "config.yaml")], limit_file_bytes=512),
     Case("resume-without-checkpoint", _resume_nothing, lambda c: [str(c.out / "checkpoints")]),
-    Case("resume-and-overwrite", lambda c: c.sft("--resume", "latest", "--overwrite"), lambda c: ["--resume/--overwrite"]),
+    Case(
+        "resume-and-overwrite", lambda c: c.sft("--resume", "latest", "--overwrite"), lambda c: ["--resume/--overwrite"]
+    ),
     Case("resume-with-other-config", _resume_changed, lambda c: ["lora.r"]),
 ]
 
@@ -257,10 +315,23 @@ def _limit(nbytes: int | None):
 def test_bad_input(case: Case, tiny_llama_dir, tmp_path):
     ctx = Ctx(tmp_path, Path(tiny_llama_dir), tmp_path / "out")
     argv = case.build(ctx)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1", COLUMNS="4000", HF_TOKEN="hf_envsecretvalue0123456789", **case.extra_env)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO / "src"),
+        HF_HUB_OFFLINE="1",
+        COLUMNS="4000",
+        HF_TOKEN="hf_envsecretvalue0123456789",
+        **case.extra_env,
+    )
     try:
-        res = subprocess.run([sys.executable, "-m", "tunesmith", *argv], env=env, capture_output=True, text=True, timeout=300,
-                             preexec_fn=_limit(case.limit_file_bytes))
+        res = subprocess.run(
+            [sys.executable, "-m", "tunesmith", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=_limit(case.limit_file_bytes),
+        )
     finally:
         ro = tmp_path / "readonly"
         if ro.exists() and shutil.which("chattr"):

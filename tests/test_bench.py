@@ -1,7 +1,8 @@
 """bench/bench_sft.py's arithmetic: MFU, ratios to TRL, targets and the Markdown table, on hand-made run results.
 
-    PYTHONPATH=src python -m pytest -q tests/test_bench.py
+PYTHONPATH=src python -m pytest -q tests/test_bench.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -13,24 +14,64 @@ import bench_sft  # noqa: E402
 
 
 def _run(variant, tps, tpc, rss, loss, precision="fp32"):
-    return {"variant": variant, "description": variant, "precision": precision, "tokens_per_second": tps, "tokens_per_cpu_second": tpc,
-            "cpu_share": 0.5, "peak_rss_bytes": rss, "peak_gpu_bytes": None, "eval_loss": loss, "parameters": 1000, "trainable_parameters": 100}
+    return {
+        "variant": variant,
+        "description": variant,
+        "precision": precision,
+        "tokens_per_second": tps,
+        "tokens_per_cpu_second": tpc,
+        "cpu_share": 0.5,
+        "peak_rss_bytes": rss,
+        "peak_gpu_bytes": None,
+        "eval_loss": loss,
+        "parameters": 1000,
+        "trainable_parameters": 100,
+    }
 
 
 def test_summary_ratios_mfu_and_targets():
     assert bench_sft.lora_flops_per_token(1000, 100) == 4 * 900 + 6 * 100
-    peaks = {"fp32_gflops": 1e-6 * 4200, "bf16_gflops": 1e-6 * 8400, "fp32_gflops_cpu": 1e-6 * 4200, "bf16_gflops_cpu": 1e-6 * 8400}
-    runs = [_run("trl_best", 10, 20, 4e9, 2.0), _run("trl_shipped", 5, 8, 2e9, 2.1), _run("tunesmith", 25, 40, 3e9, 2.02, "bf16-mixed"),
-            {"variant": "tunesmith_fp32", "error": "exit code -9"}]
+    peaks = {
+        "fp32_gflops": 1e-6 * 4200,
+        "bf16_gflops": 1e-6 * 8400,
+        "fp32_gflops_cpu": 1e-6 * 4200,
+        "bf16_gflops_cpu": 1e-6 * 8400,
+    }
+    runs = [
+        _run("trl_best", 10, 20, 4e9, 2.0),
+        _run("trl_shipped", 5, 8, 2e9, 2.1),
+        _run("tunesmith", 25, 40, 3e9, 2.02, "bf16-mixed"),
+        {"variant": "tunesmith_fp32", "error": "exit code -9"},
+    ]
     s = bench_sft.summarise(runs, peaks, {"predicted_peak_bytes": 3.3e9, "batch": 1, "seq_len": 512})
     ts = s["variants"]["tunesmith"]
     assert set(s["variants"]) == {"trl_best", "trl_shipped", "tunesmith"}  # the failed run is left out
     assert ts["speed_vs_trl_best"] == 2.5 and ts["speed_vs_trl_shipped"] == 5.0 and ts["cpu_speed_vs_trl_best"] == 2.0
     assert ts["memory_vs_trl_shipped"] == 1.5 and abs(ts["eval_loss_vs_trl_best"] - 0.01) < 1e-12
-    assert abs(ts["mfu_fp32_peak"] - 25 * 4200 / 4.2e6) < 1e-12 and abs(ts["mfu_bf16_peak"] - 25 * 4200 / 8.4e6) < 1e-12  # 4200 FLOPs/token
+    assert (
+        abs(ts["mfu_fp32_peak"] - 25 * 4200 / 4.2e6) < 1e-12 and abs(ts["mfu_bf16_peak"] - 25 * 4200 / 8.4e6) < 1e-12
+    )  # 4200 FLOPs/token
     assert s["targets"]["speed_vs_trl_best >= 2"] == 2.5 and s["targets"]["memory_vs_trl_shipped <= 1"] == 1.5
     assert abs(s["estimate"]["predicted_over_measured"] - 1.1) < 1e-12
-    report = {"summary": s, "conditions": {"mode": "quick", "model": "m", "batch": 2, "max_length": 256, "steps": 3, "warmup": 1, "cpu": "cpu",
-                                            "threads": 1, "peaks": peaks, "load_start": (1.0, 1, 1), "load_end": (2.0, 2, 2)}}
+    report = {
+        "summary": s,
+        "conditions": {
+            "mode": "quick",
+            "model": "m",
+            "batch": 2,
+            "max_length": 256,
+            "steps": 3,
+            "warmup": 1,
+            "cpu": "cpu",
+            "threads": 1,
+            "peaks": peaks,
+            "load_start": (1.0, 1, 1),
+            "load_end": (2.0, 2, 2),
+        },
+    }
     md = bench_sft.markdown(report)
-    assert "| tunesmith | bf16-mixed | 25.0 | 2.50 | 5.00 | 2.00 / 5.00 |" in md and "+1.00%" in md and "(ratio 1.10)" in md
+    assert (
+        "| tunesmith | bf16-mixed | 25.0 | 2.50 | 5.00 | 2.00 / 5.00 |" in md
+        and "+1.00%" in md
+        and "(ratio 1.10)" in md
+    )

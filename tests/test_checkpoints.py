@@ -1,5 +1,6 @@
 """Checkpoint bookkeeping without training: which checkpoint `--resume latest` picks, refusals that keep two runs
 apart, the resume command printed on SIGINT/SIGTERM, and the graceful-stop callback's effect on the Trainer."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,13 @@ import signal
 import pytest
 
 from tunesmith.errors import ConfigError
-from tunesmith.train.checkpoints import CHECKPOINT_FILES, check_same_run, latest_checkpoint, resolve_resume, resume_command
+from tunesmith.train.checkpoints import (
+    CHECKPOINT_FILES,
+    check_same_run,
+    latest_checkpoint,
+    resolve_resume,
+    resume_command,
+)
 
 
 def _ckpt(run, step, complete=True, state='{"global_step": 1}'):
@@ -24,22 +31,25 @@ def _ckpt(run, step, complete=True, state='{"global_step": 1}'):
 def test_latest_skips_checkpoints_cut_short(tmp_path):
     _ckpt(tmp_path, 2)
     good = _ckpt(tmp_path, 10)
-    _ckpt(tmp_path, 12, complete=False)                 # killed before trainer_state.json
-    _ckpt(tmp_path, 14, state='{"global_st')            # killed while writing trainer_state.json
+    _ckpt(tmp_path, 12, complete=False)  # killed before trainer_state.json
+    _ckpt(tmp_path, 14, state='{"global_st')  # killed while writing trainer_state.json
     (tmp_path / "checkpoints" / "checkpoint-x").mkdir()
-    assert latest_checkpoint(tmp_path) == good          # numeric order: 10 > 2 although "10" < "2" as text
+    assert latest_checkpoint(tmp_path) == good  # numeric order: 10 > 2 although "10" < "2" as text
     assert resolve_resume(tmp_path, "latest") == good and resolve_resume(tmp_path, True) == good
     assert resolve_resume(tmp_path, str(tmp_path / "checkpoints" / "checkpoint-2")).name == "checkpoint-2"
     assert resolve_resume(tmp_path, None) is None
 
 
-@pytest.mark.parametrize("setup,resume,overwrite,where", [
-    (lambda d: None, "latest", False, "checkpoints"),
-    (lambda d: _ckpt(d, 4, complete=False), "latest", False, "checkpoints"),
-    (lambda d: _ckpt(d, 4, complete=False), "{d}/checkpoints/checkpoint-4", False, "--resume"),
-    (lambda d: (_ckpt(d, 4), (d / "metrics.json").write_text("{}")), "latest", False, "metrics.json"),
-    (lambda d: _ckpt(d, 4), "latest", True, "--resume/--overwrite"),
-])
+@pytest.mark.parametrize(
+    "setup,resume,overwrite,where",
+    [
+        (lambda d: None, "latest", False, "checkpoints"),
+        (lambda d: _ckpt(d, 4, complete=False), "latest", False, "checkpoints"),
+        (lambda d: _ckpt(d, 4, complete=False), "{d}/checkpoints/checkpoint-4", False, "--resume"),
+        (lambda d: (_ckpt(d, 4), (d / "metrics.json").write_text("{}")), "latest", False, "metrics.json"),
+        (lambda d: _ckpt(d, 4), "latest", True, "--resume/--overwrite"),
+    ],
+)
 def test_resume_refusals(tmp_path, setup, resume, overwrite, where):
     setup(tmp_path)
     with pytest.raises(ConfigError) as exc:
@@ -56,16 +66,21 @@ def test_resume_with_other_config_is_refused_but_more_steps_are_allowed(tmp_path
 
 
 def test_resume_command_drops_overwrite_and_old_resume():
-    assert resume_command(["sft", "my cfg.yaml", "--overwrite", "--set", "train.max_steps=5"]) == \
-        "tunesmith sft 'my cfg.yaml' --set train.max_steps=5 --resume latest"
-    assert resume_command(["sft", "c.yaml", "--resume", "runs/x/checkpoints/checkpoint-4"]) == "tunesmith sft c.yaml --resume latest"
+    assert (
+        resume_command(["sft", "my cfg.yaml", "--overwrite", "--set", "train.max_steps=5"])
+        == "tunesmith sft 'my cfg.yaml' --set train.max_steps=5 --resume latest"
+    )
+    assert (
+        resume_command(["sft", "c.yaml", "--resume", "runs/x/checkpoints/checkpoint-4"])
+        == "tunesmith sft c.yaml --resume latest"
+    )
 
 
 def test_graceful_stop_saves_and_stops_after_the_step():
     from transformers import TrainerControl
 
-    from tunesmith.train.callbacks import GracefulStop
     from tunesmith.errors import TrainingStopped
+    from tunesmith.train.callbacks import GracefulStop
 
     cb, control = GracefulStop(), TrainerControl()
     before = signal.getsignal(signal.SIGTERM)
@@ -74,9 +89,9 @@ def test_graceful_stop_saves_and_stops_after_the_step():
         assert signal.getsignal(signal.SIGTERM) == cb._handle
         cb.on_step_end(None, None, control)
         assert not control.should_save and not control.should_training_stop
-        signal.raise_signal(signal.SIGTERM)                    # handled: the process keeps running
+        signal.raise_signal(signal.SIGTERM)  # handled: the process keeps running
         assert cb.signum == signal.SIGTERM
-        assert signal.getsignal(signal.SIGTERM) == before      # a second signal would act at once
+        assert signal.getsignal(signal.SIGTERM) == before  # a second signal would act at once
         cb.on_step_end(None, None, control)
         assert control.should_save and control.should_training_stop
     finally:
@@ -96,14 +111,16 @@ def test_run_dir_lock_refuses_a_live_writer_and_takes_over_a_dead_one(tmp_path):
     from tunesmith.errors import TunesmithError
     from tunesmith.runtime.rundir import LOCK, lock_run_dir, prepare_run_dir
 
-    (tmp_path / LOCK).write_text(str(os.getppid()))          # a live process that is not us
+    (tmp_path / LOCK).write_text(str(os.getppid()))  # a live process that is not us
     with pytest.raises(TunesmithError) as exc:
         lock_run_dir(tmp_path)
     assert str(os.getppid()) in exc.value.render()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    (tmp_path / LOCK).write_text(dead)                        # left behind by a SIGKILLed run
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    (tmp_path / LOCK).write_text(dead)  # left behind by a SIGKILLed run
     assert lock_run_dir(tmp_path).read_text() == str(os.getpid())
-    assert prepare_run_dir(tmp_path) == tmp_path              # our own lock does not make the folder "used"
+    assert prepare_run_dir(tmp_path) == tmp_path  # our own lock does not make the folder "used"
 
 
 def test_write_errors_name_the_file_and_never_swallow_other_errors(tmp_path):
@@ -116,10 +133,12 @@ def test_write_errors_name_the_file_and_never_swallow_other_errors(tmp_path):
         with write_errors(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / "optimizer.pt"))
     assert exc.value.problems[0].where.endswith("optimizer.pt") and "No space left" in exc.value.render()
-    with pytest.raises(TunesmithError, match="checkpoint"):   # how torch.save reports a full disk
+    with pytest.raises(TunesmithError, match="checkpoint"):  # how torch.save reports a full disk
         with write_errors(tmp_path):
-            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3: file write failed")
-    with pytest.raises(FileNotFoundError):                     # not a write failure: a bug, keep the traceback
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3: file write failed"
+            )
+    with pytest.raises(FileNotFoundError):  # not a write failure: a bug, keep the traceback
         with write_errors(tmp_path):
             raise FileNotFoundError(errno.ENOENT, "gone", "x")
     with pytest.raises(RuntimeError, match="shape"):

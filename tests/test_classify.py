@@ -1,4 +1,5 @@
 """Classification head on a decoder LLM: pooling, label data, metrics, save/reload, predict, prompting baseline."""
+
 from __future__ import annotations
 
 import json
@@ -11,18 +12,38 @@ import yaml
 from conftest import SHARED_DATA
 from tunesmith.config.classify import ClassifyConfig
 from tunesmith.config.load import load_config
-from tunesmith.errors import ConfigError, DataError
 from tunesmith.data.labels import clean, load_label_data, read_table, to_records
-from tunesmith.data.split import stratified_split
 from tunesmith.data.records import LabelRecord
+from tunesmith.data.split import stratified_split
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.sources import ModelSource
 
-TOPICS = {"sports": ["who won the cup final", "the team scored a goal", "great match today", "the striker was injured",
-                     "tennis final tonight", "he ran a marathon"],
-          "food": ["this pasta is delicious", "I love pizza with cheese", "how to bake bread", "the soup was too salty",
-                   "fresh apples from the market", "a recipe for pancakes"],
-          "tech": ["my laptop will not boot", "install the new driver", "the wifi keeps dropping", "python throws an error",
-                   "update the phone firmware", "the screen is flickering"]}
+TOPICS = {
+    "sports": [
+        "who won the cup final",
+        "the team scored a goal",
+        "great match today",
+        "the striker was injured",
+        "tennis final tonight",
+        "he ran a marathon",
+    ],
+    "food": [
+        "this pasta is delicious",
+        "I love pizza with cheese",
+        "how to bake bread",
+        "the soup was too salty",
+        "fresh apples from the market",
+        "a recipe for pancakes",
+    ],
+    "tech": [
+        "my laptop will not boot",
+        "install the new driver",
+        "the wifi keeps dropping",
+        "python throws an error",
+        "update the phone firmware",
+        "the screen is flickering",
+    ],
+}
 
 
 def _write_csv(path: Path) -> Path:
@@ -34,9 +55,18 @@ def _write_csv(path: Path) -> Path:
 
 
 def _cfg(tmp_path, model_dir, **over) -> ClassifyConfig:
-    sets = [f"model.name={model_dir}", f"data.path={_write_csv(tmp_path / 'topics.csv')}", "data.eval_fraction=0.34",
-            "labels.label_column=category", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=3",
-            "train.per_device_train_batch_size=4", "train.learning_rate=1e-2", "train.eval_strategy='no'", "train.max_length=32"]
+    sets = [
+        f"model.name={model_dir}",
+        f"data.path={_write_csv(tmp_path / 'topics.csv')}",
+        "data.eval_fraction=0.34",
+        "labels.label_column=category",
+        f"train.output_dir={tmp_path / 'run'}",
+        "train.max_steps=3",
+        "train.per_device_train_batch_size=4",
+        "train.learning_rate=1e-2",
+        "train.eval_strategy='no'",
+        "train.max_length=32",
+    ]
     sets += [f"{k}={v}" for k, v in over.items()]
     return load_config(None, sets, model_cls=ClassifyConfig)
 
@@ -46,7 +76,9 @@ def tiny_classifier(tiny_llama_dir, smol_tokenizer):
     from tunesmith.models.classifier import choose_pad_id, load_classifier
 
     pad = choose_pad_id(smol_tokenizer)
-    model = load_classifier(ModelSource("tiny", str(tiny_llama_dir), "local"), ["a", "b", "c"], pad, ClassifyConfig().model)
+    model = load_classifier(
+        ModelSource("tiny", str(tiny_llama_dir), "local"), ["a", "b", "c"], pad, ClassifyConfig().model
+    )
     return model.eval(), pad
 
 
@@ -66,7 +98,10 @@ def test_pooling_same_logits_left_and_right_padding(tiny_classifier, smol_tokeni
     from tunesmith.models.classifier import encode, pad_batch
 
     model, pad = tiny_classifier
-    recs = [LabelRecord(str(i), t, "a") for i, t in enumerate(["hi", "a much longer sentence with <|im_end|> inside it", "three words here"])]
+    recs = [
+        LabelRecord(str(i), t, "a")
+        for i, t in enumerate(["hi", "a much longer sentence with <|im_end|> inside it", "three words here"])
+    ]
     rows, _ = encode(smol_tokenizer, recs, None, 64)
     with torch.no_grad():
         right = model(**pad_batch(rows, pad, "right")).logits
@@ -91,9 +126,14 @@ def test_metrics_match_hand_computed(tmp_path):
     assert m["confusion_matrix"] == [[2, 1, 0, 0], [0, 1, 0, 1], [1, 0, 0, 0]]
     assert m["unparsed_rate"] == pytest.approx(1 / 6)
     recs = [LabelRecord(f"id{i}", f"t{i}", r) for i, r in enumerate(refs)]
-    out = write_eval_artifacts(tmp_path, kind="classify", model="m", records=recs, predictions=preds, names=["a", "b", "c"])
+    out = write_eval_artifacts(
+        tmp_path, kind="classify", model="m", records=recs, predictions=preds, names=["a", "b", "c"]
+    )
     assert not (tmp_path / "metrics.json").exists()  # the run writes metrics.json last, itself
-    assert out["kind"] == "classify" and out["task_metrics"] == {"accuracy": 0.5, "macro_f1": pytest.approx(m["macro_f1"])}
+    assert out["kind"] == "classify" and out["task_metrics"] == {
+        "accuracy": 0.5,
+        "macro_f1": pytest.approx(m["macro_f1"]),
+    }
     lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [x["id"] for x in lines] == [f"id{i}" for i in range(6)] and lines[2]["scores"] == {"accuracy": 0.0}
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
@@ -107,7 +147,11 @@ def test_label_outside_set_reports_physical_line(tmp_path):
         load_label_data(cfg)
     assert len(exc.value.problems) == 1
     assert exc.value.problems[0].where == f"{f}:5" and "'eggs'" in exc.value.problems[0].reason
-    cfg = load_config(None, [f"data.path={f}", "labels.names=[ham, spam]", "labels.unknown_labels=drop", "data.eval_fraction=0"], model_cls=ClassifyConfig)
+    cfg = load_config(
+        None,
+        [f"data.path={f}", "labels.names=[ham, spam]", "labels.unknown_labels=drop", "data.eval_fraction=0"],
+        model_cls=ClassifyConfig,
+    )
     train, _, names, report = load_label_data(cfg)
     assert [r.text for r in train] == ["multi\nline text", "fine"] and report["unknown_label_dropped"] == 1
 
@@ -151,8 +195,16 @@ def test_banking77_loader_counts():
 
 
 def test_sms_loader_counts_and_cleaning():
-    cfg = load_config(None, [f"data.path={SHARED_DATA / 'sms_spam_collection' / 'SMSSpamCollection'}", "labels.file_format=tsv",
-                             "labels.column_names=[label, text]", "data.eval_fraction=0.15"], model_cls=ClassifyConfig)
+    cfg = load_config(
+        None,
+        [
+            f"data.path={SHARED_DATA / 'sms_spam_collection' / 'SMSSpamCollection'}",
+            "labels.file_format=tsv",
+            "labels.column_names=[label, text]",
+            "data.eval_fraction=0.15",
+        ],
+        model_cls=ClassifyConfig,
+    )
     raw = to_records(read_table(cfg.data.path, cfg.labels), cfg.labels)
     assert len(raw) == 4738 and sum(r.label == "spam" for r in raw) == 642
     assert not any(any("\u0080" <= ch <= "\u009f" for ch in r.text) for r in raw)
@@ -189,14 +241,22 @@ def test_classify_end_to_end_reload_predict_and_baseline(tmp_path, tiny_llama_di
     from typer.testing import CliRunner
 
     from tunesmith.cli import app
-    from tunesmith.train.classify import run_classify
     from tunesmith.evaluate.classify_baseline import run_classify_baseline
+    from tunesmith.train.classify import run_classify
 
     cfg = _cfg(tmp_path, tiny_llama_dir, **{"labels.class_weights": "balanced"})
     metrics = run_classify(cfg)
     run = tmp_path / "run"
-    for name in ("adapter/adapter_model.safetensors", "adapter/config.json", "metrics.json", "predictions.jsonl", "confusion_matrix.png",
-                 "config.yaml", "manifest.json", "log_history.jsonl"):
+    for name in (
+        "adapter/adapter_model.safetensors",
+        "adapter/config.json",
+        "metrics.json",
+        "predictions.jsonl",
+        "confusion_matrix.png",
+        "config.yaml",
+        "manifest.json",
+        "log_history.jsonl",
+    ):
         assert (run / name).is_file(), name
     assert metrics["kind"] == "classify" and set(metrics["task_metrics"]) == {"accuracy", "macro_f1"}
     assert metrics["cost"]["trainable_parameters"] < metrics["cost"]["parameters"]
@@ -250,14 +310,26 @@ def test_full_fine_tuning_saves_plain_model(tmp_path, tiny_llama_dir):
 def test_parquet_and_hf_dataset_with_text_pair(tmp_path):
     import datasets
 
-    rows = {"premise": ["a cat sat", "it rains", "sun is out", "dogs bark"], "hypothesis": ["an animal sat", "it is dry", "it is sunny", "cats bark"],
-            "y": ["entail", "contra", "entail", "contra"]}
+    rows = {
+        "premise": ["a cat sat", "it rains", "sun is out", "dogs bark"],
+        "hypothesis": ["an animal sat", "it is dry", "it is sunny", "cats bark"],
+        "y": ["entail", "contra", "entail", "contra"],
+    }
     ds = datasets.Dataset.from_dict(rows)
     ds.to_parquet(str(tmp_path / "d.parquet"))
     ds.save_to_disk(str(tmp_path / "hf"))
     for path in (tmp_path / "d.parquet", tmp_path / "hf"):
-        cfg = load_config(None, [f"data.path={path}", "labels.text_column=premise", "labels.text_pair_column=hypothesis",
-                                 "labels.label_column=y", "data.eval_fraction=0"], model_cls=ClassifyConfig)
+        cfg = load_config(
+            None,
+            [
+                f"data.path={path}",
+                "labels.text_column=premise",
+                "labels.text_pair_column=hypothesis",
+                "labels.label_column=y",
+                "data.eval_fraction=0",
+            ],
+            model_cls=ClassifyConfig,
+        )
         train, _, names, _ = load_label_data(cfg)
         assert names == ["contra", "entail"] and [r.text_pair for r in train] == rows["hypothesis"]
         assert train[1].id == f"{path}#1"
@@ -277,12 +349,23 @@ def test_classify_embedded_model_few_steps(tmp_path):
     """The real embedded SmolLM2 (GGUF-converted LlamaForCausalLM) loads as LlamaForSequenceClassification and trains."""
     from tunesmith.train.classify import run_classify
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "classify_chatterbot.yaml",
-                      [f"train.output_dir={tmp_path / 'run'}", "train.max_steps=4", "data.max_eval_examples=24", "data.max_train_examples=64"],
-                      model_cls=ClassifyConfig)
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "classify_chatterbot.yaml",
+        [
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.max_steps=4",
+            "data.max_eval_examples=24",
+            "data.max_train_examples=64",
+        ],
+        model_cls=ClassifyConfig,
+    )
     m = run_classify(cfg)
     assert m["kind"] == "classify" and m["eval_examples"] == 24 and m["global_step"] == 4
-    losses = [e["eval_loss"] for e in map(json.loads, (tmp_path / "run" / "log_history.jsonl").read_text().splitlines()) if "eval_loss" in e]
+    losses = [
+        e["eval_loss"]
+        for e in map(json.loads, (tmp_path / "run" / "log_history.jsonl").read_text().splitlines())
+        if "eval_loss" in e
+    ]
     assert losses and all(x == x for x in losses)
 
 

@@ -1,13 +1,14 @@
 """Config loading: defaults, overrides, collected problems with field paths, did-you-mean, exit code 2."""
+
 import subprocess
 import sys
 
 import pytest
 
-from tunesmith.config.sft import RunConfig
+from tunesmith.config.load import load_config
 from tunesmith.config.problems import parse_override
 from tunesmith.config.reference import describe_fields
-from tunesmith.config.load import load_config
+from tunesmith.config.sft import RunConfig
 from tunesmith.errors import ConfigError
 
 
@@ -22,8 +23,14 @@ def test_defaults_run_embedded_model_on_chatterbot():
 def test_override_parses_yaml_values():
     assert parse_override("train.learning_rate=1e-4") == (["train", "learning_rate"], 1e-4)
     assert parse_override("train.packing=false") == (["train", "packing"], False)
-    cfg = load_config(None, ["train.learning_rate=1e-4", "lora.target_modules=[q_proj, v_proj]", "train.warmup_steps=3"])
-    assert cfg.train.learning_rate == 1e-4 and cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.train.warmup_steps == 3
+    cfg = load_config(
+        None, ["train.learning_rate=1e-4", "lora.target_modules=[q_proj, v_proj]", "train.warmup_steps=3"]
+    )
+    assert (
+        cfg.train.learning_rate == 1e-4
+        and cfg.lora.target_modules == ["q_proj", "v_proj"]
+        and cfg.train.warmup_steps == 3
+    )
 
 
 def test_sft_config_fields_pass_through_train_section():
@@ -33,7 +40,9 @@ def test_sft_config_fields_pass_through_train_section():
 
 def test_all_problems_collected_with_paths_and_fixes(tmp_path):
     yaml_file = tmp_path / "run.yaml"
-    yaml_file.write_text("train:\n  learning_rat: 1e-4\n  max_steps: many\nlora:\n  rr: 4\ndata:\n  path: missing.jsonl\n")
+    yaml_file.write_text(
+        "train:\n  learning_rat: 1e-4\n  max_steps: many\nlora:\n  rr: 4\ndata:\n  path: missing.jsonl\n"
+    )
     with pytest.raises(ConfigError) as exc:
         load_config(yaml_file)
     text = exc.value.render()
@@ -65,8 +74,23 @@ def test_every_field_documented():
 
 
 def test_cli_exit_code_2_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tunesmith", "sft", "--set", "train.learning_rat=1", "--set", "lora.r=x",
-                           "--set", f"data.path={tmp_path}/nope.jsonl"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunesmith",
+            "sft",
+            "--set",
+            "train.learning_rat=1",
+            "--set",
+            "lora.r=x",
+            "--set",
+            f"data.path={tmp_path}/nope.jsonl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "did you mean 'train.learning_rate'" in proc.stderr
@@ -79,4 +103,6 @@ def test_docs_config_reference_is_current():
     from tunesmith.config.reference import config_reference_markdown
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-    assert doc.read_text() == config_reference_markdown(), "regenerate with: tunesmith config --markdown > docs/config.md"
+    assert doc.read_text() == config_reference_markdown(), (
+        "regenerate with: tunesmith config --markdown > docs/config.md"
+    )

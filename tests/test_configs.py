@@ -1,10 +1,11 @@
 """Every shipped config in configs/ loads and validates (classify_* and dpo_* configs with their own config classes)."""
+
 from pathlib import Path
 
 import pytest
 
-from tunesmith.config.sft import RunConfig
 from tunesmith.config.load import load_config
+from tunesmith.config.sft import RunConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -36,8 +37,21 @@ def test_classify_chatterbot_example_data():
     from tunesmith.config.classify import ClassifyConfig
     from tunesmith.data.labels import load_label_data
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "classify_chatterbot.yaml", model_cls=ClassifyConfig)
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "classify_chatterbot.yaml", model_cls=ClassifyConfig
+    )
     train, ev, names, report = load_label_data(cfg)
     assert names == ["trivia", "coding", "psychology", "ai", "emotion", "literature"]
-    assert (len(train), len(ev), report["duplicates_dropped"]) == (446, 111, 150)  # of the 899 distinct conversations, 150 repeat a first user message
-    assert report["eval_counts"] == {"ai": 12, "coding": 19, "emotion": 10, "literature": 6, "psychology": 12, "trivia": 52}
+    assert (len(train), len(ev), report["duplicates_dropped"]) == (
+        446,
+        111,
+        150,
+    )  # of the 899 distinct conversations, 150 repeat a first user message
+    assert report["eval_counts"] == {
+        "ai": 12,
+        "coding": 19,
+        "emotion": 10,
+        "literature": 6,
+        "psychology": 12,
+        "trivia": 52,
+    }

@@ -1,11 +1,12 @@
 """Every data format to the canonical Conversation, every validation error with its physical line number."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-from conftest import SHARED_DATA
 
+from conftest import SHARED_DATA
 from tunesmith.config.base import DataSection
 from tunesmith.data.conversations import load_conversations, load_file
 from tunesmith.errors import DataError
@@ -21,10 +22,21 @@ def turns(conv):
 
 
 def test_openai_messages_with_weight_and_name(tmp_path):
-    p = write_jsonl(tmp_path / "d.jsonl", [{"messages": [
-        {"role": "system", "content": "S"}, {"role": "user", "content": "U", "name": "ann"},
-        {"role": "assistant", "content": "A0", "weight": 0}, {"role": "user", "content": "U2"},
-        {"role": "assistant", "content": "A1", "weight": 1}], "topic": "x"}])
+    p = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "S"},
+                    {"role": "user", "content": "U", "name": "ann"},
+                    {"role": "assistant", "content": "A0", "weight": 0},
+                    {"role": "user", "content": "U2"},
+                    {"role": "assistant", "content": "A1", "weight": 1},
+                ],
+                "topic": "x",
+            }
+        ],
+    )
     (c,), rep = load_file(p)
     assert rep.format == "messages" and c.source == f"{p}:1" and c.meta == {"topic": "x"}
     assert turns(c) == [("system", "S"), ("user", "U"), ("assistant", "A0"), ("user", "U2"), ("assistant", "A1")]
@@ -33,19 +45,39 @@ def test_openai_messages_with_weight_and_name(tmp_path):
 
 
 def test_sharegpt_json_roles_and_element_lines(tmp_path):
-    data = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
-            {"system": "Be terse.", "conversations": [{"from": "human", "value": "Weather?"}, {"from": "function_call", "value": "{\"name\": \"w\"}"},
-                                                       {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "Sunny."}]}]
+    data = [
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+        {
+            "system": "Be terse.",
+            "conversations": [
+                {"from": "human", "value": "Weather?"},
+                {"from": "function_call", "value": '{"name": "w"}'},
+                {"from": "observation", "value": "sunny"},
+                {"from": "gpt", "value": "Sunny."},
+            ],
+        },
+    ]
     p = tmp_path / "d.json"
     p.write_text(json.dumps(data, indent=2))
     (a, b), rep = load_file(p)
     assert rep.format == "sharegpt" and a.source == f"{p}:2" and b.source == f"{p}:14"
-    assert turns(b) == [("system", "Be terse."), ("user", "Weather?"), ("assistant", '{"name": "w"}'), ("tool", "sunny"), ("assistant", "Sunny.")]
+    assert turns(b) == [
+        ("system", "Be terse."),
+        ("user", "Weather?"),
+        ("assistant", '{"name": "w"}'),
+        ("tool", "sunny"),
+        ("assistant", "Sunny."),
+    ]
 
 
 def test_alpaca_with_response_column_and_system_column(tmp_path):
-    p = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "Add", "input": "2 3", "resp": "5", "sys": "You add."},
-                                           {"instruction": "Say hi", "input": "", "resp": "hi", "sys": ""}])
+    p = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"instruction": "Add", "input": "2 3", "resp": "5", "sys": "You add."},
+            {"instruction": "Say hi", "input": "", "resp": "hi", "sys": ""},
+        ],
+    )
     (a, b), rep = load_file(p, "alpaca", {"output": "resp", "system": "sys"})
     assert turns(a) == [("system", "You add."), ("user", "Add\n\n2 3"), ("assistant", "5")]
     assert turns(b) == [("user", "Say hi"), ("assistant", "hi")]
@@ -54,10 +86,24 @@ def test_alpaca_with_response_column_and_system_column(tmp_path):
 def test_prompt_completion_plain_and_conversational(tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "2+2=", "completion": " 4"}])
     (c,), rep = load_file(p)
-    assert rep.format == "prompt_completion" and c.kind == "completion" and turns(c) == [("user", "2+2="), ("assistant", " 4")]
-    p2 = write_jsonl(tmp_path / "e.jsonl", [{"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                                                       {"role": "user", "content": "c"}],
-                                            "completion": [{"role": "assistant", "content": "d"}]}])
+    assert (
+        rep.format == "prompt_completion"
+        and c.kind == "completion"
+        and turns(c) == [("user", "2+2="), ("assistant", " 4")]
+    )
+    p2 = write_jsonl(
+        tmp_path / "e.jsonl",
+        [
+            {
+                "prompt": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ],
+                "completion": [{"role": "assistant", "content": "d"}],
+            }
+        ],
+    )
     (c2,), _ = load_file(p2)
     assert c2.kind == "messages" and [m.weight for m in c2.messages] == [None, 0, None, None]  # completion-only loss
 
@@ -84,22 +130,27 @@ def test_parquet_and_saved_dataset(tmp_path):
     ds.save_to_disk(str(tmp_path / "saved"))
     for path in (tmp_path / "d.parquet", tmp_path / "saved"):
         convs, rep = load_file(path)
-        assert rep.format == "alpaca" and [turns(c) for c in convs] == [[("user", "q1"), ("assistant", "a1")], [("user", "q2"), ("assistant", "a2")]]
+        assert rep.format == "alpaca" and [turns(c) for c in convs] == [
+            [("user", "q1"), ("assistant", "a1")],
+            [("user", "q2"), ("assistant", "a2")],
+        ]
         assert convs[1].source == f"{path}#1"
 
 
 def test_every_validation_error_collected_with_its_line(tmp_path):
     ok = {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
-    lines = [json.dumps(ok),                                                                             # 1 ok
-             '{"messages": [oops',                                                                       # 2 malformed JSON
-             json.dumps({"messages": [{"role": "wizard", "content": "u"}, {"role": "assistant", "content": "a"}]}),  # 3
-             json.dumps({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}),   # 4
-             json.dumps({"messages": [{"role": "user", "content": "u"}]}),                              # 5 no assistant
-             json.dumps({"messages": [{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}]}),      # 6
-             "",                                                                                          # 7 blank: ignored
-             json.dumps(ok)]                                                                              # 8 ok
+    lines = [
+        json.dumps(ok),  # 1 ok
+        '{"messages": [oops',  # 2 malformed JSON
+        json.dumps({"messages": [{"role": "wizard", "content": "u"}, {"role": "assistant", "content": "a"}]}),  # 3
+        json.dumps({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}),  # 4
+        json.dumps({"messages": [{"role": "user", "content": "u"}]}),  # 5 no assistant
+        json.dumps({"messages": [{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}]}),  # 6
+        "",  # 7 blank: ignored
+        json.dumps(ok),
+    ]  # 8 ok
     p = tmp_path / "d.jsonl"
-    p.write_bytes(("\n".join(lines) + "\n").encode() + b'{"messages": "caf\xe9"}\n')                    # 9 invalid UTF-8
+    p.write_bytes(("\n".join(lines) + "\n").encode() + b'{"messages": "caf\xe9"}\n')  # 9 invalid UTF-8
     with pytest.raises(DataError) as e:
         load_file_strict(p)
     got = {x.where.rsplit(":", 1)[1]: x.reason for x in e.value.problems}
@@ -113,20 +164,48 @@ def test_every_validation_error_collected_with_its_line(tmp_path):
 
 
 def test_typed_content_parts(tmp_path):
-    p = write_jsonl(tmp_path / "d.jsonl", [
-        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
-                      {"role": "assistant", "content": [{"type": "text", "value": "Hello"}]}]},
-        {"messages": [{"role": "user", "content": [{"type": "text", "value": "Q"}]},
-                      {"role": "assistant", "content": [{"type": "reasoning", "value": "hmm"}, {"type": "text", "value": "A"}]}]}])
+    p = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+                    {"role": "assistant", "content": [{"type": "text", "value": "Hello"}]},
+                ]
+            },
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "value": "Q"}]},
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "reasoning", "value": "hmm"}, {"type": "text", "value": "A"}],
+                    },
+                ]
+            },
+        ],
+    )
     convs, rep = load_file(p)
     assert turns(convs[0]) == [("user", "Hi there"), ("assistant", "Hello")]
     assert rep.skipped[0].where == f"{p}:2" and "reasoning" in rep.skipped[0].reason
 
 
 def test_oasst_tree_follows_best_ranked_reply(tmp_path):
-    tree = {"message_tree_id": "t", "prompt": {"role": "prompter", "text": "Q", "replies": [
-        {"role": "assistant", "text": "worse", "rank": 1, "replies": []},
-        {"role": "assistant", "text": "best", "rank": 0, "replies": [{"role": "prompter", "text": "thanks", "replies": []}]}]}}
+    tree = {
+        "message_tree_id": "t",
+        "prompt": {
+            "role": "prompter",
+            "text": "Q",
+            "replies": [
+                {"role": "assistant", "text": "worse", "rank": 1, "replies": []},
+                {
+                    "role": "assistant",
+                    "text": "best",
+                    "rank": 0,
+                    "replies": [{"role": "prompter", "text": "thanks", "replies": []}],
+                },
+            ],
+        },
+    }
     (c,), rep = load_file(write_jsonl(tmp_path / "d.jsonl", [tree]))
     assert rep.format == "oasst" and turns(c) == [("user", "Q"), ("assistant", "best")]
 
@@ -139,9 +218,15 @@ def test_unknown_format_explains_fix(tmp_path):
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared data not present")
 def test_real_files_load(tmp_path):
-    convs, rep = load_file(SHARED_DATA / "gpteacher_codegen" / "codegen-instruct.json", "alpaca", {"output": "response"})
+    convs, rep = load_file(
+        SHARED_DATA / "gpteacher_codegen" / "codegen-instruct.json", "alpaca", {"output": "response"}
+    )
     assert rep.kept == rep.rows_read == 3855 and convs[0].messages[1].content.startswith("#include <iostream>")
     convs, rep = load_file(SHARED_DATA / "glaive_toolcall_en_demo" / "glaive_toolcall_en_demo.json")
-    assert rep.format == "sharegpt" and rep.kept == 255 and {m.role for c in convs for m in c.messages} == {"user", "assistant", "tool"}
+    assert (
+        rep.format == "sharegpt"
+        and rep.kept == 255
+        and {m.role for c in convs for m in c.messages} == {"user", "assistant", "tool"}
+    )
     convs, rep = load_file(SHARED_DATA / "reason_tool_use_demo" / "reason_tool_use_demo_50.jsonl")
     assert rep.kept == 0 and rep.skipped_records == 42 and "reasoning" in rep.skipped[0].reason

@@ -1,4 +1,5 @@
 """`tunesmith data check` / `data preview` through the CLI: report values and exit codes."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,10 @@ runner = CliRunner()
 
 
 def _file(tmp_path, bad: bool):
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}]} for i in range(3)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+        for i in range(3)
+    ]
     rows.append(rows[0])  # one duplicate
     lines = [json.dumps(r) for r in rows] + (['{"messages": [broken'] if bad else [])
     p = tmp_path / "d.jsonl"
@@ -35,7 +39,9 @@ def test_data_check_reports_and_exits_2_on_invalid(tmp_path, embedded_source):
 
 def test_data_preview_marks_trained_tokens(tmp_path, embedded_source):
     p = _file(tmp_path, bad=False)
-    res = runner.invoke(app, ["data", "preview", "--set", f"data.path={p}", "-n", "1", "--plain"], env={"COLUMNS": "200"})
+    res = runner.invoke(
+        app, ["data", "preview", "--set", f"data.path={p}", "-n", "1", "--plain"], env={"COLUMNS": "200"}
+    )
     assert res.exit_code == 0, res.output
     assert "[[answer 0<|im_end|>]]" in res.output and "<|im_start|>user\nq0<|im_end|>" in res.output
     assert res.output.count("[[") == 2  # the legend's and the one reply's: system, user and header are masked

@@ -1,11 +1,13 @@
 """Decision order (issue 4): the shared eval step, baseline/eval identity, eval_loss, and the end-to-end CLI on a tiny Llama."""
+
 import json
+
 import pytest
 import torch
 
 from tunesmith.data.bundled import SCHEMA, SYSTEM_PROMPT
-from tunesmith.evaluate.generative import build_examples, reference_losses
 from tunesmith.data.records import Conversation, Message
+from tunesmith.evaluate.generative import build_examples, reference_losses
 from tunesmith.render.templates import IGNORE_INDEX, render_conversation
 
 
@@ -55,7 +57,9 @@ def test_reference_loss_equals_transformers_loss(tiny_llama_dir, smol_tokenizer)
         r = render_conversation(smol_tokenizer, ex.conversation)
         with torch.no_grad():
             want = model(input_ids=torch.tensor([r.input_ids]), labels=torch.tensor([r.labels])).loss.item()
-        assert n == sum(1 for t in r.labels if t != IGNORE_INDEX) - 0  # labels are shifted by one: every trained token counts
+        assert (
+            n == sum(1 for t in r.labels if t != IGNORE_INDEX) - 0
+        )  # labels are shifted by one: every trained token counts
         assert nll / n == pytest.approx(want, abs=1e-4)
 
 
@@ -75,16 +79,45 @@ def decision_run(tmp_path_factory, tiny_llama_dir):
     """`tunesmith sft` with eval.baseline on the tiny Llama: baseline (zero- and 1-shot) -> 2 SFT steps -> eval -> report."""
     root = tmp_path_factory.mktemp("decision")
     cfg = root / "cfg.yaml"
-    cfg.write_text(json.dumps({
-        "model": {"name": str(tiny_llama_dir)},
-        "data": {"name": "chatterbot_json", "max_train_examples": 16, "max_eval_examples": 6},
-        "train": {"output_dir": str(root / "run"), "max_steps": 2, "per_device_train_batch_size": 4, "eval_strategy": "no",
-                  "save_strategy": "no", "logging_steps": 1, "learning_rate": 1e-3},
-        "eval": {"baseline": True, "before_training": False, "num_samples": 0, "max_new_tokens": 6, "k_shot": 1, "label_field": "topic",
-                 "metrics": ["json_valid", "json_schema", "label_accuracy", "label_macro_f1", "exact_match", "contains", "rouge_l", "chrf",
-                             "eval_loss", "perplexity"],
-                 "json_schema": SCHEMA, "targets": {"json_schema": 0.95}},
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "model": {"name": str(tiny_llama_dir)},
+                "data": {"name": "chatterbot_json", "max_train_examples": 16, "max_eval_examples": 6},
+                "train": {
+                    "output_dir": str(root / "run"),
+                    "max_steps": 2,
+                    "per_device_train_batch_size": 4,
+                    "eval_strategy": "no",
+                    "save_strategy": "no",
+                    "logging_steps": 1,
+                    "learning_rate": 1e-3,
+                },
+                "eval": {
+                    "baseline": True,
+                    "before_training": False,
+                    "num_samples": 0,
+                    "max_new_tokens": 6,
+                    "k_shot": 1,
+                    "label_field": "topic",
+                    "metrics": [
+                        "json_valid",
+                        "json_schema",
+                        "label_accuracy",
+                        "label_macro_f1",
+                        "exact_match",
+                        "contains",
+                        "rouge_l",
+                        "chrf",
+                        "eval_loss",
+                        "perplexity",
+                    ],
+                    "json_schema": SCHEMA,
+                    "targets": {"json_schema": 0.95},
+                },
+            }
+        )
+    )
     _cli("sft", str(cfg))
     return cfg, root / "run"
 
@@ -97,13 +130,25 @@ def test_sft_writes_baseline_eval_and_report(decision_run):
     _, run = decision_run
     for sub in ("baseline", "baseline-1shot", "eval"):
         m = json.loads((run / sub / "metrics.json").read_text())
-        assert set(m["task_metrics"]) == {"json_valid", "json_schema", "label_accuracy", "label_macro_f1", "exact_match", "contains",
-                                          "rouge_l", "chrf", "eval_loss", "perplexity"}
+        assert set(m["task_metrics"]) == {
+            "json_valid",
+            "json_schema",
+            "label_accuracy",
+            "label_macro_f1",
+            "exact_match",
+            "contains",
+            "rouge_l",
+            "chrf",
+            "eval_loss",
+            "perplexity",
+        }
         assert m["eval_examples"] == 6 and m["cost"]["parameters"] > 0 and m["cost"]["generation_tokens_per_second"] > 0
         assert m["kind"] == ("eval" if sub == "eval" else "baseline")
     assert json.loads((run / "eval" / "metrics.json").read_text())["cost"]["trainable_parameters"] > 0
     html = (run / "report.html").read_text()
-    assert "Verdict:" in html and "json_schema ≥ 0.95: prompting, zero-shot" in html and "data:image/png;base64," in html
+    assert (
+        "Verdict:" in html and "json_schema ≥ 0.95: prompting, zero-shot" in html and "data:image/png;base64," in html
+    )
     assert (run / "metrics.json").is_file() and (run / "adapter" / "adapter_config.json").is_file()
 
 
@@ -114,7 +159,9 @@ def test_baseline_and_eval_use_identical_examples_and_prompts(decision_run):
     assert [r["prompt_ids_sha256"] for r in base] == [r["prompt_ids_sha256"] for r in ev]
     assert [r["prompt"] for r in base] == [r["prompt"] for r in ev]
     assert all(SYSTEM_PROMPT in r["prompt"] for r in base)
-    assert all(a["prompt_ids_sha256"] != b["prompt_ids_sha256"] for a, b in zip(base, kshot))  # k-shot prompts are longer
+    assert all(
+        a["prompt_ids_sha256"] != b["prompt_ids_sha256"] for a, b in zip(base, kshot)
+    )  # k-shot prompts are longer
     assert [r["reference"] for r in base] == [r["reference"] for r in ev]
     # the adapter changed the model: reference likelihood differs
     assert any(abs(a["scores"]["eval_loss"] - b["scores"]["eval_loss"]) > 1e-4 for a, b in zip(base, ev))
@@ -146,7 +193,9 @@ def test_report_cli_and_refusals(decision_run, tmp_path):
     assert "--overwrite" in again.output
     missing = _cli("eval", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "e"), code=2)
     assert "Model path not found" in missing.output and not (tmp_path / "e").exists()
-    misaligned = _cli("report", str(run / "baseline"), str(tmp_path / "nothing"), "--output", str(tmp_path / "x.html"), code=2)
+    misaligned = _cli(
+        "report", str(run / "baseline"), str(tmp_path / "nothing"), "--output", str(tmp_path / "x.html"), code=2
+    )
     assert "Not an evaluated run dir" in misaligned.output
 
 
@@ -160,9 +209,14 @@ def test_same_seed_reproduces_the_fine_tuned_numbers(decision_run, tmp_path):
 
     cfg, run = decision_run
     again = tmp_path / "again"
-    config = load_config(cfg, [f"train.output_dir={again}", "eval.baseline=false"])  # the baseline step must not perturb training
+    config = load_config(
+        cfg, [f"train.output_dir={again}", "eval.baseline=false"]
+    )  # the baseline step must not perturb training
     run_sft(config)
-    a, b = load_file(run / "adapter" / "adapter_model.safetensors"), load_file(again / "adapter" / "adapter_model.safetensors")
+    a, b = (
+        load_file(run / "adapter" / "adapter_model.safetensors"),
+        load_file(again / "adapter" / "adapter_model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     run_eval(config, adapter=again / "adapter", output=tmp_path / "e")
     mine, theirs = _rows(tmp_path / "e"), _rows(run / "eval")
@@ -183,4 +237,6 @@ def test_shipped_example_prompting_falls_short_and_sft_meets_the_target(tmp_path
     base = json.loads((run / "baseline" / "metrics.json").read_text())["task_metrics"]
     sft = json.loads((run / "eval" / "metrics.json").read_text())["task_metrics"]
     assert base["json_schema"] < 0.95 <= sft["json_schema"], (base, sft)
-    assert "Prompting falls short; SFT (LoRA adapter) meets every target. Fine-tune." in (run / "report.html").read_text()
+    assert (
+        "Prompting falls short; SFT (LoRA adapter) meets every target. Fine-tune." in (run / "report.html").read_text()
+    )

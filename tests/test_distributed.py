@@ -9,6 +9,7 @@ the same whatever the sampler's order, and the curves must agree to 1e-4.  The m
 scaled up so per-token losses differ a lot between conversations; then averaging per process (or per
 micro-batch) instead of over the global batch's trained tokens would move the loss by far more than 1e-4.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,17 +24,37 @@ import yaml
 
 from conftest import REPO, build_tiny_llama
 
-TRAIN = [("What colour is the sky?", "Blue."),
-         ("Count to twelve.", "one two three four five six seven eight nine ten eleven twelve"),
-         ("Say hi.", "hi"),
-         ("Describe a cat in one sentence.", "A cat is a small furry animal that purrs, sleeps most of the day and chases mice at night.")]
+TRAIN = [
+    ("What colour is the sky?", "Blue."),
+    ("Count to twelve.", "one two three four five six seven eight nine ten eleven twelve"),
+    ("Say hi.", "hi"),
+    (
+        "Describe a cat in one sentence.",
+        "A cat is a small furry animal that purrs, sleeps most of the day and chases mice at night.",
+    ),
+]
 EVAL = [("Name a fruit.", "Apple."), ("What is 2+2?", "4")]
-ARTIFACTS = {"adapter", "metrics.json", "manifest.json", "config.yaml", "samples.jsonl", "log_history.jsonl", "loss_curve.png", "reload_check.json", "run_state.json", "run.log"}
+ARTIFACTS = {
+    "adapter",
+    "metrics.json",
+    "manifest.json",
+    "config.yaml",
+    "samples.jsonl",
+    "log_history.jsonl",
+    "loss_curve.png",
+    "reload_check.json",
+    "run_state.json",
+    "run.log",
+}
 
 
 def _jsonl(path: Path, pairs) -> Path:
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}) + "\n"
-                            for u, a in pairs))
+    path.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}) + "\n"
+            for u, a in pairs
+        )
+    )
     return path
 
 
@@ -49,22 +70,51 @@ def setup(smol_tokenizer, tmp_path_factory):
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(30.0)  # tied with lm_head: logits spread, token losses differ
     model.save_pretrained(model_dir)
-    cfg = {"model": {"name": str(model_dir), "dtype": "float32"},
-           "data": {"path": str(_jsonl(root / "train.jsonl", TRAIN)), "eval_path": str(_jsonl(root / "eval.jsonl", EVAL))},
-           "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
-           "train": {"max_steps": 4, "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "learning_rate": 0.02,
-                     "lr_scheduler_type": "constant", "warmup_steps": 0, "packing": False, "max_length": 64, "bf16": False,
-                     "logging_steps": 1, "eval_strategy": "no", "save_steps": 2, "save_total_limit": None, "seed": 7},
-           "eval": {"before_training": False, "num_samples": 1, "max_new_tokens": 4}}
+    cfg = {
+        "model": {"name": str(model_dir), "dtype": "float32"},
+        "data": {"path": str(_jsonl(root / "train.jsonl", TRAIN)), "eval_path": str(_jsonl(root / "eval.jsonl", EVAL))},
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        "train": {
+            "max_steps": 4,
+            "per_device_train_batch_size": 2,
+            "per_device_eval_batch_size": 2,
+            "learning_rate": 0.02,
+            "lr_scheduler_type": "constant",
+            "warmup_steps": 0,
+            "packing": False,
+            "max_length": 64,
+            "bf16": False,
+            "logging_steps": 1,
+            "eval_strategy": "no",
+            "save_steps": 2,
+            "save_total_limit": None,
+            "seed": 7,
+        },
+        "eval": {"before_training": False, "num_samples": 1, "max_new_tokens": 4},
+    }
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return root
 
 
 def _sft(root: Path, out: str, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests" / "dist_trace")]),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TUNESMITH_TRACE_WRITES": str(root / f"{out}.writes")}
-    cmd = [sys.executable, "-m", "tunesmith", "sft", str(root / "cfg.yaml"), "--set", f"train.output_dir={root / out}", *extra]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests" / "dist_trace")]),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TUNESMITH_TRACE_WRITES": str(root / f"{out}.writes"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunesmith",
+        "sft",
+        str(root / "cfg.yaml"),
+        "--set",
+        f"train.output_dir={root / out}",
+        *extra,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -79,8 +129,14 @@ def _losses(run: Path) -> dict[int, float]:
 def runs(setup):
     two = _sft(setup, "two", "--num-processes", "2")
     one = _sft(setup, "one", "--set", "train.per_device_train_batch_size=4")
-    resumed = _sft(setup, "resumed", "--set", "train.gradient_accumulation_steps=2",
-                   "--resume", str(setup / "two" / "checkpoints" / "checkpoint-2"))
+    resumed = _sft(
+        setup,
+        "resumed",
+        "--set",
+        "train.gradient_accumulation_steps=2",
+        "--resume",
+        str(setup / "two" / "checkpoints" / "checkpoint-2"),
+    )
     return {"two": two, "one": one, "resumed": resumed}
 
 
@@ -103,9 +159,9 @@ def test_step_loss_is_normalised_by_global_trained_tokens(setup, runs, smol_toke
     import torch.nn.functional as F
     from transformers import LlamaForCausalLM
 
-    from tunesmith.render.rows import render_all
     from tunesmith.config.base import DataSection
     from tunesmith.data.conversations import load_conversations
+    from tunesmith.render.rows import render_all
 
     model = LlamaForCausalLM.from_pretrained(setup / "tiny").eval()
     convs, _ = load_conversations(DataSection(path=str(setup / "train.jsonl")))
@@ -121,15 +177,21 @@ def test_step_loss_is_normalised_by_global_trained_tokens(setup, runs, smol_toke
     assert _losses(setup / "two")[1] == pytest.approx(global_mean, abs=1e-4)
     for half in itertools.combinations(range(4), 2):
         rest = [i for i in range(4) if i not in half]
-        per_process = 0.5 * (sum(sums[i] for i in half) / sum(counts[i] for i in half) + sum(sums[i] for i in rest) / sum(counts[i] for i in rest))
+        per_process = 0.5 * (
+            sum(sums[i] for i in half) / sum(counts[i] for i in half)
+            + sum(sums[i] for i in rest) / sum(counts[i] for i in rest)
+        )
         assert abs(per_process - global_mean) > 1e-2, half
 
 
 def test_artifacts_written_once_by_the_main_process(setup, runs):
     run = setup / "two"
     writes = [line.split("\t") for line in (setup / "two.writes").read_text().splitlines()]
-    finals = [(rank, Path(dst).relative_to(run).parts[0]) for rank, dst in writes
-              if Path(dst).is_relative_to(run) and Path(dst).relative_to(run).parts[0] != "checkpoints"]
+    finals = [
+        (rank, Path(dst).relative_to(run).parts[0])
+        for rank, dst in writes
+        if Path(dst).is_relative_to(run) and Path(dst).relative_to(run).parts[0] != "checkpoints"
+    ]
     assert sorted(name for _, name in finals) == sorted(ARTIFACTS)  # each exactly once
     assert {rank for rank, _ in finals} == {"0"}
     assert {p.name for p in run.iterdir()} == ARTIFACTS | {"checkpoints"}  # no stray temporary files
@@ -139,8 +201,12 @@ def test_artifacts_written_once_by_the_main_process(setup, runs):
     assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file()
     from safetensors.torch import load_file
 
-    final, last = (load_file(d / "adapter_model.safetensors") for d in (run / "adapter", run / "checkpoints" / "checkpoint-4"))
-    assert final.keys() == last.keys() and all(final[k].equal(last[k]) for k in final)  # the trained adapter, saved whole
+    final, last = (
+        load_file(d / "adapter_model.safetensors") for d in (run / "adapter", run / "checkpoints" / "checkpoint-4")
+    )
+    assert final.keys() == last.keys() and all(
+        final[k].equal(last[k]) for k in final
+    )  # the trained adapter, saved whole
     assert (run / "adapter" / "tokenizer.json").is_file() and not (run / "adapter" / "training_args.bin").exists()
 
 
@@ -156,15 +222,25 @@ def test_checkpoint_from_two_processes_resumes_on_one(setup, runs):
 def test_launch_command_strips_the_shortcut():
     from tunesmith.runtime.distributed import launch_command, strip_option
 
-    argv = strip_option(["sft", "c.yaml", "--num-processes", "4", "--set", "a=1", "--num-processes=4"], "--num-processes")
+    argv = strip_option(
+        ["sft", "c.yaml", "--num-processes", "4", "--set", "a=1", "--num-processes=4"], "--num-processes"
+    )
     assert argv == ["sft", "c.yaml", "--set", "a=1"]
     cmd = launch_command(argv, 4)
     assert cmd[1:3] == ["-m", "tunesmith.runtime.distributed"] and cmd[cmd.index("--num_processes") + 1] == "4"
     assert cmd[-6:] == ["-m", "tunesmith", "sft", "c.yaml", "--set", "a=1"] and "--multi_gpu" in cmd
 
 
-@pytest.mark.parametrize("name, kind", [("ddp", "multi_gpu"), ("fsdp", "use_fsdp"), ("deepspeed_zero2", "use_deepspeed"),
-                                        ("deepspeed_zero3", "use_deepspeed"), ("multinode", "multi_gpu")])
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("ddp", "multi_gpu"),
+        ("fsdp", "use_fsdp"),
+        ("deepspeed_zero2", "use_deepspeed"),
+        ("deepspeed_zero3", "use_deepspeed"),
+        ("multinode", "multi_gpu"),
+    ],
+)
 def test_shipped_accelerate_configs_are_valid(name, kind):
     """Each file loads with accelerate's own config loader (unknown keys are refused there) and resolves, through
     `accelerate launch`'s argument handling, to the intended engine; nested keys are real launch flags."""

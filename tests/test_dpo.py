@@ -1,4 +1,5 @@
 """DPO: the reference is not a second copy of the weights, held-out metrics are hand-checkable, a tiny run writes the contract."""
+
 from __future__ import annotations
 
 import json
@@ -7,23 +8,37 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunesmith.config.load import load_config
 from tunesmith.config.dpo import DPORunConfig
+from tunesmith.config.load import load_config
+from tunesmith.data.records import Message, PreferencePair
 from tunesmith.evaluate.preference import PairLogps, pair_logps, preference_metrics, win_rate
 from tunesmith.evaluate.stats import bootstrap_ci
-from tunesmith.data.records import Message
-from tunesmith.models.sources import ModelSource
-from tunesmith.models.loading import load_causal_lm
-from tunesmith.data.records import PreferencePair
 from tunesmith.models.adapters import require_adapter
+from tunesmith.models.loading import load_causal_lm
+from tunesmith.models.sources import ModelSource
 
-PAIRS = [PreferencePair([Message("user", f"Say the colour number {k}.")], f"Blue {k}.", f"No {k}!", f"mem:{k}") for k in range(6)]
+PAIRS = [
+    PreferencePair([Message("user", f"Say the colour number {k}.")], f"Blue {k}.", f"No {k}!", f"mem:{k}")
+    for k in range(6)
+]
 
 
 def _cfg(tmp_path, model_dir, *sets) -> DPORunConfig:
-    base = [f"model.name={model_dir}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2", "train.per_device_train_batch_size=2",
-            "train.per_device_eval_batch_size=4", "train.eval_strategy=no", "train.max_length=64", "lora.r=4", "lora.lora_alpha=8",
-            "eval.win_rate_prompts=2", "eval.max_new_tokens=4", "eval.bootstrap_samples=200", "model.dtype=float32"]
+    base = [
+        f"model.name={model_dir}",
+        f"train.output_dir={tmp_path / 'run'}",
+        "train.max_steps=2",
+        "train.per_device_train_batch_size=2",
+        "train.per_device_eval_batch_size=4",
+        "train.eval_strategy=no",
+        "train.max_length=64",
+        "lora.r=4",
+        "lora.lora_alpha=8",
+        "eval.win_rate_prompts=2",
+        "eval.max_new_tokens=4",
+        "eval.bootstrap_samples=200",
+        "model.dtype=float32",
+    ]
     return load_config(None, base + list(sets), model_cls=DPORunConfig)
 
 
@@ -52,7 +67,6 @@ def tiny_source(tiny_llama_dir):
     return ModelSource("tiny", str(tiny_llama_dir), "local")
 
 
-
 def _save_random_sft_adapter(tiny_source, path):
     """A LoRA r=4 "SFT" adapter with random lora_B (so it changes the model), saved to ``path``; returns the PEFT model."""
     from peft import get_peft_model
@@ -67,7 +81,10 @@ def _save_random_sft_adapter(tiny_source, path):
     sft.save_pretrained(path)
     return sft
 
-def test_fresh_lora_reference_is_the_same_weights_with_the_adapter_disabled(tmp_path, tiny_source, tiny_llama_dir, smol_tokenizer):
+
+def test_fresh_lora_reference_is_the_same_weights_with_the_adapter_disabled(
+    tmp_path, tiny_source, tiny_llama_dir, smol_tokenizer
+):
     from tunesmith.train.dpo import build_policy, make_trainer
 
     cfg = _cfg(tmp_path, tiny_llama_dir)
@@ -112,7 +129,9 @@ def test_continuing_an_sft_adapter_keeps_one_copy_of_the_base(tmp_path, tiny_sou
     assert sum(policy.values()) == base_bytes + adapters and adapters < 0.05 * base_bytes  # two LoRA copies, one base
     # the reference is the SFT model (base + its adapter), before and after the trained adapter moves
     rows = list(trainer.eval_dataset)
-    sft_logps = _plain_logps(PeftModel.from_pretrained(load_causal_lm(tiny_source), str(tmp_path / "sft" / "adapter")).eval(), trainer, rows)
+    sft_logps = _plain_logps(
+        PeftModel.from_pretrained(load_causal_lm(tiny_source), str(tmp_path / "sft" / "adapter")).eval(), trainer, rows
+    )
     with torch.no_grad():
         for n, p in trainer.model.named_parameters():
             if "lora_A.default" in n:
@@ -123,8 +142,12 @@ def test_continuing_an_sft_adapter_keeps_one_copy_of_the_base(tmp_path, tiny_sou
 
 
 def test_preference_metrics_by_hand():
-    lp = PairLogps(chosen=torch.tensor([-10.0, -12.0, -9.0, -20.0]), rejected=torch.tensor([-11.0, -11.0, -15.0, -20.0]),
-                   ref_chosen=torch.tensor([-10.0, -10.0, -10.0, -20.0]), ref_rejected=torch.tensor([-10.0, -10.0, -10.0, -21.0]))
+    lp = PairLogps(
+        chosen=torch.tensor([-10.0, -12.0, -9.0, -20.0]),
+        rejected=torch.tensor([-11.0, -11.0, -15.0, -20.0]),
+        ref_chosen=torch.tensor([-10.0, -10.0, -10.0, -20.0]),
+        ref_rejected=torch.tensor([-10.0, -10.0, -10.0, -21.0]),
+    )
     m = preference_metrics(lp, beta=0.5, n_resamples=500)
     # rewards chosen: 0.5*[0, -2, 1, 0] = [0, -1, .5, 0]; rejected: 0.5*[-1, -1, -5, 1] = [-.5, -.5, -2.5, .5]
     assert m["reward_accuracy"] == 0.5  # pairs 0 and 2
@@ -163,15 +186,29 @@ def test_tiny_dpo_run_writes_the_shared_contract(tmp_path, tiny_llama_dir):
     run = Path(cfg.train.output_dir)
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["kind"] == "dpo" and saved["model"] == str(tiny_llama_dir) and saved["global_step"] == 2
-    assert set(saved["task_metrics"]) == {"reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected"}
+    assert set(saved["task_metrics"]) == {
+        "reward_accuracy",
+        "reward_margin",
+        "logps_chosen",
+        "logps_rejected",
+        "rewards_chosen",
+        "rewards_rejected",
+    }
     assert saved["win_rate"]["metric"] == "rougeL" and saved["win_rate"]["prompts"] == 2
-    assert saved["cost"]["parameters"] > saved["cost"]["trainable_parameters"] > 0 and saved["cost"]["peak_memory_bytes"] > 0
+    assert (
+        saved["cost"]["parameters"] > saved["cost"]["trainable_parameters"] > 0
+        and saved["cost"]["peak_memory_bytes"] > 0
+    )
     assert saved["data"]["train_pairs"] == 9 and saved["held_out"]["pairs"] == 3 == m["held_out"]["pairs"]
     preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     lines = [int(p["id"].rsplit(":", 1)[1]) for p in preds]
-    assert len(preds) == 3 and lines == sorted(lines) and all(p["reference"] == "chosen" for p in preds)  # eval-set (file) order
+    assert (
+        len(preds) == 3 and lines == sorted(lines) and all(p["reference"] == "chosen" for p in preds)
+    )  # eval-set (file) order
     for name, value in saved["task_metrics"].items():  # every task metric is the mean of its per-pair score
-        assert sum(p["scores"][name] for p in preds) / len(preds) == pytest.approx(value, rel=1e-6, abs=1e-6)  # float32 means
+        assert sum(p["scores"][name] for p in preds) / len(preds) == pytest.approx(
+            value, rel=1e-6, abs=1e-6
+        )  # float32 means
     assert all(p["prediction"] == ("chosen" if p["scores"]["reward_margin"] > 0 else "rejected") for p in preds)
     from tunesmith.evaluate.report import build_report  # the decision report reads a DPO run like any other
 
@@ -181,8 +218,12 @@ def test_tiny_dpo_run_writes_the_shared_contract(tmp_path, tiny_llama_dir):
     assert lo <= saved["task_metrics"]["reward_margin"] <= hi
     assert len((run / "generations.jsonl").read_text().splitlines()) == 2
     # the saved adapter is only the trained one and reloads on the base
-    assert {"adapter_config.json", "adapter_model.safetensors", "generation_config.json"} <= {p.name for p in (run / "adapter").iterdir()}
-    reloaded = PeftModel.from_pretrained(load_causal_lm(ModelSource("tiny", str(tiny_llama_dir), "local")), str(run / "adapter"))
+    assert {"adapter_config.json", "adapter_model.safetensors", "generation_config.json"} <= {
+        p.name for p in (run / "adapter").iterdir()
+    }
+    reloaded = PeftModel.from_pretrained(
+        load_causal_lm(ModelSource("tiny", str(tiny_llama_dir), "local")), str(run / "adapter")
+    )
     assert list(reloaded.peft_config) == ["default"]
 
 

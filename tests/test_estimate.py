@@ -1,7 +1,8 @@
 """`tunesmith estimate`: parameter counts equal the real models', hand-computed terms, CLI output, probe calibration.
 
-    PYTHONPATH=src python -m pytest -q tests/test_estimate.py
+PYTHONPATH=src python -m pytest -q tests/test_estimate.py
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,18 @@ def test_terms_by_hand():
     est = estimate(TINY, batch=3, seq_len=5, r=2, runtime_bytes=1000)
     n = 1152 + 840
     full, lora, qlora = est["full"], est["lora"], est["qlora"]
-    assert (full["weights"], full["gradients"], full["optimizer"], full["activations"]) == (4 * n, 4 * n, 8 * n, 15 * 960)
-    assert (lora["weights"], lora["gradients"], lora["optimizer"], lora["activations"]) == (4 * n, 4 * 512, 8 * 512, 15 * 1472)
+    assert (full["weights"], full["gradients"], full["optimizer"], full["activations"]) == (
+        4 * n,
+        4 * n,
+        8 * n,
+        15 * 960,
+    )
+    assert (lora["weights"], lora["gradients"], lora["optimizer"], lora["activations"]) == (
+        4 * n,
+        4 * 512,
+        8 * 512,
+        15 * 1472,
+    )
     assert qlora["weights"] == int(1152 * (0.5 + 0.127 / 8) + 2 * 840) and qlora["activations"] == 15 * 1472 // 2
     for m in est.values():
         assert m["total"] == sum(m[k] for k in ("weights", "gradients", "optimizer", "activations", "runtime"))
@@ -49,8 +60,24 @@ def test_terms_by_hand():
 
 
 def test_cli_json_without_probe(tiny_llama_dir):
-    proc = subprocess.run([sys.executable, "-m", "tunesmith", "estimate", str(tiny_llama_dir), "--no-probe", "--json", "--batch", "2", "--seq-len", "64"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunesmith",
+            "estimate",
+            str(tiny_llama_dir),
+            "--no-probe",
+            "--json",
+            "--batch",
+            "2",
+            "--seq-len",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert res["probe"] is None and res["batch"] == 2 and set(res["methods"]) == {"full", "lora", "qlora"}
@@ -58,7 +85,12 @@ def test_cli_json_without_probe(tiny_llama_dir):
 
 
 def test_cli_unknown_model_is_a_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tunesmith", "estimate", str(tmp_path / "nope"), "--no-probe"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "estimate", str(tmp_path / "nope"), "--no-probe"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nope" in proc.stderr
 
 

@@ -1,7 +1,8 @@
 """Chunked cross-entropy (tunesmith.train.speed.fastloss) against transformers' own causal-LM loss and autograd gradients.
 
-    PYTHONPATH=src python -m pytest -q tests/test_fastloss.py
+PYTHONPATH=src python -m pytest -q tests/test_fastloss.py
 """
+
 from __future__ import annotations
 
 import pytest
@@ -61,7 +62,10 @@ def test_matches_transformers_loss_with_num_items_in_batch(tiny_llama_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     model.train()
     vocab = model.config.vocab_size
-    batches = [(torch.randint(0, vocab, (2, 9), generator=torch.Generator().manual_seed(s)), _labels(s + 10, (2, 9), vocab)) for s in (0, 1)]
+    batches = [
+        (torch.randint(0, vocab, (2, 9), generator=torch.Generator().manual_seed(s)), _labels(s + 10, (2, 9), vocab))
+        for s in (0, 1)
+    ]
     num_items = sum(int((lab[:, 1:] != -100).sum()) for _, lab in batches)
 
     def run(chunked: bool):

@@ -1,4 +1,5 @@
 """Task metrics against hand-computed values (issue 4)."""
+
 import math
 
 import pytest
@@ -63,8 +64,10 @@ def test_macro_f1_hand_computed():
 
 
 def test_aggregate_weights_eval_loss_by_reference_tokens():
-    rows = [{"scores": {"eval_loss": 1.0, "json_valid": 1.0}, "reference_tokens": 2},
-            {"scores": {"eval_loss": 4.0, "json_valid": 0.0}, "reference_tokens": 1}]
+    rows = [
+        {"scores": {"eval_loss": 1.0, "json_valid": 1.0}, "reference_tokens": 2},
+        {"scores": {"eval_loss": 4.0, "json_valid": 0.0}, "reference_tokens": 1},
+    ]
     agg = aggregate(rows, ["json_valid", "eval_loss", "perplexity"])
     assert agg["json_valid"] == 0.5
     assert agg["eval_loss"] == pytest.approx(2.0)  # (1*2 + 4*1) / 3
@@ -75,9 +78,14 @@ def test_config_rejects_bad_metric_setup():
     from tunesmith.config.load import load_config
     from tunesmith.errors import ConfigError
 
-    for overrides, reason in ((["eval.metrics=[bleu]"], "unknown metric 'bleu'"),
-                              (["eval.metrics=[json_schema]"], "metric json_schema needs eval.json_schema"),
-                              (["eval.metrics=[exact_match]", "eval.targets={json_valid: 0.9}"], "target 'json_valid' is not in eval.metrics")):
+    for overrides, reason in (
+        (["eval.metrics=[bleu]"], "unknown metric 'bleu'"),
+        (["eval.metrics=[json_schema]"], "metric json_schema needs eval.json_schema"),
+        (
+            ["eval.metrics=[exact_match]", "eval.targets={json_valid: 0.9}"],
+            "target 'json_valid' is not in eval.metrics",
+        ),
+    ):
         with pytest.raises(ConfigError) as exc:
             load_config(None, overrides)
         assert exc.value.problems[0].where == "eval" and reason in exc.value.problems[0].reason

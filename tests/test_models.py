@@ -1,12 +1,13 @@
 """Model sources: the embedded GGUF converts to a plain trainable checkpoint equal to transformers' GGUF load."""
+
 import json
 
 import pytest
 import torch
 
 from tunesmith.errors import ModelError
-from tunesmith.models.sources import list_models, resolve_model
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
+from tunesmith.models.sources import list_models, resolve_model
 from tunesmith.runtime.hardware import choose_dtype, hardware_supports_bf16
 
 
@@ -71,5 +72,7 @@ def test_precision_follows_hardware():
 
 def test_list_models_shows_embedded(embedded_source):
     rows = list_models()
-    assert any(r["name"] == "smollm2-135m-instruct" and r["kind"] == "embedded (GGUF)" and r["bytes"] > 50e6 for r in rows)
+    assert any(
+        r["name"] == "smollm2-135m-instruct" and r["kind"] == "embedded (GGUF)" and r["bytes"] > 50e6 for r in rows
+    )
     assert any(r["kind"] == "cached checkpoint" for r in rows)

@@ -3,6 +3,7 @@ logits alone (attention never crosses samples, nor rows).
 
     PYTHONPATH=src python -m pytest -q tests/test_packrows.py
 """
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,10 @@ from tunesmith.train.speed.packrows import PackedRowsCollator, pack_rows, row_po
 
 
 def test_collator_token_by_token():
-    rows = [{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, -100, 8, 9], "seq_lengths": [2, 3]},
-            {"input_ids": [3, 4], "labels": [-100, 4], "seq_lengths": [2]}]
+    rows = [
+        {"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, -100, 8, 9], "seq_lengths": [2, 3]},
+        {"input_ids": [3, 4], "labels": [-100, 4], "seq_lengths": [2]},
+    ]
     b = PackedRowsCollator(pad_token_id=0)(rows)
     assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]]
     assert b["position_ids"].tolist() == [[0, 1, 0, 1, 2], [0, 1, 0, 1, 2]]
@@ -41,8 +44,10 @@ def test_packed_rows_equal_samples_alone(smol_tokenizer, tiny_llama_dir, attn):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32, attn_implementation=attn).eval()
     g = torch.Generator().manual_seed(0)
     samples = [torch.randint(3, 500, (n,), generator=g).tolist() for n in (6, 4, 9, 3)]
-    rows = [{"input_ids": samples[0] + samples[1], "labels": samples[0] + samples[1], "seq_lengths": [6, 4]},
-            {"input_ids": samples[2] + samples[3], "labels": samples[2] + samples[3], "seq_lengths": [9, 3]}]
+    rows = [
+        {"input_ids": samples[0] + samples[1], "labels": samples[0] + samples[1], "seq_lengths": [6, 4]},
+        {"input_ids": samples[2] + samples[3], "labels": samples[2] + samples[3], "seq_lengths": [9, 3]},
+    ]
     batch = PackedRowsCollator(smol_tokenizer.pad_token_id)(rows)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits

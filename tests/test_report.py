@@ -1,4 +1,5 @@
 """Decision report (issue 4): bootstrap CIs, wins/losses, verdict text and HTML, on hand-made run dirs."""
+
 import json
 import re
 
@@ -12,8 +13,15 @@ def _write_run(path, kind, method, schema_scores, losses, labels=None):
     path.mkdir(parents=True)
     rows = []
     for i, (s, l) in enumerate(zip(schema_scores, losses)):  # noqa: E741
-        row = {"id": f"ex{i}", "prompt": f"p{i}", "prediction": "x", "reference": "y", "prompt_ids_sha256": f"h{i}",
-               "scores": {"json_schema": float(s), "eval_loss": l}, "reference_tokens": 2}
+        row = {
+            "id": f"ex{i}",
+            "prompt": f"p{i}",
+            "prediction": "x",
+            "reference": "y",
+            "prompt_ids_sha256": f"h{i}",
+            "scores": {"json_schema": float(s), "eval_loss": l},
+            "reference_tokens": 2,
+        }
         if labels:
             row["labels"] = {"prediction": labels[0][i], "reference": labels[1][i]}
         rows.append(row)
@@ -21,16 +29,31 @@ def _write_run(path, kind, method, schema_scores, losses, labels=None):
     task = {"json_schema": sum(schema_scores) / len(schema_scores), "eval_loss": sum(losses) / len(losses)}
     if labels:
         task["label_macro_f1"] = 0.0
-    (path / "metrics.json").write_text(json.dumps({"kind": kind, "method": method, "model": "m", "task_metrics": task,
-                                                   "targets": {"json_schema": 0.95},
-                                                   "cost": {"parameters": 100, "trainable_parameters": 0,
-                                                            "generation_tokens_per_second": 12.5, "peak_memory_bytes": 2**30}}))
+    (path / "metrics.json").write_text(
+        json.dumps(
+            {
+                "kind": kind,
+                "method": method,
+                "model": "m",
+                "task_metrics": task,
+                "targets": {"json_schema": 0.95},
+                "cost": {
+                    "parameters": 100,
+                    "trainable_parameters": 0,
+                    "generation_tokens_per_second": 12.5,
+                    "peak_memory_bytes": 2**30,
+                },
+            }
+        )
+    )
     return path
 
 
 @pytest.fixture
 def runs(tmp_path):
-    base = _write_run(tmp_path / "base", "baseline", "prompting, zero-shot", [1, 0, 1, 0, 0] * 4, [3.0, 2.0, 2.0, 3.0, 2.5] * 4)
+    base = _write_run(
+        tmp_path / "base", "baseline", "prompting, zero-shot", [1, 0, 1, 0, 0] * 4, [3.0, 2.0, 2.0, 3.0, 2.5] * 4
+    )
     sft = _write_run(tmp_path / "sft", "eval", "SFT", [1, 1, 0, 1, 1] * 4, [1.0, 1.0, 2.0, 1.0, 1.5] * 4)
     return base, sft
 
@@ -60,12 +83,18 @@ def test_bootstrap_is_seeded_and_contains_the_point_estimate(runs):
 def test_verdict_text_and_html(runs, tmp_path):
     rep = write_report(list(runs), tmp_path / "report.html", echo=False)
     ci = r"\(95% CI \d\.\d{3}-\d\.\d{3}\)"
-    assert re.fullmatch(f"json_schema ≥ 0.95: prompting, zero-shot 0.400 {ci}, not enough; SFT 0.800 {ci}, not enough", rep["verdict_lines"][0])
+    assert re.fullmatch(
+        f"json_schema ≥ 0.95: prompting, zero-shot 0.400 {ci}, not enough; SFT 0.800 {ci}, not enough",
+        rep["verdict_lines"][0],
+    )
     lo, hi = rep["runs"][1].ci["json_schema"]
     assert f"SFT 0.800 (95% CI {lo:.3f}-{hi:.3f})" in rep["verdict_lines"][0]
     assert rep["verdict"].startswith("No run meets every target")
     rep = build_report(list(runs), {"json_schema": 0.75})
-    assert re.fullmatch(f"json_schema ≥ 0.75: prompting, zero-shot 0.400 {ci}, not enough; SFT 0.800 {ci}, meets the target", rep["verdict_lines"][0])
+    assert re.fullmatch(
+        f"json_schema ≥ 0.75: prompting, zero-shot 0.400 {ci}, not enough; SFT 0.800 {ci}, meets the target",
+        rep["verdict_lines"][0],
+    )
     assert rep["verdict"] == "Prompting falls short; SFT meets every target. Fine-tune."
     rep = build_report([runs[0]], {"json_schema": 0.75})
     assert rep["verdict"].startswith("Prompting falls short of the targets: fine-tune")
@@ -135,12 +164,20 @@ def test_classify_runs_follow_the_same_contract(tmp_path):
     for name, preds, kind in (("base", base_p, "baseline"), ("head", head_p, "classify")):
         d = tmp_path / name
         d.mkdir()
-        rows = [{"id": i, "prompt": f"t{i}", "prediction": p, "reference": r, "scores": {"accuracy": float(p == r)}}
-                for i, (p, r) in enumerate(zip(preds, refs))]
+        rows = [
+            {"id": i, "prompt": f"t{i}", "prediction": p, "reference": r, "scores": {"accuracy": float(p == r)}}
+            for i, (p, r) in enumerate(zip(preds, refs))
+        ]
         (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         acc = sum(p == r for p, r in zip(preds, refs)) / len(refs)
-        (d / "metrics.json").write_text(json.dumps({"kind": kind, "model": "m", "task_metrics": {"accuracy": acc, "macro_f1": 0.5}}))
+        (d / "metrics.json").write_text(
+            json.dumps({"kind": kind, "model": "m", "task_metrics": {"accuracy": acc, "macro_f1": 0.5}})
+        )
     rep = build_report([tmp_path / "base", tmp_path / "head"], {"accuracy": 0.7})
     base, head = rep["runs"]
-    assert rep["wins"][(1, "accuracy")] == (10, 5, 5)  # per 4: tie, win, win, loss and rep["wins"][(1, "macro_f1")] is None
+    assert rep["wins"][(1, "accuracy")] == (
+        10,
+        5,
+        5,
+    )  # per 4: tie, win, win, loss and rep["wins"][(1, "macro_f1")] is None
     assert "macro_f1" in head.ci and rep["verdict"] == "Prompting falls short; classify meets every target. Fine-tune."

@@ -5,6 +5,7 @@ exits 143 and says how to resume.
 Each run is `python -m tunesmith sft` in a subprocess on a tiny random Llama (hidden 32), LoRA with a
 named adapter and dropout 0.1 (so the dropout RNG must be restored), packing on, 8 steps, a checkpoint every 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def _data(path: Path, n: int = 24) -> Path:
     with path.open("w") as f:
         for _ in range(n):
             q, a = (" ".join(rng.choice(words) for _ in range(rng.randint(2, 6))) for _ in range(2))
-            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
+            f.write(
+                json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            )
     return path
 
 
@@ -69,7 +72,9 @@ def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, step: int, timeo
     """Poll until checkpoint-<step> is complete (trainer_state.json is written last)."""
     deadline = time.time() + timeout
     while not (run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file():
-        assert proc.poll() is None, f"run ended (rc {proc.returncode}) before checkpoint-{step}: {proc.stderr.read()[-2000:]}"
+        assert proc.poll() is None, (
+            f"run ended (rc {proc.returncode}) before checkpoint-{step}: {proc.stderr.read()[-2000:]}"
+        )
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.02)
 
@@ -82,8 +87,12 @@ def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
 def reference_and_killed(setup):
     """Run the uninterrupted reference and the to-be-killed run at the same time (halves the wall time)."""
     cfg, base = setup
-    ref = subprocess.Popen(_cmd(cfg, base / "ref"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(_cmd(cfg, base / "killed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ref = subprocess.Popen(
+        _cmd(cfg, base / "ref"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    victim = subprocess.Popen(
+        _cmd(cfg, base / "killed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     # checkpoint 2 or 4 of 8: on a quiet machine a tiny-model step takes only tens of milliseconds, so a later kill
     # could land after training ended (final artifacts half written), which is not what this test is about
     kill_after = random.Random(time.time_ns()).choice(range(SAVE_EVERY, STEPS // 2 + 1, SAVE_EVERY))
@@ -98,7 +107,9 @@ def reference_and_killed(setup):
 def test_killed_run_resumes_bit_exact(setup, reference_and_killed):
     cfg, _ = setup
     ref, killed, kill_after = reference_and_killed
-    assert not (killed / "metrics.json").exists() and not (killed / "adapter").exists(), "a killed run must not look complete"
+    assert not (killed / "metrics.json").exists() and not (killed / "adapter").exists(), (
+        "a killed run must not look complete"
+    )
     # a plain re-run refuses to mix with the killed run's files
     again = subprocess.run(_cmd(cfg, killed), env=_env(), capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr

@@ -1,5 +1,6 @@
 """Safe loading defaults: safetensors only unless model.allow_pickle, no remote code unless trust_remote_code,
 chat templates in transformers' sandboxed Jinja, secrets redacted, a 1e30 model_max_length never used as a length."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from safetensors.torch import load_file
 
 from tunesmith.config.sft import RunConfig
 from tunesmith.errors import ModelError
-from tunesmith.models.sources import ModelSource
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
+from tunesmith.models.sources import ModelSource
 from tunesmith.render.rows import MAX_SANE_LENGTH
 from tunesmith.runtime.secrets import redact, redact_argv
 
@@ -48,7 +49,9 @@ def test_remote_code_never_runs_by_default(tiny_llama_dir, tmp_path):
     d = tmp_path / "remote"
     shutil.copytree(tiny_llama_dir, d)
     marker = tmp_path / "PWNED"
-    (d / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import LlamaConfig as EvilConfig, LlamaForCausalLM as EvilModel\n")
+    (d / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import LlamaConfig as EvilConfig, LlamaForCausalLM as EvilModel\n"
+    )
     cfg = json.loads((d / "config.json").read_text())
     cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
     cfg["model_type"] = "evil-llama"
@@ -58,20 +61,27 @@ def test_remote_code_never_runs_by_default(tiny_llama_dir, tmp_path):
     assert not marker.exists(), "remote code ran although trust_remote_code is off"
 
 
-@pytest.mark.parametrize("template", [
-    "{{ messages.__class__.__mro__[1].__subclasses__() }}",
-    "{{ ''.__class__.__base__.__subclasses__() }}",
-    "{{ cycler.__init__.__globals__.os.system('touch /tmp/tunesmith-pwned') }}",
-    "{{ raise_exception.__globals__ }}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ messages.__class__.__mro__[1].__subclasses__() }}",
+        "{{ ''.__class__.__base__.__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os.system('touch /tmp/tunesmith-pwned') }}",
+        "{{ raise_exception.__globals__ }}",
+    ],
+)
 def test_chat_template_is_sandboxed(smol_tokenizer, template):
     from jinja2.exceptions import SecurityError, UndefinedError
 
     try:
-        out = smol_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], chat_template=template, tokenize=False)
+        out = smol_tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}], chat_template=template, tokenize=False
+        )
     except (SecurityError, UndefinedError):
         out = ""
-    assert out.strip() == "", f"template reached Python internals: {out[:200]}"  # unsafe attributes are refused or undefined
+    assert out.strip() == "", (
+        f"template reached Python internals: {out[:200]}"
+    )  # unsafe attributes are refused or undefined
     assert not Path("/tmp/tunesmith-pwned").exists()
 
 
@@ -83,8 +93,11 @@ def test_chat_template_environment_is_immutable_sandbox(smol_tokenizer):
     tmpl = chat_template_utils._compile_jinja_template("{{ messages[0]['content'] }}")
     assert isinstance(tmpl.environment, ImmutableSandboxedEnvironment)
     with pytest.raises(Exception, match="unsafe|immutable|not safely|SecurityError|access"):
-        smol_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                           chat_template="{% set x = messages.append({'role': 'user', 'content': 'x'}) %}{{ x }}")
+        smol_tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}],
+            tokenize=False,
+            chat_template="{% set x = messages.append({'role': 'user', 'content': 'x'}) %}{{ x }}",
+        )
 
 
 def test_redaction():
@@ -94,7 +107,14 @@ def test_redaction():
     # token *settings* and counts are not secrets
     keep = {"eval": {"max_new_tokens": 64}, "train": {"eos_token": "<|im_end|>", "pad_token": "<pad>"}}
     assert redact(keep) == keep
-    argv = ["tunesmith", "sft", "configs/tokenizer-test.yaml", "--set", "train.hub_token=abc", "hf_ABCDEFGHIJKLMNOPQRSTUV"]
+    argv = [
+        "tunesmith",
+        "sft",
+        "configs/tokenizer-test.yaml",
+        "--set",
+        "train.hub_token=abc",
+        "hf_ABCDEFGHIJKLMNOPQRSTUV",
+    ]
     assert redact_argv(argv) == ["tunesmith", "sft", "configs/tokenizer-test.yaml", "--set", "***", "***"]
 
 

@@ -3,6 +3,7 @@
 Checks every artifact, that eval_loss falls, and that the adapter reloads in a fresh process
 (plain transformers + peft) with the same logits (fp32, atol 1e-5).
 """
+
 import json
 import subprocess
 import sys
@@ -16,25 +17,70 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, embedded_source):
     out = tmp_path_factory.mktemp("e2e") / "run"
-    cmd = [sys.executable, "-m", "tunesmith", "sft",
-           "--set", f"train.output_dir={out}", "--set", f"train.max_steps={STEPS}", "--set", "train.learning_rate=1e-3",
-           "--set", "train.per_device_train_batch_size=4", "--set", "train.max_length=256", "--set", "train.eval_steps=3",
-           "--set", "train.logging_steps=1", "--set", "train.save_steps=3", "--set", "train.warmup_steps=0",
-           "--set", "data.max_train_examples=96", "--set", "data.max_eval_examples=24",
-           "--set", "eval.num_samples=2", "--set", "eval.max_new_tokens=16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunesmith",
+        "sft",
+        "--set",
+        f"train.output_dir={out}",
+        "--set",
+        f"train.max_steps={STEPS}",
+        "--set",
+        "train.learning_rate=1e-3",
+        "--set",
+        "train.per_device_train_batch_size=4",
+        "--set",
+        "train.max_length=256",
+        "--set",
+        "train.eval_steps=3",
+        "--set",
+        "train.logging_steps=1",
+        "--set",
+        "train.save_steps=3",
+        "--set",
+        "train.warmup_steps=0",
+        "--set",
+        "data.max_train_examples=96",
+        "--set",
+        "data.max_eval_examples=24",
+        "--set",
+        "eval.num_samples=2",
+        "--set",
+        "eval.max_new_tokens=16",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
 def test_artifacts_complete(run_dir):
-    for name in ("config.yaml", "manifest.json", "metrics.json", "log_history.jsonl", "loss_curve.png", "samples.jsonl",
-                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer_config.json"):
+    for name in (
+        "config.yaml",
+        "manifest.json",
+        "metrics.json",
+        "log_history.jsonl",
+        "loss_curve.png",
+        "samples.jsonl",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer_config.json",
+    ):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     m = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("eval_loss_before", "perplexity_before", "eval_loss", "perplexity", "train_loss", "trainable_parameters",
-                "total_parameters", "trained_tokens", "train_seconds", "tokens_per_second"):
+    for key in (
+        "eval_loss_before",
+        "perplexity_before",
+        "eval_loss",
+        "perplexity",
+        "train_loss",
+        "trainable_parameters",
+        "total_parameters",
+        "trained_tokens",
+        "train_seconds",
+        "tokens_per_second",
+    ):
         assert m[key] is not None, key
     assert m["global_step"] == STEPS
     assert 0 < m["trainable_parameters"] < m["total_parameters"] / 10
@@ -59,12 +105,12 @@ def test_adapter_reloads_in_fresh_process_with_same_logits(run_dir, embedded_sou
         import json, torch
         from transformers import AutoModelForCausalLM
         from peft import PeftModel
-        check = json.load(open({str(run_dir / 'reload_check.json')!r}))
+        check = json.load(open({str(run_dir / "reload_check.json")!r}))
         base = AutoModelForCausalLM.from_pretrained({embedded_source.location!r}, dtype=torch.float32)
         ids = torch.tensor([check["input_ids"]])
         with torch.no_grad():
             base_logits = base(ids).logits[0, -1, :512]
-            model = PeftModel.from_pretrained(base, {str(run_dir / 'adapter')!r}).eval()
+            model = PeftModel.from_pretrained(base, {str(run_dir / "adapter")!r}).eval()
             logits = model(ids).logits[0, -1, :512]
         want = torch.tensor(check["logits_last_first512"])
         print(json.dumps({{"max_diff": (logits - want).abs().max().item(), "base_diff": (base_logits - want).abs().max().item()}}))

@@ -3,6 +3,7 @@ packed rows giving TRL's own eval_loss and first-step train loss on the same mod
 
     PYTHONPATH=src python -m pytest -q tests/test_speed.py
 """
+
 from __future__ import annotations
 
 import pytest
@@ -14,9 +15,24 @@ from tunesmith.train.speed.plan import plan_speed, sft_overrides
 
 def test_plan_on_cpu_defaults():
     plan = plan_speed(TrainSection(), "sdpa", device="cpu")
-    assert (plan.layout, plan.chunked_loss, plan.attn_implementation, plan.liger, plan.micro_batches) == ("rows", True, "sdpa", False, 8)
-    assert sft_overrides(plan) == {"packing": False, "padding_free": False, "eval_packing": False, "dataset_kwargs": {"skip_prepare_dataset": True}}
-    assert sft_overrides(plan, TrainSection()) == {**sft_overrides(plan), "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8}
+    assert (plan.layout, plan.chunked_loss, plan.attn_implementation, plan.liger, plan.micro_batches) == (
+        "rows",
+        True,
+        "sdpa",
+        False,
+        8,
+    )
+    assert sft_overrides(plan) == {
+        "packing": False,
+        "padding_free": False,
+        "eval_packing": False,
+        "dataset_kwargs": {"skip_prepare_dataset": True},
+    }
+    assert sft_overrides(plan, TrainSection()) == {
+        **sft_overrides(plan),
+        "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 8,
+    }
     assert plan_speed(TrainSection(micro_batch_size=8), "sdpa", "cpu").micro_batches == 1  # the whole batch in one pass
     assert plan_speed(TrainSection(packing=False), "sdpa", "cpu").layout == "padded"
     assert plan_speed(TrainSection(packing_strategy="wrapped"), "sdpa", "cpu").layout == "flat"
@@ -38,23 +54,38 @@ def test_plan_on_cuda_picks_varlen_flash_attention_and_liger_when_installed(monk
     for module in (speed, loading):
         monkeypatch.setattr(module, "is_installed", lambda m: m in ("flash_attn", "liger_kernel"))
     plan = plan_speed(TrainSection(), "auto", device="cuda")
-    assert (plan.attn_implementation, plan.layout, plan.liger, plan.micro_batches) == ("flash_attention_2", "flat", True, 1)
+    assert (plan.attn_implementation, plan.layout, plan.liger, plan.micro_batches) == (
+        "flash_attention_2",
+        "flat",
+        True,
+        1,
+    )
     assert sft_overrides(plan) == {"use_liger_kernel": True}
     assert plan_speed(TrainSection(), "auto", device="cpu").attn_implementation == "sdpa"  # never on CPU
     assert plan_speed(TrainSection(), "eager", device="cuda").attn_implementation == "eager"  # explicit choice kept
 
 
 def _trainer(tiny_llama_dir, smol_tokenizer, tmp_path, **train):
-    from tunesmith.render.rows import to_dataset
     from tunesmith.models.adapters import apply_lora
-    from tunesmith.models.sources import resolve_model
     from tunesmith.models.loading import load_causal_lm
+    from tunesmith.models.sources import resolve_model
+    from tunesmith.render.rows import to_dataset
     from tunesmith.render.templates import Rendered
     from tunesmith.train.sft import _make_trainer, build_sft_config
 
     cfg = RunConfig()
-    for k, v in {"max_steps": 1, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 64, "max_length": 64,
-                 "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no", "bf16": False, "learning_rate": 1e-3, **train}.items():
+    for k, v in {
+        "max_steps": 1,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 64,
+        "max_length": 64,
+        "logging_steps": 1,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "bf16": False,
+        "learning_rate": 1e-3,
+        **train,
+    }.items():
         setattr(cfg.train, k, v)
     cfg.lora.lora_dropout = 0.0
     g = torch.Generator().manual_seed(0)
@@ -62,7 +93,7 @@ def _trainer(tiny_llama_dir, smol_tokenizer, tmp_path, **train):
     for i in range(12):
         n = int(torch.randint(8, 30, (1,), generator=g))
         ids = torch.randint(3, 400, (n,), generator=g).tolist()
-        rows.append(Rendered(ids, [-100] * (n // 2) + ids[n // 2:], f"r{i}"))
+        rows.append(Rendered(ids, [-100] * (n // 2) + ids[n // 2 :], f"r{i}"))
     torch.manual_seed(0)
     model = apply_lora(load_causal_lm(resolve_model(str(tiny_llama_dir))), cfg.lora)
     plan = plan_speed(cfg.train, "sdpa", device="cpu")
@@ -70,7 +101,9 @@ def _trainer(tiny_llama_dir, smol_tokenizer, tmp_path, **train):
     return _make_trainer(model, smol_tokenizer, args, to_dataset(rows[:8]), to_dataset(rows[8:]), plan), plan
 
 
-@pytest.mark.parametrize("train", [{"chunked_loss": False}, {"packing_layout": "flat"}, {"packing_layout": "flat", "chunked_loss": False}])
+@pytest.mark.parametrize(
+    "train", [{"chunked_loss": False}, {"packing_layout": "flat"}, {"packing_layout": "flat", "chunked_loss": False}]
+)
 def test_fast_path_matches_trl_loss(tiny_llama_dir, smol_tokenizer, tmp_path, train):
     """Packed rows + chunked loss against TRL's padding-free layout and/or TRL's own loss: the same eval_loss (one
     eval batch holding every sample) and the same first-step train loss, within 1e-5 (fp32)."""

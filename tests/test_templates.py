@@ -1,16 +1,23 @@
 """Token-exact assistant-only masks for three real chat templates (fixtures), plus the template checks."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
-from conftest import FIXTURES
 
-from tunesmith.render.rows import render_all, resolve_max_length, truncate
-from tunesmith.errors import DataError, TemplateError
+from conftest import FIXTURES
 from tunesmith.data.records import Conversation, Message
+from tunesmith.errors import DataError, TemplateError
 from tunesmith.render.checks import check_template, default_system_prompt, fix_generation_config, template_eot_id
-from tunesmith.render.templates import IGNORE_INDEX, apply_chat_template_option, render_conversation, render_prompt, resolve_chat_template
+from tunesmith.render.rows import render_all, resolve_max_length, truncate
+from tunesmith.render.templates import (
+    IGNORE_INDEX,
+    apply_chat_template_option,
+    render_conversation,
+    render_prompt,
+    resolve_chat_template,
+)
 
 M = IGNORE_INDEX
 CHATML = (FIXTURES / "smollm2_chatml.jinja").read_text()
@@ -38,7 +45,9 @@ def expected(tok, segments):
 def llama_tok(smol_tokenizer):
     """SmolLM2's tokenizer plus the Llama-3 special tokens, so <|eot_id|> is one token as in Llama 3."""
     tok = copy.deepcopy(smol_tokenizer)
-    tok.add_special_tokens({"additional_special_tokens": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+    )
     tok.bos_token = "<|begin_of_text|>"
     tok.chat_template = LLAMA3
     return tok
@@ -49,10 +58,16 @@ MULTI = conv(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), (
 
 def test_chatml_smollm2_multi_turn_mask_token_by_token(smol_tokenizer):
     r = render_conversation(smol_tokenizer, MULTI, chat_template=CHATML)
-    ids, labels = expected(smol_tokenizer, [
-        ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", False),
-        ("Hello!<|im_end|>", True), ("\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("4<|im_end|>", True), ("\n", False)])
+    ids, labels = expected(
+        smol_tokenizer,
+        [
+            ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", False),
+            ("Hello!<|im_end|>", True),
+            ("\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n", False),
+            ("4<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
     assert r.input_ids == ids
     assert r.labels == labels
     # the end-of-turn token <|im_end|> (id 2) closes each reply and is trained
@@ -63,9 +78,18 @@ def test_chatml_smollm2_multi_turn_mask_token_by_token(smol_tokenizer):
 def test_llama3_multi_turn_mask_and_single_bos(llama_tok):
     r = render_conversation(llama_tok, MULTI)
     h = lambda role: f"<|start_header_id|>{role}<|end_header_id|>\n\n"  # noqa: E731
-    ids, labels = expected(llama_tok, [
-        ("<|begin_of_text|>" + h("system") + "Be brief.<|eot_id|>" + h("user") + "Hi<|eot_id|>" + h("assistant"), False),
-        ("Hello!<|eot_id|>", True), (h("user") + "2+2?<|eot_id|>" + h("assistant"), False), ("4<|eot_id|>", True)])
+    ids, labels = expected(
+        llama_tok,
+        [
+            (
+                "<|begin_of_text|>" + h("system") + "Be brief.<|eot_id|>" + h("user") + "Hi<|eot_id|>" + h("assistant"),
+                False,
+            ),
+            ("Hello!<|eot_id|>", True),
+            (h("user") + "2+2?<|eot_id|>" + h("assistant"), False),
+            ("4<|eot_id|>", True),
+        ],
+    )
     assert r.input_ids == ids and r.labels == labels
     bos = llama_tok.bos_token_id
     assert r.input_ids[0] == bos and r.input_ids.count(bos) == 1  # no double BOS
@@ -74,13 +98,25 @@ def test_llama3_multi_turn_mask_and_single_bos(llama_tok):
 def test_qwen_injected_default_system_prompt_is_masked(smol_tokenizer):
     c = conv(("user", "Hi"), ("assistant", "Hello!"), ("user", "Bye"), ("assistant", "Bye!"))
     r = render_conversation(smol_tokenizer, c, chat_template=QWEN)
-    ids, labels = expected(smol_tokenizer, [
-        (f"<|im_start|>system\n{QWEN_DEFAULT}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", False),
-        ("Hello!<|im_end|>", True), ("\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n", False),
-        ("Bye!<|im_end|>", True), ("\n", False)])
+    ids, labels = expected(
+        smol_tokenizer,
+        [
+            (
+                f"<|im_start|>system\n{QWEN_DEFAULT}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+                False,
+            ),
+            ("Hello!<|im_end|>", True),
+            ("\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n", False),
+            ("Bye!<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
     assert r.input_ids == ids and r.labels == labels
     assert default_system_prompt(smol_tokenizer, QWEN) == QWEN_DEFAULT
-    assert default_system_prompt(smol_tokenizer, CHATML) == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert (
+        default_system_prompt(smol_tokenizer, CHATML)
+        == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    )
     assert default_system_prompt(smol_tokenizer, LLAMA3) is None
 
 
@@ -102,13 +138,15 @@ def test_trained_tokens_equal_inference_tokens(smol_tokenizer, llama_tok, templa
     # what the model sees at inference (prompt with generation header), then what it must generate
     assert r.input_ids[: len(prompt) + len(reply)] == prompt + reply
     assert [t for t in r.labels[: len(prompt)] if t != M] == []  # generation-prompt header masked
-    assert r.labels[len(prompt): len(prompt) + len(reply)] == reply
+    assert r.labels[len(prompt) : len(prompt) + len(reply)] == reply
 
 
 def test_plain_prompt_completion_eos_exactly_once(smol_tokenizer):
     eos = smol_tokenizer.eos_token_id
     for completion in (" Paris", " Paris<|im_end|>"):
-        c = Conversation([Message("user", "Capital of France:"), Message("assistant", completion)], "t:1", kind="completion")
+        c = Conversation(
+            [Message("user", "Capital of France:"), Message("assistant", completion)], "t:1", kind="completion"
+        )
         r = render_conversation(smol_tokenizer, c)
         p = smol_tokenizer("Capital of France:")["input_ids"]
         comp = smol_tokenizer(" Paris", add_special_tokens=False)["input_ids"] + [eos]
@@ -148,10 +186,12 @@ def test_eot_not_eos_is_found_and_fixed(llama_tok):
 
 
 def test_template_that_refuses_same_role_turns_is_reported_with_line(smol_tokenizer):
-    strict = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-              "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-              "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-              "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    strict = (
+        "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
     good = conv(("user", "a"), ("assistant", "b"))
     bad = Conversation([Message("user", "a"), Message("user", "b"), Message("assistant", "c")], "data.jsonl:7")
     with pytest.raises(DataError) as e:
@@ -184,6 +224,7 @@ def test_max_length_ignores_placeholder_model_max_length(smol_tokenizer):
 
     class Cfg:
         max_position_embeddings = 256
+
     assert resolve_max_length(512, tok, Cfg())[0] == 256
 
 
@@ -191,10 +232,13 @@ def test_pad_equal_to_eot_is_masked_by_attention_not_id(smol_tokenizer):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     assert smol_tokenizer.pad_token_id == template_eot_id(smol_tokenizer) == 2
-    a = render_conversation(smol_tokenizer, conv(("user", "Hi"), ("assistant", "Hello there, friend!")), chat_template=CHATML)
+    a = render_conversation(
+        smol_tokenizer, conv(("user", "Hi"), ("assistant", "Hello there, friend!")), chat_template=CHATML
+    )
     b = render_conversation(smol_tokenizer, conv(("user", "Hi"), ("assistant", "Yo")), chat_template=CHATML)
-    batch = DataCollatorForLanguageModeling(pad_token_id=2)([{"input_ids": a.input_ids, "labels": a.labels},
-                                                             {"input_ids": b.input_ids, "labels": b.labels}])
+    batch = DataCollatorForLanguageModeling(pad_token_id=2)(
+        [{"input_ids": a.input_ids, "labels": a.labels}, {"input_ids": b.input_ids, "labels": b.labels}]
+    )
     n = len(b.input_ids)
     assert batch["labels"][1, :n].tolist() == b.labels and 2 in b.labels  # eot trained although it equals pad
     assert (batch["labels"][1, n:] == M).all() and (batch["attention_mask"][1, n:] == 0).all()
@@ -203,6 +247,8 @@ def test_pad_equal_to_eot_is_masked_by_attention_not_id(smol_tokenizer):
 @pytest.mark.parametrize("template", [CHATML, QWEN])
 def test_multi_turn_last_reply_matches_inference(smol_tokenizer, template):
     r = render_conversation(smol_tokenizer, MULTI, chat_template=template)
-    prompt = render_prompt(smol_tokenizer, MULTI, chat_template=template)  # history + generation prompt, as at inference
+    prompt = render_prompt(
+        smol_tokenizer, MULTI, chat_template=template
+    )  # history + generation prompt, as at inference
     reply = smol_tokenizer("4<|im_end|>", add_special_tokens=False)["input_ids"]
-    assert r.input_ids[: len(prompt)] == prompt and r.labels[len(prompt): len(prompt) + len(reply)] == reply
+    assert r.input_ids[: len(prompt)] == prompt and r.labels[len(prompt) : len(prompt) + len(reply)] == reply

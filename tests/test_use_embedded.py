@@ -5,6 +5,7 @@
 
 Slow: gguf's reader takes 10-30 s per read of a 49,152-token vocabulary, and export reads the file three times.
 """
+
 import json
 
 import pytest
@@ -50,7 +51,9 @@ def test_export_embedded_gguf(adapter, tmp_path):
     from tunesmith.export.gguf import run_export
 
     out_adapter, want, tok, _ = adapter
-    report = run_export("smollm2-135m-instruct", str(out_adapter), output=str(tmp_path / "smol.gguf"), modelfile=True, log=print)
+    report = run_export(
+        "smollm2-135m-instruct", str(out_adapter), output=str(tmp_path / "smol.gguf"), modelfile=True, log=print
+    )
     checks = {c["name"]: c for c in report["consistency"]["checks"]}
     assert all(c["ok"] for c in checks.values()), checks
     assert "stops" in checks and "3/3" in checks["stops"]["detail"]
@@ -60,9 +63,9 @@ def test_export_embedded_gguf(adapter, tmp_path):
 
 
 def test_generate_embedded_batched_equals_single(embedded_source):
-    from tunesmith.use.generate import PromptRecord, generate_records
-    from tunesmith.models.loading import load_for_use
     from tunesmith.data.records import Message
+    from tunesmith.models.loading import load_for_use
+    from tunesmith.use.generate import PromptRecord, generate_records
 
     loaded = load_for_use("smollm2-135m-instruct")
     texts = ["What is the capital of France?", "Hi", "Write one sentence about the sea.", "List three colours."]

@@ -3,6 +3,7 @@ template consistency check (passes, and catches a wrong template / a model that 
 
     PYTHONPATH=src pytest -q tests/test_use_export.py
 """
+
 import json
 
 import pytest
@@ -23,10 +24,25 @@ def tiny_bpe_tokenizer(chat_template: str):
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(["Hello there, how are you? The capital of France is Paris. system user assistant You are a helpful AI assistant"] * 20, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(
+        [
+            "Hello there, how are you? The capital of France is Paris. system user assistant You are a helpful AI assistant"
+        ]
+        * 20,
+        trainer,
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
     tok.chat_template = chat_template
     return tok
 
@@ -40,8 +56,15 @@ def exported(tmp_path_factory, smol_tokenizer):
     tmp = tmp_path_factory.mktemp("export")
     base_dir = build_tiny_llama(tiny_bpe_tokenizer(smol_tokenizer.chat_template), tmp / "base", tie=True)
     peft_model, tok = make_adapter(base_dir, None, tmp / "adapter")
-    report = run_export(str(base_dir), str(tmp / "adapter"), output=str(tmp / "out" / "tiny.gguf"), modelfile=True,
-                        stop_check=False, max_new_tokens=8, log=lambda s: None)
+    report = run_export(
+        str(base_dir),
+        str(tmp / "adapter"),
+        output=str(tmp / "out" / "tiny.gguf"),
+        modelfile=True,
+        stop_check=False,
+        max_new_tokens=8,
+        log=lambda s: None,
+    )
     return tmp, report, logits(peft_model, tok), tok
 
 
@@ -69,11 +92,18 @@ def test_gguf_metadata(exported, smol_tokenizer):
     f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("GGUF.")}
     assert f["general.architecture"] == "llama" and f["llama.block_count"] == 2 and f["llama.embedding_length"] == 64
     assert f["llama.attention.head_count"] == 4 and f["llama.attention.head_count_kv"] == 2
-    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "default"  # GPT-2 byte-level split (no source GGUF to copy from)
+    assert (
+        f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "default"
+    )  # GPT-2 byte-level split (no source GGUF to copy from)
     assert f["tokenizer.chat_template"] == smol_tokenizer.chat_template
     assert f["tokenizer.ggml.eos_token_id"] == 2 and f["tokenizer.ggml.bos_token_id"] == 1
     tokens, types = f["tokenizer.ggml.tokens"], f["tokenizer.ggml.token_type"]
-    assert len(tokens) == f["llama.vocab_size"] == 325 and tokens[2] == "<|im_end|>" and types[:3] == [3, 3, 3] and types[100] == 1
+    assert (
+        len(tokens) == f["llama.vocab_size"] == 325
+        and tokens[2] == "<|im_end|>"
+        and types[:3] == [3, 3, 3]
+        and types[100] == 1
+    )
     merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
     assert f["tokenizer.ggml.merges"] == [" ".join(m) for m in merges] and len(merges) > 50
     names = {t.name for t in r.tensors}
@@ -89,8 +119,15 @@ def test_gguf_round_trip_and_consistency(exported):
     tmp, report, want, tok = exported
     assert report["round_trip"]["max_abs_logit_diff"] <= 1e-5
     checks = {c["name"]: c for c in report["consistency"]["checks"]}
-    assert set(checks) == {"greedy_round_trip", "ids_saved_tokenizer", "ids_gguf", "template_gguf", "eot_in_generation_config", "eot_in_gguf",
-                           "modelfile_template"}
+    assert set(checks) == {
+        "greedy_round_trip",
+        "ids_saved_tokenizer",
+        "ids_gguf",
+        "template_gguf",
+        "eot_in_generation_config",
+        "eot_in_gguf",
+        "modelfile_template",
+    }
     assert all(c["ok"] for c in checks.values()), checks
     model, gtok = load_gguf(tmp / "out" / "tiny.gguf")
     assert (logits(model, gtok) - want).abs().max() < 1e-4  # GGUF == base + adapter
@@ -102,7 +139,10 @@ def test_modelfile(exported):
     tmp, report, _, _ = exported
     text = (tmp / "out" / "Modelfile").read_text()
     assert text.splitlines()[0] == "FROM ./tiny.gguf"
-    assert '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"""' in text
+    assert (
+        '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"""'
+        in text
+    )
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
     assert text.rstrip().endswith('PARAMETER stop "<|im_end|>"')
 
@@ -120,8 +160,14 @@ def test_modelfile_check_on_llama3_and_a_broken_template(smol_tokenizer):
     go, system = ollama_template(smol_tokenizer)
     assert render_go_template(go, [{"role": "user", "content": "Hi"}], system) == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
-    assert modelfile_check(smol_tokenizer, go.replace("{{ .Content }}<|im_end|>\n", "{{ .Content }}<|im_end|>"), system, convs).ok is False
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert (
+        modelfile_check(
+            smol_tokenizer, go.replace("{{ .Content }}<|im_end|>\n", "{{ .Content }}<|im_end|>"), system, convs
+        ).ok
+        is False
+    )
     tok = copy.deepcopy(smol_tokenizer)
     tok.chat_template = resolve_chat_template("llama3")
     go, system = ollama_template(tok)
@@ -147,8 +193,8 @@ def test_consistency_catches_a_different_template(exported):
 
 def test_export_stop_check_fails_for_model_that_never_stops(exported, tmp_path):
     """A random model does not end its replies: the smoke test fails the export (exit 2) and says why."""
-    from tunesmith.export.merge import ExportCheckError
     from tunesmith.export.gguf import run_export
+    from tunesmith.export.merge import ExportCheckError
 
     tmp, _, _, _ = exported
     with pytest.raises(ExportCheckError) as exc:
@@ -184,9 +230,20 @@ def test_export_f16(exported, tmp_path):
     from tunesmith.export.gguf import run_export
 
     tmp, _, _, _ = exported
-    report = run_export(str(tmp / "base"), str(tmp / "adapter"), output=str(tmp_path / "h.gguf"), outtype="f16", stop_check=False,
-                        max_new_tokens=8, log=lambda s: None)
+    report = run_export(
+        str(tmp / "base"),
+        str(tmp / "adapter"),
+        output=str(tmp_path / "h.gguf"),
+        outtype="f16",
+        stop_check=False,
+        max_new_tokens=8,
+        log=lambda s: None,
+    )
     types = {t.name: t.tensor_type.name for t in GGUFReader(str(tmp_path / "h.gguf")).tensors}
-    assert types["blk.0.attn_q.weight"] == "F16" and types["token_embd.weight"] == "F16" and types["output_norm.weight"] == "F32"
+    assert (
+        types["blk.0.attn_q.weight"] == "F16"
+        and types["token_embd.weight"] == "F16"
+        and types["output_norm.weight"] == "F32"
+    )
     assert 0 < report["round_trip"]["max_abs_logit_diff"] < 1e-2
     assert report["bytes"] < (tmp / "out" / "tiny.gguf").stat().st_size * 0.6

@@ -1,7 +1,8 @@
 """tunesmith generate / chat (issue 6): prompt files, batched == one-at-a-time, end-of-turn stop, the chat loop.
 
-    PYTHONPATH=src pytest -q tests/test_use_generate.py
+PYTHONPATH=src pytest -q tests/test_use_generate.py
 """
+
 import json
 import subprocess
 import sys
@@ -22,12 +23,17 @@ def test_read_prompts_formats(tmp_path):
     from tunesmith.use.generate import read_prompts
 
     f = tmp_path / "p.jsonl"
-    f.write_text('{"id": 7, "prompt": "Hi"}\n\nplain line\n'
-                 '{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}\n'
-                 '{"prompt": [{"role": "user", "content": "U"}], "reference": "R"}\n')
+    f.write_text(
+        '{"id": 7, "prompt": "Hi"}\n\nplain line\n'
+        '{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}\n'
+        '{"prompt": [{"role": "user", "content": "U"}], "reference": "R"}\n'
+    )
     recs = read_prompts(str(f))
     assert [r.id for r in recs] == ["7", f"{f}:3", f"{f}:4", f"{f}:5"]
-    assert [(m.role, m.content) for m in recs[2].messages] == [("system", "S"), ("user", "Q")]  # trailing assistant -> reference
+    assert [(m.role, m.content) for m in recs[2].messages] == [
+        ("system", "S"),
+        ("user", "Q"),
+    ]  # trailing assistant -> reference
     assert recs[2].reference == "A" and recs[2].prompt == "Q"
     assert recs[1].messages[0].content == "plain line" and recs[3].reference == "R"
     j = tmp_path / "p.json"
@@ -50,10 +56,15 @@ def test_read_prompts_errors_name_every_line(tmp_path):
 
 def test_batched_equals_one_at_a_time(loaded):
     """Left padding: a batch of prompts of different lengths gives the same greedy tokens as each prompt alone."""
-    from tunesmith.use.generate import PromptRecord, generate_records
     from tunesmith.data.records import Message
+    from tunesmith.use.generate import PromptRecord, generate_records
 
-    texts = ["Hi", "What is the capital of France? Answer briefly please.", "1 2 3", "Tell me a long story about a dragon and a knight."]
+    texts = [
+        "Hi",
+        "What is the capital of France? Answer briefly please.",
+        "1 2 3",
+        "Tell me a long story about a dragon and a knight.",
+    ]
     recs = [PromptRecord(str(k), [Message("user", t)]) for k, t in enumerate(texts)]
     batched = generate_records(loaded, recs, max_new_tokens=12, batch_size=4)
     single = generate_records(loaded, recs, max_new_tokens=12, batch_size=1)
@@ -63,9 +74,9 @@ def test_batched_equals_one_at_a_time(loaded):
 
 def test_generation_cut_after_first_eos(loaded):
     """generate_ids stops each row at its first end-of-turn id (kept) and other rows go on."""
+    from tunesmith.data.records import Conversation, Message
     from tunesmith.models.generation import generate_ids
     from tunesmith.render.templates import render_prompt
-    from tunesmith.data.records import Conversation, Message
 
     tok = loaded.tokenizer
     prompts = [render_prompt(tok, Conversation([Message("user", t)])) for t in ("Hello", "Why is the sky blue?")]
@@ -96,34 +107,47 @@ def test_end_of_turn_added_to_generation_config(tmp_path, smol_tokenizer):
 
     make_adapter(tmp_path / "m", None, tmp_path / "adapter")
     run_merge(str(tmp_path / "adapter"), model=str(tmp_path / "m"), output=str(tmp_path / "merged"), log=lambda s: None)
-    assert json.loads((tmp_path / "merged" / "generation_config.json").read_text())["eos_token_id"] == [0, 2]  # saved with it
+    assert json.loads((tmp_path / "merged" / "generation_config.json").read_text())["eos_token_id"] == [
+        0,
+        2,
+    ]  # saved with it
 
 
 def test_chat_loop_history_reset_and_system(loaded):
     """The chat keeps history, /reset forgets it, /system replaces the system prompt; streamed text == reply;
     each reply equals batched generation of the same conversation."""
+    from tunesmith.data.records import Message
     from tunesmith.use.chat import ChatSession, chat_loop
     from tunesmith.use.generate import PromptRecord, generate_records
-    from tunesmith.data.records import Message
 
     session = ChatSession(loaded, temperature=0, max_new_tokens=8)
     out = []
-    n = chat_loop(session, iter(["hello\n", "and again\n", "/reset\n", "/system Be brief.\n", "fresh\n", "/exit\n", "never\n"]), out.append)
+    n = chat_loop(
+        session,
+        iter(["hello\n", "and again\n", "/reset\n", "/system Be brief.\n", "fresh\n", "/exit\n", "never\n"]),
+        out.append,
+    )
     text = "".join(out)
     assert n == 3 and "never" not in text and "(history cleared)" in text
     assert session.system == "Be brief." and [m.role for m in session.history] == ["user", "assistant"]
     assert session.history[0].content == "fresh"
-    want = generate_records(loaded, [PromptRecord("x", [Message("user", "fresh")])], max_new_tokens=8, system="Be brief.")[0]
+    want = generate_records(
+        loaded, [PromptRecord("x", [Message("user", "fresh")])], max_new_tokens=8, system="Be brief."
+    )[0]
     assert session.history[1].content == want["prediction"]
     assert text.rstrip().endswith(want["prediction"])  # the streamed text is the reply
 
 
 def test_chat_session_drops_oldest_turns(loaded):
-    from tunesmith.use.chat import ChatSession
     from tunesmith.data.records import Message
+    from tunesmith.use.chat import ChatSession
 
     session = ChatSession(loaded, temperature=0, max_new_tokens=1000)  # context 1024 - 1000 = 24 tokens of prompt
-    session.history = [Message("user", "one two three four five six"), Message("assistant", "ok ok ok ok ok"), Message("user", "seven")]
+    session.history = [
+        Message("user", "one two three four five six"),
+        Message("assistant", "ok ok ok ok ok"),
+        Message("user", "seven"),
+    ]
     ids = session.prompt_ids()
     assert [m.content for m in session.history] == ["seven"] and len(ids) <= 24
 
@@ -132,7 +156,19 @@ def test_generate_cli_writes_jsonl(tmp_path, tiny_llama_dir):
     src = tmp_path / "p.txt"
     src.write_text("Hello\nHow are you?\n")
     out = tmp_path / "o.jsonl"
-    cmd = [sys.executable, "-m", "tunesmith", "generate", str(src), "--model", str(tiny_llama_dir), "-o", str(out), "--max-new-tokens", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunesmith",
+        "generate",
+        str(src),
+        "--model",
+        str(tiny_llama_dir),
+        "-o",
+        str(out),
+        "--max-new-tokens",
+        "4",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -143,8 +179,25 @@ def test_generate_cli_writes_jsonl(tmp_path, tiny_llama_dir):
 
 def test_chat_cli_reads_piped_stdin(tiny_llama_dir):
     """Not a terminal: each stdin line is a user turn; /exit ends the chat (exit code 0)."""
-    cmd = [sys.executable, "-m", "tunesmith", "chat", "--model", str(tiny_llama_dir), "--temperature", "0", "--max-new-tokens", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunesmith",
+        "chat",
+        "--model",
+        str(tiny_llama_dir),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "3",
+    ]
     proc = subprocess.run(cmd, input="hi\n/reset\nagain\n/exit\nnever\n", capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("> ", "assistant:", "("))]
-    assert [line.split(":")[0] if line.startswith("assistant") else line for line in lines] == ["> hi", "assistant", "(history cleared)", "> again", "assistant"]
+    assert [line.split(":")[0] if line.startswith("assistant") else line for line in lines] == [
+        "> hi",
+        "assistant",
+        "(history cleared)",
+        "> again",
+        "assistant",
+    ]

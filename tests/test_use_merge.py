@@ -1,7 +1,8 @@
 """tunesmith merge (issue 6): merged logits == base + adapter (fp32, 1e-4), tied embeddings, added tokens.
 
-    PYTHONPATH=src pytest -q tests/test_use_merge.py
+PYTHONPATH=src pytest -q tests/test_use_merge.py
 """
+
 import json
 
 import pytest
@@ -11,11 +12,22 @@ from safetensors import safe_open
 from conftest import build_tiny_llama
 from tunesmith.errors import ModelError
 
-PROBE = "<|im_start|>user\nHello there, tell me about tea.<|im_end|>\n<|im_start|>assistant\nTea is a drink.<|im_end|>\n"
+PROBE = (
+    "<|im_start|>user\nHello there, tell me about tea.<|im_end|>\n<|im_start|>assistant\nTea is a drink.<|im_end|>\n"
+)
 
 
-def make_adapter(base_dir, tokenizer, out, *, target_modules=("q_proj", "v_proj", "down_proj"), modules_to_save=None, scale=0.05, seed=1,
-                 added_tokens=()):
+def make_adapter(
+    base_dir,
+    tokenizer,
+    out,
+    *,
+    target_modules=("q_proj", "v_proj", "down_proj"),
+    modules_to_save=None,
+    scale=0.05,
+    seed=1,
+    added_tokens=(),
+):
     """A LoRA adapter with random (non-zero) B matrices, saved like `tunesmith sft` saves one (with the tokenizer).
 
     Returns:
@@ -30,7 +42,9 @@ def make_adapter(base_dir, tokenizer, out, *, target_modules=("q_proj", "v_proj"
     if added_tokens:
         tok.add_special_tokens({"additional_special_tokens": list(added_tokens)})
         base.resize_token_embeddings(len(tok), mean_resizing=False)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules), modules_to_save=modules_to_save, lora_dropout=0.0)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=list(target_modules), modules_to_save=modules_to_save, lora_dropout=0.0
+    )
     model = get_peft_model(base, cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -63,13 +77,25 @@ def test_merge_matches_base_plus_adapter(tmp_path, smol_tokenizer):
     with peft_model.disable_adapter():
         plain = logits(peft_model, tok)
     assert (want - plain).abs().max() > 1e-3  # the adapter changes the model, so the test can fail
-    report = run_merge(str(tmp_path / "adapter"), model=str(base_dir), output=str(tmp_path / "merged"), log=lambda s: None)
+    report = run_merge(
+        str(tmp_path / "adapter"), model=str(base_dir), output=str(tmp_path / "merged"), log=lambda s: None
+    )
     out = tmp_path / "merged"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "tunesmith_merge.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "generation_config.json",
+        "tunesmith_merge.json",
+    ):
         assert (out / name).is_file(), name
     assert "<|im_start|>" in (out / "chat_template.jinja").read_text()
     assert (merged_logits(out, tok) - want).abs().max() < 1e-4
-    assert report["max_abs_logit_diff_fp32"] < 1e-4 and report["max_abs_logit_diff_fp64"] < 1e-10 and report["max_abs_logit_diff_reloaded"] == 0
+    assert (
+        report["max_abs_logit_diff_fp32"] < 1e-4
+        and report["max_abs_logit_diff_fp64"] < 1e-10
+        and report["max_abs_logit_diff_reloaded"] == 0
+    )
     assert report["tie_word_embeddings"] is True  # nothing touched the embeddings: the tie stays
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         assert not any("lora" in k for k in f.keys())
@@ -77,7 +103,9 @@ def test_merge_matches_base_plus_adapter(tmp_path, smol_tokenizer):
     assert 2 in (gen["eos_token_id"] if isinstance(gen["eos_token_id"], list) else [gen["eos_token_id"]])
 
 
-@pytest.mark.parametrize("target,save", [(("q_proj", "embed_tokens"), None), (("q_proj",), ["lm_head"])], ids=["lora-embed", "save-lm_head"])
+@pytest.mark.parametrize(
+    "target,save", [(("q_proj", "embed_tokens"), None), (("q_proj",), ["lm_head"])], ids=["lora-embed", "save-lm_head"]
+)
 def test_merge_unties_trained_tied_embeddings(tmp_path, smol_tokenizer, target, save):
     """SmolLM2 ties lm_head to embed_tokens. An adapter that trains one of them is merged untied and both matrices are saved;
     with LoRA on embed_tokens, the naive merge (keep the tie) gives different logits (PEFT 0.21 unties a modules_to_save head itself)."""
@@ -87,9 +115,13 @@ def test_merge_unties_trained_tied_embeddings(tmp_path, smol_tokenizer, target, 
     from tunesmith.export.merge import run_merge
 
     base_dir = build_tiny_llama(smol_tokenizer, tmp_path / "base", tie=True)
-    peft_model, tok = make_adapter(base_dir, smol_tokenizer, tmp_path / "adapter", target_modules=target, modules_to_save=save, scale=0.2)
+    peft_model, tok = make_adapter(
+        base_dir, smol_tokenizer, tmp_path / "adapter", target_modules=target, modules_to_save=save, scale=0.2
+    )
     want = logits(peft_model, tok)
-    report = run_merge(str(tmp_path / "adapter"), model=str(base_dir), output=str(tmp_path / "merged"), log=lambda s: None)
+    report = run_merge(
+        str(tmp_path / "adapter"), model=str(base_dir), output=str(tmp_path / "merged"), log=lambda s: None
+    )
     assert report["tie_word_embeddings"] is False and any("untied" in n for n in report["notes"])
     with safe_open(str(tmp_path / "merged" / "model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
@@ -97,7 +129,9 @@ def test_merge_unties_trained_tied_embeddings(tmp_path, smol_tokenizer, target, 
     assert (merged_logits(tmp_path / "merged", tok) - want).abs().max() < 1e-4
     if save:
         return
-    naive = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), tmp_path / "adapter").merge_and_unload()
+    naive = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), tmp_path / "adapter"
+    ).merge_and_unload()
     naive.save_pretrained(tmp_path / "naive")
     assert (merged_logits(tmp_path / "naive", tok) - want).abs().max() > 1e-3
 

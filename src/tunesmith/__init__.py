@@ -4,10 +4,11 @@ Public API::
 
     from tunesmith import load_config, run_sft, render_conversation
 """
-from tunesmith.config.sft import RunConfig
+
 from tunesmith.config.load import load_config
-from tunesmith.errors import ConfigError, DataError, ModelError, TemplateError, TunesmithError
+from tunesmith.config.sft import RunConfig
 from tunesmith.data.records import Conversation, Message
+from tunesmith.errors import ConfigError, DataError, ModelError, TemplateError, TunesmithError
 
 __version__ = "0.1.0"
 
@@ -15,12 +16,27 @@ __version__ = "0.1.0"
 def __getattr__(name):  # lazy: importing tunesmith must not import torch/transformers
     if name == "run_sft":
         from tunesmith.train.sft import run_sft
+
         return run_sft
     if name in ("render_conversation", "Rendered"):
         from tunesmith.render import templates
+
         return getattr(templates, name)
     raise AttributeError(name)
 
 
-__all__ = ["RunConfig", "load_config", "ConfigError", "DataError", "ModelError", "TemplateError", "TunesmithError",
-           "Conversation", "Message", "run_sft", "render_conversation", "Rendered", "__version__"]
+__all__ = [
+    "RunConfig",
+    "load_config",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "TemplateError",
+    "TunesmithError",
+    "Conversation",
+    "Message",
+    "run_sft",
+    "render_conversation",
+    "Rendered",
+    "__version__",
+]

@@ -1,4 +1,5 @@
 """Error types that the CLI turns into a clear message and exit code 2 (never a traceback)."""
+
 from __future__ import annotations
 
 import signal
@@ -68,4 +69,7 @@ class TrainingStopped(TunesmithError):
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
         where = checkpoint or "(no checkpoint: the signal came before the first step finished)"
-        super().__init__(f"Training stopped by {name}; a checkpoint was saved", [Problem(where, "the run is incomplete (no metrics.json)", f"resume with: {resume_cmd}")])
+        super().__init__(
+            f"Training stopped by {name}; a checkpoint was saved",
+            [Problem(where, "the run is incomplete (no metrics.json)", f"resume with: {resume_cmd}")],
+        )

@@ -16,6 +16,7 @@ Top to bottom, one run::
 Only the main process runs the baseline, the evaluation and the report; every process trains. The recipes
 never call evaluation or the report themselves: this module is the one place the stages meet.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,7 +43,9 @@ def start(kind: str, cfg, *, overwrite: bool = False, resume: str | bool | None 
     return start_run(cfg, kind, overwrite=overwrite, resume=resume)
 
 
-def run(kind: str, cfg, *, overwrite: bool = False, resume: str | bool | None = None, started: Run | None = None) -> dict:
+def run(
+    kind: str, cfg, *, overwrite: bool = False, resume: str | bool | None = None, started: Run | None = None
+) -> dict:
     """Run one training command through the decision order.
 
     Args:
@@ -105,7 +108,9 @@ def _evaluate(kind: str, cfg, the_run: Run) -> Path:
     from tunesmith.evaluate.baseline import run_eval
 
     saved = {"adapter": the_run.run_dir / "adapter"} if cfg.lora.enabled else {"model_dir": the_run.run_dir / "model"}
-    return run_eval(cfg, output=the_run.run_dir / "eval", overwrite=True, data=(the_run.data.train, the_run.data.eval), **saved)
+    return run_eval(
+        cfg, output=the_run.run_dir / "eval", overwrite=True, data=(the_run.data.train, the_run.data.eval), **saved
+    )
 
 
 def _report(run_dirs: list[Path], output: Path) -> None:

@@ -4,6 +4,7 @@ When ``TUNESMITH_TRACE_WRITES`` names a file, every ``os.replace`` (how tunesmit
 its plot/adapter savers move a finished artifact into place) appends ``<RANK>\\t<destination>`` to it, so
 the test can check that each artifact was written exactly once and by the main process.
 """
+
 import os
 
 if os.environ.get("TUNESMITH_TRACE_WRITES"):

@@ -1,5 +1,6 @@
 """The run lifecycle every training command shares: report_to integrations, run.log, the resolved max_length reaching
 TRL, refusals before any model loads, and an evaluation cost that is the evaluation's own peak memory."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,17 @@ from conftest import build_tiny_llama
 def _chat_data(path, n: int = 16):
     with path.open("w") as f:
         for i in range(n):
-            f.write(json.dumps({"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i} said"}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": f"say {i}"},
+                            {"role": "assistant", "content": f"{i} said"},
+                        ]
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -29,9 +40,22 @@ def short_context_run(smol_tokenizer, tmp_path_factory):
     cfg_json = json.loads((model / "config.json").read_text())
     cfg_json["max_position_embeddings"] = 64
     (model / "config.json").write_text(json.dumps(cfg_json))
-    cfg = load_config(None, [f"model.name={model}", "model.dtype=float32", f"data.path={_chat_data(base / 'd.jsonl')}",
-                             f"train.output_dir={base / 'run'}", "train.max_steps=3", "train.max_length=256", "train.eval_steps=2",
-                             "train.logging_steps=1", "train.report_to=tensorboard", "eval.num_samples=0", "eval.before_training=false"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={model}",
+            "model.dtype=float32",
+            f"data.path={_chat_data(base / 'd.jsonl')}",
+            f"train.output_dir={base / 'run'}",
+            "train.max_steps=3",
+            "train.max_length=256",
+            "train.eval_steps=2",
+            "train.logging_steps=1",
+            "train.report_to=tensorboard",
+            "eval.num_samples=0",
+            "eval.before_training=false",
+        ],
+    )
     metrics = pipeline.run("sft", cfg)
     return base / "run", metrics
 
@@ -80,7 +104,9 @@ def test_unknown_or_missing_integration_is_refused_before_any_model_loads(tmp_pa
     cfg = load_config(None, ["train.report_to=clearml"])
     with pytest.raises(ConfigError) as exc:
         check_report_to(cfg)
-    assert exc.value.problems[0].where == "train.report_to=clearml" and "pip install clearml" in exc.value.problems[0].fix
+    assert (
+        exc.value.problems[0].where == "train.report_to=clearml" and "pip install clearml" in exc.value.problems[0].fix
+    )
 
 
 def test_report_to_reaches_every_trainer_config(tmp_path):
@@ -93,9 +119,11 @@ def test_report_to_reaches_every_trainer_config(tmp_path):
     from tunesmith.train.sft import build_sft_config
 
     sets = ["train.report_to=tensorboard"]
-    args = [build_sft_config(load_config(None, sets), tmp_path, False),
-            build_training_args(load_config(None, sets, model_cls=ClassifyConfig), tmp_path, False),
-            build_dpo_config(load_config(None, sets, model_cls=DPORunConfig), tmp_path, False, precompute=False)]
+    args = [
+        build_sft_config(load_config(None, sets), tmp_path, False),
+        build_training_args(load_config(None, sets, model_cls=ClassifyConfig), tmp_path, False),
+        build_dpo_config(load_config(None, sets, model_cls=DPORunConfig), tmp_path, False, precompute=False),
+    ]
     for a in args:
         assert a.report_to == ["tensorboard"] and a.output_dir == str(tmp_path / "checkpoints")
 
@@ -112,8 +140,16 @@ def test_eval_cost_is_the_evals_own_peak_memory(tiny_llama_dir, tmp_path):
     big[::512] = 2.0  # touch every page
     del big
     before = peak_memory_bytes()
-    cfg = load_config(None, [f"model.name={tiny_llama_dir}", f"data.path={_chat_data(tmp_path / 'd.jsonl')}", "eval.max_new_tokens=2",
-                             "eval.metrics=[exact_match]", "train.per_device_eval_batch_size=4"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={tiny_llama_dir}",
+            f"data.path={_chat_data(tmp_path / 'd.jsonl')}",
+            "eval.max_new_tokens=2",
+            "eval.metrics=[exact_match]",
+            "train.per_device_eval_batch_size=4",
+        ],
+    )
     m = evaluate_run(cfg, tmp_path / "eval", kind="baseline", method="prompting, zero-shot")
     assert before > 1.5e9
     assert m["cost"]["peak_memory_bytes"] < before - 1.0e9, (m["cost"]["peak_memory_bytes"], before)

@@ -5,6 +5,7 @@ run (fp32, CPU, same seed); SIGTERM saves a checkpoint, exits 143 and prints the
 Each run is `python -m tunesmith <command>` in a subprocess on a tiny random Llama (hidden 32), LoRA with dropout 0.1
 (so the dropout RNG must be restored), 8 steps, a checkpoint every 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,20 @@ def _classify_data(path: Path) -> str:
     with path.open("w") as f:
         for i in range(40):
             label = ["colour", "number", "animal"][i % 3]
-            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + f" {label}", "label": label}) + "\n")
-    return (f"data: {{path: {path}, eval_fraction: 0.25}}\n"
-            f"train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, per_device_train_batch_size: 4,\n"
-            "        eval_strategy: 'no', logging_steps: 1, seed: 7, learning_rate: 0.01, max_length: 32}\n")
+            f.write(
+                json.dumps(
+                    {
+                        "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + f" {label}",
+                        "label": label,
+                    }
+                )
+                + "\n"
+            )
+    return (
+        f"data: {{path: {path}, eval_fraction: 0.25}}\n"
+        f"train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, per_device_train_batch_size: 4,\n"
+        "        eval_strategy: 'no', logging_steps: 1, seed: 7, learning_rate: 0.01, max_length: 32}\n"
+    )
 
 
 def _dpo_data(path: Path) -> str:
@@ -42,12 +53,22 @@ def _dpo_data(path: Path) -> str:
     with path.open("w") as f:
         for _ in range(24):
             prompt, good, bad = (" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) for _ in range(3))
-            f.write(json.dumps({"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": good}],
-                                "rejected": [{"role": "assistant", "content": bad + " no"}]}) + "\n")
-    return (f"data: {{path: {path}, eval_fraction: 0.25}}\n"
-            f"train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, per_device_train_batch_size: 2,\n"
-            "        eval_strategy: 'no', logging_steps: 1, seed: 7, learning_rate: 0.01, max_length: 64}\n"
-            "eval: {win_rate_prompts: 2, max_new_tokens: 2}\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": [{"role": "user", "content": prompt}],
+                        "chosen": [{"role": "assistant", "content": good}],
+                        "rejected": [{"role": "assistant", "content": bad + " no"}],
+                    }
+                )
+                + "\n"
+            )
+    return (
+        f"data: {{path: {path}, eval_fraction: 0.25}}\n"
+        f"train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, per_device_train_batch_size: 2,\n"
+        "        eval_strategy: 'no', logging_steps: 1, seed: 7, learning_rate: 0.01, max_length: 64}\n"
+        "eval: {win_rate_prompts: 2, max_new_tokens: 2}\n"
+    )
 
 
 DATA = {"classify": _classify_data, "dpo": _dpo_data}
@@ -61,7 +82,9 @@ def setup(request, smol_tokenizer, tmp_path_factory):
     model = build_tiny_llama(smol_tokenizer, base / "tiny", hidden=32, seed=3)
     body = DATA[kind](base / "data.jsonl")
     cfg = base / "cfg.yaml"
-    cfg.write_text(f"model: {{name: {model}, dtype: float32}}\nlora: {{r: 4, lora_alpha: 8, lora_dropout: 0.1}}\n{body}")
+    cfg.write_text(
+        f"model: {{name: {model}, dtype: float32}}\nlora: {{r: 4, lora_alpha: 8, lora_dropout: 0.1}}\n{body}"
+    )
     return kind, cfg, base
 
 
@@ -76,7 +99,9 @@ def _env() -> dict:
 def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not (run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file():
-        assert proc.poll() is None, f"run ended (rc {proc.returncode}) before checkpoint-{step}: {proc.stderr.read()[-3000:]}"
+        assert proc.poll() is None, (
+            f"run ended (rc {proc.returncode}) before checkpoint-{step}: {proc.stderr.read()[-3000:]}"
+        )
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.02)
 
@@ -97,9 +122,15 @@ def runs(setup):
     """The uninterrupted reference, a run killed with SIGKILL after a checkpoint and one stopped with SIGTERM,
     started together (a third of the wall time)."""
     kind, cfg, base = setup
-    ref = subprocess.Popen(_cmd(kind, cfg, base / "ref"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    killed = subprocess.Popen(_cmd(kind, cfg, base / "killed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    termed = subprocess.Popen(_cmd(kind, cfg, base / "termed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ref = subprocess.Popen(
+        _cmd(kind, cfg, base / "ref"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    killed = subprocess.Popen(
+        _cmd(kind, cfg, base / "killed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    termed = subprocess.Popen(
+        _cmd(kind, cfg, base / "termed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     kill_after = random.Random(time.time_ns()).choice(range(SAVE_EVERY, STEPS // 2 + 1, SAVE_EVERY))
     _wait_for_checkpoint(killed, base / "killed", kill_after)
     time.sleep(random.uniform(0, 0.05))
@@ -109,14 +140,22 @@ def runs(setup):
     termed.send_signal(signal.SIGTERM)
     _, term_err = termed.communicate(timeout=180)
     assert ref.wait() == 0, ref.stderr.read()[-3000:]
-    return {"ref": base / "ref", "killed": base / "killed", "termed": base / "termed", "kill_after": kill_after,
-            "term_rc": termed.returncode, "term_err": term_err}
+    return {
+        "ref": base / "ref",
+        "killed": base / "killed",
+        "termed": base / "termed",
+        "kill_after": kill_after,
+        "term_rc": termed.returncode,
+        "term_err": term_err,
+    }
 
 
 def test_killed_run_resumes_bit_exact(setup, runs):
     kind, cfg, _ = setup
     killed = runs["killed"]
-    assert not (killed / "metrics.json").exists() and not (killed / "adapter").exists(), "a killed run must not look complete"
+    assert not (killed / "metrics.json").exists() and not (killed / "adapter").exists(), (
+        "a killed run must not look complete"
+    )
     again = subprocess.run(_cmd(kind, cfg, killed), env=_env(), capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
     res = subprocess.run(_cmd(kind, cfg, killed, "--resume", "latest"), env=_env(), capture_output=True, text=True)

@@ -1,5 +1,6 @@
 """``tunesmith baseline``, ``eval``, ``report`` and ``classify-baseline``: is prompting enough, and did fine-tuning help?
 Every model is scored by the same evaluation step on the same examples."""
+
 from __future__ import annotations
 
 import typer
@@ -11,7 +12,12 @@ ReplaceOpt = typer.Option(False, "--overwrite", help="Replace a run directory tu
 
 
 @handles_errors
-def baseline(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt, output: Opt[str] = OutputOpt, overwrite: bool = ReplaceOpt):
+def baseline(
+    config: Opt[str] = ConfigArg,
+    set_: Opt[list[str]] = SetOpt,
+    output: Opt[str] = OutputOpt,
+    overwrite: bool = ReplaceOpt,
+):
     """Is prompting enough? Prompt the instruction-tuned model on the eval split (zero-shot, and eval.k_shot-shot) and score it."""
     from tunesmith.config.load import load_config
     from tunesmith.evaluate.baseline import run_baseline
@@ -20,10 +26,16 @@ def baseline(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt, output
 
 
 @handles_errors
-def eval_cmd(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt,
-             adapter: Opt[str] = typer.Option(None, "--adapter", help="LoRA adapter folder or run folder, merged into model.name."),
-             model: Opt[str] = typer.Option(None, "--model", help="A merged (full) model folder."), output: Opt[str] = OutputOpt,
-             overwrite: bool = ReplaceOpt):
+def eval_cmd(
+    config: Opt[str] = ConfigArg,
+    set_: Opt[list[str]] = SetOpt,
+    adapter: Opt[str] = typer.Option(
+        None, "--adapter", help="LoRA adapter folder or run folder, merged into model.name."
+    ),
+    model: Opt[str] = typer.Option(None, "--model", help="A merged (full) model folder."),
+    output: Opt[str] = OutputOpt,
+    overwrite: bool = ReplaceOpt,
+):
     """Score a fine-tuned model with the same examples, prompts and metrics as `tunesmith baseline`."""
     from tunesmith.config.load import load_config
     from tunesmith.evaluate.baseline import run_eval
@@ -32,10 +44,16 @@ def eval_cmd(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt,
 
 
 @handles_errors
-def report(run_dirs: list[str] = typer.Argument(..., help="Run directories; the first is the reference (the prompting baseline)."),
-           output: Opt[str] = typer.Option(None, "--output", "-o", help="HTML file (default: <last RUN_DIR>/report.html)."),
-           target: Opt[list[str]] = typer.Option(None, "--target", help="METRIC=VALUE, e.g. json_schema=0.95 (repeatable; default: eval.targets)."),
-           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report file.")):
+def report(
+    run_dirs: list[str] = typer.Argument(
+        ..., help="Run directories; the first is the reference (the prompting baseline)."
+    ),
+    output: Opt[str] = typer.Option(None, "--output", "-o", help="HTML file (default: <last RUN_DIR>/report.html)."),
+    target: Opt[list[str]] = typer.Option(
+        None, "--target", help="METRIC=VALUE, e.g. json_schema=0.95 (repeatable; default: eval.targets)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report file."),
+):
     """Decision report: baseline vs fine-tuned per metric with bootstrap CIs, wins/losses, cost and a verdict against targets."""
     from tunesmith.evaluate.report import parse_targets, write_report
 
@@ -43,7 +61,12 @@ def report(run_dirs: list[str] = typer.Argument(..., help="Run directories; the 
 
 
 @handles_errors
-def classify_baseline(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt, output: Opt[str] = OutputOpt, overwrite: bool = ReplaceOpt):
+def classify_baseline(
+    config: Opt[str] = ConfigArg,
+    set_: Opt[list[str]] = SetOpt,
+    output: Opt[str] = OutputOpt,
+    overwrite: bool = ReplaceOpt,
+):
     """Prompting baseline of a classify config: the instruction-tuned model picks a label, scored on the same eval set."""
     from tunesmith.config.classify import ClassifyConfig
     from tunesmith.config.load import load_config

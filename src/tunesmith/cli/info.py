@@ -1,4 +1,5 @@
 """``tunesmith models``, ``config`` and ``estimate``: what is here, what each field means, and what a run will need."""
+
 from __future__ import annotations
 
 import typer
@@ -22,8 +23,11 @@ def models():
 
 
 @handles_errors
-def config(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt,
-           markdown: bool = typer.Option(False, "--markdown", help="Print the field reference as Markdown (docs/config.md).")):
+def config(
+    config: Opt[str] = ConfigArg,
+    set_: Opt[list[str]] = SetOpt,
+    markdown: bool = typer.Option(False, "--markdown", help="Print the field reference as Markdown (docs/config.md)."),
+):
     """Print every config field with its resolved value and documentation (validates CONFIG too)."""
     from tunesmith.config.load import load_config
     from tunesmith.config.reference import config_reference_markdown
@@ -35,14 +39,31 @@ def config(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt,
 
 
 @handles_errors
-def estimate(model: str = typer.Argument("smollm2-135m-instruct", help="Embedded name, local checkpoint folder, .gguf file or cached hub id."),
-             batch: int = typer.Option(8, "--batch", min=1, help="Sequences (packed rows) per micro-batch."),
-             seq_len: int = typer.Option(512, "--seq-len", min=1, help="Tokens per sequence (train.max_length)."),
-             rank: int = typer.Option(16, "--rank", min=1, help="LoRA rank r (all linear layers)."),
-             checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Estimate with gradient checkpointing on."),
-             use_probe: bool = typer.Option(True, "--probe/--no-probe", help="Calibrate with two short probe runs when the model is local."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+def estimate(
+    model: str = typer.Argument(
+        "smollm2-135m-instruct", help="Embedded name, local checkpoint folder, .gguf file or cached hub id."
+    ),
+    batch: int = typer.Option(8, "--batch", min=1, help="Sequences (packed rows) per micro-batch."),
+    seq_len: int = typer.Option(512, "--seq-len", min=1, help="Tokens per sequence (train.max_length)."),
+    rank: int = typer.Option(16, "--rank", min=1, help="LoRA rank r (all linear layers)."),
+    checkpointing: bool = typer.Option(
+        False, "--gradient-checkpointing", help="Estimate with gradient checkpointing on."
+    ),
+    use_probe: bool = typer.Option(
+        True, "--probe/--no-probe", help="Calibrate with two short probe runs when the model is local."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
     """Memory needed for full fine-tuning, LoRA and QLoRA: weights, gradients, AdamW states, activations by batch and length."""
     from tunesmith.train.estimate import estimate_command
 
-    estimate_command(model, batch=batch, seq_len=seq_len, r=rank, checkpointing=checkpointing, use_probe=use_probe, as_json=as_json, console=out)
+    estimate_command(
+        model,
+        batch=batch,
+        seq_len=seq_len,
+        r=rank,
+        checkpointing=checkpointing,
+        use_probe=use_probe,
+        as_json=as_json,
+        console=out,
+    )

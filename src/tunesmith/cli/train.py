@@ -1,20 +1,40 @@
 """``tunesmith sft``, ``classify`` and ``dpo``: the training commands, each run through the decision order
 (:mod:`tunesmith.pipeline`) and the one run lifecycle (:mod:`tunesmith.train.lifecycle`)."""
+
 from __future__ import annotations
 
 import typer
 
-from tunesmith.cli._options import (ConfigArg, NumProcOpt, Opt, OverwriteOpt, ResumeOpt, SetOpt, ShowConfigOpt, SkipInvalidOpt,
-                                    handles_errors, print_fields, with_skip_invalid)
+from tunesmith.cli._options import (
+    ConfigArg,
+    NumProcOpt,
+    Opt,
+    OverwriteOpt,
+    ResumeOpt,
+    SetOpt,
+    ShowConfigOpt,
+    SkipInvalidOpt,
+    handles_errors,
+    print_fields,
+    with_skip_invalid,
+)
 
-EPILOG = ("train.report_to=tensorboard (or trackio) also logs to TensorBoard/Trackio when installed; "
-          "the console log is always copied to <output_dir>/run.log.")
+EPILOG = (
+    "train.report_to=tensorboard (or trackio) also logs to TensorBoard/Trackio when installed; "
+    "the console log is always copied to <output_dir>/run.log."
+)
 """Shown under each training command's --help."""
 
 
 @handles_errors
-def sft(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt, overwrite: bool = OverwriteOpt, resume: Opt[str] = ResumeOpt,
-        skip_invalid: bool = SkipInvalidOpt, num_processes: Opt[int] = NumProcOpt):
+def sft(
+    config: Opt[str] = ConfigArg,
+    set_: Opt[list[str]] = SetOpt,
+    overwrite: bool = OverwriteOpt,
+    resume: Opt[str] = ResumeOpt,
+    skip_invalid: bool = SkipInvalidOpt,
+    num_processes: Opt[int] = NumProcOpt,
+):
     """Supervised fine-tuning with LoRA on TRL's SFTTrainer (default: embedded SmolLM2 on chatterbot)."""
     from tunesmith import pipeline
     from tunesmith.config.load import load_config
@@ -28,9 +48,16 @@ def sft(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt, overwrite: 
 
 
 @handles_errors
-def classify(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt, overwrite: bool = OverwriteOpt, resume: Opt[str] = ResumeOpt,
-             baseline: bool = typer.Option(False, "--baseline", help="Measure prompting first (eval.baseline): <output_dir>/baseline and report.html."),
-             show_config: bool = ShowConfigOpt):
+def classify(
+    config: Opt[str] = ConfigArg,
+    set_: Opt[list[str]] = SetOpt,
+    overwrite: bool = OverwriteOpt,
+    resume: Opt[str] = ResumeOpt,
+    baseline: bool = typer.Option(
+        False, "--baseline", help="Measure prompting first (eval.baseline): <output_dir>/baseline and report.html."
+    ),
+    show_config: bool = ShowConfigOpt,
+):
     """Task fine-tuning: a classification head on a decoder LLM (LoRA body + trained head; default: chatterbot topics)."""
     from tunesmith import pipeline
     from tunesmith.config.classify import ClassifyConfig
@@ -43,8 +70,14 @@ def classify(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt, overwr
 
 
 @handles_errors
-def dpo(config: Opt[str] = ConfigArg, set_: Opt[list[str]] = SetOpt, overwrite: bool = OverwriteOpt, resume: Opt[str] = ResumeOpt,
-        skip_invalid: bool = SkipInvalidOpt, show_config: bool = ShowConfigOpt):
+def dpo(
+    config: Opt[str] = ConfigArg,
+    set_: Opt[list[str]] = SetOpt,
+    overwrite: bool = OverwriteOpt,
+    resume: Opt[str] = ResumeOpt,
+    skip_invalid: bool = SkipInvalidOpt,
+    show_config: bool = ShowConfigOpt,
+):
     """Preference tuning (DPO, TRL) after SFT: LoRA from the SFT adapter; held-out reward accuracy with a CI, win rate vs the start."""
     from tunesmith import pipeline
     from tunesmith.config.dpo import DPORunConfig

@@ -6,6 +6,7 @@ extra keys go to a library's own config class (``trl.SFTConfig``, ``trl.DPOConfi
 
 Field docstrings become the ``--help`` text and ``docs/config.md`` (pydantic ``use_attribute_docstrings``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,10 @@ def library_fields(library_name: str) -> frozenset[str]:
     """
     module, cls_name = library_name.rsplit(".", 1)
     try:
-        cache = tunesmith_home() / f"{library_name}-fields-{metadata.version(module)}-{metadata.version('transformers')}.json"
+        cache = (
+            tunesmith_home()
+            / f"{library_name}-fields-{metadata.version(module)}-{metadata.version('transformers')}.json"
+        )
     except metadata.PackageNotFoundError:
         cache = None
     try:
@@ -173,7 +177,10 @@ class LibraryTrainSection(BaseModel):
         msgs = []
         for key in sorted(set(self.model_extra or {}) - known):
             near = difflib.get_close_matches(key, sorted(known), n=1)
-            msgs.append(f"unknown key {key!r} (not a {self.library_name} field)" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            msgs.append(
+                f"unknown key {key!r} (not a {self.library_name} field)"
+                + (f" (did you mean {near[0]!r}?)" if near else "")
+            )
         if msgs:
             raise ValueError("; ".join(msgs))
         return self

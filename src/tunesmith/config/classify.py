@@ -5,15 +5,14 @@ Run ``tunesmith classify --show-config`` to print every field with its value and
 The ``train`` section takes ``transformers.TrainingArguments`` field names (classification trains
 with the plain transformers ``Trainer``); an unknown key is rejected with a "did you mean".
 """
+
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tunesmith.config.base import STRICT, DataSection, LibraryTrainSection, LoraSection, ModelSection
-from typing import ClassVar
-
 
 
 class LabelsSection(BaseModel):
@@ -54,7 +53,11 @@ class LabelsSection(BaseModel):
             raise ValueError("names has duplicates")
         if self.names is not None and len(self.names) < 2:
             raise ValueError("names needs at least two labels")
-        if isinstance(self.class_weights, list) and self.names is not None and len(self.class_weights) != len(self.names):
+        if (
+            isinstance(self.class_weights, list)
+            and self.names is not None
+            and len(self.class_weights) != len(self.names)
+        ):
             raise ValueError(f"class_weights has {len(self.class_weights)} values for {len(self.names)} labels")
         return self
 
@@ -104,7 +107,6 @@ class ClassifyTrainSection(LibraryTrainSection):
     """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
 
 
-
 class ClassifyEvalSection(BaseModel):
     """Evaluation of the trained classifier and of the prompting baseline."""
 
@@ -114,8 +116,10 @@ class ClassifyEvalSection(BaseModel):
     """Also score the untrained head (chance level), so the gain is visible."""
     baseline: bool = False
     """Also run the prompting baseline (the instruction-tuned model picks a label) on the same eval set, into `<output_dir>-baseline`."""
-    baseline_prompt: str = ("Classify the message into exactly one of these categories: {labels}.\n"
-                            "Answer with the category name only.\n\nMessage: {text}")
+    baseline_prompt: str = (
+        "Classify the message into exactly one of these categories: {labels}.\n"
+        "Answer with the category name only.\n\nMessage: {text}"
+    )
     """User-turn template of the prompting baseline; `{labels}` is the comma-separated label list, `{text}` the example (and `{text_pair}`)."""
     max_new_tokens: int = Field(12, gt=0)
     """Generation budget of the prompting baseline, in tokens."""

@@ -6,6 +6,7 @@ The ``train`` section takes ``trl.DPOConfig`` field names (``beta``, ``loss_type
 ``precompute_ref_log_probs``, ...); an unknown key is rejected with a "did you mean".  ``model.adapter``
 names the SFT adapter to start from (Rafailov et al. 2023: DPO starts from the SFT model, which is also the reference).
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Literal
@@ -13,7 +14,6 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tunesmith.config.base import STRICT, DataSection, LibraryTrainSection, LoraSection, ModelSection
-
 
 
 class DPOModelSection(ModelSection):
@@ -44,7 +44,6 @@ class DPOTrainSection(LibraryTrainSection):
     """Trainer settings; every key is a `trl.DPOConfig` field (others are rejected with a suggestion)."""
 
     library_name: ClassVar[str] = "trl.DPOConfig"
-
 
     output_dir: str = "runs/dpo"
     """Run directory: adapter, metrics, predictions, plots and manifest go here."""
@@ -96,7 +95,6 @@ class DPOTrainSection(LibraryTrainSection):
     def _one_loss(cls, value):
         """A single loss may be given as a string."""
         return [value] if isinstance(value, str) else value
-
 
 
 class DPOEvalSection(BaseModel):

@@ -2,15 +2,18 @@
 
 Every problem found is raised once as :class:`~tunesmith.errors.ConfigError` (exit code 2 from the CLI), each with
 its field path, where the value came from (file or ``--set``) and a fix."""
+
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
+
 import yaml
 from pydantic import BaseModel, ValidationError
-from tunesmith.errors import ConfigError, Problem
+
 from tunesmith.config.problems import _check_paths, _field_names, _fix_for, _problems_from, _set_path, parse_override  # noqa: F401 (parse_override stays importable from here)
 from tunesmith.config.sft import RunConfig
+from tunesmith.errors import ConfigError, Problem
 
 
 def _check_train_keys(raw: dict, origin: dict[str, str], model_cls: type[BaseModel] = None) -> list[Problem]:
@@ -26,12 +29,20 @@ def _check_train_keys(raw: dict, origin: dict[str, str], model_cls: type[BaseMod
         near = difflib.get_close_matches(str(key), sorted(known), n=1)
         src = origin.get(f"train.{key}")
         where = f"train.{key}" + (f" (from {src})" if src else "")
-        problems.append(Problem(where, f"unknown key (not a {getattr(section, 'library_name', 'train')} field)", f"did you mean 'train.{near[0]}'?" if near else "remove it; `tunesmith config` lists every field"))
+        problems.append(
+            Problem(
+                where,
+                f"unknown key (not a {getattr(section, 'library_name', 'train')} field)",
+                f"did you mean 'train.{near[0]}'?" if near else "remove it; `tunesmith config` lists every field",
+            )
+        )
         del train[key]
     return problems
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *, model_cls: type[BaseModel] = RunConfig) -> BaseModel:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, model_cls: type[BaseModel] = RunConfig
+) -> BaseModel:
     """Load a run config from YAML (optional) plus ``--set`` overrides, validated once.
 
     Args:
@@ -52,15 +63,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError("Cannot read config", [Problem(str(p), "no such file" if not p.exists() else "is a directory, not a YAML file", "pass the path of a .yaml config file")])
+            raise ConfigError(
+                "Cannot read config",
+                [
+                    Problem(
+                        str(p),
+                        "no such file" if not p.exists() else "is a directory, not a YAML file",
+                        "pass the path of a .yaml config file",
+                    )
+                ],
+            )
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{p}:{mark.line + 1}" if mark else str(p)
-            raise ConfigError("Config is not valid YAML", [Problem(where, str(exc).splitlines()[0], "fix the YAML syntax")]) from None
+            raise ConfigError(
+                "Config is not valid YAML", [Problem(where, str(exc).splitlines()[0], "fix the YAML syntax")]
+            ) from None
         if not isinstance(loaded, dict):
-            raise ConfigError("Config must be a mapping", [Problem(str(p), f"top level is a {type(loaded).__name__}", "write `section: {key: value}` pairs")])
+            raise ConfigError(
+                "Config must be a mapping",
+                [Problem(str(p), f"top level is a {type(loaded).__name__}", "write `section: {key: value}` pairs")],
+            )
         raw = loaded
         base = p.resolve().parent
     problems: list[Problem] = []
@@ -70,7 +95,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         origin[".".join(keys)] = f"--set {text}"
     for sec, key in (("data", "path"), ("data", "eval_path"), ("eval", "json_schema")):
         data = raw.get(sec)
-        if isinstance(data, dict) and isinstance(data.get(key), str) and data[key] and not Path(data[key]).expanduser().is_absolute():
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get(key), str)
+            and data[key]
+            and not Path(data[key]).expanduser().is_absolute()
+        ):
             origin_is_cli = f"{sec}.{key}" in origin
             data[key] = str((Path.cwd() if origin_is_cli else base) / data[key])
     problems += _check_paths(raw, base)

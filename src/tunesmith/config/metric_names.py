@@ -3,8 +3,17 @@
 Kept in the config layer so validation names every known metric without importing the evaluation code.
 """
 
-GENERATION_METRICS = ("exact_match", "contains", "json_valid", "json_schema", "regex", "label_accuracy", "label_macro_f1",
-                      "rouge_l", "chrf")
+GENERATION_METRICS = (
+    "exact_match",
+    "contains",
+    "json_valid",
+    "json_schema",
+    "regex",
+    "label_accuracy",
+    "label_macro_f1",
+    "rouge_l",
+    "chrf",
+)
 """Metrics computed from generated answers."""
 REFERENCE_METRICS = ("eval_loss", "perplexity")
 """Metrics computed from the reference answers' token likelihood (no generation)."""

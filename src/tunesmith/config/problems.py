@@ -1,5 +1,6 @@
 """Parsing ``--set`` overrides and turning pydantic validation errors into :class:`~tunesmith.errors.Problem` entries
 (field path, where the value came from, and a fix). Used by :func:`tunesmith.config.sft.load_config`."""
+
 from __future__ import annotations
 
 import difflib
@@ -34,7 +35,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = raw.strip()  # YAML 1.1 reads `no` as False; keep the word (eval_strategy=no; pydantic reads it as a bool where one is expected)
     if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
         try:
-            value = float(value) if any(c in value.lower() for c in ".e") and value.lower() not in ("inf", "nan") else value
+            value = (
+                float(value) if any(c in value.lower() for c in ".e") and value.lower() not in ("inf", "nan") else value
+            )
         except ValueError:
             pass
     return key.strip().split("."), value
@@ -71,10 +74,16 @@ def _problems_from(exc: ValidationError, model_cls: type[BaseModel], origin: dic
         where_txt = f"{where} (from {src})" if src else where
         if err["type"] == "extra_forbidden":
             near = difflib.get_close_matches(loc[-1], _field_names(model_cls, loc), n=1)
-            fix = f"did you mean {'.'.join(loc[:-1] + (near[0],))!r}?" if near else "remove it; `tunesmith config` lists every field"
+            fix = (
+                f"did you mean {'.'.join(loc[:-1] + (near[0],))!r}?"
+                if near
+                else "remove it; `tunesmith config` lists every field"
+            )
             problems.append(Problem(where_txt, "unknown key", fix))
         elif err["type"] == "value_error":
-            problems.append(Problem(where_txt, err["msg"].removeprefix("Value error, "), "`tunesmith config` lists every field"))
+            problems.append(
+                Problem(where_txt, err["msg"].removeprefix("Value error, "), "`tunesmith config` lists every field")
+            )
         else:
             got = err.get("input")
             problems.append(Problem(where_txt, f"{err['msg']} (got {got!r})", _fix_for(err)))
@@ -103,5 +112,11 @@ def _check_paths(raw: dict, base: Path) -> list[Problem]:
             p = Path(value).expanduser()
             p = p if p.is_absolute() else base / p
             if not p.exists():
-                problems.append(Problem(f"data.{key}", f"file not found: {p}", "check the path (relative paths are resolved from the config file's folder)"))
+                problems.append(
+                    Problem(
+                        f"data.{key}",
+                        f"file not found: {p}",
+                        "check the path (relative paths are resolved from the config file's folder)",
+                    )
+                )
     return problems

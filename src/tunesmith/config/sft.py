@@ -7,19 +7,15 @@ Sections follow the libraries' own names: ``train.*`` are ``trl.SFTConfig`` fiel
 id or a path, ``data.path``/``data.name`` select the data.  Every problem found is collected and
 raised once as :class:`~tunesmith.errors.ConfigError` (exit code 2 from the CLI).
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tunesmith.config.base import STRICT, DataSection, LibraryTrainSection, LoraSection, ModelSection
 from tunesmith.config.problems import _check_paths, _field_names, _fix_for, _problems_from, _set_path, parse_override  # noqa: F401 (parse_override stays importable from here)
-from tunesmith.config.base import DataSection
-from tunesmith.config.base import LibraryTrainSection
-from tunesmith.config.base import LoraSection
-from tunesmith.config.base import ModelSection
-from tunesmith.config.base import STRICT
-
 
 
 class TrainSection(LibraryTrainSection):
@@ -85,9 +81,10 @@ class TrainSection(LibraryTrainSection):
     @model_validator(mode="after")
     def _micro_divides_batch(self) -> "TrainSection":
         if self.micro_batch_size and self.per_device_train_batch_size % self.micro_batch_size:
-            raise ValueError(f"micro_batch_size={self.micro_batch_size} must divide per_device_train_batch_size={self.per_device_train_batch_size}")
+            raise ValueError(
+                f"micro_batch_size={self.micro_batch_size} must divide per_device_train_batch_size={self.per_device_train_batch_size}"
+            )
         return self
-
 
 
 class EvalSection(BaseModel):
@@ -123,7 +120,9 @@ class EvalSection(BaseModel):
     def _decision_fields(self) -> "EvalSection":
         from tunesmith.config.metric_names import ALL_METRICS
 
-        problems = [f"unknown metric {m!r} (known: {', '.join(ALL_METRICS)})" for m in self.metrics if m not in ALL_METRICS]
+        problems = [
+            f"unknown metric {m!r} (known: {', '.join(ALL_METRICS)})" for m in self.metrics if m not in ALL_METRICS
+        ]
         problems += [f"target {t!r} is not in eval.metrics" for t in self.targets if t not in self.metrics]
         if "json_schema" in self.metrics and self.json_schema is None:
             problems.append("metric json_schema needs eval.json_schema (a mapping or a .json file)")
@@ -132,6 +131,7 @@ class EvalSection(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
     # --- end decision order ---
 
 
@@ -150,15 +150,3 @@ class RunConfig(BaseModel):
     """Trainer (trl.SFTConfig fields)."""
     eval: EvalSection = Field(default_factory=EvalSection)
     """Evaluation and samples."""
-
-
-
-
-
-
-
-
-
-
-
-

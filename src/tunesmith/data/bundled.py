@@ -11,10 +11,11 @@ conversation becomes the user turn, and the assistant answers with one JSON obje
 corpus category>, "reply": <the corpus answer>}``; a system turn (:data:`SYSTEM_PROMPT`) describes the format and
 :data:`SCHEMA` is the JSON Schema an answer must satisfy.
 """
+
 from __future__ import annotations
 
-import json
 import importlib.util
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,32 @@ from typing import Callable
 
 import yaml
 
+from tunesmith.data.records import Conversation, Message, PreferencePair
 from tunesmith.errors import DataError, Problem
 
-from tunesmith.data.records import Conversation, Message, PreferencePair
-
-TOPICS = ("ai", "computers", "conversations", "emotion", "food", "gossip", "greetings", "health", "history", "humor",
-          "literature", "money", "movies", "politics", "profile", "psychology", "science", "sports", "tech support", "trivia",
-          "coding")
+TOPICS = (
+    "ai",
+    "computers",
+    "conversations",
+    "emotion",
+    "food",
+    "gossip",
+    "greetings",
+    "health",
+    "history",
+    "humor",
+    "literature",
+    "money",
+    "movies",
+    "politics",
+    "profile",
+    "psychology",
+    "science",
+    "sports",
+    "tech support",
+    "trivia",
+    "coding",
+)
 """Corpus categories (first category of each chatterbot-corpus English file, lower-cased; chatterbot-corpus 1.3.3)."""
 
 MAX_REPLY_CHARS = 100
@@ -42,9 +62,11 @@ SCHEMA = {
 }
 """JSON Schema of an answer: exactly the keys topic (one of :data:`TOPICS`) and reply (a non-empty string)."""
 
-SYSTEM_PROMPT = ("Answer every message with one JSON object and nothing else, exactly in this form: "
-                 '{"topic": "<topic>", "reply": "<your reply>"}. '
-                 "<topic> is the topic of the message, one of: " + ", ".join(TOPICS) + ".")
+SYSTEM_PROMPT = (
+    "Answer every message with one JSON object and nothing else, exactly in this form: "
+    '{"topic": "<topic>", "reply": "<your reply>"}. '
+    "<topic> is the topic of the message, one of: " + ", ".join(TOPICS) + "."
+)
 """System turn of every example: the output format and the topic list."""
 
 
@@ -83,8 +105,16 @@ def chatterbot_dir() -> Path:
     """
     spec = importlib.util.find_spec("chatterbot_corpus")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("Bundled dataset 'chatterbot' is not installed", [Problem(
-            "data.name=chatterbot", "the PyPI package chatterbot-corpus is missing", "pip install --no-deps chatterbot-corpus")])
+        raise DataError(
+            "Bundled dataset 'chatterbot' is not installed",
+            [
+                Problem(
+                    "data.name=chatterbot",
+                    "the PyPI package chatterbot-corpus is missing",
+                    "pip install --no-deps chatterbot-corpus",
+                )
+            ],
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "english"
 
 
@@ -148,10 +178,20 @@ def load_chatterbot_pairs(seed: int = 0) -> list[PreferencePair]:
     for c in convs:
         while True:
             other = convs[rng.randrange(len(convs))]
-            if other.meta["topic"] != c.meta["topic"] and other.messages[-1].content.strip() != c.messages[-1].content.strip():
+            if (
+                other.meta["topic"] != c.meta["topic"]
+                and other.messages[-1].content.strip() != c.messages[-1].content.strip()
+            ):
                 break
-        out.append(PreferencePair(c.messages[:-1], c.messages[-1].content, other.messages[-1].content, c.source,
-                                  {"topic": c.meta["topic"], "rejected_topic": other.meta["topic"]}))
+        out.append(
+            PreferencePair(
+                c.messages[:-1],
+                c.messages[-1].content,
+                other.messages[-1].content,
+                c.source,
+                {"topic": c.meta["topic"], "rejected_topic": other.meta["topic"]},
+            )
+        )
     return out
 
 
@@ -194,7 +234,10 @@ def load_bundled(name: str | None, kind: str) -> list:
     names = sorted(n for n, b in BUNDLED.items() if b.kind == kind)
     entry = BUNDLED.get(name or "")
     if entry is None or entry.kind != kind:
-        what = (f"unknown bundled dataset {name!r}" if entry is None else f"{name!r} is a {entry.kind} set, not {kind}") if name \
+        what = (
+            (f"unknown bundled dataset {name!r}" if entry is None else f"{name!r} is a {entry.kind} set, not {kind}")
+            if name
             else "neither data.path nor data.name is set"
+        )
         raise DataError("No data", [Problem("data", what, f"set data.path to a file or data.name to one of {names}")])
     return entry.load()

@@ -5,20 +5,20 @@ Hugging Face dataset; formats in :mod:`tunesmith.data.formats`, files in :mod:`t
 bundled dataset by name (``data.name``).  Bundled: ``chatterbot`` (the English dialogue corpus in the PyPI package
 ``chatterbot-corpus``, BSD licence, read from the installed package).
 """
+
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from tunesmith.errors import DataError, Problem
-from tunesmith.data.formats import FORMATS, detect_format, to_conversation
-from tunesmith.data.records import Conversation, Message
-from tunesmith.data.readers import read_records
 from tunesmith.data.bundled import load_bundled
+from tunesmith.data.formats import FORMATS, detect_format, to_conversation
+from tunesmith.data.readers import read_records
+from tunesmith.data.records import Conversation, Message
 from tunesmith.data.split import split
-import errno
+from tunesmith.errors import DataError, Problem
 
 log = logging.getLogger("tunesmith.data.conversations")
 
@@ -45,13 +45,9 @@ class LoadReport:
         return len({p.where for p in self.skipped})
 
 
-
-
-
-
-
-
-def load_file(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> tuple[list[Conversation], LoadReport]:
+def load_file(
+    path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None
+) -> tuple[list[Conversation], LoadReport]:
     """Read a data file (any :mod:`tunesmith.data.readers` type) and convert every record of format ``fmt``.
 
     Args:
@@ -70,21 +66,42 @@ def load_file(path: str | Path, fmt: str = "auto", columns: dict[str, str] | Non
     records, problems = read_records(path)
     report = LoadReport(rows_read=len(records) + len({p.where for p in problems}))
     if not records:  # nothing readable: report why (unreadable lines, or an empty file) rather than "unknown format"
-        raise DataError(f"{path}: no readable record" if problems else f"{path} is empty", problems or [Problem(
-            f"data.path={path}", "the file holds no records (it is empty or has only blank lines)",
-            "point data.path at a file with one record per line (JSONL) or a list of records (JSON)")])
+        raise DataError(
+            f"{path}: no readable record" if problems else f"{path} is empty",
+            problems
+            or [
+                Problem(
+                    f"data.path={path}",
+                    "the file holds no records (it is empty or has only blank lines)",
+                    "point data.path at a file with one record per line (JSONL) or a list of records (JSON)",
+                )
+            ],
+        )
     if fmt == "auto":
         first = next((r for _, r in records if isinstance(r, dict)), None)
         fmt = detect_format(first, columns) if first is not None else None
         if fmt is None:
             keys = sorted(first)[:12] if isinstance(first, dict) else []
-            raise DataError(f"Cannot tell the format of {path}", [Problem(
-                records[0][0] if records else str(path), f"no known format matches the record keys {keys}",
-                "set data.format (messages, sharegpt, alpaca, prompt_completion, text, oasst) and data.columns, "
-                "e.g. --set data.columns.output=response")])
+            raise DataError(
+                f"Cannot tell the format of {path}",
+                [
+                    Problem(
+                        records[0][0] if records else str(path),
+                        f"no known format matches the record keys {keys}",
+                        "set data.format (messages, sharegpt, alpaca, prompt_completion, text, oasst) and data.columns, "
+                        "e.g. --set data.columns.output=response",
+                    )
+                ],
+            )
     elif fmt not in FORMATS:
-        raise DataError("Unsupported data format", [Problem("data.format", f"{fmt!r} is not a conversation format",
-                                                            f"use one of {', '.join(FORMATS)} (or auto)")])
+        raise DataError(
+            "Unsupported data format",
+            [
+                Problem(
+                    "data.format", f"{fmt!r} is not a conversation format", f"use one of {', '.join(FORMATS)} (or auto)"
+                )
+            ],
+        )
     report.format = fmt
     convs = []
     for where, obj in records:
@@ -118,8 +135,11 @@ def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conv
         convs, report = load_file(data_cfg.path, data_cfg.format, dict(data_cfg.columns))
         if report.skipped and not data_cfg.skip_invalid:
             bad = len({p.where for p in report.skipped})
-            raise DataError(f"{data_cfg.path}: {bad} invalid record(s) of {report.rows_read}; nothing was trained "
-                            "(fix them, or pass --skip-invalid / data.skip_invalid=true to skip them)", report.skipped)
+            raise DataError(
+                f"{data_cfg.path}: {bad} invalid record(s) of {report.rows_read}; nothing was trained "
+                "(fix them, or pass --skip-invalid / data.skip_invalid=true to skip them)",
+                report.skipped,
+            )
     else:
         convs = load_bundled(data_cfg.name, "conversations")
         report = LoadReport(rows_read=len(convs), kept=len(convs), format="messages")
@@ -148,13 +168,28 @@ def load_sft_data(cfg) -> tuple[list, list, LoadReport]:
         else:
             train, evals = split(convs, cfg.data.eval_fraction, cfg.data.split_seed)
     except OSError as exc:
-        field_name = "data.eval_path" if exc.filename and cfg.data.eval_path and str(exc.filename) == cfg.data.eval_path else "data.path"
+        field_name = (
+            "data.eval_path"
+            if exc.filename and cfg.data.eval_path and str(exc.filename) == cfg.data.eval_path
+            else "data.path"
+        )
         reason = "is a folder, not a data file" if exc.errno == errno.EISDIR else (exc.strerror or str(exc))
-        raise DataError("Cannot read the data", [Problem(f"{field_name}={exc.filename}", reason, "point it at a .jsonl or .json file")]) from None
+        raise DataError(
+            "Cannot read the data",
+            [Problem(f"{field_name}={exc.filename}", reason, "point it at a .jsonl or .json file")],
+        ) from None
     train = train[: cfg.data.max_train_examples] if cfg.data.max_train_examples else train
     evals = evals[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else evals
     if not train:
         where = f"data.path={cfg.data.path}" if cfg.data.path else f"data.name={cfg.data.name}"
-        raise DataError("No training records", [Problem(where, f"{report.rows_read} records read, {len(train)} left for training after the eval split",
-                                                        "give more records, or lower data.eval_fraction")])
+        raise DataError(
+            "No training records",
+            [
+                Problem(
+                    where,
+                    f"{report.rows_read} records read, {len(train)} left for training after the eval split",
+                    "give more records, or lower data.eval_fraction",
+                )
+            ],
+        )
     return train, evals, report

@@ -19,17 +19,30 @@ Formats (``data.format``; ``auto`` detects from the record's keys):
 ``data.columns`` maps a canonical field to your column name, e.g. ``{output: response, system: sys}``.
 A ``system`` column, when present, adds a system turn to conversations that have none.
 """
+
 from __future__ import annotations
 
-from tunesmith.errors import Problem
 from tunesmith.data.records import ROLES, Conversation, Message
+from tunesmith.errors import Problem
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst")
 """Formats :func:`to_conversation` understands."""
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-                  "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system",
-                  "function_call": "assistant", "tool": "tool", "observation": "tool", "function_response": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "tool": "tool",
+    "observation": "tool",
+    "function_response": "tool",
+}
 """ShareGPT ``from`` value -> canonical role (``function_call`` is the assistant calling a tool,
 ``observation`` the tool's result, as in glaive / LLaMA-Factory data)."""
 
@@ -71,7 +84,9 @@ def detect_format(record, columns: dict[str, str] | None = None) -> str | None:
     return None
 
 
-def to_conversation(record, fmt: str, where: str, columns: dict[str, str] | None = None) -> tuple[Conversation | None, list[Problem]]:
+def to_conversation(
+    record, fmt: str, where: str, columns: dict[str, str] | None = None
+) -> tuple[Conversation | None, list[Problem]]:
     """Convert one record of format ``fmt`` and validate it.
 
     Args:
@@ -85,7 +100,9 @@ def to_conversation(record, fmt: str, where: str, columns: dict[str, str] | None
     """
     columns = columns or {}
     if not isinstance(record, dict):
-        return None, [Problem(where, f"record is a {type(record).__name__}, not an object", "write one JSON object per record")]
+        return None, [
+            Problem(where, f"record is a {type(record).__name__}, not an object", "write one JSON object per record")
+        ]
     conv, problems = _CONVERTERS[fmt](record, where, columns)
     if conv is not None and not problems:
         problems = validate(conv)
@@ -100,18 +117,31 @@ def _text(content, where: str, label: str) -> tuple[str | None, list[Problem]]:
         kinds = [p.get("type") for p in content]
         other = sorted({str(k) for k in kinds if k != "text"})
         if other:
-            return None, [Problem(where, f"{label} has content parts of type {', '.join(other)}; tunesmith trains text only",
-                                  "keep only {type: text} parts (or flatten them into the content string), or use --skip-invalid")]
+            return None, [
+                Problem(
+                    where,
+                    f"{label} has content parts of type {', '.join(other)}; tunesmith trains text only",
+                    "keep only {type: text} parts (or flatten them into the content string), or use --skip-invalid",
+                )
+            ]
         parts = [p.get("text", p.get("value")) for p in content]
         if all(isinstance(t, str) for t in parts):
             return "".join(parts), []
     return None, [Problem(where, f"{label} is {type(content).__name__}, not a string", "write the content as a string")]
 
 
-def _from_messages(record: dict, where: str, columns: dict, key: str = "messages") -> tuple[Conversation | None, list[Problem]]:
+def _from_messages(
+    record: dict, where: str, columns: dict, key: str = "messages"
+) -> tuple[Conversation | None, list[Problem]]:
     raw = _col(record, key, columns)
     if not isinstance(raw, list):
-        return None, [Problem(where, f"'{columns.get(key, key)}' is not a list of messages", 'write {"messages": [{"role": "user", "content": "..."}, ...]}')]
+        return None, [
+            Problem(
+                where,
+                f"'{columns.get(key, key)}' is not a list of messages",
+                'write {"messages": [{"role": "user", "content": "..."}, ...]}',
+            )
+        ]
     msgs, problems = [], []
     for k, m in enumerate(raw):
         label = f"{key}[{k}]"
@@ -131,7 +161,13 @@ def _from_messages(record: dict, where: str, columns: dict, key: str = "messages
 def _from_sharegpt(record: dict, where: str, columns: dict) -> tuple[Conversation | None, list[Problem]]:
     raw = _col(record, "conversations", columns)
     if not isinstance(raw, list):
-        return None, [Problem(where, "'conversations' is not a list", 'write {"conversations": [{"from": "human", "value": "..."}, ...]}')]
+        return None, [
+            Problem(
+                where,
+                "'conversations' is not a list",
+                'write {"conversations": [{"from": "human", "value": "..."}, ...]}',
+            )
+        ]
     msgs, problems = [], []
     for k, m in enumerate(raw):
         if not isinstance(m, dict):
@@ -140,7 +176,13 @@ def _from_sharegpt(record: dict, where: str, columns: dict) -> tuple[Conversatio
         who = m.get("from", m.get("role"))
         role = SHAREGPT_ROLES.get(str(who).lower())
         if role is None:
-            problems.append(Problem(where, f"conversations[{k}] has unknown role {who!r}", f"use one of {', '.join(sorted(SHAREGPT_ROLES))}"))
+            problems.append(
+                Problem(
+                    where,
+                    f"conversations[{k}] has unknown role {who!r}",
+                    f"use one of {', '.join(sorted(SHAREGPT_ROLES))}",
+                )
+            )
             role = str(who)
         content, probs = _text(m.get("value", m.get("content")), where, f"conversations[{k}].value")
         problems += probs
@@ -158,8 +200,11 @@ def _from_alpaca(record: dict, where: str, columns: dict) -> tuple[Conversation 
             problems.append(Problem(where, f"{name} is {type(value).__name__}, not a string", "write it as a string"))
         fields[name] = value if isinstance(value, str) else ""
     user = fields["instruction"] + (f"\n\n{fields['input']}" if fields["input"].strip() else "")
-    conv = Conversation([Message("user", user), Message("assistant", fields["output"])], where,
-                        _meta(record, columns, "instruction", "input", "output"))
+    conv = Conversation(
+        [Message("user", user), Message("assistant", fields["output"])],
+        where,
+        _meta(record, columns, "instruction", "input", "output"),
+    )
     return _with_system(conv, record, columns), problems
 
 
@@ -167,19 +212,29 @@ def _from_prompt_completion(record: dict, where: str, columns: dict) -> tuple[Co
     prompt, completion = _col(record, "prompt", columns), _col(record, "completion", columns)
     meta = _meta(record, columns, "prompt", "completion")
     if isinstance(prompt, str) and isinstance(completion, str):
-        return Conversation([Message("user", prompt), Message("assistant", completion)], where, meta, kind="completion"), []
+        return Conversation(
+            [Message("user", prompt), Message("assistant", completion)], where, meta, kind="completion"
+        ), []
     if isinstance(prompt, list) and isinstance(completion, list):
         p, probs1 = _from_messages({"messages": prompt}, where, {}, "messages")
         c, probs2 = _from_messages({"messages": completion}, where, {}, "messages")
         if probs1 or probs2:
-            return None, [Problem(pr.where, pr.reason.replace("messages[", f"{part}[", 1), pr.fix)
-                          for part, probs in (("prompt", probs1), ("completion", probs2)) for pr in probs]
+            return None, [
+                Problem(pr.where, pr.reason.replace("messages[", f"{part}[", 1), pr.fix)
+                for part, probs in (("prompt", probs1), ("completion", probs2))
+                for pr in probs
+            ]
         for m in p.messages:
             if m.role == "assistant":
                 m.weight = 0  # completion-only loss: assistant turns of the prompt are context
         return _with_system(Conversation(p.messages + c.messages, where, meta), record, columns), []
-    return None, [Problem(where, f"prompt is {type(prompt).__name__} and completion is {type(completion).__name__}",
-                          "give both as strings (plain) or both as lists of messages (conversational)")]
+    return None, [
+        Problem(
+            where,
+            f"prompt is {type(prompt).__name__} and completion is {type(completion).__name__}",
+            "give both as strings (plain) or both as lists of messages (conversational)",
+        )
+    ]
 
 
 def _from_text(record: dict, where: str, columns: dict) -> tuple[Conversation | None, list[Problem]]:
@@ -201,12 +256,22 @@ def _from_oasst(record: dict, where: str, columns: dict) -> tuple[Conversation |
     return Conversation(msgs, where, {"message_tree_id": record.get("message_tree_id")}), []
 
 
-_CONVERTERS = {"messages": _from_messages, "sharegpt": _from_sharegpt, "alpaca": _from_alpaca,
-               "prompt_completion": _from_prompt_completion, "text": _from_text, "oasst": _from_oasst}
+_CONVERTERS = {
+    "messages": _from_messages,
+    "sharegpt": _from_sharegpt,
+    "alpaca": _from_alpaca,
+    "prompt_completion": _from_prompt_completion,
+    "text": _from_text,
+    "oasst": _from_oasst,
+}
 
 
 def _meta(record: dict, columns: dict, *used: str) -> dict:
-    skip = {columns.get(u, u) for u in used} | {a for u in used for a in ALIASES.get(u, ())} | {columns.get("system", "system")}
+    skip = (
+        {columns.get(u, u) for u in used}
+        | {a for u in used for a in ALIASES.get(u, ())}
+        | {columns.get("system", "system")}
+    )
     return {k: v for k, v in record.items() if k not in skip}
 
 
@@ -227,7 +292,11 @@ def validate(conv: Conversation) -> list[Problem]:
     """
     where, problems = conv.source, []
     if conv.kind == "text":
-        return [] if conv.messages[0].content.strip() else [Problem(where, "text is empty", "remove the record or give it text")]
+        return (
+            []
+            if conv.messages[0].content.strip()
+            else [Problem(where, "text is empty", "remove the record or give it text")]
+        )
     for k, m in enumerate(conv.messages):
         if m.role not in ROLES:
             problems.append(Problem(where, f"turn {k} has unknown role {m.role!r}", f"use one of {', '.join(ROLES)}"))
@@ -235,7 +304,15 @@ def validate(conv: Conversation) -> list[Problem]:
             problems.append(Problem(where, f"turn {k} ({m.role}) has empty content", "remove the turn or give it text"))
     assistants = [m for m in conv.messages if m.role == "assistant"]
     if not assistants:
-        problems.append(Problem(where, "conversation has no assistant turn, so nothing would be trained", "add an assistant reply"))
+        problems.append(
+            Problem(where, "conversation has no assistant turn, so nothing would be trained", "add an assistant reply")
+        )
     elif all(m.weight == 0 for m in assistants):
-        problems.append(Problem(where, "every assistant turn has weight 0, so nothing would be trained", "set weight 1 on the replies to learn"))
+        problems.append(
+            Problem(
+                where,
+                "every assistant turn has weight 0, so nothing would be trained",
+                "set weight 1 on the replies to learn",
+            )
+        )
     return problems

@@ -6,6 +6,7 @@ and the bundled ``chatterbot-topics`` (each chatterbot conversation's first user
 with its topic).  Every record gets a stable id (``file:line`` or the bundled source), which the
 predictions of every model evaluated on the same eval set share.
 """
+
 from __future__ import annotations
 
 import html
@@ -13,14 +14,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from tunesmith.errors import DataError, Problem
 from tunesmith.data.bundled import load_bundled
 from tunesmith.data.readers import read_records
 from tunesmith.data.records import LabelRecord
 from tunesmith.data.split import stratified_split, subsample
-
-
-
+from tunesmith.errors import DataError, Problem
 
 _C1 = re.compile("[\u0080-\u009f]")
 
@@ -46,8 +44,9 @@ def read_table(path: str | Path, labels_cfg) -> list[tuple[str, dict]]:
     Raises:
         DataError: an unreadable file or line (each with its ``path:line``), or an unknown format.
     """
-    records, problems = read_records(path, file_type=labels_cfg.file_format, column_names=labels_cfg.column_names,
-                                     encoding=labels_cfg.encoding)
+    records, problems = read_records(
+        path, file_type=labels_cfg.file_format, column_names=labels_cfg.column_names, encoding=labels_cfg.encoding
+    )
     if problems:
         raise DataError(f"Cannot read {path}", problems)
     return [(where, r if isinstance(r, dict) else {}) for where, r in records]
@@ -71,7 +70,13 @@ def to_records(rows: list[tuple[str, dict]], labels_cfg) -> list[LabelRecord]:
             value = clean(value) if labels_cfg.clean_text else value
             if not value.strip():
                 have = ", ".join(map(str, list(row)[:8])) or "nothing"
-                problems.append(Problem(where, f"column {col!r} is missing or empty (row has: {have})", f"set labels.{field}_column to the right column name"))
+                problems.append(
+                    Problem(
+                        where,
+                        f"column {col!r} is missing or empty (row has: {have})",
+                        f"set labels.{field}_column to the right column name",
+                    )
+                )
             vals[field] = value
         out.append(LabelRecord(where, vals["text"], vals["label"], vals.get("text_pair")))
     if problems:
@@ -101,7 +106,10 @@ def label_set(records: list[LabelRecord], labels_cfg) -> list[str]:
     counts = Counter(r.label for r in records)
     names = sorted(k for k, v in counts.items() if v >= labels_cfg.min_examples)
     if len(names) < 2:
-        raise DataError("Need at least two labels", [Problem("labels", f"found {dict(counts)}", "check labels.label_column and labels.min_examples")])
+        raise DataError(
+            "Need at least two labels",
+            [Problem("labels", f"found {dict(counts)}", "check labels.label_column and labels.min_examples")],
+        )
     return names
 
 
@@ -121,14 +129,18 @@ def check_labels(records: list[LabelRecord], names: list[str], policy: str) -> t
     bad = [r for r in records if r.label not in allowed]
     if bad and policy == "error":
         shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
-        raise DataError(f"{len(bad)} record(s) have a label outside the label set", [
-            Problem(r.id, f"label {r.label!r} is not one of the {len(names)} labels", f"use one of: {shown}; or add it to labels.names, or set labels.unknown_labels=drop")
-            for r in bad[:50]])
+        raise DataError(
+            f"{len(bad)} record(s) have a label outside the label set",
+            [
+                Problem(
+                    r.id,
+                    f"label {r.label!r} is not one of the {len(names)} labels",
+                    f"use one of: {shown}; or add it to labels.names, or set labels.unknown_labels=drop",
+                )
+                for r in bad[:50]
+            ],
+        )
     return [r for r in records if r.label in allowed], len(bad)
-
-
-
-
 
 
 def _rows_from(data_cfg, labels_cfg, path: str | None) -> list[tuple[str, dict]]:
@@ -167,9 +179,16 @@ def load_label_data(cfg) -> tuple[list[LabelRecord], list[LabelRecord], list[str
         eval_records, report["eval_unknown_label_dropped"] = check_labels(eval_records, names, policy)
         train = records
     else:
-        train, eval_records = stratified_split(records, cfg.data.eval_fraction, cfg.data.split_seed, cfg.labels.stratify)
+        train, eval_records = stratified_split(
+            records, cfg.data.eval_fraction, cfg.data.split_seed, cfg.labels.stratify
+        )
     train = subsample(train, cfg.data.max_train_examples, cfg.data.split_seed)
     eval_records = subsample(eval_records, cfg.data.max_eval_examples, cfg.data.split_seed)
-    report.update(train=len(train), eval=len(eval_records), labels=len(names),
-                  train_counts=dict(Counter(r.label for r in train)), eval_counts=dict(Counter(r.label for r in eval_records)))
+    report.update(
+        train=len(train),
+        eval=len(eval_records),
+        labels=len(names),
+        train_counts=dict(Counter(r.label for r in train)),
+        eval_counts=dict(Counter(r.label for r in eval_records)),
+    )
     return train, eval_records, names, report

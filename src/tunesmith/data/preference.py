@@ -18,25 +18,23 @@ Formats (``data.format``; ``auto`` detects from the first record's keys):
 Every problem names the record's ``file:line`` (as for SFT data): pairs whose prompts differ, an empty final reply,
 identical chosen and rejected replies, unknown roles, wrong types.  Bundled: ``chatterbot-pairs``.
 """
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from tunesmith.errors import DataError, Problem
-from tunesmith.data.records import ROLES, Message
-from tunesmith.data.bundled import load_bundled
-from tunesmith.data.records import PreferencePair
 from tunesmith.config.dpo import DPORunConfig
+from tunesmith.data.bundled import load_bundled
+from tunesmith.data.records import ROLES, Message, PreferencePair
 from tunesmith.data.split import split
+from tunesmith.errors import DataError, Problem
 
 PREFERENCE_FORMATS = ("prompt_chosen_rejected", "openai", "hh", "implicit")
 """Formats :func:`to_pair` understands."""
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
 
 
 def detect_preference_format(record) -> str | None:
@@ -68,7 +66,9 @@ def to_pair(record, fmt: str, where: str) -> tuple[PreferencePair | None, list[P
         (pair, problems); the pair is None when there is any problem.
     """
     if not isinstance(record, dict):
-        return None, [Problem(where, f"record is a {type(record).__name__}, not an object", "write one JSON object per record")]
+        return None, [
+            Problem(where, f"record is a {type(record).__name__}, not an object", "write one JSON object per record")
+        ]
     pair, problems = _CONVERTERS[fmt](record, where)
     if pair is not None and not problems:
         problems = validate_pair(pair)
@@ -77,12 +77,23 @@ def to_pair(record, fmt: str, where: str) -> tuple[PreferencePair | None, list[P
 
 def _messages(raw, where: str, label: str) -> tuple[list[Message], list[Problem]]:
     if not isinstance(raw, list) or not raw:
-        return [], [Problem(where, f"{label} is {'an empty list' if raw == [] else type(raw).__name__}, not a list of messages",
-                            'write it as [{"role": "user", "content": "..."}]')]
+        return [], [
+            Problem(
+                where,
+                f"{label} is {'an empty list' if raw == [] else type(raw).__name__}, not a list of messages",
+                'write it as [{"role": "user", "content": "..."}]',
+            )
+        ]
     msgs, problems = [], []
     for k, m in enumerate(raw):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
-            problems.append(Problem(where, f"{label}[{k}] is not a {{role, content}} object with string values", "each message is {role, content}"))
+            problems.append(
+                Problem(
+                    where,
+                    f"{label}[{k}] is not a {{role, content}} object with string values",
+                    "each message is {role, content}",
+                )
+            )
             continue
         msgs.append(Message(m["role"], m["content"], name=m.get("name") if isinstance(m.get("name"), str) else None))
     return msgs, problems
@@ -99,8 +110,13 @@ def _reply(raw, where: str, label: str) -> tuple[str | None, list[Problem]]:
         return None, problems
     if len(msgs) != 1 or msgs[0].role != "assistant":
         roles = [m.role for m in msgs]
-        return None, [Problem(where, f"{label} has messages with roles {roles}; a response is one assistant message",
-                              'write it as [{"role": "assistant", "content": "..."}]')]
+        return None, [
+            Problem(
+                where,
+                f"{label} has messages with roles {roles}; a response is one assistant message",
+                'write it as [{"role": "assistant", "content": "..."}]',
+            )
+        ]
     return msgs[0].content, []
 
 
@@ -110,27 +126,48 @@ def _meta(record: dict, *used: str) -> dict:
 
 def _from_prompt_chosen_rejected(record: dict, where: str):
     prompt = record.get("prompt")
-    (chosen, p1), (rejected, p2) = _reply(record.get("chosen"), where, "chosen"), _reply(record.get("rejected"), where, "rejected")
+    (chosen, p1), (rejected, p2) = (
+        _reply(record.get("chosen"), where, "chosen"),
+        _reply(record.get("rejected"), where, "rejected"),
+    )
     problems = p1 + p2
     if isinstance(prompt, str):
         if not all(isinstance(record.get(k), str) for k in ("chosen", "rejected")):
-            return PreferencePair([Message("user", prompt)], chosen or "", rejected or "", where, _meta(record, "prompt", "chosen", "rejected")), problems
+            return PreferencePair(
+                [Message("user", prompt)],
+                chosen or "",
+                rejected or "",
+                where,
+                _meta(record, "prompt", "chosen", "rejected"),
+            ), problems
         return PreferencePair(prompt, chosen, rejected, where, _meta(record, "prompt", "chosen", "rejected")), problems
     msgs, p3 = _messages(prompt, where, "prompt")
-    return PreferencePair(msgs, chosen or "", rejected or "", where, _meta(record, "prompt", "chosen", "rejected")), problems + p3
+    return PreferencePair(
+        msgs, chosen or "", rejected or "", where, _meta(record, "prompt", "chosen", "rejected")
+    ), problems + p3
 
 
 def _from_openai(record: dict, where: str):
     inp = record.get("input")
     problems = []
     if not isinstance(inp, dict):
-        problems.append(Problem(where, f"input is {type(inp).__name__}, not an object with messages", 'write "input": {"messages": [...]}'))
+        problems.append(
+            Problem(
+                where,
+                f"input is {type(inp).__name__}, not an object with messages",
+                'write "input": {"messages": [...]}',
+            )
+        )
         msgs = []
     else:
         msgs, problems = _messages(inp.get("messages"), where, "input.messages")
-    (chosen, p1), (rejected, p2) = (_reply(record.get("preferred_output"), where, "preferred_output"),
-                                    _reply(record.get("non_preferred_output"), where, "non_preferred_output"))
-    return PreferencePair(msgs, chosen or "", rejected or "", where, _meta(record, "input", "preferred_output", "non_preferred_output")), problems + p1 + p2
+    (chosen, p1), (rejected, p2) = (
+        _reply(record.get("preferred_output"), where, "preferred_output"),
+        _reply(record.get("non_preferred_output"), where, "non_preferred_output"),
+    )
+    return PreferencePair(
+        msgs, chosen or "", rejected or "", where, _meta(record, "input", "preferred_output", "non_preferred_output")
+    ), problems + p1 + p2
 
 
 def split_hh(dialogue: str) -> list[Message]:
@@ -149,17 +186,34 @@ def split_hh(dialogue: str) -> list[Message]:
 
 def _split_last_reply(turns: list[Message], where: str, label: str) -> tuple[list[Message], str | None, list[Problem]]:
     if not turns or turns[-1].role != "assistant":
-        return turns, None, [Problem(where, f"{label} does not end with an assistant turn", "end the dialogue with the assistant's reply")]
+        return (
+            turns,
+            None,
+            [
+                Problem(
+                    where, f"{label} does not end with an assistant turn", "end the dialogue with the assistant's reply"
+                )
+            ],
+        )
     if not turns[-1].content.strip():
-        return turns[:-1], None, [Problem(where, f"{label}'s final assistant reply is empty", "remove the pair or give the reply text")]
+        return (
+            turns[:-1],
+            None,
+            [Problem(where, f"{label}'s final assistant reply is empty", "remove the pair or give the reply text")],
+        )
     return turns[:-1], turns[-1].content, []
 
 
 def _same_prompt(a: list[Message], b: list[Message], where: str) -> list[Problem]:
     for k in range(max(len(a), len(b))):
         if k >= len(a) or k >= len(b) or (a[k].role, a[k].content) != (b[k].role, b[k].content):
-            return [Problem(where, f"chosen and rejected prompts differ at turn {k} (chosen has {len(a)} prompt turns, rejected {len(b)})",
-                            "the two dialogues must share every turn before the final assistant reply; fix or remove the pair")]
+            return [
+                Problem(
+                    where,
+                    f"chosen and rejected prompts differ at turn {k} (chosen has {len(a)} prompt turns, rejected {len(b)})",
+                    "the two dialogues must share every turn before the final assistant reply; fix or remove the pair",
+                )
+            ]
     return []
 
 
@@ -183,10 +237,19 @@ def _from_dialogues(record: dict, where: str, turns_of) -> tuple[PreferencePair 
 def _from_hh(record: dict, where: str):
     def turns_of(raw, label):
         if not isinstance(raw, str):
-            return [], [Problem(where, f"{label} is {type(raw).__name__}, not a dialogue string", 'write "\\n\\nHuman: ...\\n\\nAssistant: ..."')]
+            return [], [
+                Problem(
+                    where,
+                    f"{label} is {type(raw).__name__}, not a dialogue string",
+                    'write "\\n\\nHuman: ...\\n\\nAssistant: ..."',
+                )
+            ]
         if "Assistant:" not in raw:
-            return [], [Problem(where, f"{label} has no 'Assistant:' turn", 'write "\\n\\nHuman: ...\\n\\nAssistant: ..."')]
+            return [], [
+                Problem(where, f"{label} has no 'Assistant:' turn", 'write "\\n\\nHuman: ...\\n\\nAssistant: ..."')
+            ]
         return split_hh(raw), []
+
     return _from_dialogues(record, where, turns_of)
 
 
@@ -194,7 +257,12 @@ def _from_implicit(record: dict, where: str):
     return _from_dialogues(record, where, lambda raw, label: _messages(raw, where, label))
 
 
-_CONVERTERS = {"prompt_chosen_rejected": _from_prompt_chosen_rejected, "openai": _from_openai, "hh": _from_hh, "implicit": _from_implicit}
+_CONVERTERS = {
+    "prompt_chosen_rejected": _from_prompt_chosen_rejected,
+    "openai": _from_openai,
+    "hh": _from_hh,
+    "implicit": _from_implicit,
+}
 
 
 def validate_pair(pair: PreferencePair) -> list[Problem]:
@@ -210,24 +278,33 @@ def validate_pair(pair: PreferencePair) -> list[Problem]:
             problems.append(Problem(where, "prompt has no messages", "give at least one user message"))
         for k, m in enumerate(pair.prompt):
             if m.role not in ROLES:
-                problems.append(Problem(where, f"prompt turn {k} has unknown role {m.role!r}", f"use one of {', '.join(ROLES)}"))
+                problems.append(
+                    Problem(where, f"prompt turn {k} has unknown role {m.role!r}", f"use one of {', '.join(ROLES)}")
+                )
             elif not m.content.strip():
-                problems.append(Problem(where, f"prompt turn {k} ({m.role}) is empty", "remove the turn or give it text"))
+                problems.append(
+                    Problem(where, f"prompt turn {k} ({m.role}) is empty", "remove the turn or give it text")
+                )
         if pair.prompt and pair.prompt[-1].role in ROLES and pair.prompt[-1].role not in ("user", "tool"):
-            problems.append(Problem(where, f"prompt's last turn is {pair.prompt[-1].role!r}; the response must answer a user (or tool) turn",
-                                    "end the prompt with the user's message"))
+            problems.append(
+                Problem(
+                    where,
+                    f"prompt's last turn is {pair.prompt[-1].role!r}; the response must answer a user (or tool) turn",
+                    "end the prompt with the user's message",
+                )
+            )
     elif not pair.prompt.strip():
         problems.append(Problem(where, "prompt is empty", "give the prompt text"))
     for label, text in (("chosen", pair.chosen), ("rejected", pair.rejected)):
         if not isinstance(text, str) or not text.strip():
             problems.append(Problem(where, f"{label} reply is empty", "remove the pair or give the reply text"))
     if isinstance(pair.chosen, str) and pair.chosen.strip() and pair.chosen.strip() == (pair.rejected or "").strip():
-        problems.append(Problem(where, "chosen and rejected replies are identical, so the pair carries no preference", "remove the pair"))
+        problems.append(
+            Problem(
+                where, "chosen and rejected replies are identical, so the pair carries no preference", "remove the pair"
+            )
+        )
     return problems
-
-
-
-
 
 
 def load_pair_file(path: str | Path, fmt: str = "auto") -> tuple[list[PreferencePair], list[Problem], str, int]:
@@ -248,12 +325,22 @@ def load_pair_file(path: str | Path, fmt: str = "auto") -> tuple[list[Preference
         fmt = detect_preference_format(first)
         if fmt is None:
             keys = sorted(first)[:12] if isinstance(first, dict) else []
-            raise DataError(f"Cannot tell the preference format of {path}", [Problem(
-                records[0][0] if records else str(path), f"no preference format matches the record keys {keys}",
-                f"set data.format to one of {', '.join(PREFERENCE_FORMATS)}: prompt/chosen/rejected, OpenAI "
-                "input/preferred_output/non_preferred_output, HH chosen/rejected dialogues, or chosen/rejected message lists")])
+            raise DataError(
+                f"Cannot tell the preference format of {path}",
+                [
+                    Problem(
+                        records[0][0] if records else str(path),
+                        f"no preference format matches the record keys {keys}",
+                        f"set data.format to one of {', '.join(PREFERENCE_FORMATS)}: prompt/chosen/rejected, OpenAI "
+                        "input/preferred_output/non_preferred_output, HH chosen/rejected dialogues, or chosen/rejected message lists",
+                    )
+                ],
+            )
     elif fmt not in PREFERENCE_FORMATS:
-        raise DataError("Unsupported preference format", [Problem("data.format", f"{fmt!r}", f"use one of {', '.join(PREFERENCE_FORMATS)} (or auto)")])
+        raise DataError(
+            "Unsupported preference format",
+            [Problem("data.format", f"{fmt!r}", f"use one of {', '.join(PREFERENCE_FORMATS)} (or auto)")],
+        )
     pairs = []
     for where, obj in records:
         pair, probs = to_pair(obj, fmt, where)
@@ -280,22 +367,39 @@ def load_pairs(data_cfg) -> tuple[list[PreferencePair], dict]:
         pairs, problems, fmt, read = load_pair_file(data_cfg.path, data_cfg.format)
         if problems and not data_cfg.skip_invalid:
             bad = len({p.where for p in problems})
-            raise DataError(f"{data_cfg.path}: {bad} invalid preference pair(s) of {read}; nothing was trained "
-                            "(fix them, or pass --skip-invalid / data.skip_invalid=true to skip them)", problems)
+            raise DataError(
+                f"{data_cfg.path}: {bad} invalid preference pair(s) of {read}; nothing was trained "
+                "(fix them, or pass --skip-invalid / data.skip_invalid=true to skip them)",
+                problems,
+            )
     else:
         pairs, problems, fmt = load_bundled(data_cfg.name, "pairs"), [], "bundled"
         read = len(pairs)
     kinds = {p.conversational for p in pairs}
     if len(kinds) > 1:
         first_text = next(p for p in pairs if not p.conversational)
-        raise DataError("Pairs mix text and conversational prompts", [Problem(
-            first_text.source, "this pair's prompt is a string while others are message lists", "use one kind for the whole file")])
+        raise DataError(
+            "Pairs mix text and conversational prompts",
+            [
+                Problem(
+                    first_text.source,
+                    "this pair's prompt is a string while others are message lists",
+                    "use one kind for the whole file",
+                )
+            ],
+        )
     if data_cfg.system_prompt:
         for p in pairs:
             if p.conversational and p.prompt[0].role != "system":
                 p.prompt.insert(0, Message("system", data_cfg.system_prompt))
-    report = {"rows_read": read, "kept": len(pairs), "skipped": len({p.where for p in problems}), "format": fmt,
-              "conversational": bool(pairs) and pairs[0].conversational, "skipped_reasons": [str(p) for p in problems[:20]]}
+    report = {
+        "rows_read": read,
+        "kept": len(pairs),
+        "skipped": len({p.where for p in problems}),
+        "format": fmt,
+        "conversational": bool(pairs) and pairs[0].conversational,
+        "skipped_reasons": [str(p) for p in problems[:20]],
+    }
     return pairs, report
 
 
@@ -317,7 +421,19 @@ def load_pair_data(cfg: DPORunConfig) -> tuple[list[PreferencePair], list[Prefer
     evals = evals[: cfg.data.max_eval_examples] if cfg.data.max_eval_examples else evals
     where = f"data.path={cfg.data.path}" if cfg.data.path else f"data.name={cfg.data.name}"
     if not train:
-        raise DataError("No training pairs", [Problem(where, f"{report['kept']} valid pairs, none left for training", "give more pairs or lower data.eval_fraction")])
+        raise DataError(
+            "No training pairs",
+            [
+                Problem(
+                    where,
+                    f"{report['kept']} valid pairs, none left for training",
+                    "give more pairs or lower data.eval_fraction",
+                )
+            ],
+        )
     if not evals:
-        raise DataError("No held-out pairs", [Problem(where, "reward accuracy needs held-out pairs", "set data.eval_fraction > 0 or data.eval_path")])
+        raise DataError(
+            "No held-out pairs",
+            [Problem(where, "reward accuracy needs held-out pairs", "set data.eval_fraction > 0 or data.eval_path")],
+        )
     return train, evals, report

@@ -11,6 +11,7 @@ array element starts); ``"path#row"`` (0-based) for Parquet and saved datasets. 
 Undecodable records (invalid UTF-8, malformed JSON) are returned as :class:`Problem` entries,
 never raised one by one, so the caller can report them all or skip them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,12 +21,20 @@ from pathlib import Path
 
 from tunesmith.errors import DataError, Problem
 
-SUFFIX_TYPES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+SUFFIX_TYPES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
 """File suffix -> file type (``.gz`` is looked through: ``data.jsonl.gz`` is ``jsonl``)."""
 
 
-def read_records(path: str | Path, *, file_type: str = "auto", column_names: list[str] | None = None,
-                 encoding: str = "utf-8") -> tuple[list[tuple[str, object]], list[Problem]]:
+def read_records(
+    path: str | Path, *, file_type: str = "auto", column_names: list[str] | None = None, encoding: str = "utf-8"
+) -> tuple[list[tuple[str, object]], list[Problem]]:
     """Read every record of a data file or saved dataset folder: the one reader of every command's data.
 
     Args:
@@ -49,8 +58,16 @@ def read_records(path: str | Path, *, file_type: str = "auto", column_names: lis
             suffix = Path(p.stem).suffix.lower()  # data.jsonl.gz reads as data.jsonl
         file_type = "hf" if p.is_dir() else SUFFIX_TYPES.get(suffix, "")
         if not file_type and p.is_file():
-            raise DataError("Unsupported data file", [Problem(str(p), f"unknown file type {suffix or '(none)'!r}",
-                                                              "use .jsonl, .json, .csv, .tsv, .parquet or a saved dataset folder")])
+            raise DataError(
+                "Unsupported data file",
+                [
+                    Problem(
+                        str(p),
+                        f"unknown file type {suffix or '(none)'!r}",
+                        "use .jsonl, .json, .csv, .tsv, .parquet or a saved dataset folder",
+                    )
+                ],
+            )
     if file_type == "hf" and p.is_dir():
         return _read_saved_dataset(p), []
     if not p.is_file():
@@ -63,8 +80,16 @@ def read_records(path: str | Path, *, file_type: str = "auto", column_names: lis
         return _read_json(p)
     if file_type == "jsonl":
         return _read_jsonl(p)
-    raise DataError("Unsupported data file", [Problem(str(p), f"file type {file_type!r} does not fit this path",
-                                                      "use .jsonl, .json, .csv, .tsv, .parquet or a saved dataset folder")])
+    raise DataError(
+        "Unsupported data file",
+        [
+            Problem(
+                str(p),
+                f"file type {file_type!r} does not fit this path",
+                "use .jsonl, .json, .csv, .tsv, .parquet or a saved dataset folder",
+            )
+        ],
+    )
 
 
 def _read_bytes(p: Path) -> bytes:
@@ -76,7 +101,14 @@ def _read_bytes(p: Path) -> bytes:
     try:
         return gzip.decompress(p.read_bytes())
     except (OSError, EOFError) as exc:
-        raise DataError("Cannot decompress data file", [Problem(str(p), f"not a valid gzip file ({exc})", "re-compress it with gzip, or give the uncompressed file")]) from None
+        raise DataError(
+            "Cannot decompress data file",
+            [
+                Problem(
+                    str(p), f"not a valid gzip file ({exc})", "re-compress it with gzip, or give the uncompressed file"
+                )
+            ],
+        ) from None
 
 
 def _decode_lines(p: Path) -> tuple[list[tuple[int, str]], list[Problem]]:
@@ -89,7 +121,9 @@ def _decode_lines(p: Path) -> tuple[list[tuple[int, str]], list[Problem]]:
         try:
             lines.append((lineno, line.decode("utf-8")))
         except UnicodeDecodeError as exc:
-            problems.append(Problem(f"{p}:{lineno}", f"invalid UTF-8 at byte {exc.start} of the line", "re-save the file as UTF-8"))
+            problems.append(
+                Problem(f"{p}:{lineno}", f"invalid UTF-8 at byte {exc.start} of the line", "re-save the file as UTF-8")
+            )
     return lines, problems
 
 
@@ -102,10 +136,21 @@ def _read_jsonl(p: Path) -> tuple[list, list[Problem]]:
         try:
             records.append((f"{p}:{lineno}", json.loads(line)))
         except json.JSONDecodeError as exc:
-            problems.append(Problem(f"{p}:{lineno}", f"malformed JSON: {exc.msg} (column {exc.colno})",
-                                    "fix this line; each line must be one JSON object"))
+            problems.append(
+                Problem(
+                    f"{p}:{lineno}",
+                    f"malformed JSON: {exc.msg} (column {exc.colno})",
+                    "fix this line; each line must be one JSON object",
+                )
+            )
         except RecursionError:
-            problems.append(Problem(f"{p}:{lineno}", "JSON nested too deeply to parse", "flatten this record; each line must be one JSON object"))
+            problems.append(
+                Problem(
+                    f"{p}:{lineno}",
+                    "JSON nested too deeply to parse",
+                    "flatten this record; each line must be one JSON object",
+                )
+            )
     problems.sort(key=lambda pr: int(pr.where.rsplit(":", 1)[1]))
     return records, problems
 
@@ -125,8 +170,13 @@ def _read_json(p: Path) -> tuple[list, list[Problem]]:
         first = text.lstrip()[:1]
         if first == "{" and exc.msg.startswith("Extra data"):
             return _read_jsonl(p)  # a .json file that is really JSON Lines (e.g. BFCL)
-        return [], [Problem(f"{p}:{exc.lineno}", f"malformed JSON: {exc.msg} (column {exc.colno})",
-                            "fix the JSON (or use .jsonl, one record per line)")]
+        return [], [
+            Problem(
+                f"{p}:{exc.lineno}",
+                f"malformed JSON: {exc.msg} (column {exc.colno})",
+                "fix the JSON (or use .jsonl, one record per line)",
+            )
+        ]
     if not isinstance(data, list):
         return [(f"{p}:1", data)], []
     starts = _element_lines(text, len(data))
@@ -152,19 +202,31 @@ def _element_lines(text: str, n: int) -> list[int] | None:
     return out
 
 
-def _read_csv(p: Path, delimiter: str, column_names: list[str] | None = None, encoding: str = "utf-8") -> tuple[list, list[Problem]]:
+def _read_csv(
+    p: Path, delimiter: str, column_names: list[str] | None = None, encoding: str = "utf-8"
+) -> tuple[list, list[Problem]]:
     """CSV (quoted fields may hold newlines) or TSV (no quoting: a tab separates, quotes are text, as IANA's TSV)."""
     raw = _read_bytes(p)
     try:
         text = raw.decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        return [], [Problem(f"{p}:{line}", f"invalid {encoding} at byte {exc.start}",
-                            "re-save the file as UTF-8, or set its encoding (labels.encoding, e.g. latin-1)")]
+        return [], [
+            Problem(
+                f"{p}:{line}",
+                f"invalid {encoding} at byte {exc.start}",
+                "re-save the file as UTF-8, or set its encoding (labels.encoding, e.g. latin-1)",
+            )
+        ]
     except LookupError:
-        raise DataError("Unknown text encoding", [Problem(str(p), f"{encoding!r} is not a Python codec", "use e.g. utf-8 or latin-1")]) from None
+        raise DataError(
+            "Unknown text encoding",
+            [Problem(str(p), f"{encoding!r} is not a Python codec", "use e.g. utf-8 or latin-1")],
+        ) from None
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=column_names, delimiter=delimiter, quoting=quoting)
+    reader = csv.DictReader(
+        io.StringIO(text, newline=""), fieldnames=column_names, delimiter=delimiter, quoting=quoting
+    )
     reader.fieldnames  # reads the header row (when there is one), so line_num points past it
     records, start = [], reader.line_num + 1
     try:
@@ -191,8 +253,16 @@ def _read_saved_dataset(p: Path) -> list:
     try:
         ds = load_from_disk(str(p))
     except (FileNotFoundError, ValueError) as exc:
-        raise DataError("Cannot read dataset folder", [Problem(str(p), f"not a saved Hugging Face dataset ({exc})",
-                                                               "save it with Dataset.save_to_disk, or point data.path at a file")]) from None
+        raise DataError(
+            "Cannot read dataset folder",
+            [
+                Problem(
+                    str(p),
+                    f"not a saved Hugging Face dataset ({exc})",
+                    "save it with Dataset.save_to_disk, or point data.path at a file",
+                )
+            ],
+        ) from None
     if isinstance(ds, DatasetDict):
         split = "train" if "train" in ds else next(iter(ds))
         ds, p = ds[split], p / split

@@ -3,6 +3,7 @@
 A :class:`Conversation` is a list of role-tagged :class:`Message` objects plus where it came
 from (``file:line``) so that every later error can point back at the user's record.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -107,9 +108,11 @@ class PreferencePair:
         conversational (``prompt`` a list of ``{role, content}`` dicts, each response a one-message list)."""
         if not self.conversational:
             return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
-        return {"prompt": [m.to_template() for m in self.prompt],
-                "chosen": [{"role": "assistant", "content": self.chosen}],
-                "rejected": [{"role": "assistant", "content": self.rejected}]}
+        return {
+            "prompt": [m.to_template() for m in self.prompt],
+            "chosen": [{"role": "assistant", "content": self.chosen}],
+            "rejected": [{"role": "assistant", "content": self.rejected}],
+        }
 
     def prompt_text(self) -> str:
         """The last user turn (conversational) or the prompt string, for reports."""

@@ -1,10 +1,11 @@
 """Train/eval splits (seeded, stratified by label where asked), subsamples, and the one data fingerprint."""
+
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import json
 import random
+from collections import Counter
 
 from tunesmith.data.records import Conversation, LabelRecord, PreferencePair
 
@@ -48,7 +49,9 @@ def _record_bytes(r) -> bytes:
     raise TypeError(f"cannot fingerprint {type(r).__name__}")
 
 
-def stratified_split(records: list[LabelRecord], eval_fraction: float, seed: int, stratify: bool = True) -> tuple[list, list]:
+def stratified_split(
+    records: list[LabelRecord], eval_fraction: float, seed: int, stratify: bool = True
+) -> tuple[list, list]:
     """Split into (train, eval) with scikit-learn ``train_test_split``, stratified by label when possible.
 
     Labels with a single record cannot be stratified; they go to train (and stratification applies to the rest).

@@ -10,24 +10,23 @@ step :func:`tunesmith.evaluate.generative.evaluate_examples`, so baseline and fi
 same examples and the same prompt token ids. Each run dir holds ``metrics.json`` (written last), ``predictions.jsonl``,
 ``config.yaml`` and ``manifest.json``.
 """
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-
-from tunesmith.config.sft import RunConfig
 from tunesmith.config.load import dump_config
+from tunesmith.config.sft import RunConfig
 from tunesmith.errors import Problem
 from tunesmith.evaluate.generative import build_examples, evaluate_examples, load_schema
-from tunesmith.runtime.rundir import prepare_run_dir
-from tunesmith.runtime.manifest import write_manifest
-from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from tunesmith.runtime.console import console
-from tunesmith.runtime.memory import reset_peak_memory
-from tunesmith.runtime.memory import peak_memory_bytes
 from tunesmith.models.adapters import require_adapter
 from tunesmith.models.loading import load_for_use
+from tunesmith.runtime.console import console
+from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from tunesmith.runtime.manifest import write_manifest
+from tunesmith.runtime.memory import peak_memory_bytes, reset_peak_memory
+from tunesmith.runtime.rundir import prepare_run_dir
 
 
 def _load(cfg: RunConfig, *, adapter: str | Path | None = None, model_dir: str | Path | None = None):
@@ -40,10 +39,16 @@ def _load(cfg: RunConfig, *, adapter: str | Path | None = None, model_dir: str |
     Raises:
         ModelError: an adapter folder without ``adapter_config.json``; any load failure.
     """
-    loaded = load_for_use(str(model_dir) if model_dir else cfg.model.name, str(adapter) if adapter else None,
-                          chat_template=cfg.model.chat_template, tokenizer_from=cfg.model.name, allow_pickle=cfg.model.allow_pickle,
-                          attn_implementation=cfg.model.attn_implementation, trust_remote_code=cfg.model.trust_remote_code,
-                          revision=cfg.model.revision)
+    loaded = load_for_use(
+        str(model_dir) if model_dir else cfg.model.name,
+        str(adapter) if adapter else None,
+        chat_template=cfg.model.chat_template,
+        tokenizer_from=cfg.model.name,
+        allow_pickle=cfg.model.allow_pickle,
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+        revision=cfg.model.revision,
+    )
     model, adapter_params = loaded.model, 0
     if adapter:
         adapter_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
@@ -58,12 +63,25 @@ def _data(cfg: RunConfig):
     if not evals:
         from tunesmith.errors import ConfigError
 
-        raise ConfigError("No eval examples", [Problem("data.eval_fraction", "the eval split is empty", "set data.eval_fraction > 0 or data.eval_path")])
+        raise ConfigError(
+            "No eval examples",
+            [Problem("data.eval_fraction", "the eval split is empty", "set data.eval_fraction > 0 or data.eval_path")],
+        )
     return train, evals
 
 
-def evaluate_run(cfg: RunConfig, out_dir: Path, *, kind: str, method: str, k_shot: int = 0, adapter=None, model_dir=None,
-                 data=None, overwrite: bool = False) -> dict:
+def evaluate_run(
+    cfg: RunConfig,
+    out_dir: Path,
+    *,
+    kind: str,
+    method: str,
+    k_shot: int = 0,
+    adapter=None,
+    model_dir=None,
+    data=None,
+    overwrite: bool = False,
+) -> dict:
     """Evaluate one model on the config's eval split and write the run dir.
 
     Args:
@@ -96,28 +114,59 @@ def evaluate_run(cfg: RunConfig, out_dir: Path, *, kind: str, method: str, k_sho
     examples = build_examples(tokenizer, evals, train, k_shot=k_shot, seed=cfg.eval.k_shot_seed)
     from tunesmith.render.templates import end_of_turn_ids
 
-    console.print(f"[bold]tunesmith {kind}[/] {method}: model={name}, {len(examples)} eval examples, metrics {', '.join(cfg.eval.metrics)}")
+    console.print(
+        f"[bold]tunesmith {kind}[/] {method}: model={name}, {len(examples)} eval examples, metrics {', '.join(cfg.eval.metrics)}"
+    )
     start = time.perf_counter()
-    rows, task, timing = evaluate_examples(model, tokenizer, examples, cfg.eval, batch_size=cfg.train.per_device_eval_batch_size,
-                                           eot_ids=end_of_turn_ids(tokenizer, model.generation_config), json_schema=schema)
+    rows, task, timing = evaluate_examples(
+        model,
+        tokenizer,
+        examples,
+        cfg.eval,
+        batch_size=cfg.train.per_device_eval_batch_size,
+        eot_ids=end_of_turn_ids(tokenizer, model.generation_config),
+        json_schema=schema,
+    )
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    cost = {"parameters": total, "trainable_parameters": adapter_params,
-            "generation_tokens_per_second": timing["generated_tokens"] / timing["generation_seconds"] if timing["generation_seconds"] else None,
-            "peak_memory_bytes": peak_memory_bytes()}
-    metrics = {"kind": kind, "method": method, "model": name, "adapter": str(adapter) if adapter else None, "k_shot": k_shot,
-               "task_metrics": task, "cost": cost, "eval_examples": len(rows), "targets": dict(cfg.eval.targets),
-               "max_new_tokens": cfg.eval.max_new_tokens, "eval_seconds": time.perf_counter() - start, **timing}
+    cost = {
+        "parameters": total,
+        "trainable_parameters": adapter_params,
+        "generation_tokens_per_second": timing["generated_tokens"] / timing["generation_seconds"]
+        if timing["generation_seconds"]
+        else None,
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
+    metrics = {
+        "kind": kind,
+        "method": method,
+        "model": name,
+        "adapter": str(adapter) if adapter else None,
+        "k_shot": k_shot,
+        "task_metrics": task,
+        "cost": cost,
+        "eval_examples": len(rows),
+        "targets": dict(cfg.eval.targets),
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "eval_seconds": time.perf_counter() - start,
+        **timing,
+    }
     atomic_write_jsonl(out_dir / "predictions.jsonl", rows)
     atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
-    write_manifest(out_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=None, tokenizer=tokenizer,
-                   extra={"evaluated": {"model": name, "adapter": str(adapter) if adapter else None, "k_shot": k_shot}})
+    write_manifest(
+        out_dir,
+        config=cfg.model_dump(mode="json"),
+        seed=cfg.train.seed,
+        dataset_fingerprint=None,
+        tokenizer=tokenizer,
+        extra={"evaluated": {"model": name, "adapter": str(adapter) if adapter else None, "k_shot": k_shot}},
+    )
     atomic_write_json(out_dir / "metrics.json", metrics)
-    console.print(f"[bold green]{kind}[/] in {metrics['eval_seconds']:.0f}s: " + ", ".join(f"{k} {v:.4f}" for k, v in task.items()) + f"\n  artifacts: {out_dir}/")
+    console.print(
+        f"[bold green]{kind}[/] in {metrics['eval_seconds']:.0f}s: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in task.items())
+        + f"\n  artifacts: {out_dir}/"
+    )
     return metrics
-
-
-
-
 
 
 def default_dir(cfg: RunConfig, suffix: str) -> Path:
@@ -137,7 +186,15 @@ def run_baseline(cfg: RunConfig, *, output: str | Path | None = None, overwrite:
     dirs = [out]
     if cfg.eval.k_shot:
         kdir = Path(str(out).rstrip("/") + f"-{cfg.eval.k_shot}shot")
-        evaluate_run(cfg, kdir, kind="baseline", method=f"prompting, {cfg.eval.k_shot}-shot", k_shot=cfg.eval.k_shot, data=data, overwrite=overwrite)
+        evaluate_run(
+            cfg,
+            kdir,
+            kind="baseline",
+            method=f"prompting, {cfg.eval.k_shot}-shot",
+            k_shot=cfg.eval.k_shot,
+            data=data,
+            overwrite=overwrite,
+        )
         dirs.append(kdir)
     return dirs
 
@@ -154,9 +211,19 @@ def run_eval(cfg: RunConfig, *, adapter=None, model_dir=None, output=None, overw
     from tunesmith.errors import ConfigError
 
     if (adapter is None) == (model_dir is None):
-        raise ConfigError("Say which model to evaluate", [Problem("tunesmith eval", "give exactly one of --adapter DIR or --model DIR",
-                                                                  "e.g. --adapter runs/sft/adapter")])
+        raise ConfigError(
+            "Say which model to evaluate",
+            [
+                Problem(
+                    "tunesmith eval",
+                    "give exactly one of --adapter DIR or --model DIR",
+                    "e.g. --adapter runs/sft/adapter",
+                )
+            ],
+        )
     out = Path(output) if output else default_dir(cfg, "eval")
     method = "SFT (LoRA adapter)" if adapter else "fine-tuned (merged model)"
-    evaluate_run(cfg, out, kind="eval", method=method, adapter=adapter, model_dir=model_dir, data=data, overwrite=overwrite)
+    evaluate_run(
+        cfg, out, kind="eval", method=method, adapter=adapter, model_dir=model_dir, data=data, overwrite=overwrite
+    )
     return out

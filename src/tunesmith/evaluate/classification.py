@@ -5,12 +5,13 @@ per-class precision/recall/F1; ``predictions.jsonl`` one line per eval example i
 (``id``, ``prompt``, ``prediction``, ``reference``, ``scores``); ``confusion_matrix.png`` the
 confusion matrix (rows = reference, columns = prediction).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.runtime.files import atomic_write_jsonl
 from tunesmith.evaluate.stats import macro_f1
+from tunesmith.runtime.files import atomic_write_jsonl
 
 UNPARSED = "unparsed"
 """Prediction of the prompting baseline when its answer names no label."""
@@ -33,13 +34,20 @@ def classification_metrics(references: list[str], predictions: list[str], names:
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     p, r, f, s = precision_recall_fscore_support(references, predictions, labels=names, average=None, zero_division=0)
-    mp, mr, mf, _ = precision_recall_fscore_support(references, predictions, labels=names, average="macro", zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(
+        references, predictions, labels=names, average="macro", zero_division=0
+    )
     outside = [x if x in names else UNPARSED for x in predictions]
     cm = confusion_matrix(references, outside, labels=names + [UNPARSED])
     return {
         "accuracy": float(accuracy_score(references, predictions)) if references else 0.0,
-        "macro_f1": macro_f1(references, predictions, labels=names), "macro_precision": float(mp), "macro_recall": float(mr),
-        "per_class": {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, n in enumerate(names)},
+        "macro_f1": macro_f1(references, predictions, labels=names),
+        "macro_precision": float(mp),
+        "macro_recall": float(mr),
+        "per_class": {
+            n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, n in enumerate(names)
+        },
         "confusion_matrix": cm[: len(names)].tolist(),
         "unparsed_rate": sum(x not in names for x in predictions) / max(len(predictions), 1),
     }
@@ -66,7 +74,15 @@ def plot_confusion(path: Path, matrix: list[list[int]], names: list[str], title:
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if m[i, j]:
-                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color="white" if m[i, j] > m.max() / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        int(m[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if m[i, j] > m.max() / 2 else "black",
+                    )
     ax.set_xlabel("prediction")
     ax.set_ylabel("reference")
     ax.set_title(title)
@@ -79,8 +95,17 @@ def plot_confusion(path: Path, matrix: list[list[int]], names: list[str], title:
     return path
 
 
-def write_eval_artifacts(run_dir: Path, *, kind: str, model: str, records, predictions: list[str], names: list[str],
-                         extra: dict | None = None, cost: dict | None = None) -> dict:
+def write_eval_artifacts(
+    run_dir: Path,
+    *,
+    kind: str,
+    model: str,
+    records,
+    predictions: list[str],
+    names: list[str],
+    extra: dict | None = None,
+    cost: dict | None = None,
+) -> dict:
     """Write ``predictions.jsonl`` and ``confusion_matrix.png`` for one evaluated model, and return its metrics.
 
     Args:
@@ -98,13 +123,35 @@ def write_eval_artifacts(run_dir: Path, *, kind: str, model: str, records, predi
     """
     refs = [r.label for r in records]
     m = classification_metrics(refs, predictions, names)
-    metrics = {"kind": kind, "model": model, "task": "classification",
-               "task_metrics": {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]},
-               "labels": names, "eval_examples": len(records), **m, **(extra or {})}
+    metrics = {
+        "kind": kind,
+        "model": model,
+        "task": "classification",
+        "task_metrics": {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]},
+        "labels": names,
+        "eval_examples": len(records),
+        **m,
+        **(extra or {}),
+    }
     if cost:
         metrics["cost"] = cost
-    atomic_write_jsonl(run_dir / "predictions.jsonl", [
-        {"id": r.id, "prompt": r.text if r.text_pair is None else f"{r.text}\n{r.text_pair}", "prediction": p, "reference": r.label,
-         "scores": {"accuracy": float(p == r.label)}} for r, p in zip(records, predictions)])
-    plot_confusion(run_dir / "confusion_matrix.png", m["confusion_matrix"], names, f"{kind}: {model} (macro-F1 {m['macro_f1']:.3f})")
+    atomic_write_jsonl(
+        run_dir / "predictions.jsonl",
+        [
+            {
+                "id": r.id,
+                "prompt": r.text if r.text_pair is None else f"{r.text}\n{r.text_pair}",
+                "prediction": p,
+                "reference": r.label,
+                "scores": {"accuracy": float(p == r.label)},
+            }
+            for r, p in zip(records, predictions)
+        ],
+    )
+    plot_confusion(
+        run_dir / "confusion_matrix.png",
+        m["confusion_matrix"],
+        names,
+        f"{kind}: {model} (macro-F1 {m['macro_f1']:.3f})",
+    )
     return metrics

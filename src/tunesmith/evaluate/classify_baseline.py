@@ -9,6 +9,7 @@ through the model's chat template with the generation prompt; greedy generation;
 mapped to a label by :func:`parse_label` (else ``"unparsed"``).  The eval set, its ids and the
 metric code are those of ``tunesmith classify``, so the decision report can pair the two runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,23 +19,21 @@ from pathlib import Path
 import torch
 
 from tunesmith.config.classify import ClassifyConfig
-from tunesmith.evaluate.classification import UNPARSED, write_eval_artifacts
 from tunesmith.config.load import dump_config
-from tunesmith.errors import ConfigError, Problem
-from tunesmith.models.generation import decode_reply, generate_ids
 from tunesmith.data.labels import load_label_data
-from tunesmith.data.records import LabelRecord
+from tunesmith.data.records import Conversation, LabelRecord, Message
+from tunesmith.errors import ConfigError, Problem
+from tunesmith.evaluate.classification import UNPARSED, write_eval_artifacts
 from tunesmith.models.adapters import count_parameters
-from tunesmith.data.records import Conversation, Message
-from tunesmith.models.sources import resolve_model
+from tunesmith.models.generation import decode_reply, generate_ids
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
-from tunesmith.runtime.rundir import prepare_run_dir
-from tunesmith.runtime.manifest import write_manifest
-from tunesmith.runtime.files import atomic_write_text
+from tunesmith.models.sources import resolve_model
 from tunesmith.render.templates import end_of_turn_ids, render_prompt
 from tunesmith.runtime.console import Timer, console
-from tunesmith.runtime.files import atomic_write_json
+from tunesmith.runtime.files import atomic_write_json, atomic_write_text
+from tunesmith.runtime.manifest import write_manifest
 from tunesmith.runtime.memory import reset_peak_memory
+from tunesmith.runtime.rundir import prepare_run_dir
 
 
 def normalise(text: str) -> str:
@@ -63,7 +62,9 @@ def parse_label(answer: str, names: list[str]) -> str:
     return found[0] if len(found) == 1 else UNPARSED
 
 
-def build_prompts(tokenizer, records: list[LabelRecord], names: list[str], template: str, chat_template: str | None = None) -> list[list[int]]:
+def build_prompts(
+    tokenizer, records: list[LabelRecord], names: list[str], template: str, chat_template: str | None = None
+) -> list[list[int]]:
     """Render one user turn per record through the chat template, with the generation prompt.
 
     Returns:
@@ -78,13 +79,32 @@ def build_prompts(tokenizer, records: list[LabelRecord], names: list[str], templ
         try:
             content = template.format(labels=labels, text=r.text, text_pair=r.text_pair or "")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError("Bad baseline prompt", [Problem("eval.baseline_prompt", f"cannot fill it: {exc!r}", "use only {labels}, {text} and {text_pair}; write {{ and }} for literal braces")]) from None
-        out.append(render_prompt(tokenizer, Conversation([Message("user", content)], r.id), chat_template=chat_template))
+            raise ConfigError(
+                "Bad baseline prompt",
+                [
+                    Problem(
+                        "eval.baseline_prompt",
+                        f"cannot fill it: {exc!r}",
+                        "use only {labels}, {text} and {text_pair}; write {{ and }} for literal braces",
+                    )
+                ],
+            ) from None
+        out.append(
+            render_prompt(tokenizer, Conversation([Message("user", content)], r.id), chat_template=chat_template)
+        )
     return out
 
 
-def predict_by_prompting(model, tokenizer, records: list[LabelRecord], names: list[str], template: str, *,
-                         max_new_tokens: int = 12, batch_size: int = 16) -> tuple[list[str], list[str], int]:
+def predict_by_prompting(
+    model,
+    tokenizer,
+    records: list[LabelRecord],
+    names: list[str],
+    template: str,
+    *,
+    max_new_tokens: int = 12,
+    batch_size: int = 16,
+) -> tuple[list[str], list[str], int]:
     """Ask the chat model for a label per record (greedy).
 
     Returns:
@@ -93,7 +113,9 @@ def predict_by_prompting(model, tokenizer, records: list[LabelRecord], names: li
     prompts = build_prompts(tokenizer, records, names, template)
     eot = end_of_turn_ids(tokenizer, model.generation_config)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    gen = generate_ids(model, tokenizer, [prompts[i] for i in order], max_new_tokens=max_new_tokens, eos_ids=eot, batch_size=batch_size)
+    gen = generate_ids(
+        model, tokenizer, [prompts[i] for i in order], max_new_tokens=max_new_tokens, eos_ids=eot, batch_size=batch_size
+    )
     answers = [""] * len(prompts)
     n_tokens = 0
     for i, ids in zip(order, gen):
@@ -120,29 +142,76 @@ def run_classify_baseline(cfg: ClassifyConfig, *, output_dir: str | None = None,
     run_dir = prepare_run_dir(output_dir or baseline_dir(cfg), overwrite=overwrite)
     _, eval_recs, names, data_report = load_label_data(cfg)
     if not eval_recs:
-        raise ConfigError("No eval examples", [Problem("data.eval_fraction", "the eval set is empty", "set data.eval_fraction > 0 or data.eval_path")])
+        raise ConfigError(
+            "No eval examples",
+            [Problem("data.eval_fraction", "the eval set is empty", "set data.eval_fraction > 0 or data.eval_path")],
+        )
     reset_peak_memory()
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
-    model = load_causal_lm(source, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
-                           trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision)
-    console.print(f"[bold]tunesmith classify-baseline[/] model={source.name}: prompting for {len(names)} labels on {len(eval_recs)} eval examples")
+    model = load_causal_lm(
+        source,
+        dtype=torch.float32,
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+        allow_pickle=cfg.model.allow_pickle,
+        revision=cfg.model.revision,
+    )
+    console.print(
+        f"[bold]tunesmith classify-baseline[/] model={source.name}: prompting for {len(names)} labels on {len(eval_recs)} eval examples"
+    )
     with Timer() as t:
-        preds, answers, n_tokens = predict_by_prompting(model, tokenizer, eval_recs, names, cfg.eval.baseline_prompt,
-                                                        max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.train.per_device_eval_batch_size)
+        preds, answers, n_tokens = predict_by_prompting(
+            model,
+            tokenizer,
+            eval_recs,
+            names,
+            cfg.eval.baseline_prompt,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.train.per_device_eval_batch_size,
+        )
     from tunesmith.runtime.files import atomic_write_jsonl
     from tunesmith.runtime.memory import peak_memory_bytes
 
-    atomic_write_jsonl(run_dir / "answers.jsonl", [{"id": r.id, "answer": a, "parsed": p} for r, a, p in zip(eval_recs, answers, preds)])
+    atomic_write_jsonl(
+        run_dir / "answers.jsonl",
+        [{"id": r.id, "answer": a, "parsed": p} for r, a, p in zip(eval_recs, answers, preds)],
+    )
     _, total = count_parameters(model)
-    cost = {"parameters": total, "trainable_parameters": 0, "generation_tokens_per_second": n_tokens / max(t.seconds, 1e-9),
-            "peak_memory_bytes": peak_memory_bytes()}
-    extra = {"method": "prompting", "prompt_template": cfg.eval.baseline_prompt, "eval_seconds": t.seconds, "data": data_report}
-    metrics = write_eval_artifacts(run_dir, kind="baseline", model=source.name, records=eval_recs, predictions=preds, names=names, extra=extra, cost=cost)
+    cost = {
+        "parameters": total,
+        "trainable_parameters": 0,
+        "generation_tokens_per_second": n_tokens / max(t.seconds, 1e-9),
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
+    extra = {
+        "method": "prompting",
+        "prompt_template": cfg.eval.baseline_prompt,
+        "eval_seconds": t.seconds,
+        "data": data_report,
+    }
+    metrics = write_eval_artifacts(
+        run_dir,
+        kind="baseline",
+        model=source.name,
+        records=eval_recs,
+        predictions=preds,
+        names=names,
+        extra=extra,
+        cost=cost,
+    )
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    write_manifest(run_dir, config=cfg.model_dump(mode="json"), seed=cfg.train.seed, dataset_fingerprint=None, tokenizer=tokenizer,
-                   extra={"model_source": dataclasses.asdict(source), "labels": names})
+    write_manifest(
+        run_dir,
+        config=cfg.model_dump(mode="json"),
+        seed=cfg.train.seed,
+        dataset_fingerprint=None,
+        tokenizer=tokenizer,
+        extra={"model_source": dataclasses.asdict(source), "labels": names},
+    )
     atomic_write_json(run_dir / "metrics.json", metrics)
-    console.print(f"[bold green]baseline[/] in {t.seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
-                  f"unparsed {metrics['unparsed_rate']:.1%}\n  artifacts: {run_dir}/")
+    console.print(
+        f"[bold green]baseline[/] in {t.seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+        f"unparsed {metrics['unparsed_rate']:.1%}\n  artifacts: {run_dir}/"
+    )
     return metrics

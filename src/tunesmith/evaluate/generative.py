@@ -10,6 +10,7 @@ padding, greedy, stops at the template's end-of-turn token). ``eval_loss`` is th
 tokens (the reply and its end-of-turn token, labels from :func:`tunesmith.render.templates.render_conversation`) given the
 prompt; ``perplexity = exp(eval_loss)``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.errors import DataError, Problem
 from tunesmith.data.records import Conversation, Message
+from tunesmith.errors import DataError, Problem
 from tunesmith.evaluate.metrics import GENERATION_METRICS, REFERENCE_METRICS, aggregate, extract_label, score_example
 from tunesmith.render.templates import IGNORE_INDEX, render_conversation, render_prompt
 
@@ -47,14 +48,23 @@ def _demo_turns(train_convs: list[Conversation], k: int, seed: int) -> list[Mess
     """User/assistant turns of ``k`` train conversations chosen with ``random.Random(seed)`` (system turns dropped)."""
     usable = [c for c in train_convs if c.kind in ("messages", "prompt_completion")]
     if k > len(usable):
-        raise DataError("Not enough train examples for k-shot", [Problem("eval.k_shot", f"k={k} but the train split has {len(usable)} conversations",
-                                                                        "lower eval.k_shot")])
+        raise DataError(
+            "Not enough train examples for k-shot",
+            [Problem("eval.k_shot", f"k={k} but the train split has {len(usable)} conversations", "lower eval.k_shot")],
+        )
     picked = random.Random(seed).sample(range(len(usable)), k)
     return [Message(m.role, m.content, weight=0) for i in picked for m in usable[i].messages if m.role != "system"]
 
 
-def build_examples(tokenizer, eval_convs: list[Conversation], train_convs: list[Conversation] | None = None, *,
-                   k_shot: int = 0, seed: int = 0, chat_template: str | None = None) -> list[EvalExample]:
+def build_examples(
+    tokenizer,
+    eval_convs: list[Conversation],
+    train_convs: list[Conversation] | None = None,
+    *,
+    k_shot: int = 0,
+    seed: int = 0,
+    chat_template: str | None = None,
+) -> list[EvalExample]:
     """Turn eval conversations into :class:`EvalExample` (the prompt and reference every model is scored on).
 
     Args:
@@ -74,18 +84,39 @@ def build_examples(tokenizer, eval_convs: list[Conversation], train_convs: list[
     out = []
     for conv in eval_convs:
         if conv.kind == "text" or not conv.messages or conv.messages[-1].role != "assistant":
-            raise DataError("An eval record has no reference answer", [Problem(conv.source or "eval record", "the last turn is not an assistant turn"
-                                                                               if conv.kind != "text" else "plain text records have no prompt/answer split",
-                                                                               "end each eval conversation with the assistant's reference answer")])
+            raise DataError(
+                "An eval record has no reference answer",
+                [
+                    Problem(
+                        conv.source or "eval record",
+                        "the last turn is not an assistant turn"
+                        if conv.kind != "text"
+                        else "plain text records have no prompt/answer split",
+                        "end each eval conversation with the assistant's reference answer",
+                    )
+                ],
+            )
         if demos and conv.kind == "completion":
-            raise DataError("k-shot needs chat conversations", [Problem(conv.source or "eval record", "plain prompt/completion records have no turns to put demonstrations in",
-                                                                        "set eval.k_shot: 0, or use chat-formatted data")])
+            raise DataError(
+                "k-shot needs chat conversations",
+                [
+                    Problem(
+                        conv.source or "eval record",
+                        "plain prompt/completion records have no turns to put demonstrations in",
+                        "set eval.k_shot: 0, or use chat-formatted data",
+                    )
+                ],
+            )
         *context, last = conv.messages
-        context = [Message(m.role, m.content, weight=0 if m.role == "assistant" else m.weight, name=m.name) for m in context]
+        context = [
+            Message(m.role, m.content, weight=0 if m.role == "assistant" else m.weight, name=m.name) for m in context
+        ]
         n_sys = next((i for i, m in enumerate(context) if m.role != "system"), len(context))
         turns = context[:n_sys] + demos + context[n_sys:] + [Message("assistant", last.content, name=last.name)]
         full = Conversation(turns, conv.source, dict(conv.meta), conv.kind)
-        out.append(EvalExample(conv.source, full, last.content, render_prompt(tokenizer, full, chat_template=chat_template)))
+        out.append(
+            EvalExample(conv.source, full, last.content, render_prompt(tokenizer, full, chat_template=chat_template))
+        )
     return out
 
 
@@ -95,7 +126,9 @@ def ids_digest(ids: list[int]) -> str:
 
 
 @torch.no_grad()
-def reference_losses(model, tokenizer, examples: list[EvalExample], *, batch_size: int = 8, eot_ids=None) -> list[tuple[float, int]]:
+def reference_losses(
+    model, tokenizer, examples: list[EvalExample], *, batch_size: int = 8, eot_ids=None
+) -> list[tuple[float, int]]:
     """Summed cross-entropy (nats) and token count of each example's reference given its prompt.
 
     Args:
@@ -109,22 +142,32 @@ def reference_losses(model, tokenizer, examples: list[EvalExample], *, batch_siz
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(rendered), batch_size):
-        chunk = rendered[start:start + batch_size]
+        chunk = rendered[start : start + batch_size]
         width = max(len(r.input_ids) for r in chunk)
         ids = torch.tensor([r.input_ids + [pad] * (width - len(r.input_ids)) for r in chunk], device=device)
         mask = torch.tensor([[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in chunk], device=device)
         labels = torch.tensor([r.labels + [IGNORE_INDEX] * (width - len(r.labels)) for r in chunk], device=device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+        nll = torch.nn.functional.cross_entropy(
+            shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
         for row in range(len(chunk)):
             valid = shift_labels[row] != IGNORE_INDEX
             out.append((float(nll[row][valid].sum()), int(valid.sum())))
     return out
 
 
-def evaluate_examples(model, tokenizer, examples: list[EvalExample], eval_cfg, *, batch_size: int = 8, eot_ids=None,
-                      json_schema: dict | None = None) -> tuple[list[dict], dict, dict]:
+def evaluate_examples(
+    model,
+    tokenizer,
+    examples: list[EvalExample],
+    eval_cfg,
+    *,
+    batch_size: int = 8,
+    eot_ids=None,
+    json_schema: dict | None = None,
+) -> tuple[list[dict], dict, dict]:
     """Generate, score and aggregate: the shared evaluation step.
 
     Args:
@@ -148,8 +191,14 @@ def evaluate_examples(model, tokenizer, examples: list[EvalExample], eval_cfg, *
     if gen_metrics:
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
         t0 = time.perf_counter()
-        gen = generate_ids(model, tokenizer, [examples[i].prompt_ids for i in order], max_new_tokens=eval_cfg.max_new_tokens,
-                           eos_ids=eot_ids, batch_size=batch_size)
+        gen = generate_ids(
+            model,
+            tokenizer,
+            [examples[i].prompt_ids for i in order],
+            max_new_tokens=eval_cfg.max_new_tokens,
+            eos_ids=eot_ids,
+            batch_size=batch_size,
+        )
         gen_s = time.perf_counter() - t0
         for i, ids in zip(order, gen):
             predictions[i] = decode_reply(tokenizer, ids)
@@ -161,18 +210,33 @@ def evaluate_examples(model, tokenizer, examples: list[EvalExample], eval_cfg, *
         loss_s = time.perf_counter() - t0
     rows = []
     for i, ex in enumerate(examples):
-        scores = score_example(predictions[i], ex.reference, gen_metrics, json_schema=json_schema, regex=eval_cfg.regex,
-                               label_field=eval_cfg.label_field)
-        row = {"id": ex.id, "prompt": tokenizer.decode(ex.prompt_ids), "prediction": predictions[i], "reference": ex.reference,
-               "scores": scores, "prompt_ids_sha256": ids_digest(ex.prompt_ids), "prompt_tokens": len(ex.prompt_ids)}
+        scores = score_example(
+            predictions[i],
+            ex.reference,
+            gen_metrics,
+            json_schema=json_schema,
+            regex=eval_cfg.regex,
+            label_field=eval_cfg.label_field,
+        )
+        row = {
+            "id": ex.id,
+            "prompt": tokenizer.decode(ex.prompt_ids),
+            "prediction": predictions[i],
+            "reference": ex.reference,
+            "scores": scores,
+            "prompt_ids_sha256": ids_digest(ex.prompt_ids),
+            "prompt_tokens": len(ex.prompt_ids),
+        }
         if losses is not None:
             nll, toks = losses[i]
             scores["eval_loss"] = nll / max(toks, 1)
             scores["perplexity"] = math.exp(scores["eval_loss"])
             row["reference_tokens"] = toks
         if "label_accuracy" in metrics or "label_macro_f1" in metrics:
-            row["labels"] = {"prediction": extract_label(predictions[i], eval_cfg.label_field),
-                             "reference": extract_label(ex.reference, eval_cfg.label_field)}
+            row["labels"] = {
+                "prediction": extract_label(predictions[i], eval_cfg.label_field),
+                "reference": extract_label(ex.reference, eval_cfg.label_field),
+            }
         rows.append(row)
     timing = {"generated_tokens": n_tokens, "generation_seconds": gen_s, "loss_seconds": loss_s}
     return rows, aggregate(rows, metrics), timing
@@ -198,9 +262,14 @@ def load_schema(eval_cfg) -> dict | None:
         schema = json.loads(Path(spec).read_text(encoding="utf-8")) if isinstance(spec, str) else spec
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except OSError as exc:
-        raise ConfigError("Cannot read the JSON Schema", [Problem(where, exc.strerror or str(exc), "give a readable .json file or write the schema inline")]) from None
+        raise ConfigError(
+            "Cannot read the JSON Schema",
+            [Problem(where, exc.strerror or str(exc), "give a readable .json file or write the schema inline")],
+        ) from None
     except ValueError as exc:
         raise ConfigError("The JSON Schema file is not JSON", [Problem(where, str(exc), "fix the JSON")]) from None
     except jsonschema.SchemaError as exc:
-        raise ConfigError("Not a valid JSON Schema", [Problem(where, exc.message, "fix the schema (see json-schema.org)")]) from None
+        raise ConfigError(
+            "Not a valid JSON Schema", [Problem(where, exc.message, "fix the schema (see json-schema.org)")]
+        ) from None
     return schema

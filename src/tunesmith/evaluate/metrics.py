@@ -18,13 +18,16 @@ Metrics computed from a generation and its reference (each per example, in [0, 1
 
 ``eval_loss`` and ``perplexity`` are computed from the references by :mod:`tunesmith.evaluate.generative`.
 """
+
 from __future__ import annotations
 
 import json
 import re
 from functools import lru_cache
 
-from tunesmith.config.metric_names import ALL_METRICS, CORPUS_METRICS, GENERATION_METRICS, LOWER_IS_BETTER, REFERENCE_METRICS  # noqa: F401
+from tunesmith.config.metric_names import (
+    REFERENCE_METRICS,
+)  # noqa: F401
 from tunesmith.evaluate.stats import macro_f1
 
 
@@ -91,8 +94,15 @@ def _chrf():
     return CHRF()
 
 
-def score_example(prediction: str, reference: str, metrics: list[str] | tuple[str, ...], *, json_schema: dict | None = None,
-                  regex: str | None = None, label_field: str | None = None) -> dict[str, float]:
+def score_example(
+    prediction: str,
+    reference: str,
+    metrics: list[str] | tuple[str, ...],
+    *,
+    json_schema: dict | None = None,
+    regex: str | None = None,
+    label_field: str | None = None,
+) -> dict[str, float]:
     """Per-example scores of one generated answer.
 
     Args:

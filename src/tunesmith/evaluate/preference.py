@@ -7,14 +7,16 @@ a pair is ranked correctly when r(x, chosen) > r(x, rejected) (TRL's ``rewards/a
 sums over the response tokens, computed with TRL's own collator and fused LM head, so they equal what
 ``DPOTrainer`` trains on; here they are kept per pair, so the accuracy gets a confidence interval.
 """
+
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
 from tunesmith.evaluate.stats import bootstrap_ci
-import time
-from pathlib import Path
 
 
 @dataclass
@@ -57,12 +59,22 @@ def pair_logps(trainer, examples: list[dict], batch_size: int = 8) -> PairLogps:
     out: dict[str, list[torch.Tensor]] = {"c": [], "r": [], "rc": [], "rr": []}
     keep = ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")
     for start in range(0, len(examples), batch_size):
-        chunk = [{k: v for k, v in ex.items() if k in keep} for ex in examples[start:start + batch_size]]
+        chunk = [{k: v for k, v in ex.items() if k in keep} for ex in examples[start : start + batch_size]]
         batch = {k: v.to(device) for k, v in trainer.data_collator(chunk).items()}
         mask = batch["completion_mask"]
         labels = batch["input_ids"].masked_fill(mask == 0, -100)
-        logps = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
-                      use_cache=False, fused_lm_head=True).log_probs[:, -(mask.size(1) - 1):].sum(dim=1).float()
+        logps = (
+            model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=labels,
+                use_cache=False,
+                fused_lm_head=True,
+            )
+            .log_probs[:, -(mask.size(1) - 1) :]
+            .sum(dim=1)
+            .float()
+        )
         c, r = logps.chunk(2)
         if "ref_chosen_logps" in batch:
             rc, rr = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
@@ -75,7 +87,9 @@ def pair_logps(trainer, examples: list[dict], batch_size: int = 8) -> PairLogps:
     return PairLogps(cat("c"), cat("r"), cat("rc"), cat("rr"))
 
 
-def preference_metrics(lp: PairLogps, beta: float, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
+def preference_metrics(
+    lp: PairLogps, beta: float, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> dict:
     """Held-out preference metrics from per-pair log-probs.
 
     Args:
@@ -96,11 +110,16 @@ def preference_metrics(lp: PairLogps, beta: float, *, confidence: float = 0.95, 
     mean = lambda t: float(t.mean()) if t.numel() else float("nan")  # noqa: E731
     return {
         "pairs": int(correct.numel()),
-        "reward_accuracy": mean(correct), "reward_accuracy_ci": list(bootstrap_ci(correct.tolist(), **kw)),
-        "reward_margin": mean(margin), "reward_margin_ci": list(bootstrap_ci(margin.tolist(), **kw)),
-        "rewards_chosen": mean(rc), "rewards_rejected": mean(rr),
-        "logps_chosen": mean(lp.chosen), "logps_rejected": mean(lp.rejected),
-        "ref_logps_chosen": mean(lp.ref_chosen), "ref_logps_rejected": mean(lp.ref_rejected),
+        "reward_accuracy": mean(correct),
+        "reward_accuracy_ci": list(bootstrap_ci(correct.tolist(), **kw)),
+        "reward_margin": mean(margin),
+        "reward_margin_ci": list(bootstrap_ci(margin.tolist(), **kw)),
+        "rewards_chosen": mean(rc),
+        "rewards_rejected": mean(rr),
+        "logps_chosen": mean(lp.chosen),
+        "logps_rejected": mean(lp.rejected),
+        "ref_logps_chosen": mean(lp.ref_chosen),
+        "ref_logps_rejected": mean(lp.ref_rejected),
         "reference_logp_accuracy": mean((lp.ref_chosen > lp.ref_rejected).float()),
     }
 
@@ -113,17 +132,30 @@ def win_rate(scores_new: list[float], scores_old: list[float], **ci_kw) -> dict:
     """
     outcome = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_new, scores_old)]
     n = len(outcome)
-    return {"win_rate": sum(outcome) / n if n else float("nan"), "win_rate_ci": list(bootstrap_ci(outcome, **ci_kw)),
-            "wins": outcome.count(1.0), "ties": outcome.count(0.5), "losses": outcome.count(0.0), "prompts": n}
+    return {
+        "win_rate": sum(outcome) / n if n else float("nan"),
+        "win_rate_ci": list(bootstrap_ci(outcome, **ci_kw)),
+        "wins": outcome.count(1.0),
+        "ties": outcome.count(0.5),
+        "losses": outcome.count(0.0),
+        "prompts": n,
+    }
 
-from tunesmith.models.generation import decode_reply, generate_ids
+
 from tunesmith.data.records import Conversation
-from tunesmith.runtime.files import atomic_write_jsonl
-from tunesmith.render.templates import render_prompt
 from tunesmith.evaluate.metrics import rouge_l
+from tunesmith.models.generation import decode_reply, generate_ids
+from tunesmith.render.templates import render_prompt
+from tunesmith.runtime.files import atomic_write_jsonl
 
-
-TASK_METRICS = ("reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
+TASK_METRICS = (
+    "reward_accuracy",
+    "reward_margin",
+    "logps_chosen",
+    "logps_rejected",
+    "rewards_chosen",
+    "rewards_rejected",
+)
 """``task_metrics`` of a DPO run; ``predictions.jsonl`` scores each pair under the same names, so ``tunesmith report``
 recomputes every one (with its bootstrap interval) from the rows. The win rate is per generation prompt, not per pair:
 it stays in ``metrics.json`` ``win_rate`` (and ``generations.jsonl``)."""
@@ -161,22 +193,42 @@ def start_generations(cfg, trainer, tokenizer, eval_pairs, eot) -> dict:
     return {"prompts": prompts, "ids": ids}
 
 
-def _win_rate(cfg, trainer, tokenizer, pairs, start: dict, new_ids: list[list[int]]) -> tuple[dict, list[tuple[float, float]]]:
+def _win_rate(
+    cfg, trainer, tokenizer, pairs, start: dict, new_ids: list[list[int]]
+) -> tuple[dict, list[tuple[float, float]]]:
     ci = dict(confidence=cfg.eval.confidence, n_resamples=cfg.eval.bootstrap_samples, seed=cfg.train.seed)
     if cfg.eval.win_metric == "rougeL":
-        scores = [(rouge_l(decode_reply(tokenizer, n), p.chosen), rouge_l(decode_reply(tokenizer, o), p.chosen))
-                  for p, n, o in zip(pairs, new_ids, start["ids"])]
+        scores = [
+            (rouge_l(decode_reply(tokenizer, n), p.chosen), rouge_l(decode_reply(tokenizer, o), p.chosen))
+            for p, n, o in zip(pairs, new_ids, start["ids"])
+        ]
     else:
-        rows = [{"prompt_ids": pr, "chosen_ids": n or [tokenizer.eos_token_id], "rejected_ids": o or [tokenizer.eos_token_id]}
-                for pr, n, o in zip(start["prompts"], new_ids, start["ids"])]
+        rows = [
+            {
+                "prompt_ids": pr,
+                "chosen_ids": n or [tokenizer.eos_token_id],
+                "rejected_ids": o or [tokenizer.eos_token_id],
+            }
+            for pr, n, o in zip(start["prompts"], new_ids, start["ids"])
+        ]
         rn, ro = pair_logps(trainer, rows, cfg.train.per_device_eval_batch_size).rewards(cfg.train.beta)
         scores = list(zip(rn.tolist(), ro.tolist()))
     result = win_rate([a for a, _ in scores], [b for _, b in scores], **ci)
     return {"metric": cfg.eval.win_metric, **result}, scores
 
 
-def write_dpo_artifacts(run_dir: Path, cfg, trainer, tokenizer, eval_pairs, eval_rows: list[dict], lp: PairLogps,
-                        start: dict, eot, extra: dict) -> dict:
+def write_dpo_artifacts(
+    run_dir: Path,
+    cfg,
+    trainer,
+    tokenizer,
+    eval_pairs,
+    eval_rows: list[dict],
+    lp: PairLogps,
+    start: dict,
+    eot,
+    extra: dict,
+) -> dict:
     """Generate with the DPO model, score the win rate, write ``predictions.jsonl`` and ``generations.jsonl``.
 
     Args:
@@ -201,17 +253,42 @@ def write_dpo_artifacts(run_dir: Path, cfg, trainer, tokenizer, eval_pairs, eval
     if pairs:
         new_ids, tps = _generate(trainer, tokenizer, start["prompts"], eot, cfg.eval.max_new_tokens)
         win, scores = _win_rate(cfg, trainer, tokenizer, pairs, start, new_ids)
-        atomic_write_jsonl(run_dir / "generations.jsonl", [
-            {"id": p.source, "prompt": p.prompt_text(), "chosen": p.chosen, "start": decode_reply(tokenizer, o),
-             "dpo": decode_reply(tokenizer, n), "scores": {f"{cfg.eval.win_metric}_dpo": a, f"{cfg.eval.win_metric}_start": b}}
-            for p, n, o, (a, b) in zip(pairs, new_ids, start["ids"], scores)])
-    held_out = preference_metrics(lp, cfg.train.beta, confidence=cfg.eval.confidence, n_resamples=cfg.eval.bootstrap_samples, seed=cfg.train.seed)
+        atomic_write_jsonl(
+            run_dir / "generations.jsonl",
+            [
+                {
+                    "id": p.source,
+                    "prompt": p.prompt_text(),
+                    "chosen": p.chosen,
+                    "start": decode_reply(tokenizer, o),
+                    "dpo": decode_reply(tokenizer, n),
+                    "scores": {f"{cfg.eval.win_metric}_dpo": a, f"{cfg.eval.win_metric}_start": b},
+                }
+                for p, n, o, (a, b) in zip(pairs, new_ids, start["ids"], scores)
+            ],
+        )
+    held_out = preference_metrics(
+        lp, cfg.train.beta, confidence=cfg.eval.confidence, n_resamples=cfg.eval.bootstrap_samples, seed=cfg.train.seed
+    )
     _write_predictions(run_dir, cfg, eval_pairs, eval_rows, lp)
     task = {k: held_out[k] for k in TASK_METRICS}  # each the mean of the same-named per-pair score in predictions.jsonl
-    cost = {"parameters": extra["total_parameters"], "trainable_parameters": extra["trainable_parameters"],
-            "generation_tokens_per_second": tps, "peak_memory_bytes": peak_memory_bytes()}
-    return {"kind": "dpo", "model": cfg.model.name, "task": "preference", "task_metrics": task, "cost": cost,
-            "held_out": held_out, "win_rate": win, "eval": cfg.eval.model_dump(), **extra}
+    cost = {
+        "parameters": extra["total_parameters"],
+        "trainable_parameters": extra["trainable_parameters"],
+        "generation_tokens_per_second": tps,
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
+    return {
+        "kind": "dpo",
+        "model": cfg.model.name,
+        "task": "preference",
+        "task_metrics": task,
+        "cost": cost,
+        "held_out": held_out,
+        "win_rate": win,
+        "eval": cfg.eval.model_dump(),
+        **extra,
+    }
 
 
 def _write_predictions(run_dir: Path, cfg, eval_pairs, eval_rows: list[dict], lp: PairLogps) -> None:
@@ -221,8 +298,22 @@ def _write_predictions(run_dir: Path, cfg, eval_pairs, eval_rows: list[dict], lp
     for k, row in enumerate(eval_rows):
         pair = by_id[row["pair_id"]]
         correct = float(rc[k] > rr[k])
-        lines.append({"id": pair.source, "prompt": pair.prompt_text(), "prediction": "chosen" if correct else "rejected", "reference": "chosen",
-                      "scores": {"reward_accuracy": correct, "reward_margin": float(rc[k] - rr[k]), "logps_chosen": float(lp.chosen[k]),
-                                 "logps_rejected": float(lp.rejected[k]), "rewards_chosen": float(rc[k]), "rewards_rejected": float(rr[k]),
-                                 "ref_logps_chosen": float(lp.ref_chosen[k]), "ref_logps_rejected": float(lp.ref_rejected[k])}})
+        lines.append(
+            {
+                "id": pair.source,
+                "prompt": pair.prompt_text(),
+                "prediction": "chosen" if correct else "rejected",
+                "reference": "chosen",
+                "scores": {
+                    "reward_accuracy": correct,
+                    "reward_margin": float(rc[k] - rr[k]),
+                    "logps_chosen": float(lp.chosen[k]),
+                    "logps_rejected": float(lp.rejected[k]),
+                    "rewards_chosen": float(rc[k]),
+                    "rewards_rejected": float(rr[k]),
+                    "ref_logps_chosen": float(lp.ref_chosen[k]),
+                    "ref_logps_rejected": float(lp.ref_rejected[k]),
+                },
+            }
+        )
     atomic_write_jsonl(run_dir / "predictions.jsonl", lines)

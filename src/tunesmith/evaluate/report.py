@@ -10,6 +10,7 @@ and losses against the reference, cost figures (parameters, generation tokens/se
 against the targets (``eval.targets`` of the runs' config, or ``--target``). Any run dir following the shared
 contract (``metrics.json`` + ``predictions.jsonl``) works, e.g. ``tunesmith classify`` runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,7 @@ from pathlib import Path
 
 from tunesmith.errors import DataError, Problem, TunesmithError
 from tunesmith.evaluate.metrics import CORPUS_METRICS, LOWER_IS_BETTER
-from tunesmith.evaluate.stats import N_RESAMPLES
-from tunesmith.evaluate.stats import macro_f1_resampler
-from tunesmith.evaluate.stats import percentile_ci
-from tunesmith.evaluate.stats import resample_indices
+from tunesmith.evaluate.stats import N_RESAMPLES, macro_f1_resampler, percentile_ci, resample_indices
 
 N_BOOTSTRAP = N_RESAMPLES
 """Bootstrap resamples per interval."""
@@ -51,14 +49,29 @@ def load_run(path: str | Path) -> Run:
     p = Path(path)
     try:
         metrics = json.loads((p / "metrics.json").read_text(encoding="utf-8"))
-        rows = [json.loads(line) for line in (p / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [
+            json.loads(line)
+            for line in (p / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     except OSError as exc:
-        raise DataError("Not an evaluated run dir", [Problem(str(exc.filename or p), exc.strerror or str(exc),
-                                                             "pass run dirs written by tunesmith baseline/eval/classify (metrics.json + predictions.jsonl)")]) from None
+        raise DataError(
+            "Not an evaluated run dir",
+            [
+                Problem(
+                    str(exc.filename or p),
+                    exc.strerror or str(exc),
+                    "pass run dirs written by tunesmith baseline/eval/classify (metrics.json + predictions.jsonl)",
+                )
+            ],
+        ) from None
     except ValueError as exc:
         raise DataError("Unreadable run file", [Problem(str(p), str(exc), "re-run the evaluation")]) from None
     if not isinstance(metrics.get("task_metrics"), dict):
-        raise DataError("metrics.json has no task_metrics", [Problem(str(p / "metrics.json"), "missing task_metrics", "re-run with a current tunesmith")])
+        raise DataError(
+            "metrics.json has no task_metrics",
+            [Problem(str(p / "metrics.json"), "missing task_metrics", "re-run with a current tunesmith")],
+        )
     name = metrics.get("method") or metrics.get("kind", p.name)
     return Run(p, metrics, rows, f"{name}")
 
@@ -74,9 +87,16 @@ def check_aligned(runs: list[Run]) -> None:
         ids = [r["id"] for r in run.rows]
         if ids != ref:
             k = next((i for i, (a, b) in enumerate(zip(ids, ref)) if a != b), min(len(ids), len(ref)))
-            raise DataError("Runs were not evaluated on the same examples", [Problem(
-                str(run.path / "predictions.jsonl"), f"{len(ids)} examples vs {len(ref)} in {runs[0].path}; first difference at row {k + 1}",
-                "evaluate every model with the same config (same data, split and max_eval_examples)")])
+            raise DataError(
+                "Runs were not evaluated on the same examples",
+                [
+                    Problem(
+                        str(run.path / "predictions.jsonl"),
+                        f"{len(ids)} examples vs {len(ref)} in {runs[0].path}; first difference at row {k + 1}",
+                        "evaluate every model with the same config (same data, split and max_eval_examples)",
+                    )
+                ],
+            )
 
 
 def same_prompts(a: Run, b: Run) -> bool:
@@ -177,20 +197,37 @@ def verdict(runs: list[Run], targets: dict[str, float]) -> tuple[list[str], str]
         for run in runs:
             v = run.metrics["task_metrics"].get(name)
             ci = run.ci.get(name)
-            parts.append(f"{run.name} {'n/a' if v is None else f'{v:.3f}'}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci and ci[0] != ci[1] else "")
-                         + ", " + ("meets the target" if v is not None and meets(v, name, target) else "not enough"))
+            parts.append(
+                f"{run.name} {'n/a' if v is None else f'{v:.3f}'}"
+                + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci and ci[0] != ci[1] else "")
+                + ", "
+                + ("meets the target" if v is not None and meets(v, name, target) else "not enough")
+            )
         lines.append(f"{name} {sym} {target:g}: " + "; ".join(parts))
     if not targets:
         return lines, "No targets set (eval.targets or --target): compare the numbers above."
-    ok = [r for r in runs if all(n in r.metrics["task_metrics"] and meets(r.metrics["task_metrics"][n], n, t) for n, t in targets.items())]
+    ok = [
+        r
+        for r in runs
+        if all(n in r.metrics["task_metrics"] and meets(r.metrics["task_metrics"][n], n, t) for n, t in targets.items())
+    ]
     prompting = [r for r in ok if r.metrics.get("kind") == "baseline"]
     if prompting:
-        return lines, f"Prompting is enough: {prompting[0].name} meets every target. Stop here; fine-tuning is not needed."
+        return (
+            lines,
+            f"Prompting is enough: {prompting[0].name} meets every target. Stop here; fine-tuning is not needed.",
+        )
     if ok:
         return lines, f"Prompting falls short; {ok[0].name} meets every target. Fine-tune."
     if all(r.metrics.get("kind") == "baseline" for r in runs):
-        return lines, "Prompting falls short of the targets: fine-tune (SFT), then compare with `tunesmith eval` and `tunesmith report`."
-    return lines, "No run meets every target: neither prompting nor this fine-tuning is enough yet (more data, steps or a larger model)."
+        return (
+            lines,
+            "Prompting falls short of the targets: fine-tune (SFT), then compare with `tunesmith eval` and `tunesmith report`.",
+        )
+    return (
+        lines,
+        "No run meets every target: neither prompting nor this fine-tuning is enough yet (more data, steps or a larger model).",
+    )
 
 
 def build_report(paths: list[str | Path], targets: dict[str, float] | None = None, *, seed: int = 0) -> dict:
@@ -208,7 +245,10 @@ def build_report(paths: list[str | Path], targets: dict[str, float] | None = Non
         DataError: unreadable or misaligned runs; TunesmithError: fewer than one run.
     """
     if not paths:
-        raise TunesmithError("No runs to report", [Problem("tunesmith report", "no RUN_DIR given", "pass the baseline and fine-tuned run dirs")])
+        raise TunesmithError(
+            "No runs to report",
+            [Problem("tunesmith report", "no RUN_DIR given", "pass the baseline and fine-tuned run dirs")],
+        )
     runs = [load_run(p) for p in paths]
     for i, run in enumerate(runs):  # distinct display names
         if sum(r.name == run.name for r in runs) > 1:
@@ -221,8 +261,15 @@ def build_report(paths: list[str | Path], targets: dict[str, float] | None = Non
     bootstrap(runs, names, seed=seed)
     lines, overall = verdict(runs, targets)
     wins = {(i, n): wins_losses(runs[0], run, n) for i, run in enumerate(runs) if i for n in names}
-    return {"runs": runs, "metrics": names, "targets": targets, "verdict_lines": lines, "verdict": overall, "wins": wins,
-            "same_prompts": [same_prompts(runs[0], r) for r in runs]}
+    return {
+        "runs": runs,
+        "metrics": names,
+        "targets": targets,
+        "verdict_lines": lines,
+        "verdict": overall,
+        "wins": wins,
+        "same_prompts": [same_prompts(runs[0], r) for r in runs],
+    }
 
 
 def console_table(rep: dict):
@@ -240,10 +287,16 @@ def console_table(rep: dict):
             v = run.metrics["task_metrics"][name]
             ci = run.ci.get(name)
             wl = rep["wins"].get((i, name))
-            cells.append(f"{v:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + (f"\n+{wl[0]} / -{wl[1]}" if wl else ""))
+            cells.append(
+                f"{v:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + (f"\n+{wl[0]} / -{wl[1]}" if wl else "")
+            )
         t = rep["targets"].get(name)
         table.add_row(name, *cells, "" if t is None else f"{'≤' if name in LOWER_IS_BETTER else '≥'} {t:g}")
-    for key, label in (("parameters", "parameters"), ("generation_tokens_per_second", "gen tokens/s"), ("peak_memory_bytes", "peak memory")):
+    for key, label in (
+        ("parameters", "parameters"),
+        ("generation_tokens_per_second", "gen tokens/s"),
+        ("peak_memory_bytes", "peak memory"),
+    ):
         vals = [run.metrics.get("cost", {}).get(key) for run in rep["runs"]]
         table.add_row(label, *[_fmt_cost(key, v) for v in vals], "")
     return table
@@ -257,8 +310,15 @@ def _fmt_cost(key: str, v) -> str:
     return f"{v:,.0f}" if key == "parameters" else f"{v:.1f}"
 
 
-def write_report(paths: list[str | Path], output: str | Path | None = None, *, targets: dict[str, float] | None = None,
-                 overwrite: bool = False, seed: int = 0, echo: bool = True) -> dict:
+def write_report(
+    paths: list[str | Path],
+    output: str | Path | None = None,
+    *,
+    targets: dict[str, float] | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    echo: bool = True,
+) -> dict:
     """Build the report, print the console table and verdict, and write the HTML page (atomically).
 
     Args:
@@ -279,7 +339,10 @@ def write_report(paths: list[str | Path], output: str | Path | None = None, *, t
 
     out = Path(output) if output else Path(paths[-1]) / "report.html"
     if out.exists() and not overwrite:
-        raise TunesmithError("Report file exists", [Problem(str(out), "it would be overwritten", "pass --overwrite or --output another path")])
+        raise TunesmithError(
+            "Report file exists",
+            [Problem(str(out), "it would be overwritten", "pass --overwrite or --output another path")],
+        )
     rep = build_report(paths, targets, seed=seed)
     atomic_write_text(out, render_html(rep))
     if echo:
@@ -307,5 +370,8 @@ def parse_targets(items: list[str]) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep or not key.strip():
-            raise ConfigError("Invalid --target", [Problem(f"--target {item}", "expected METRIC=NUMBER", "e.g. --target json_schema=0.95")])
+            raise ConfigError(
+                "Invalid --target",
+                [Problem(f"--target {item}", "expected METRIC=NUMBER", "e.g. --target json_schema=0.95")],
+            )
     return out

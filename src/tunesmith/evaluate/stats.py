@@ -8,6 +8,7 @@ compared, so the interval of a difference is paired. Macro-F1 is the unweighted 
 F1 = 2 TP / (reference count + prediction count), 0 for a class with neither (scikit-learn's
 ``f1_score(average="macro", zero_division=0)``), computed from integer codes so a thousand resamples take milliseconds.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -29,8 +30,9 @@ def percentile_ci(samples: Sequence[float] | np.ndarray, level: float = 0.95) ->
     return float(np.percentile(samples, lo)), float(np.percentile(samples, hi))
 
 
-def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_resamples: int = N_RESAMPLES,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], *, confidence: float = 0.95, n_resamples: int = N_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean of per-example values.
 
     Args:
@@ -48,8 +50,9 @@ def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_resampl
     return percentile_ci(data[resample_indices(data.size, n_resamples, seed)].mean(axis=1), confidence)
 
 
-def macro_f1_resampler(references: Sequence, predictions: Sequence,
-                       labels: Sequence | None = None) -> Callable[[np.ndarray], float]:
+def macro_f1_resampler(
+    references: Sequence, predictions: Sequence, labels: Sequence | None = None
+) -> Callable[[np.ndarray], float]:
     """Macro-F1 as a function of an index array, for bootstrap resamples.
 
     Args:
@@ -77,6 +80,7 @@ def macro_f1_resampler(references: Sequence, predictions: Sequence,
             return 0.0
         denom = ref_count[classes] + pred_count[classes]
         return float(np.where(denom > 0, 2 * tp[classes] / np.maximum(denom, 1), 0.0).mean())
+
     return f
 
 

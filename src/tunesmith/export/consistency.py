@@ -18,6 +18,7 @@ Run it::
 
     tunesmith export --format gguf --model runs/sft --output model.gguf     # runs the check, writes model.consistency.json
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -28,8 +29,14 @@ CONVERSATIONS: list[list[tuple[str, str]]] = [
     [("user", "Hello!"), ("assistant", "Hi! How can I help you today?")],
     [("system", "You are a terse assistant."), ("user", "What is 2 + 2?"), ("assistant", "4")],
     [("user", "Name a colour."), ("assistant", "Blue."), ("user", "Another one, please."), ("assistant", "Green.")],
-    [("user", "Write a Python function that adds two numbers.\n\n```python\n"), ("assistant", "```python\ndef add(a, b):\n    return a + b\n```")],
-    [("user", "  Leading spaces, tabs\tand unicode: café, naïve, 東京, emoji 🙂 "), ("assistant", " Noted: café 東京 🙂\n")],
+    [
+        ("user", "Write a Python function that adds two numbers.\n\n```python\n"),
+        ("assistant", "```python\ndef add(a, b):\n    return a + b\n```"),
+    ],
+    [
+        ("user", "  Leading spaces, tabs\tand unicode: café, naïve, 東京, emoji 🙂 "),
+        ("assistant", " Noted: café 東京 🙂\n"),
+    ],
 ]
 """Fixed conversations: single and multi-turn, a system turn, code, whitespace and non-ASCII text."""
 
@@ -106,17 +113,29 @@ def compare_ids(name: str, tokenizer, reference, other, convs) -> Check:
         for part, a, b in (("conversation", ref_full, full), ("generation prompt", ref_prompt, prompt)):
             if a != b:
                 k = _first_diff(a, b)
-                show = lambda ids: tokenizer.convert_ids_to_tokens(ids[k:k + 3])  # noqa: E731
-                return Check(name, False, f"{conv.source} {part}: token {k} differs: training {show(a)} vs {show(b)} "
-                                          f"(lengths {len(a)} vs {len(b)})")
+                show = lambda ids: tokenizer.convert_ids_to_tokens(ids[k : k + 3])  # noqa: E731
+                return Check(
+                    name,
+                    False,
+                    f"{conv.source} {part}: token {k} differs: training {show(a)} vs {show(b)} "
+                    f"(lengths {len(a)} vs {len(b)})",
+                )
     return Check(name, True, f"{len(convs)} conversations: identical token ids (full and generation prompt)")
 
 
 def eot_check(name: str, eot: int | None, eos_ids: set[int], where: str) -> Check:
     """Pass when the template's end-of-turn id ``eot`` is among ``eos_ids``."""
     if eot is None:
-        return Check(name, False, "the template writes no end-of-turn token after a reply; generation cannot stop at the end of a turn")
-    return Check(name, eot in eos_ids, f"end-of-turn id {eot} {'is' if eot in eos_ids else 'is NOT'} among the EOS ids {sorted(eos_ids)} of {where}")
+        return Check(
+            name,
+            False,
+            "the template writes no end-of-turn token after a reply; generation cannot stop at the end of a turn",
+        )
+    return Check(
+        name,
+        eot in eos_ids,
+        f"end-of-turn id {eot} {'is' if eot in eos_ids else 'is NOT'} among the EOS ids {sorted(eos_ids)} of {where}",
+    )
 
 
 def stop_check(model, tokenizer, stop: set[int], *, max_new_tokens: int = 64, name: str = "stops") -> Check:
@@ -124,13 +143,23 @@ def stop_check(model, tokenizer, stop: set[int], *, max_new_tokens: int = 64, na
     within ``max_new_tokens`` tokens (rendered with ``tokenizer``'s chat template)."""
     from tunesmith.models.generation import generate_ids
 
-    prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True,
-                                                  return_dict=False)) for p in STOP_PROMPTS]
+    prompts = [
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=False
+            )
+        )
+        for p in STOP_PROMPTS
+    ]
     outs = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, eos_ids=stop, batch_size=1)
     lengths = [len(o) for o in outs]
     stopped = [bool(o) and o[-1] in stop for o in outs]
-    return Check(name, all(stopped), f"{sum(stopped)}/{len(outs)} greedy replies ended with an EOS id {sorted(stop)} "
-                                     f"within {max_new_tokens} tokens (reply lengths {lengths})")
+    return Check(
+        name,
+        all(stopped),
+        f"{sum(stopped)}/{len(outs)} greedy replies ended with an EOS id {sorted(stop)} "
+        f"within {max_new_tokens} tokens (reply lengths {lengths})",
+    )
 
 
 def render_go_template(template: str, messages: list[dict], system: str | None = None) -> str:
@@ -166,6 +195,14 @@ def modelfile_check(tokenizer, go_template: str, system: str | None, convs: list
         got = render_go_template(go_template, msgs, system)
         if got != want:
             k = _first_diff(list(want), list(got))
-            return Check("modelfile_template", False, f"{conv.source}: the Modelfile TEMPLATE renders {got[k:k + 30]!r} "
-                                                      f"where the chat template renders {want[k:k + 30]!r} (char {k})")
-    return Check("modelfile_template", True, f"{len(convs)} conversations: the Modelfile TEMPLATE renders the chat template's generation prompt text")
+            return Check(
+                "modelfile_template",
+                False,
+                f"{conv.source}: the Modelfile TEMPLATE renders {got[k : k + 30]!r} "
+                f"where the chat template renders {want[k : k + 30]!r} (char {k})",
+            )
+    return Check(
+        "modelfile_template",
+        True,
+        f"{len(convs)} conversations: the Modelfile TEMPLATE renders the chat template's generation prompt text",
+    )

@@ -7,6 +7,7 @@ and transformers' GGUF loader undoes it (``LlamaTensorProcessor._reverse_permute
 ``llama.*`` hyperparameters, ``tokenizer.ggml.*`` (BPE ``gpt2`` model: tokens, token types, merges,
 bos/eos/unk/pad ids) and ``tokenizer.chat_template``.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,14 +47,27 @@ def check_supported(config) -> None:
     """
     problems = []
     if getattr(config, "model_type", None) != "llama":
-        problems.append(Problem("config.model_type", f"{getattr(config, 'model_type', None)!r} is not llama",
-                                "GGUF export covers llama-architecture models; use llama.cpp's convert_hf_to_gguf.py on the merged folder"))
+        problems.append(
+            Problem(
+                "config.model_type",
+                f"{getattr(config, 'model_type', None)!r} is not llama",
+                "GGUF export covers llama-architecture models; use llama.cpp's convert_hf_to_gguf.py on the merged folder",
+            )
+        )
     for name in ("attention_bias", "mlp_bias"):
         if getattr(config, name, False):
-            problems.append(Problem(f"config.{name}", "biases are not exported", "use llama.cpp's convert_hf_to_gguf.py"))
+            problems.append(
+                Problem(f"config.{name}", "biases are not exported", "use llama.cpp's convert_hf_to_gguf.py")
+            )
     rope = getattr(config, "rope_parameters", None) or {}
     if (rope.get("rope_type") or "default") != "default":
-        problems.append(Problem("config.rope_parameters", f"RoPE scaling {rope.get('rope_type')!r} is not exported", "use llama.cpp's convert_hf_to_gguf.py"))
+        problems.append(
+            Problem(
+                "config.rope_parameters",
+                f"RoPE scaling {rope.get('rope_type')!r} is not exported",
+                "use llama.cpp's convert_hf_to_gguf.py",
+            )
+        )
     if problems:
         raise ModelError("Cannot export this model to GGUF", problems)
 
@@ -74,8 +88,16 @@ def _token_types(tokenizer, n: int) -> list[int]:
 def _merges(tokenizer) -> list[str]:
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     if model.get("type") != "BPE":
-        raise ModelError("Cannot export this tokenizer to GGUF", [Problem("tokenizer.json", f"model type {model.get('type')!r} is not BPE",
-                                                                          "GGUF export covers byte-level BPE tokenizers (tokenizer.ggml.model=gpt2)")])
+        raise ModelError(
+            "Cannot export this tokenizer to GGUF",
+            [
+                Problem(
+                    "tokenizer.json",
+                    f"model type {model.get('type')!r} is not BPE",
+                    "GGUF export covers byte-level BPE tokenizers (tokenizer.ggml.model=gpt2)",
+                )
+            ],
+        )
     return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
 
@@ -91,14 +113,20 @@ def add_tokenizer(writer, tokenizer, vocab_size: int, *, pre: str, eos_id: int, 
 
     tokens = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), vocab_size))))
     tokens += [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]
-    types = _token_types(tokenizer, len(tokenizer))[:vocab_size] + [int(gguf.TokenType.UNUSED)] * (vocab_size - len(tokenizer))
+    types = _token_types(tokenizer, len(tokenizer))[:vocab_size] + [int(gguf.TokenType.UNUSED)] * (
+        vocab_size - len(tokenizer)
+    )
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(_merges(tokenizer))
-    for add, tid in ((writer.add_bos_token_id, tokenizer.bos_token_id), (writer.add_eos_token_id, eos_id),
-                     (writer.add_unk_token_id, tokenizer.unk_token_id), (writer.add_pad_token_id, tokenizer.pad_token_id)):
+    for add, tid in (
+        (writer.add_bos_token_id, tokenizer.bos_token_id),
+        (writer.add_eos_token_id, eos_id),
+        (writer.add_unk_token_id, tokenizer.unk_token_id),
+        (writer.add_pad_token_id, tokenizer.pad_token_id),
+    ):
         if tid is not None:
             add(int(tid))
     if tokenizer.eos_token_id is not None and int(tokenizer.eos_token_id) != eos_id:
@@ -138,13 +166,19 @@ def gguf_tensors(model, outtype: str = "f32"):
 
     cfg = model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
-    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    tied = (
+        model.get_output_embeddings() is not None
+        and model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    )
     for hf_name, t in model.state_dict().items():
         if hf_name == "lm_head.weight" and tied:
             continue
         new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if new is None:
-            raise ModelError("Cannot export this model to GGUF", [Problem(hf_name, "no llama.cpp tensor name for this weight", "export covers plain llama models")])
+            raise ModelError(
+                "Cannot export this model to GGUF",
+                [Problem(hf_name, "no llama.cpp tensor name for this weight", "export covers plain llama models")],
+            )
         t = t.detach().to(torch.float32).cpu()
         if hf_name.endswith("self_attn.q_proj.weight"):
             t = permute_qk(t, cfg.num_attention_heads)
@@ -154,8 +188,17 @@ def gguf_tensors(model, outtype: str = "f32"):
         yield new, (arr.astype(np.float16) if outtype == "f16" and arr.ndim > 1 else arr)
 
 
-def write_gguf(model, tokenizer, path: str | Path, *, eos_id: int, chat_template: str | None, pre: str = "default",
-               outtype: str = "f32", name: str = "tunesmith-export") -> Path:
+def write_gguf(
+    model,
+    tokenizer,
+    path: str | Path,
+    *,
+    eos_id: int,
+    chat_template: str | None,
+    pre: str = "default",
+    outtype: str = "f32",
+    name: str = "tunesmith-export",
+) -> Path:
     """Write ``model`` (a plain, merged llama ``PreTrainedModel``) and its tokenizer to ``path`` atomically.
 
     Returns:
@@ -167,7 +210,9 @@ def write_gguf(model, tokenizer, path: str | Path, *, eos_id: int, chat_template
     import gguf
 
     if outtype not in OUTTYPES:
-        raise ModelError("Unknown GGUF tensor type", [Problem("--outtype", f"{outtype!r}", f"use one of {', '.join(OUTTYPES)}")])
+        raise ModelError(
+            "Unknown GGUF tensor type", [Problem("--outtype", f"{outtype!r}", f"use one of {', '.join(OUTTYPES)}")]
+        )
     check_supported(model.config)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -175,7 +220,9 @@ def write_gguf(model, tokenizer, path: str | Path, *, eos_id: int, chat_template
     try:
         writer = gguf.GGUFWriter(tmp, "llama")
         _add_hparams(writer, model.config, outtype, name)
-        add_tokenizer(writer, tokenizer, int(model.config.vocab_size), pre=pre, eos_id=eos_id, chat_template=chat_template)
+        add_tokenizer(
+            writer, tokenizer, int(model.config.vocab_size), pre=pre, eos_id=eos_id, chat_template=chat_template
+        )
         for gname, arr in gguf_tensors(model, outtype):
             writer.add_tensor(gname, arr)
         writer.write_header_to_file()
@@ -188,8 +235,17 @@ def write_gguf(model, tokenizer, path: str | Path, *, eos_id: int, chat_template
     return path
 
 
-def read_metadata(path: str | Path, keys: tuple[str, ...] = ("tokenizer.chat_template", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
-                                                            "tokenizer.ggml.bos_token_id", "tokenizer.ggml.pre", "general.architecture")) -> dict:
+def read_metadata(
+    path: str | Path,
+    keys: tuple[str, ...] = (
+        "tokenizer.chat_template",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.pre",
+        "general.architecture",
+    ),
+) -> dict:
     """Selected metadata values of a GGUF file (missing keys are left out)."""
     from gguf import GGUFReader
 

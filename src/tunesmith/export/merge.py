@@ -14,6 +14,7 @@ plain checkpoint: ``model.safetensors``, ``config.json``, the tokenizer with its
 transformers, checks the same greedy outputs and close logits on a fixed prompt set, and runs the
 template consistency check (:mod:`tunesmith.export.consistency`); the report goes to ``<name>.consistency.json``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,10 @@ class ExportCheckError(TunesmithError):
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        raise TunesmithError("Output exists", [Problem(str(path), "it would be overwritten", "pass --overwrite or choose another --output")])
+        raise TunesmithError(
+            "Output exists",
+            [Problem(str(path), "it would be overwritten", "pass --overwrite or choose another --output")],
+        )
 
 
 def probe_ids(tokenizer) -> list[list[int]]:
@@ -41,7 +45,10 @@ def probe_ids(tokenizer) -> list[list[int]]:
     from tunesmith.render.templates import render_conversation
 
     if not tokenizer.chat_template:
-        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("Hello! How are you?", "def add(a, b):\n    return a + b")]
+        return [
+            tokenizer(t, add_special_tokens=False)["input_ids"]
+            for t in ("Hello! How are you?", "def add(a, b):\n    return a + b")
+        ]
     return [render_conversation(tokenizer, c).input_ids for c in fixed_conversations()]
 
 
@@ -54,7 +61,10 @@ def probe_logits(model, probes: list[list[int]]) -> list[torch.Tensor]:
 
 def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """Largest absolute difference over paired tensors (only the common vocabulary columns)."""
-    return max(float((x[:, : min(x.shape[1], y.shape[1])] - y[:, : min(x.shape[1], y.shape[1])]).abs().max()) for x, y in zip(a, b))
+    return max(
+        float((x[:, : min(x.shape[1], y.shape[1])] - y[:, : min(x.shape[1], y.shape[1])]).abs().max())
+        for x, y in zip(a, b)
+    )
 
 
 FP64_CHECK_MAX_PARAMETERS = 2_000_000_000
@@ -100,9 +110,16 @@ def merge_loaded(loaded) -> tuple[object, dict]:
     stats["max_abs_logit_diff_fp32"] = max_diff(peft32, probe_logits(merged, probes))
     checked = stats["max_abs_logit_diff_fp64"] if fp64 else stats["max_abs_logit_diff_fp32"]
     if checked > MERGE_ATOL:
-        raise ExportCheckError("Merged model differs from base + adapter", [Problem(
-            str(loaded.adapter_dir), f"max |logit difference| {checked:.3g} > {MERGE_ATOL} ({'float64' if fp64 else 'fp32'})",
-            "report this adapter; keep using it unmerged")])
+        raise ExportCheckError(
+            "Merged model differs from base + adapter",
+            [
+                Problem(
+                    str(loaded.adapter_dir),
+                    f"max |logit difference| {checked:.3g} > {MERGE_ATOL} ({'float64' if fp64 else 'fp32'})",
+                    "report this adapter; keep using it unmerged",
+                )
+            ],
+        )
     return merged, stats
 
 
@@ -113,7 +130,9 @@ def save_merged(model, tokenizer, out: Path) -> None:
     model.generation_config.save_pretrained(out)
 
 
-def run_merge(adapter: str, *, model: str | None = None, output: str, overwrite: bool = False, untie: bool = True, log=print) -> dict:
+def run_merge(
+    adapter: str, *, model: str | None = None, output: str, overwrite: bool = False, untie: bool = True, log=print
+) -> dict:
     """Entry of ``tunesmith merge``.
 
     Returns:
@@ -131,30 +150,58 @@ def run_merge(adapter: str, *, model: str | None = None, output: str, overwrite:
     _refuse_existing(out, overwrite)
     loaded = load_for_use(model, adapter, untie=untie)
     if loaded.adapter_dir is None:
-        raise TunesmithError("Nothing to merge", [Problem(f"--adapter {adapter}", "no adapter found", "pass the adapter/ folder or the run folder of `tunesmith sft`")])
+        raise TunesmithError(
+            "Nothing to merge",
+            [
+                Problem(
+                    f"--adapter {adapter}",
+                    "no adapter found",
+                    "pass the adapter/ folder or the run folder of `tunesmith sft`",
+                )
+            ],
+        )
     probes = probe_ids(loaded.tokenizer)
     merged, stats = merge_loaded(loaded)
     reference = probe_logits(merged, probes)
-    report = {"base": loaded.base_name, "base_location": loaded.base_location, "adapter": str(loaded.adapter_dir), **stats, "notes": loaded.notes, "tie_word_embeddings": bool(merged.config.tie_word_embeddings),
-              "eos_token_id": merged.generation_config.eos_token_id, "gguf_pre": source_pre_tokenizer(loaded.base_location)}
+    report = {
+        "base": loaded.base_name,
+        "base_location": loaded.base_location,
+        "adapter": str(loaded.adapter_dir),
+        **stats,
+        "notes": loaded.notes,
+        "tie_word_embeddings": bool(merged.config.tie_word_embeddings),
+        "eos_token_id": merged.generation_config.eos_token_id,
+        "gguf_pre": source_pre_tokenizer(loaded.base_location),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(tmp: Path) -> None:
         save_merged(merged, loaded.tokenizer, tmp)
         report["max_abs_logit_diff_reloaded"] = _reload_diff(tmp, probes, reference)  # same fp32 weights: expect 0
         if report["max_abs_logit_diff_reloaded"] > MERGE_ATOL:
-            raise ExportCheckError("The saved merged checkpoint does not reload to the same model", [Problem(
-                str(out), f"max |logit difference| after reload {report['max_abs_logit_diff_reloaded']:.3g}", "report this model")])
+            raise ExportCheckError(
+                "The saved merged checkpoint does not reload to the same model",
+                [
+                    Problem(
+                        str(out),
+                        f"max |logit difference| after reload {report['max_abs_logit_diff_reloaded']:.3g}",
+                        "report this model",
+                    )
+                ],
+            )
         atomic_write_json(tmp / "tunesmith_merge.json", report)
 
     atomic_save_dir(out, save)
     for note in loaded.notes:
         log(f"note: {note}")
     fp64 = stats["max_abs_logit_diff_fp64"]
-    log(f"merged {loaded.adapter_dir} into {loaded.base_name}: max |logit diff| vs base+adapter "
-        + (f"{fp64:.2e} (float64), " if fp64 is not None else "") + f"{stats['max_abs_logit_diff_fp32']:.2e} (fp32"
+    log(
+        f"merged {loaded.adapter_dir} into {loaded.base_name}: max |logit diff| vs base+adapter "
+        + (f"{fp64:.2e} (float64), " if fp64 is not None else "")
+        + f"{stats['max_abs_logit_diff_fp32']:.2e} (fp32"
         + (f"; fp32 rounding alone: {stats['fp32_noise_floor']:.2e}" if stats["fp32_noise_floor"] is not None else "")
-        + f"); reloaded from disk vs in memory {report['max_abs_logit_diff_reloaded']:.2e}; wrote {out}")
+        + f"); reloaded from disk vs in memory {report['max_abs_logit_diff_reloaded']:.2e}; wrote {out}"
+    )
     return report
 
 
@@ -163,15 +210,3 @@ def _reload_diff(folder: Path, probes, reference) -> float:
 
     reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return max_diff(reference, probe_logits(reloaded, probes))
-
-
-
-
-
-
-
-
-
-
-
-

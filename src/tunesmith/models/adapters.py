@@ -1,10 +1,13 @@
 """One translation from tunesmith's ``lora`` section into ``peft.LoraConfig`` (Hu et al. 2021, LoRA)."""
+
 from __future__ import annotations
-from pathlib import Path
-from tunesmith.errors import ModelError
-from tunesmith.errors import Problem
+
 import json
+from pathlib import Path
+
 import torch
+
+from tunesmith.errors import ModelError, Problem
 
 
 def to_peft_config(lora_cfg, task_type: str = "CAUSAL_LM"):
@@ -20,9 +23,16 @@ def to_peft_config(lora_cfg, task_type: str = "CAUSAL_LM"):
     """
     from peft import LoraConfig
 
-    return LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.lora_alpha, lora_dropout=lora_cfg.lora_dropout,
-                      target_modules=lora_cfg.target_modules, bias=lora_cfg.bias, modules_to_save=lora_cfg.modules_to_save,
-                      use_rslora=lora_cfg.use_rslora, task_type=task_type)
+    return LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.lora_alpha,
+        lora_dropout=lora_cfg.lora_dropout,
+        target_modules=lora_cfg.target_modules,
+        bias=lora_cfg.bias,
+        modules_to_save=lora_cfg.modules_to_save,
+        use_rslora=lora_cfg.use_rslora,
+        task_type=task_type,
+    )
 
 
 def apply_lora(model, lora_cfg, task_type: str = "CAUSAL_LM"):
@@ -85,9 +95,16 @@ def require_adapter(path: str | Path, where: str) -> Path:
     """
     found = find_adapter(path)
     if found is None:
-        raise ModelError("Adapter not found", [Problem(
-            where, "no adapter_config.json there, in its adapter/ folder, or in a single named sub-folder",
-            "pass a run folder of `tunesmith sft`/`dpo` (or its adapter/ folder), or a PEFT adapter folder")])
+        raise ModelError(
+            "Adapter not found",
+            [
+                Problem(
+                    where,
+                    "no adapter_config.json there, in its adapter/ folder, or in a single named sub-folder",
+                    "pass a run folder of `tunesmith sft`/`dpo` (or its adapter/ folder), or a PEFT adapter folder",
+                )
+            ],
+        )
     return found
 
 
@@ -107,8 +124,16 @@ def adapter_base_name(adapter_dir: Path) -> str:
             return str(name)
     name = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not name:
-        raise ModelError("The adapter does not name its base model", [Problem(
-            str(adapter_dir / "adapter_config.json"), "base_model_name_or_path is empty", "pass the base with --model")])
+        raise ModelError(
+            "The adapter does not name its base model",
+            [
+                Problem(
+                    str(adapter_dir / "adapter_config.json"),
+                    "base_model_name_or_path is empty",
+                    "pass the base with --model",
+                )
+            ],
+        )
     return str(name)
 
 
@@ -118,15 +143,27 @@ def adapter_tensor_shapes(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
 
     path = adapter_dir / "adapter_model.safetensors"
     if not path.is_file():
-        raise ModelError("Adapter weights missing", [Problem(str(adapter_dir), "no adapter_model.safetensors",
-                                                             "pass a folder written by `tunesmith sft` (or PeftModel.save_pretrained)")])
+        raise ModelError(
+            "Adapter weights missing",
+            [
+                Problem(
+                    str(adapter_dir),
+                    "no adapter_model.safetensors",
+                    "pass a folder written by `tunesmith sft` (or PeftModel.save_pretrained)",
+                )
+            ],
+        )
     with safe_open(str(path), framework="pt") as f:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def adapter_vocab_size(shapes: dict[str, tuple[int, ...]]) -> int | None:
     """Rows of a full embedding/output matrix saved with the adapter (added tokens), else None."""
-    rows = [s[0] for k, s in shapes.items() if k.endswith(("embed_tokens.weight", "lm_head.weight")) and "lora_" not in k and len(s) == 2]
+    rows = [
+        s[0]
+        for k, s in shapes.items()
+        if k.endswith(("embed_tokens.weight", "lm_head.weight")) and "lora_" not in k and len(s) == 2
+    ]
     return max(rows) if rows else None
 
 

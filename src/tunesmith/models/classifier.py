@@ -4,13 +4,14 @@ Pooling: Llama-style classifiers score the rightmost token that is not ``config.
 Texts are tokenised with ``split_special_tokens=True`` and the pad id is chosen among the special
 tokens the tokenizer never inserts itself, so no real token ever equals the pad id and the last
 real token is pooled with left or right padding (even when pad == eos, as in SmolLM2)."""
+
 from __future__ import annotations
 
 import torch
-from tunesmith.errors import ModelError, Problem
-from tunesmith.data.records import LabelRecord
-from tunesmith.models.loading import from_pretrained, hub_error
 
+from tunesmith.data.records import LabelRecord
+from tunesmith.errors import ModelError, Problem
+from tunesmith.models.loading import from_pretrained, hub_error
 
 PAIR_SEPARATOR = "\n\n"
 """Joins text and text pair into one sequence (decoder tokenizers have no pair template)."""
@@ -26,14 +27,27 @@ def choose_pad_id(tokenizer) -> int:
     Raises:
         ModelError: when every special token is one the tokenizer inserts.
     """
-    inserted = set(tokenizer("a b", add_special_tokens=True)["input_ids"]) - set(tokenizer("a b", add_special_tokens=False)["input_ids"])
+    inserted = set(tokenizer("a b", add_special_tokens=True)["input_ids"]) - set(
+        tokenizer("a b", add_special_tokens=False)["input_ids"]
+    )
     for cand in [tokenizer.pad_token_id, *tokenizer.all_special_ids]:
         if cand is not None and cand not in inserted:
             return int(cand)
-    raise ModelError("No usable pad token", [Problem("tokenizer", "every special token is inserted into each example", "use a tokenizer with a pad or unused special token")])
+    raise ModelError(
+        "No usable pad token",
+        [
+            Problem(
+                "tokenizer",
+                "every special token is inserted into each example",
+                "use a tokenizer with a pad or unused special token",
+            )
+        ],
+    )
 
 
-def encode(tokenizer, records: list[LabelRecord], label2id: dict[str, int] | None, max_length: int) -> tuple[list[dict], int]:
+def encode(
+    tokenizer, records: list[LabelRecord], label2id: dict[str, int] | None, max_length: int
+) -> tuple[list[dict], int]:
     """Tokenise records for the classifier (no special tokens parsed from the text).
 
     Returns:
@@ -80,7 +94,7 @@ def predict_proba(model, rows: list[dict], pad_id: int, *, batch_size: int = 32,
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     out = torch.zeros((len(rows), model.config.num_labels))
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in pad_batch([rows[i] for i in idx], pad_id, side).items()}
         out[idx] = model(**batch).logits.float().softmax(-1).cpu()
     return out
@@ -98,17 +112,33 @@ def load_classifier(source, names: list[str], pad_id: int, model_cfg, dtype=torc
     from transformers.utils import logging as hf_logging
 
     try:
-        config = AutoConfig.from_pretrained(source.location, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
+        config = AutoConfig.from_pretrained(
+            source.location, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision
+        )
     except Exception as exc:  # noqa: BLE001 - a failed load is reported as the user's model problem
         raise hub_error(source, exc) from None
-    config.update({"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)},
-                   "pad_token_id": pad_id, "problem_type": "single_label_classification"})
+    config.update(
+        {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)},
+            "pad_token_id": pad_id,
+            "problem_type": "single_label_classification",
+        }
+    )
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized: score.weight" notice is expected here
     try:
-        model = from_pretrained(AutoModelForSequenceClassification, source, config=config, dtype=dtype,
-                                attn_implementation=model_cfg.attn_implementation, trust_remote_code=model_cfg.trust_remote_code,
-                                allow_pickle=model_cfg.allow_pickle, revision=model_cfg.revision)
+        model = from_pretrained(
+            AutoModelForSequenceClassification,
+            source,
+            config=config,
+            dtype=dtype,
+            attn_implementation=model_cfg.attn_implementation,
+            trust_remote_code=model_cfg.trust_remote_code,
+            allow_pickle=model_cfg.allow_pickle,
+            revision=model_cfg.revision,
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     return model

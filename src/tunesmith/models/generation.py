@@ -1,12 +1,23 @@
 """Batched generation through the chat template: left padding, greedy by default, stops at end-of-turn."""
+
 from __future__ import annotations
 
 import torch
 
 
 @torch.no_grad()
-def generate_ids(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int = 64, eos_ids: set[int] | list[int] | None = None,
-                 batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[list[int]]:
+def generate_ids(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int = 64,
+    eos_ids: set[int] | list[int] | None = None,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> list[list[int]]:
     """Generate continuations for token-id prompts, batched with left padding.
 
     Args:
@@ -26,13 +37,13 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: 
     device = next(model.parameters()).device
     out: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start : start + batch_size]
         width = max(len(p) for p in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, p in enumerate(chunk):
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
         kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad)
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p)

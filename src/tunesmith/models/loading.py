@@ -14,6 +14,7 @@ Tied embeddings: when the adapter trains ``embed_tokens`` or ``lm_head`` (LoRA o
 ``modules_to_save`` or a saved full matrix) on a model whose output layer shares the input
 embedding matrix, the two are untied first, so each keeps exactly the weights the adapter forward uses.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,18 +23,19 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import ModelError, Problem
-from tunesmith.models.adapters import EMBEDDING_NAMES
-from tunesmith.models.adapters import adapter_base_name
-from tunesmith.models.adapters import adapter_tensor_shapes
-from tunesmith.models.adapters import adapter_trains_embeddings
-from tunesmith.models.adapters import adapter_vocab_size
-from tunesmith.models.adapters import find_adapter, require_adapter
-from tunesmith.models.adapters import untie_output_embeddings
-from tunesmith.models.sources import ModelSource
+from tunesmith.models.adapters import (
+    EMBEDDING_NAMES,
+    adapter_base_name,
+    adapter_tensor_shapes,
+    adapter_trains_embeddings,
+    adapter_vocab_size,
+    find_adapter,
+    require_adapter,
+    untie_output_embeddings,
+)
+from tunesmith.models.sources import ModelSource, resolve_model
 from tunesmith.render.rows import MAX_SANE_LENGTH
 from tunesmith.runtime.hardware import is_installed
-from tunesmith.models.sources import resolve_model
-
 
 
 @dataclass
@@ -61,28 +63,27 @@ class Loaded:
     untied: bool = False
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def _tokenizer_dir(adapter_dir: Path | None) -> Path | None:
-    if adapter_dir is not None and any((adapter_dir / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+    if adapter_dir is not None and any(
+        (adapter_dir / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")
+    ):
         return adapter_dir
     return None
 
 
-def load_for_use(model: str | None = None, adapter: str | None = None, *, dtype: torch.dtype = torch.float32,
-                 chat_template: str | None = None, untie: bool = True, tokenizer_from: str | None = None,
-                 allow_pickle: bool = False, attn_implementation: str = "sdpa", trust_remote_code: bool = False,
-                 revision: str | None = None) -> Loaded:
+def load_for_use(
+    model: str | None = None,
+    adapter: str | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    chat_template: str | None = None,
+    untie: bool = True,
+    tokenizer_from: str | None = None,
+    allow_pickle: bool = False,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> Loaded:
     """Load base (+ adapter) with tokenizer and a generation config that stops at the end-of-turn token.
 
     Args:
@@ -110,7 +111,10 @@ def load_for_use(model: str | None = None, adapter: str | None = None, *, dtype:
     if adapter_dir is not None and (model is None or find_adapter(model) == adapter_dir):
         model = adapter_base_name(adapter_dir)
     if model is None:
-        raise ModelError("No model given", [Problem("--model", "neither --model nor --adapter was given", "pass --model NAME_OR_PATH")])
+        raise ModelError(
+            "No model given",
+            [Problem("--model", "neither --model nor --adapter was given", "pass --model NAME_OR_PATH")],
+        )
     source = resolve_model(model)
     notes: list[str] = []
     remote = dict(trust_remote_code=trust_remote_code, revision=revision)
@@ -121,8 +125,12 @@ def load_for_use(model: str | None = None, adapter: str | None = None, *, dtype:
         tokenizer = load_tokenizer(ModelSource(str(tok_dir), str(tok_dir), "local"))
     else:
         tokenizer = load_tokenizer(source, **remote)
-    apply_chat_template_option(tokenizer, chat_template, require=tokenizer_from is not None and chat_template is not None)
-    base = load_causal_lm(source, dtype=dtype, attn_implementation=attn_implementation, allow_pickle=allow_pickle, **remote)
+    apply_chat_template_option(
+        tokenizer, chat_template, require=tokenizer_from is not None and chat_template is not None
+    )
+    base = load_causal_lm(
+        source, dtype=dtype, attn_implementation=attn_implementation, allow_pickle=allow_pickle, **remote
+    )
     untied = False
     if adapter_dir is not None:
         untied = _prepare_base(base, adapter_dir, notes, untie)
@@ -131,7 +139,9 @@ def load_for_use(model: str | None = None, adapter: str | None = None, *, dtype:
     if tokenizer.chat_template:
         added = fix_generation_config(gen, tokenizer)
         if added is not None:
-            notes.append(f"added end-of-turn id {added} ({tokenizer.convert_ids_to_tokens(added)!r}) to generation_config.eos_token_id")
+            notes.append(
+                f"added end-of-turn id {added} ({tokenizer.convert_ids_to_tokens(added)!r}) to generation_config.eos_token_id"
+            )
     base.generation_config = gen
     return Loaded(base.eval(), tokenizer, gen, source.name, source.location, adapter_dir, notes, untied)
 
@@ -149,17 +159,33 @@ def _prepare_base(base, adapter_dir: Path, notes: list[str], untie: bool) -> boo
     rows = base.get_input_embeddings().weight.shape[0]
     if vocab is not None and vocab != rows:
         base.resize_token_embeddings(vocab, mean_resizing=False)
-        notes.append(f"resized the base embeddings from {rows} to {vocab} rows (the adapter was trained with added tokens)")
+        notes.append(
+            f"resized the base embeddings from {rows} to {vocab} rows (the adapter was trained with added tokens)"
+        )
     trained = adapter_trains_embeddings(shapes)
-    tied = base.get_output_embeddings() is not None and base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    tied = (
+        base.get_output_embeddings() is not None
+        and base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    )
     if not (trained and tied):
         return False
     if not untie:
-        raise ModelError("The adapter trains tied embeddings", [Problem(
-            str(adapter_dir), f"the base ties lm_head to embed_tokens and the adapter changes them ({trained[0]}, ...)",
-            "allow untying (the merged checkpoint then stores lm_head and embed_tokens separately), or train without embed_tokens/lm_head")])
+        raise ModelError(
+            "The adapter trains tied embeddings",
+            [
+                Problem(
+                    str(adapter_dir),
+                    f"the base ties lm_head to embed_tokens and the adapter changes them ({trained[0]}, ...)",
+                    "allow untying (the merged checkpoint then stores lm_head and embed_tokens separately), or train without embed_tokens/lm_head",
+                )
+            ],
+        )
     untie_output_embeddings(base)
-    notes.append("untied lm_head from embed_tokens (the adapter trains " + ", ".join(sorted({n for k in trained for n in EMBEDDING_NAMES if n in k})) + ")")
+    notes.append(
+        "untied lm_head from embed_tokens (the adapter trains "
+        + ", ".join(sorted({n for k in trained for n in EMBEDDING_NAMES if n in k}))
+        + ")"
+    )
     return True
 
 
@@ -169,9 +195,16 @@ def _attach_adapter(base, adapter_dir: Path):
     try:
         return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     except Exception as exc:  # noqa: BLE001 - a mismatched adapter is a user input problem
-        raise ModelError("The adapter does not fit the base model", [Problem(
-            str(adapter_dir), f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-            "pass the base it was trained on with --model (see adapter_config.json base_model_name_or_path)")]) from None
+        raise ModelError(
+            "The adapter does not fit the base model",
+            [
+                Problem(
+                    str(adapter_dir),
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                    "pass the base it was trained on with --model (see adapter_config.json base_model_name_or_path)",
+                )
+            ],
+        ) from None
 
 
 def _generation_config(model, adapter_dir: Path | None):
@@ -195,10 +228,17 @@ def stop_ids(loaded: Loaded) -> set[int]:
 
 def hub_error(source: ModelSource, exc: Exception) -> ModelError:
     """The load failure of ``source`` as a :class:`ModelError` naming the model, the cause and the offline fix."""
-    return ModelError("Cannot load model", [Problem(
-        f"model.name={source.name}", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-        "for a hub id, download it once on a connected machine (`hf download ID`) so it is in the local cache; "
-        "otherwise pass a local checkpoint folder, a .gguf file, or an embedded name from `tunesmith models`")])
+    return ModelError(
+        "Cannot load model",
+        [
+            Problem(
+                f"model.name={source.name}",
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                "for a hub id, download it once on a connected machine (`hf download ID`) so it is in the local cache; "
+                "otherwise pass a local checkpoint folder, a .gguf file, or an embedded name from `tunesmith models`",
+            )
+        ],
+    )
 
 
 def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, revision: str | None = None):
@@ -235,13 +275,28 @@ def check_weight_format(source: ModelSource, allow_pickle: bool = False) -> None
         return
     pickles = sorted(p.name for p in loc.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise ModelError("Refusing to unpickle model weights", [Problem(
-            str(loc), f"the weights are only in pickle files ({', '.join(pickles[:3])}); unpickling can run arbitrary code",
-            "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), or set model.allow_pickle: true if you trust this checkpoint")])
+        raise ModelError(
+            "Refusing to unpickle model weights",
+            [
+                Problem(
+                    str(loc),
+                    f"the weights are only in pickle files ({', '.join(pickles[:3])}); unpickling can run arbitrary code",
+                    "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), or set model.allow_pickle: true if you trust this checkpoint",
+                )
+            ],
+        )
 
 
-def from_pretrained(auto_cls, source: ModelSource, *, allow_pickle: bool = False, trust_remote_code: bool = False,
-                    revision: str | None = None, attn_implementation: str | None = None, **kwargs):
+def from_pretrained(
+    auto_cls,
+    source: ModelSource,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    **kwargs,
+):
     """The one gate every model load goes through: ``auto_cls.from_pretrained`` with safetensors only (unless
     ``allow_pickle``), no remote code (unless ``trust_remote_code``), and a clear error instead of a traceback.
 
@@ -266,14 +321,26 @@ def from_pretrained(auto_cls, source: ModelSource, *, allow_pickle: bool = False
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        return auto_cls.from_pretrained(source.location, trust_remote_code=trust_remote_code, revision=revision,
-                                        use_safetensors=None if allow_pickle else True, **kwargs)
+        return auto_cls.from_pretrained(
+            source.location,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            use_safetensors=None if allow_pickle else True,
+            **kwargs,
+        )
     except Exception as exc:  # noqa: BLE001 - a failed load is reported as the user's model problem
         raise hub_error(source, exc) from None
 
 
-def load_causal_lm(source: ModelSource, *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
-                   trust_remote_code: bool = False, allow_pickle: bool = False, revision: str | None = None):
+def load_causal_lm(
+    source: ModelSource,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+):
     """Load a causal LM (``AutoModelForCausalLM``) from a resolved source through :func:`from_pretrained`.
 
     Returns:
@@ -284,9 +351,15 @@ def load_causal_lm(source: ModelSource, *, dtype: torch.dtype = torch.float32, a
     """
     from transformers import AutoModelForCausalLM
 
-    return from_pretrained(AutoModelForCausalLM, source, dtype=dtype, attn_implementation=attn_implementation,
-                           trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, revision=revision).eval()
-
+    return from_pretrained(
+        AutoModelForCausalLM,
+        source,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        revision=revision,
+    ).eval()
 
 
 def choose_attention(requested: str, device: str) -> str:

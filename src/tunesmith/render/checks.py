@@ -8,6 +8,7 @@
 - pad token equal to the end-of-turn token (safe here: padding is masked by the attention mask
   and ``-100`` labels, never by token id).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,14 +46,19 @@ def default_system_prompt(tokenizer, chat_template: str | None = None) -> str | 
     user = [{"role": "user", "content": _PROBE_USER}]
     plain = _render_text(tokenizer, user, add_generation_prompt=False, chat_template=chat_template)
     try:
-        marked = _render_text(tokenizer, [{"role": "system", "content": _SYS_MARK}] + user, add_generation_prompt=False, chat_template=chat_template)
+        marked = _render_text(
+            tokenizer,
+            [{"role": "system", "content": _SYS_MARK}] + user,
+            add_generation_prompt=False,
+            chat_template=chat_template,
+        )
     except Exception:  # noqa: BLE001 - a template may refuse system turns
         return None
     if _SYS_MARK not in marked:
         return None
     pre, post = marked.split(_SYS_MARK, 1)
     if plain.startswith(pre) and plain.endswith(post) and len(plain) > len(pre) + len(post):
-        text = plain[len(pre): len(plain) - len(post)]
+        text = plain[len(pre) : len(plain) - len(post)]
         return text if text.strip() else None
     return None
 
@@ -110,26 +116,66 @@ def check_template(tokenizer, generation_config=None, chat_template: str | None 
     out: list[Finding] = []
     default = default_system_prompt(tokenizer, chat_template)
     if default:
-        out.append(Finding("warning", "default_system_prompt", "the template injects a default system prompt into every "
-                           f"conversation without one: {default.strip()!r}; set data.system_prompt (or add system turns) "
-                           "to train with your own", default))
+        out.append(
+            Finding(
+                "warning",
+                "default_system_prompt",
+                "the template injects a default system prompt into every "
+                f"conversation without one: {default.strip()!r}; set data.system_prompt (or add system turns) "
+                "to train with your own",
+                default,
+            )
+        )
     eot = template_eot_id(tokenizer, chat_template)
     if eot is None:
-        out.append(Finding("warning", "eot", "no end-of-turn token follows an assistant reply in the template; "
-                           "generation will stop only at max_new_tokens unless EOS is trained"))
+        out.append(
+            Finding(
+                "warning",
+                "eot",
+                "no end-of-turn token follows an assistant reply in the template; "
+                "generation will stop only at max_new_tokens unless EOS is trained",
+            )
+        )
     else:
         tok = tokenizer.convert_ids_to_tokens(eot)
         if eot not in eos_ids(tokenizer, generation_config):
-            out.append(Finding("warning", "eot_not_eos", f"end-of-turn token {tok!r} (id {eot}) is not the tokenizer EOS nor in the "
-                               "generation config's eos ids; tunesmith adds it to the saved generation_config.json", eot))
+            out.append(
+                Finding(
+                    "warning",
+                    "eot_not_eos",
+                    f"end-of-turn token {tok!r} (id {eot}) is not the tokenizer EOS nor in the "
+                    "generation config's eos ids; tunesmith adds it to the saved generation_config.json",
+                    eot,
+                )
+            )
         else:
-            out.append(Finding("info", "eot", f"end-of-turn token {tok!r} (id {eot}) is trained and stops generation", eot))
+            out.append(
+                Finding("info", "eot", f"end-of-turn token {tok!r} (id {eot}) is trained and stops generation", eot)
+            )
         if tokenizer.pad_token_id == eot:
-            out.append(Finding("info", "pad_is_eot", f"pad token == end-of-turn token (id {eot}); safe: padding is masked "
-                               "by attention mask and -100 labels, not by token id", eot))
-    ids = _encode(tokenizer, _render_text(tokenizer, [{"role": "user", "content": _PROBE_USER}], add_generation_prompt=True,
-                                          chat_template=chat_template))
+            out.append(
+                Finding(
+                    "info",
+                    "pad_is_eot",
+                    f"pad token == end-of-turn token (id {eot}); safe: padding is masked "
+                    "by attention mask and -100 labels, not by token id",
+                    eot,
+                )
+            )
+    ids = _encode(
+        tokenizer,
+        _render_text(
+            tokenizer,
+            [{"role": "user", "content": _PROBE_USER}],
+            add_generation_prompt=True,
+            chat_template=chat_template,
+        ),
+    )
     bos = tokenizer.bos_token_id
     if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
-        out.append(Finding("warning", "double_bos", "the rendering starts with two BOS tokens; remove bos_token from the template"))
+        out.append(
+            Finding(
+                "warning", "double_bos", "the rendering starts with two BOS tokens; remove bos_token from the template"
+            )
+        )
     return sorted(out, key=lambda f: f.level != "warning")

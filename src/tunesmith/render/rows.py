@@ -5,6 +5,7 @@ flat sequence with ``position_ids`` restarting at every sample, and transformers
 block-diagonal causal mask from those position ids, so attention never crosses samples (SDPA
 and eager on CPU included; flash-attention varlen on GPU).
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,10 +50,21 @@ class TokenStats:
         """A JSON-able dict with the counts plus min/median/p95/max length (tokens)."""
         ls = sorted(self.lengths) or [0]
         pick = lambda q: ls[min(len(ls) - 1, int(q * (len(ls) - 1) + 0.5))]  # noqa: E731
-        return {"examples": self.examples, "kept": self.kept, "dropped_all_masked": self.dropped_empty, "truncated": self.truncated,
-                "tokens": self.tokens, "trained_tokens": self.trained_tokens, "trained_token_share": self.trained_tokens / max(1, self.tokens),
-                "trained_tokens_lost_to_truncation": self.trained_tokens_lost,
-                "invalid": len(self.invalid), "length_min": ls[0], "length_median": pick(0.5), "length_p95": pick(0.95), "length_max": ls[-1]}
+        return {
+            "examples": self.examples,
+            "kept": self.kept,
+            "dropped_all_masked": self.dropped_empty,
+            "truncated": self.truncated,
+            "tokens": self.tokens,
+            "trained_tokens": self.trained_tokens,
+            "trained_token_share": self.trained_tokens / max(1, self.tokens),
+            "trained_tokens_lost_to_truncation": self.trained_tokens_lost,
+            "invalid": len(self.invalid),
+            "length_min": ls[0],
+            "length_median": pick(0.5),
+            "length_p95": pick(0.95),
+            "length_max": ls[-1],
+        }
 
 
 def truncate(r: Rendered, max_length: int) -> tuple[Rendered, int]:
@@ -67,8 +79,16 @@ def truncate(r: Rendered, max_length: int) -> tuple[Rendered, int]:
     return Rendered(r.input_ids[:max_length], r.labels[:max_length], r.source), lost
 
 
-def render_all(tokenizer, convs, max_length: int, *, chat_template: str | None = None, generation_config=None,
-               skip_invalid: bool = False, log_skipped: bool = True) -> tuple[list[Rendered], TokenStats]:
+def render_all(
+    tokenizer,
+    convs,
+    max_length: int,
+    *,
+    chat_template: str | None = None,
+    generation_config=None,
+    skip_invalid: bool = False,
+    log_skipped: bool = True,
+) -> tuple[list[Rendered], TokenStats]:
     """Render every conversation, truncate to ``max_length`` tokens, drop examples with no trained token left.
 
     Dropped examples never reach the trainer, so they cannot produce a NaN or 0.0 loss.  A record
@@ -103,9 +123,14 @@ def render_all(tokenizer, convs, max_length: int, *, chat_template: str | None =
             stats.invalid += [Problem(p.where, p.reason, p.fix) for p in exc.problems]
             continue
         except Exception as exc:  # noqa: BLE001 - jinja2 errors raised by the template itself
-            stats.invalid.append(Problem(conv.source or "conversation", f"the chat template refuses this conversation: {exc}",
-                                         "merge consecutive same-role turns (many templates need user/assistant alternation), "
-                                         "or choose another model.chat_template"))
+            stats.invalid.append(
+                Problem(
+                    conv.source or "conversation",
+                    f"the chat template refuses this conversation: {exc}",
+                    "merge consecutive same-role turns (many templates need user/assistant alternation), "
+                    "or choose another model.chat_template",
+                )
+            )
             continue
         was_long = len(r.input_ids) > max_length
         r, lost = truncate(r, max_length)
@@ -120,8 +145,11 @@ def render_all(tokenizer, convs, max_length: int, *, chat_template: str | None =
         stats.trained_tokens += r.num_trained
         stats.lengths.append(len(r.input_ids))
     if stats.invalid and not skip_invalid:
-        raise DataError(f"{len(stats.invalid)} record(s) cannot be rendered by the chat template; nothing was trained "
-                        "(fix them, or pass --skip-invalid / data.skip_invalid=true)", stats.invalid)
+        raise DataError(
+            f"{len(stats.invalid)} record(s) cannot be rendered by the chat template; nothing was trained "
+            "(fix them, or pass --skip-invalid / data.skip_invalid=true)",
+            stats.invalid,
+        )
     for p in stats.invalid if log_skipped else []:
         log.warning("skipped %s: %s", p.where, p.reason)
     return kept, stats
@@ -157,4 +185,3 @@ def to_dataset(rendered: list[Rendered]):
     from datasets import Dataset
 
     return Dataset.from_dict({"input_ids": [r.input_ids for r in rendered], "labels": [r.labels for r in rendered]})
-

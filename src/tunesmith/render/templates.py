@@ -17,13 +17,14 @@ Example::
 
     tunesmith data preview -n 2
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.errors import Problem, TemplateError
 from tunesmith.data.records import Conversation
+from tunesmith.errors import Problem, TemplateError
 
 IGNORE_INDEX = -100
 """Label value ignored by ``torch.nn.CrossEntropyLoss`` (its default ``ignore_index``)."""
@@ -62,8 +63,16 @@ def resolve_chat_template(option: str | None) -> str | None:
         return path.read_text(encoding="utf-8")
     if "{%" in option or "{{" in option:
         return option
-    raise TemplateError("Unknown chat template", [Problem("model.chat_template", f"{option!r} is neither a built-in template nor a file",
-                                                          f"use one of {', '.join(builtin_templates())} or the path of a .jinja file")])
+    raise TemplateError(
+        "Unknown chat template",
+        [
+            Problem(
+                "model.chat_template",
+                f"{option!r} is neither a built-in template nor a file",
+                f"use one of {', '.join(builtin_templates())} or the path of a .jinja file",
+            )
+        ],
+    )
 
 
 def apply_chat_template_option(tokenizer, option: str | None, *, require: bool = True) -> None:
@@ -85,10 +94,17 @@ def apply_chat_template_option(tokenizer, option: str | None, *, require: bool =
 
 def missing_template_error() -> TemplateError:
     """The error for a model without a chat template, naming the option that sets one."""
-    return TemplateError("The model has no chat template, so conversations cannot be rendered", [Problem(
-        "model.chat_template", "the tokenizer has no chat_template (base models often have none)",
-        f"set model.chat_template to a built-in ({', '.join(builtin_templates())}) or a .jinja file, "
-        "e.g. --set model.chat_template=chatml; or use data.format=text / plain prompt_completion data")])
+    return TemplateError(
+        "The model has no chat template, so conversations cannot be rendered",
+        [
+            Problem(
+                "model.chat_template",
+                "the tokenizer has no chat_template (base models often have none)",
+                f"set model.chat_template to a built-in ({', '.join(builtin_templates())}) or a .jinja file, "
+                "e.g. --set model.chat_template=chatml; or use data.format=text / plain prompt_completion data",
+            )
+        ],
+    )
 
 
 @dataclass
@@ -118,7 +134,7 @@ def end_of_turn_ids(tokenizer, generation_config=None) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     eos = getattr(generation_config, "eos_token_id", None)
-    for e in (eos if isinstance(eos, (list, tuple)) else [eos]):
+    for e in eos if isinstance(eos, (list, tuple)) else [eos]:
         if e is not None:
             ids.add(int(e))
     vocab = tokenizer.get_vocab()
@@ -127,8 +143,9 @@ def end_of_turn_ids(tokenizer, generation_config=None) -> set[int]:
 
 
 def _render_text(tokenizer, messages, *, add_generation_prompt: bool, chat_template: str | None = None) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         chat_template=chat_template)
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+    )
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -137,8 +154,9 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def render_conversation(tokenizer, conv: Conversation, *, eot_ids: set[int] | None = None,
-                        chat_template: str | None = None) -> Rendered:
+def render_conversation(
+    tokenizer, conv: Conversation, *, eot_ids: set[int] | None = None, chat_template: str | None = None
+) -> Rendered:
     """Render one conversation to ``input_ids`` and assistant-only ``labels``.
 
     Args:
@@ -174,10 +192,17 @@ def render_conversation(tokenizer, conv: Conversation, *, eot_ids: set[int] | No
         through_text = _render_text(tokenizer, msgs[: i + 1], add_generation_prompt=False, chat_template=chat_template)
         for name, text in (("prompt", prompt_text), ("reply", through_text)):
             if not full_text.startswith(text):
-                raise TemplateError("Chat template renders history inconsistently", [Problem(
-                    conv.source or "conversation", f"the {name} prefix up to turn {i} is not a prefix of the full rendering "
-                    f"(diverges at char {_diverge(text, full_text)})",
-                    "use a template that renders earlier turns the same way (model.chat_template), or split the conversation")])
+                raise TemplateError(
+                    "Chat template renders history inconsistently",
+                    [
+                        Problem(
+                            conv.source or "conversation",
+                            f"the {name} prefix up to turn {i} is not a prefix of the full rendering "
+                            f"(diverges at char {_diverge(text, full_text)})",
+                            "use a template that renders earlier turns the same way (model.chat_template), or split the conversation",
+                        )
+                    ],
+                )
         replies.append((len(prompt_text), len(through_text), i in trained and m.weight != 0))
     ids: list[int] = []
     labels: list[int] = []

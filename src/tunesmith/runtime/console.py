@@ -1,16 +1,16 @@
 """The console every command prints progress and results to (stderr), its copy into a run's ``run.log``, and a
 wall-clock timer."""
+
 from __future__ import annotations
 
 import io
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 
-import time
 from rich.console import Console
-
 
 console = Console(stderr=True)
 

@@ -10,6 +10,7 @@ tunesmith has no distributed code of its own: the Trainer (transformers/TRL) pre
 loaders through accelerate (DDP, FSDP or DeepSpeed from the launch config).  This module only decides that the
 main process (global rank 0) creates the run directory and writes the artifacts while the others wait.
 """
+
 from __future__ import annotations
 
 import os
@@ -175,9 +176,25 @@ def launch_command(argv: list[str], num_processes: int) -> list[str]:
         The command as an argv list.
     """
     port = os.environ.get("MASTER_PORT") or str(_free_port())
-    return [sys.executable, "-m", "tunesmith.runtime.distributed", "--multi_gpu", "--num_processes", str(num_processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-            "-m", "tunesmith", *argv]
+    return [
+        sys.executable,
+        "-m",
+        "tunesmith.runtime.distributed",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        port,
+        "-m",
+        "tunesmith",
+        *argv,
+    ]
 
 
 def accelerate_launch(argv: list[str]) -> int:

@@ -1,4 +1,5 @@
 """Atomic artifact writes: a crash never leaves a half-written file or folder that looks complete."""
+
 from __future__ import annotations
 
 import json

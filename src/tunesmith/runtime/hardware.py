@@ -1,4 +1,5 @@
 """What this machine computes fast: measured matmul throughput per precision, cached per CPU, and the precision it implies."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -9,14 +10,15 @@ if TYPE_CHECKING:
 import json
 import os
 from pathlib import Path
+
 from tunesmith.runtime.paths import tunesmith_home
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 512, seconds: float = 0.15) -> float:
     """Measured CPU matmul throughput for ``[n, n] @ [n, n]`` in ``dtype``, in GFLOP/s (2*n^3 FLOPs per product)."""
-    import torch
-
     import time
+
+    import torch
 
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.mm(a, b)  # warm-up (kernel selection)
@@ -55,7 +57,10 @@ def hardware_supports_bf16(device: str | None = None) -> bool:
         known = {}
     if key not in known:
         runs = [(matmul_gflops(torch.float32, 1024, 0.2), matmul_gflops(torch.bfloat16, 1024, 0.2)) for _ in range(2)]
-        fp32, bf16 = max(r[0] for r in runs), max(r[1] for r in runs)  # alternated, best of two: less noise from other load
+        fp32, bf16 = (
+            max(r[0] for r in runs),
+            max(r[1] for r in runs),
+        )  # alternated, best of two: less noise from other load
         known[key] = {"fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1), "bf16_faster": bf16 > 1.2 * fp32}
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)

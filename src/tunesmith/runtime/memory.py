@@ -1,4 +1,5 @@
 """Peak memory of this process: one reset/peak pair used by every command that reports a cost."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Where tunesmith keeps its caches (converted models, measured hardware facts, library field lists)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Run directories: refuse to mix runs, write artifacts atomically, record a reproducible manifest."""
+
 from __future__ import annotations
 
 import errno
@@ -11,7 +12,6 @@ from tunesmith.errors import Problem, TunesmithError
 
 FINAL_ARTIFACTS = ("metrics.json", "adapter", "model", "manifest.json")
 """Files whose presence marks a finished run; a new run never writes over them without ``--overwrite``."""
-
 
 
 def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
@@ -34,12 +34,22 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool =
 
 def _prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> Path:
     if out.exists() and not out.is_dir():
-        raise TunesmithError("Output path is a file", [Problem(str(out), "train.output_dir must be a directory", "choose another train.output_dir")])
+        raise TunesmithError(
+            "Output path is a file",
+            [Problem(str(out), "train.output_dir must be a directory", "choose another train.output_dir")],
+        )
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not resume:
         if not overwrite:
-            raise TunesmithError("Output directory already holds a run", [Problem(
-                str(out), "it is not empty; writing here would overwrite or mix two runs' files",
-                "pass --overwrite to replace it, --resume to continue it, or set train.output_dir to a new folder")])
+            raise TunesmithError(
+                "Output directory already holds a run",
+                [
+                    Problem(
+                        str(out),
+                        "it is not empty; writing here would overwrite or mix two runs' files",
+                        "pass --overwrite to replace it, --resume to continue it, or set train.output_dir to a new folder",
+                    )
+                ],
+            )
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -47,34 +57,11 @@ def _prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise TunesmithError("Cannot write to the output directory", [Problem(str(out), exc.strerror or str(exc), "choose a writable train.output_dir with free space")]) from None
+        raise TunesmithError(
+            "Cannot write to the output directory",
+            [Problem(str(out), exc.strerror or str(exc), "choose a writable train.output_dir with free space")],
+        ) from None
     return out
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR}
@@ -94,13 +81,29 @@ def write_errors(run_dir: str | Path):
         if exc.errno not in _WRITE_ERRNOS:
             raise
         where = str(exc.filename or run_dir)
-        raise TunesmithError("Cannot write the run's files; the run is incomplete (no metrics.json)", [Problem(
-            where, exc.strerror or str(exc), "free disk space or choose a writable train.output_dir, then run again (--resume latest keeps saved checkpoints)")]) from None
+        raise TunesmithError(
+            "Cannot write the run's files; the run is incomplete (no metrics.json)",
+            [
+                Problem(
+                    where,
+                    exc.strerror or str(exc),
+                    "free disk space or choose a writable train.output_dir, then run again (--resume latest keeps saved checkpoints)",
+                )
+            ],
+        ) from None
     except RuntimeError as exc:
         if "failed writing file" not in str(exc) and "file write failed" not in str(exc):
             raise
-        raise TunesmithError("Cannot write a checkpoint; the run is incomplete (no metrics.json)", [Problem(
-            str(run_dir), str(exc).splitlines()[0][:200], "free disk space or choose a writable train.output_dir")]) from None
+        raise TunesmithError(
+            "Cannot write a checkpoint; the run is incomplete (no metrics.json)",
+            [
+                Problem(
+                    str(run_dir),
+                    str(exc).splitlines()[0][:200],
+                    "free disk space or choose a writable train.output_dir",
+                )
+            ],
+        ) from None
 
 
 LOCK = ".tunesmith.lock"
@@ -133,15 +136,32 @@ def lock_run_dir(run_dir: str | Path) -> Path:
             if pid == os.getpid():
                 return lock
             if pid > 0 and _alive(pid):
-                raise TunesmithError("Another process is writing this run", [Problem(
-                    str(run_dir), f"process {pid} holds {LOCK}", "wait for it to finish (or stop it), or choose another train.output_dir")]) from None
+                raise TunesmithError(
+                    "Another process is writing this run",
+                    [
+                        Problem(
+                            str(run_dir),
+                            f"process {pid} holds {LOCK}",
+                            "wait for it to finish (or stop it), or choose another train.output_dir",
+                        )
+                    ],
+                ) from None
             lock.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
-        atexit.register(lambda: lock.unlink(missing_ok=True) if lock.is_file() and lock.read_text().strip() == str(os.getpid()) else None)
+        atexit.register(
+            lambda: (
+                lock.unlink(missing_ok=True)
+                if lock.is_file() and lock.read_text().strip() == str(os.getpid())
+                else None
+            )
+        )
         return lock
-    raise TunesmithError("Cannot lock the run directory", [Problem(str(lock), "another process keeps re-creating the lock", "choose another train.output_dir")])
+    raise TunesmithError(
+        "Cannot lock the run directory",
+        [Problem(str(lock), "another process keeps re-creating the lock", "choose another train.output_dir")],
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -1,10 +1,12 @@
 """Secrets never reach disk: which config keys and command-line arguments hold credentials, and their redaction."""
+
 from __future__ import annotations
 
 import re
 
-
-_SECRET_KEY = re.compile(r"(^|_)((hub|hf|access|auth|api|bearer)_)?(token|key)$|password|secret|credential", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"(^|_)((hub|hf|access|auth|api|bearer)_)?(token|key)$|password|secret|credential", re.IGNORECASE
+)
 
 
 _NOT_SECRET = {"pad_token", "eos_token", "bos_token", "unk_token", "sep_token", "cls_token", "mask_token"}
@@ -22,7 +24,9 @@ def is_secret_key(name: str) -> bool:
 def redact(obj):
     """Return a copy of a config dict with credential values (see :func:`is_secret_key`) replaced by ``***``."""
     if isinstance(obj, dict):
-        return {k: ("***" if is_secret_key(k) and obj[k] not in (None, "", False) else redact(v)) for k, v in obj.items()}
+        return {
+            k: ("***" if is_secret_key(k) and obj[k] not in (None, "", False) else redact(v)) for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj

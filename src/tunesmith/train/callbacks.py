@@ -1,13 +1,11 @@
 """Trainer callbacks shared by every training command: graceful stop on SIGINT/SIGTERM, run-wide token counts."""
+
 from __future__ import annotations
 
 import signal
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
-
-
-
 
 
 class TokenCounter(TrainerCallback, ExportableState):

@@ -12,6 +12,7 @@ readable one was cut short by a crash and is never resumed from.
 On SIGINT or SIGTERM, :class:`tunesmith.train.callbacks.GracefulStop` lets the current optimizer step finish, saves a
 checkpoint, stops, and the command exits with 130 (SIGINT) or 143 (SIGTERM) and says how to resume.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,17 @@ CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_s
 """Files every resumable checkpoint holds besides the weights."""
 RUN_STATE = "run_state.json"
 """Small file in the run dir carrying what the first process measured (eval_loss before training, samples)."""
-RESUMABLE_CHANGES = ("train.max_steps", "train.num_train_epochs", "train.save_steps", "train.save_total_limit",
-                     "train.logging_steps", "train.eval_steps", "train.eval_strategy", "eval.num_samples", "eval.max_new_tokens")
+RESUMABLE_CHANGES = (
+    "train.max_steps",
+    "train.num_train_epochs",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.logging_steps",
+    "train.eval_steps",
+    "train.eval_strategy",
+    "eval.num_samples",
+    "eval.max_new_tokens",
+)
 """Config fields that may differ between a run and its resume; any other difference would mix two runs."""
 
 
@@ -56,7 +66,11 @@ def is_complete(ckpt: Path) -> bool:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The complete ``checkpoint-N`` under ``run_dir/checkpoints`` with the largest N, or None."""
     root = Path(run_dir) / "checkpoints"
-    found = sorted((p for p in root.glob("checkpoint-*") if checkpoint_step(p) >= 0), key=checkpoint_step, reverse=True) if root.is_dir() else []
+    found = (
+        sorted((p for p in root.glob("checkpoint-*") if checkpoint_step(p) >= 0), key=checkpoint_step, reverse=True)
+        if root.is_dir()
+        else []
+    )
     return next((p for p in found if is_complete(p)), None)
 
 
@@ -72,20 +86,54 @@ def resolve_resume(run_dir: Path, resume: str | bool | None, *, overwrite: bool 
     if not resume:
         return None
     if overwrite:
-        raise ConfigError("Conflicting options", [Problem("--resume/--overwrite", "--overwrite would delete the checkpoints --resume continues from", "pass only one of them")])
+        raise ConfigError(
+            "Conflicting options",
+            [
+                Problem(
+                    "--resume/--overwrite",
+                    "--overwrite would delete the checkpoints --resume continues from",
+                    "pass only one of them",
+                )
+            ],
+        )
     run_dir = Path(run_dir)
     if (run_dir / "metrics.json").exists():
-        raise ConfigError("Nothing to resume: the run is complete", [Problem(str(run_dir / "metrics.json"), "this run finished", "choose a new train.output_dir, or --overwrite to train again")])
+        raise ConfigError(
+            "Nothing to resume: the run is complete",
+            [
+                Problem(
+                    str(run_dir / "metrics.json"),
+                    "this run finished",
+                    "choose a new train.output_dir, or --overwrite to train again",
+                )
+            ],
+        )
     if resume is True or resume == "latest":
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
-            raise ConfigError("No checkpoint to resume from", [Problem(str(run_dir / "checkpoints"), "no complete checkpoint-N folder",
-                                                                       "run without --resume (add --overwrite to discard this folder)")])
+            raise ConfigError(
+                "No checkpoint to resume from",
+                [
+                    Problem(
+                        str(run_dir / "checkpoints"),
+                        "no complete checkpoint-N folder",
+                        "run without --resume (add --overwrite to discard this folder)",
+                    )
+                ],
+            )
         return ckpt
     ckpt = Path(resume).expanduser()
     if not is_complete(ckpt):
-        raise ConfigError("Not a resumable checkpoint", [Problem(f"--resume {resume}", f"needs a folder with adapter/model weights and {', '.join(CHECKPOINT_FILES)}",
-                                                                 "pass a checkpoints/checkpoint-N folder, or `latest`")])
+        raise ConfigError(
+            "Not a resumable checkpoint",
+            [
+                Problem(
+                    f"--resume {resume}",
+                    f"needs a folder with adapter/model weights and {', '.join(CHECKPOINT_FILES)}",
+                    "pass a checkpoints/checkpoint-N folder, or `latest`",
+                )
+            ],
+        )
     return ckpt
 
 
@@ -108,7 +156,13 @@ def check_same_run(run_dir: Path, current: dict) -> None:
     for key in sorted(set(_flatten(saved)) | set(_flatten(current))):
         a, b = _flatten(saved).get(key), _flatten(current).get(key)
         if a != b and key not in RESUMABLE_CHANGES:
-            problems.append(Problem(key, f"the run was started with {a!r}, now {b!r}", "resume with the original config, or start a new train.output_dir"))
+            problems.append(
+                Problem(
+                    key,
+                    f"the run was started with {a!r}, now {b!r}",
+                    "resume with the original config, or start a new train.output_dir",
+                )
+            )
     if problems:
         raise ConfigError("Resuming with a different config would mix two runs", problems)
 

@@ -13,6 +13,7 @@ body with the head trained in full (``modules_to_save``) -> transformers ``Train
 cross-entropy), checkpoints and graceful stops -> accuracy, macro-F1, per-class scores and a confusion matrix on the
 eval set -> artifacts in ``train.output_dir``, ``metrics.json`` last.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,14 @@ from tunesmith.models.sources import resolve_model
 from tunesmith.runtime.console import Timer, console
 from tunesmith.runtime.files import atomic_save_dir
 from tunesmith.runtime.memory import peak_memory_bytes, reset_peak_memory
-from tunesmith.train.common import install_progress, library_args, mixed_precision, plot_loss_curve, run_train_loss, write_log_history
+from tunesmith.train.common import (
+    install_progress,
+    library_args,
+    mixed_precision,
+    plot_loss_curve,
+    run_train_loss,
+    write_log_history,
+)
 from tunesmith.train.lifecycle import Run, start_run
 
 _OURS = {"bf16", "max_length"}
@@ -52,12 +60,30 @@ def class_weights(spec, train: list[LabelRecord], names: list[str]) -> torch.Ten
         return None
     if isinstance(spec, list):
         if len(spec) != len(names):
-            raise ConfigError("Bad class weights", [Problem("labels.class_weights", f"{len(spec)} values for {len(names)} labels", f"give one weight per label: {names}")])
+            raise ConfigError(
+                "Bad class weights",
+                [
+                    Problem(
+                        "labels.class_weights",
+                        f"{len(spec)} values for {len(names)} labels",
+                        f"give one weight per label: {names}",
+                    )
+                ],
+            )
         return torch.tensor(spec, dtype=torch.float32)
     counts = torch.tensor([sum(r.label == n for r in train) for n in names], dtype=torch.float32)
     if (counts == 0).any():
         missing = [n for n, c in zip(names, counts) if c == 0]
-        raise ConfigError("Cannot balance class weights", [Problem("labels.class_weights", f"labels without training examples: {missing}", "use more data or explicit weights")])
+        raise ConfigError(
+            "Cannot balance class weights",
+            [
+                Problem(
+                    "labels.class_weights",
+                    f"labels without training examples: {missing}",
+                    "use more data or explicit weights",
+                )
+            ],
+        )
     return counts.sum() / (len(names) * counts)
 
 
@@ -84,14 +110,18 @@ def build_training_args(cfg: ClassifyConfig, run_dir: Path, use_bf16: bool):
     """Translate the ``train`` section into ``transformers.TrainingArguments`` (checkpoints under ``<run>/checkpoints``)."""
     from transformers import TrainingArguments
 
-    return TrainingArguments(**library_args(cfg, run_dir, TrainingArguments, bf16=use_bf16, ours=_OURS), remove_unused_columns=False)
+    return TrainingArguments(
+        **library_args(cfg, run_dir, TrainingArguments, bf16=use_bf16, ours=_OURS), remove_unused_columns=False
+    )
 
 
 def _compute_metrics(pred):
     guess = pred.predictions.argmax(-1)
     refs = pred.label_ids.tolist()
-    return {"accuracy": float((guess == pred.label_ids).mean()),
-            "macro_f1": macro_f1(refs, guess.tolist(), labels=range(pred.predictions.shape[-1]))}
+    return {
+        "accuracy": float((guess == pred.label_ids).mean()),
+        "macro_f1": macro_f1(refs, guess.tolist(), labels=range(pred.predictions.shape[-1])),
+    }
 
 
 def _save(trainer, model, tokenizer, run_dir: Path, lora: bool) -> Path:
@@ -102,6 +132,7 @@ def _save(trainer, model, tokenizer, run_dir: Path, lora: bool) -> Path:
             base = model.get_base_model()
             base.config.architectures = [type(base).__name__]
             base.config.save_pretrained(tmp)
+
     return atomic_save_dir(run_dir / ("adapter" if lora else "model"), save)
 
 
@@ -110,6 +141,7 @@ def _collator(pad_id: int):
         batch = pad_batch(rows, pad_id, "right")
         batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
         return batch
+
     return collate
 
 
@@ -118,6 +150,7 @@ def _collator(pad_id: int):
         batch = pad_batch(rows, pad_id, "right")
         batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
         return batch
+
     return collate
 
 
@@ -136,7 +169,9 @@ def build_model(cfg: ClassifyConfig, source, names: list[str], pad_id: int):
     return model
 
 
-def run_classify(cfg: ClassifyConfig, *, overwrite: bool = False, resume: str | bool | None = None, run: Run | None = None) -> dict:
+def run_classify(
+    cfg: ClassifyConfig, *, overwrite: bool = False, resume: str | bool | None = None, run: Run | None = None
+) -> dict:
     """Train and evaluate a classifier end to end and write every artifact; ``metrics.json`` is written last.
 
     Args:
@@ -171,15 +206,26 @@ def _run(cfg: ClassifyConfig, run: Run) -> dict:
     eval_rows, eval_trunc = encode(tokenizer, eval_recs, label2id, cfg.train.max_length)
     model, use_bf16 = build_model(cfg, source, names, pad_id), mixed_precision(cfg)
     trainable, total = count_parameters(model)
-    console.print(f"[bold]tunesmith classify[/] model={source.name} ({source.kind}) labels={len(names)} train={len(train_rows)} "
-                  f"eval={len(eval_rows)} {'LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else 'full fine-tuning'}, trainable "
-                  f"{trainable:,} of {total:,} parameters; precision={'bf16-mixed' if use_bf16 else 'fp32'}; truncated "
-                  f"{train_trunc}+{eval_trunc} examples to {cfg.train.max_length} tokens"
-                  + (f"; resuming from {run.checkpoint}" if run.resumed else ""))
-    run.write_manifest(tokenizer=tokenizer, records=train_recs + eval_recs,
-                       extra={"model_source": dataclasses.asdict(source), "labels": names})
-    trainer = _trainer_class()(model=model, args=build_training_args(cfg, run.run_dir, use_bf16), train_dataset=Dataset.from_list(train_rows),
-                               eval_dataset=Dataset.from_list(eval_rows), data_collator=_collator(pad_id), compute_metrics=_compute_metrics)
+    console.print(
+        f"[bold]tunesmith classify[/] model={source.name} ({source.kind}) labels={len(names)} train={len(train_rows)} "
+        f"eval={len(eval_rows)} {'LoRA r=' + str(cfg.lora.r) if cfg.lora.enabled else 'full fine-tuning'}, trainable "
+        f"{trainable:,} of {total:,} parameters; precision={'bf16-mixed' if use_bf16 else 'fp32'}; truncated "
+        f"{train_trunc}+{eval_trunc} examples to {cfg.train.max_length} tokens"
+        + (f"; resuming from {run.checkpoint}" if run.resumed else "")
+    )
+    run.write_manifest(
+        tokenizer=tokenizer,
+        records=train_recs + eval_recs,
+        extra={"model_source": dataclasses.asdict(source), "labels": names},
+    )
+    trainer = _trainer_class()(
+        model=model,
+        args=build_training_args(cfg, run.run_dir, use_bf16),
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows),
+        data_collator=_collator(pad_id),
+        compute_metrics=_compute_metrics,
+    )
     trainer.weights = weights
     install_progress(trainer)
     if not run.resumed:
@@ -197,18 +243,37 @@ def _run(cfg: ClassifyConfig, run: Run) -> dict:
     write_log_history(run.run_dir, trainer.state.log_history)
     plot_loss_curve(run.run_dir, trainer.state.log_history)
     before = run.state.get("before")
-    extra = {"before_training": before, "train_loss": _train_loss(run, trainer, result), "global_step": trainer.state.global_step,
-             "resumed_from": str(run.checkpoint) if run.resumed else None,
-             "train_seconds": seconds, "eval_seconds": t_eval.seconds, "precision": "bf16-mixed" if use_bf16 else "fp32",
-             "pad_token_id": pad_id, "truncated": {"train": train_trunc, "eval": eval_trunc},
-             "class_weights": weights.tolist() if weights is not None else None, "data": run.data.report}
+    extra = {
+        "before_training": before,
+        "train_loss": _train_loss(run, trainer, result),
+        "global_step": trainer.state.global_step,
+        "resumed_from": str(run.checkpoint) if run.resumed else None,
+        "train_seconds": seconds,
+        "eval_seconds": t_eval.seconds,
+        "precision": "bf16-mixed" if use_bf16 else "fp32",
+        "pad_token_id": pad_id,
+        "truncated": {"train": train_trunc, "eval": eval_trunc},
+        "class_weights": weights.tolist() if weights is not None else None,
+        "data": run.data.report,
+    }
     cost = {"parameters": total, "trainable_parameters": trainable, "peak_memory_bytes": peak_memory_bytes()}
-    metrics = write_eval_artifacts(run.run_dir, kind="classify", model=source.name, records=eval_recs, predictions=preds, names=names,
-                                   extra=extra, cost=cost)
+    metrics = write_eval_artifacts(
+        run.run_dir,
+        kind="classify",
+        model=source.name,
+        records=eval_recs,
+        predictions=preds,
+        names=names,
+        extra=extra,
+        cost=cost,
+    )
     run.finish(metrics)
-    console.print(f"\n[bold green]done[/] in {seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} on "
-                  f"{len(eval_recs)} eval examples" + (f" (untrained head: {before['accuracy']:.4f} / {before['macro_f1']:.4f})" if before else "")
-                  + f"\n  artifacts: {run.run_dir}/")
+    console.print(
+        f"\n[bold green]done[/] in {seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} on "
+        f"{len(eval_recs)} eval examples"
+        + (f" (untrained head: {before['accuracy']:.4f} / {before['macro_f1']:.4f})" if before else "")
+        + f"\n  artifacts: {run.run_dir}/"
+    )
     return metrics
 
 

@@ -1,4 +1,5 @@
 """Pieces every training recipe shares: progress display, log/plot artifacts, precision choice."""
+
 from __future__ import annotations
 
 import math
@@ -7,9 +8,8 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-from tunesmith.runtime.files import atomic_write_jsonl
 from tunesmith.runtime.console import console
-
+from tunesmith.runtime.files import atomic_write_jsonl
 
 
 class RichProgress(TrainerCallback):
@@ -33,11 +33,22 @@ class RichProgress(TrainerCallback):
 
             self.lines, self.start, self.start_step = True, time.monotonic(), state.global_step
             return
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                                 TextColumn("eval_loss {task.fields[eval]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=console, transient=False)
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("eval_loss {task.fields[eval]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, loss="-", eval="-")
+        self.task = self.progress.add_task(
+            "train", total=state.max_steps, completed=state.global_step, loss="-", eval="-"
+        )
 
     def on_step_end(self, args, state, control, **kw):
         """Advance the bar."""
@@ -52,7 +63,9 @@ class RichProgress(TrainerCallback):
             elapsed = time.monotonic() - self.start
             done = max(state.global_step - self.start_step, 1)  # steps run by this process (a resume starts later)
             eta = elapsed / done * max(state.max_steps - state.global_step, 0)
-            parts = [f"step {state.global_step}/{state.max_steps}"] + [f"{k} {logs[k]:.4f}" for k in ("loss", "eval_loss") if k in logs]
+            parts = [f"step {state.global_step}/{state.max_steps}"] + [
+                f"{k} {logs[k]:.4f}" for k in ("loss", "eval_loss") if k in logs
+            ]
             console.print("train: " + " ".join(parts) + f" elapsed {elapsed:.0f}s ETA {eta:.0f}s", highlight=False)
         if self.progress and logs:
             if "loss" in logs:
@@ -81,7 +94,9 @@ def write_log_history(run_dir: Path, log_history: list[dict]) -> None:
     atomic_write_jsonl(run_dir / "log_history.jsonl", log_history)
 
 
-def plot_loss_curve(run_dir: Path, log_history: list[dict], *, before_eval_loss: float | None = None, filename: str = "loss_curve.png") -> Path:
+def plot_loss_curve(
+    run_dir: Path, log_history: list[dict], *, before_eval_loss: float | None = None, filename: str = "loss_curve.png"
+) -> Path:
     """Plot train loss and eval_loss against optimizer step into a PNG (matplotlib, Agg backend).
 
     Returns:
@@ -125,8 +140,6 @@ def perplexity(loss: float | None) -> float | None:
         return float("inf")
 
 
-
-
 def mixed_precision(cfg) -> bool:
     """bf16 mixed precision for this run: ``train.bf16`` when set, else what ``model.dtype`` resolves to on this
     machine (``auto``: bf16 only where a measured bf16 matmul beats fp32, see :func:`tunesmith.runtime.hardware.choose_dtype`)."""
@@ -157,8 +170,13 @@ def library_args(cfg, run_dir, library_cls, *, bf16: bool, ours: set[str]) -> di
     kwargs = {k: v for k, v in cfg.train.model_dump().items() if k in valid and k not in ours and k != "output_dir"}
     from tunesmith.train.lifecycle import trainer_args
 
-    kwargs.update(trainer_args(cfg, run_dir), bf16=bf16, fp16=False, use_cpu=not torch.cuda.is_available(),
-                  gradient_checkpointing_kwargs={"use_reentrant": False} if kwargs.get("gradient_checkpointing") else None)
+    kwargs.update(
+        trainer_args(cfg, run_dir),
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing_kwargs={"use_reentrant": False} if kwargs.get("gradient_checkpointing") else None,
+    )
     kwargs.setdefault("ddp_find_unused_parameters", False)
     return kwargs
 

@@ -11,6 +11,7 @@ disabled (or, continuing an SFT adapter, TRL's frozen LoRA-sized ``ref`` copy of
 held twice -> held-out reward accuracy (bootstrap CI), margins, log-probs -> win rate against the starting model
 -> ``metrics.json`` (kind ``dpo``), ``predictions.jsonl``, ``adapter/`` in ``train.output_dir``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,29 +21,27 @@ import torch
 from transformers import TrainerCallback
 
 from tunesmith.config.dpo import DPORunConfig
-from tunesmith.runtime.distributed import save_trained_model
-from tunesmith.evaluate.preference import pair_logps
-from tunesmith.models.adapters import count_parameters, to_peft_config
-from tunesmith.models.sources import resolve_model
-from tunesmith.models.loading import load_causal_lm, load_tokenizer
 from tunesmith.data.records import PreferencePair
+from tunesmith.evaluate.preference import pair_logps, start_generations, write_dpo_artifacts
+from tunesmith.models.adapters import count_parameters, require_adapter, to_peft_config
+from tunesmith.models.loading import load_causal_lm, load_tokenizer
+from tunesmith.models.sources import resolve_model
 from tunesmith.render.checks import fix_generation_config
 from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids
-from tunesmith.train.common import install_progress, plot_loss_curve, write_log_history
 from tunesmith.runtime.console import console
-from tunesmith.models.adapters import require_adapter
-from tunesmith.evaluate.preference import start_generations
-from tunesmith.evaluate.preference import write_dpo_artifacts
+from tunesmith.runtime.distributed import save_trained_model
 from tunesmith.runtime.memory import reset_peak_memory
-from tunesmith.train.common import library_args
-from tunesmith.train.common import mixed_precision
-from tunesmith.train.common import run_train_loss
-from tunesmith.train.lifecycle import Run
-from tunesmith.train.lifecycle import start_run
+from tunesmith.train.common import (
+    install_progress,
+    library_args,
+    mixed_precision,
+    plot_loss_curve,
+    run_train_loss,
+    write_log_history,
+)
+from tunesmith.train.lifecycle import Run, start_run
 
 _OURS = {"bf16", "precompute_ref_log_probs"}
-
-
 
 
 def build_dpo_config(cfg: DPORunConfig, run_dir: Path, use_bf16: bool, *, precompute: bool):
@@ -53,7 +52,9 @@ def build_dpo_config(cfg: DPORunConfig, run_dir: Path, use_bf16: bool, *, precom
     """
     from trl import DPOConfig
 
-    return DPOConfig(**library_args(cfg, run_dir, DPOConfig, bf16=use_bf16, ours=_OURS), precompute_ref_log_probs=precompute)
+    return DPOConfig(
+        **library_args(cfg, run_dir, DPOConfig, bf16=use_bf16, ours=_OURS), precompute_ref_log_probs=precompute
+    )
 
 
 def build_policy(cfg: DPORunConfig, model):
@@ -74,8 +75,18 @@ def build_policy(cfg: DPORunConfig, model):
     return model, (to_peft_config(cfg.lora) if cfg.lora.enabled else None)
 
 
-def make_trainer(cfg: DPORunConfig, model, peft_config, tokenizer, train_pairs, eval_pairs, run_dir: Path, *, use_bf16: bool = False,
-                 precompute: bool = False):
+def make_trainer(
+    cfg: DPORunConfig,
+    model,
+    peft_config,
+    tokenizer,
+    train_pairs,
+    eval_pairs,
+    run_dir: Path,
+    *,
+    use_bf16: bool = False,
+    precompute: bool = False,
+):
     """Build TRL's ``DPOTrainer`` with ``ref_model=None`` and tunesmith's progress display.
 
     With a LoRA policy TRL takes the reference from the same module with the adapter disabled (a fresh adapter) or
@@ -89,8 +100,15 @@ def make_trainer(cfg: DPORunConfig, model, peft_config, tokenizer, train_pairs, 
     from trl import DPOTrainer
 
     args = build_dpo_config(cfg, run_dir, use_bf16, precompute=precompute)
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=_dataset(train_pairs), eval_dataset=_dataset(eval_pairs),
-                         processing_class=tokenizer, peft_config=peft_config)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=_dataset(train_pairs),
+        eval_dataset=_dataset(eval_pairs),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     install_progress(trainer)
     if not console.is_terminal:
         trainer.add_callback(_LogLines())
@@ -104,11 +122,16 @@ class _LogLines(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         """Print the step's DPO loss and batch reward statistics."""
         if logs and "loss" in logs and state.is_world_process_zero:
-            console.print(f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f} "
-                          f"rewards/accuracies {logs.get('rewards/accuracies', float('nan')):.3f} rewards/margins {logs.get('rewards/margins', float('nan')):.4f}", highlight=False)
+            console.print(
+                f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f} "
+                f"rewards/accuracies {logs.get('rewards/accuracies', float('nan')):.3f} rewards/margins {logs.get('rewards/margins', float('nan')):.4f}",
+                highlight=False,
+            )
 
 
-def run_dpo(cfg: DPORunConfig, *, overwrite: bool = False, resume: str | bool | None = None, run: Run | None = None) -> dict:
+def run_dpo(
+    cfg: DPORunConfig, *, overwrite: bool = False, resume: str | bool | None = None, run: Run | None = None
+) -> dict:
     """Run DPO end to end and write every artifact; ``metrics.json`` is written last (its presence means "complete").
 
     Args:
@@ -134,8 +157,14 @@ def _load_policy(cfg: DPORunConfig, report: dict):
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
     apply_chat_template_option(tokenizer, cfg.model.chat_template, require=report["conversational"])
-    base = load_causal_lm(source, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation,
-                          trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision)
+    base = load_causal_lm(
+        source,
+        dtype=torch.float32,
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+        allow_pickle=cfg.model.allow_pickle,
+        revision=cfg.model.revision,
+    )
     if tokenizer.chat_template:
         fix_generation_config(base.generation_config, tokenizer)
     eot = end_of_turn_ids(tokenizer, base.generation_config)
@@ -153,32 +182,76 @@ def _run(cfg: DPORunConfig, run: Run) -> dict:
     source, tokenizer, model, peft_config, eot, gen_config = _load_policy(cfg, report)
     use_bf16 = mixed_precision(cfg)
     precompute = cfg.train.precompute_ref_log_probs or not (peft_config is not None or _is_peft(model))
-    console.print(f"[bold]tunesmith dpo[/] model={source.name} ({source.kind})" + (f" + adapter {cfg.model.adapter} ({cfg.model.adapter_mode})" if cfg.model.adapter else "")
-                  + f" precision={'bf16-mixed' if use_bf16 else 'fp32'} pairs: train={len(train_pairs)} eval={len(eval_pairs)} ({report['format']}, "
-                  f"{report['skipped']} skipped); beta={cfg.train.beta} loss={','.join(cfg.train.loss_type)}"
-                  + (f"; resuming from {run.checkpoint}" if run.resumed else ""))
-    run.write_manifest(tokenizer=tokenizer, records=train_pairs + eval_pairs, extra={"model_source": dataclasses.asdict(source)})
-    trainer = make_trainer(cfg, model, peft_config, tokenizer, train_pairs, eval_pairs, run.run_dir, use_bf16=use_bf16, precompute=precompute)
-    dropped = {"train": len(train_pairs) - len(trainer.train_dataset), "eval": len(eval_pairs) - len(trainer.eval_dataset)}
+    console.print(
+        f"[bold]tunesmith dpo[/] model={source.name} ({source.kind})"
+        + (f" + adapter {cfg.model.adapter} ({cfg.model.adapter_mode})" if cfg.model.adapter else "")
+        + f" precision={'bf16-mixed' if use_bf16 else 'fp32'} pairs: train={len(train_pairs)} eval={len(eval_pairs)} ({report['format']}, "
+        f"{report['skipped']} skipped); beta={cfg.train.beta} loss={','.join(cfg.train.loss_type)}"
+        + (f"; resuming from {run.checkpoint}" if run.resumed else "")
+    )
+    run.write_manifest(
+        tokenizer=tokenizer, records=train_pairs + eval_pairs, extra={"model_source": dataclasses.asdict(source)}
+    )
+    trainer = make_trainer(
+        cfg,
+        model,
+        peft_config,
+        tokenizer,
+        train_pairs,
+        eval_pairs,
+        run.run_dir,
+        use_bf16=use_bf16,
+        precompute=precompute,
+    )
+    dropped = {
+        "train": len(train_pairs) - len(trainer.train_dataset),
+        "eval": len(eval_pairs) - len(trainer.eval_dataset),
+    }
     if not run.resumed:
-        console.print(f"generating {min(cfg.eval.win_rate_prompts, len(eval_pairs))} held-out replies with the starting model (for the win rate)")
-        run.remember(start=start_generations(cfg, trainer, tokenizer, eval_pairs, eot))  # the starting model = the reference
+        console.print(
+            f"generating {min(cfg.eval.win_rate_prompts, len(eval_pairs))} held-out replies with the starting model (for the win rate)"
+        )
+        run.remember(
+            start=start_generations(cfg, trainer, tokenizer, eval_pairs, eot)
+        )  # the starting model = the reference
     result, seconds = run.train(trainer)
     console.print(f"scoring {len(trainer.eval_dataset)} held-out pairs (policy and reference log-probs)")
     reset_peak_memory()  # the eval cost is the eval's own
     eval_rows = list(trainer.eval_dataset)
     lp = pair_logps(trainer, eval_rows, cfg.train.per_device_eval_batch_size)
     trainable, total = count_parameters(trainer.model)
-    extra = {"train_seconds": seconds, "global_step": trainer.state.global_step, "train_loss": run_train_loss(trainer.state.log_history) if run.resumed or result is None else result.training_loss,
-             "resumed_from": str(run.checkpoint) if run.resumed else None,
-             "precision": "bf16-mixed" if use_bf16 else "fp32", "beta": cfg.train.beta, "loss_type": cfg.train.loss_type,
-             "reference": _reference_kind(cfg, peft_config, precompute), "start": {"model": source.name, "adapter": cfg.model.adapter, "adapter_mode": cfg.model.adapter_mode},
-             "data": {**report, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "dropped_prompt_too_long": dropped},
-             "trainable_parameters": trainable, "total_parameters": total}
-    metrics = write_dpo_artifacts(run.run_dir, cfg, trainer, tokenizer, eval_pairs, eval_rows, lp, run.state["start"], eot, extra)
-    _drop_ref_adapter(trainer.model)  # after every reference log-prob: continuing an SFT adapter, 'ref' is the reference
-    save_trained_model(trainer, run.run_dir / ("adapter" if _is_peft(trainer.model) else "model"),
-                       extra_files={"generation_config.json": gen_config.to_json_string()})
+    extra = {
+        "train_seconds": seconds,
+        "global_step": trainer.state.global_step,
+        "train_loss": run_train_loss(trainer.state.log_history)
+        if run.resumed or result is None
+        else result.training_loss,
+        "resumed_from": str(run.checkpoint) if run.resumed else None,
+        "precision": "bf16-mixed" if use_bf16 else "fp32",
+        "beta": cfg.train.beta,
+        "loss_type": cfg.train.loss_type,
+        "reference": _reference_kind(cfg, peft_config, precompute),
+        "start": {"model": source.name, "adapter": cfg.model.adapter, "adapter_mode": cfg.model.adapter_mode},
+        "data": {
+            **report,
+            "train_pairs": len(train_pairs),
+            "eval_pairs": len(eval_pairs),
+            "dropped_prompt_too_long": dropped,
+        },
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+    }
+    metrics = write_dpo_artifacts(
+        run.run_dir, cfg, trainer, tokenizer, eval_pairs, eval_rows, lp, run.state["start"], eot, extra
+    )
+    _drop_ref_adapter(
+        trainer.model
+    )  # after every reference log-prob: continuing an SFT adapter, 'ref' is the reference
+    save_trained_model(
+        trainer,
+        run.run_dir / ("adapter" if _is_peft(trainer.model) else "model"),
+        extra_files={"generation_config.json": gen_config.to_json_string()},
+    )
     write_log_history(run.run_dir, trainer.state.log_history)
     plot_loss_curve(run.run_dir, trainer.state.log_history)
     run.finish(metrics)
@@ -210,16 +283,19 @@ def _reference_kind(cfg: DPORunConfig, peft_config, precompute: bool) -> str:
     if cfg.model.adapter and cfg.model.adapter_mode == "continue":
         return "base + frozen copy of the SFT adapter (TRL 'ref' adapter; base weights shared)"
     if peft_config is not None:
-        return "policy with the LoRA adapter disabled (same weights)" + (" (log-probs precomputed)" if precompute else "")
+        return "policy with the LoRA adapter disabled (same weights)" + (
+            " (log-probs precomputed)" if precompute else ""
+        )
     return "starting model, log-probs precomputed before training (full fine-tuning)"
-
 
 
 def _summary(run_dir: Path, m: dict) -> None:
     tm = m["task_metrics"]
     lo, hi = m["held_out"]["reward_accuracy_ci"]
     win = m.get("win_rate") or {}
-    console.print(f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: held-out reward accuracy {tm['reward_accuracy']:.3f} "
-                  f"({m['eval']['confidence']:.0%} CI {lo:.3f}-{hi:.3f}, {m['held_out']['pairs']} pairs), margin {tm['reward_margin']:.3f}"
-                  + (f"; win rate vs start {win['win_rate']:.3f} ({win['metric']})" if win.get("win_rate") is not None else "")
-                  + f"\n  artifacts: {run_dir}/")
+    console.print(
+        f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: held-out reward accuracy {tm['reward_accuracy']:.3f} "
+        f"({m['eval']['confidence']:.0%} CI {lo:.3f}-{hi:.3f}, {m['held_out']['pairs']} pairs), margin {tm['reward_margin']:.3f}"
+        + (f"; win rate vs start {win['win_rate']:.3f} ({win['metric']})" if win.get("win_rate") is not None else "")
+        + f"\n  artifacts: {run_dir}/"
+    )

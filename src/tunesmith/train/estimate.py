@@ -10,6 +10,7 @@ the backward pass (per token and layer, see :func:`activation_bytes_per_token`),
 Python/torch process itself).  When the model is local, a probe run calibrates the activation slope and the
 runtime constant: one LoRA step at two sequence lengths in fresh processes, peak RSS sampled every 2 ms.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,29 @@ class Shape:
     def from_config(cls, cfg) -> "Shape":
         """Read a Llama-family config (``vocab_size``, ``hidden_size``, ``intermediate_size``, ...)."""
         heads = cfg.num_attention_heads
-        return cls(cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, heads,
-                   getattr(cfg, "num_key_value_heads", None) or heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-                   bool(getattr(cfg, "tie_word_embeddings", False)))
+        return cls(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_hidden_layers,
+            heads,
+            getattr(cfg, "num_key_value_heads", None) or heads,
+            getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            bool(getattr(cfg, "tie_word_embeddings", False)),
+        )
 
     def linear_modules(self) -> dict[str, tuple[int, int]]:
         """(in, out) features of each linear layer of one decoder layer."""
         h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     def parameters(self) -> tuple[int, int]:
         """(linear-layer parameters in the decoder layers, all other parameters: embeddings, head, norms)."""
@@ -75,8 +91,16 @@ def activation_bytes_per_token(s: Shape, *, lora: bool, checkpointing: bool = Fa
     return bytes_per_value * s.layers * per_layer
 
 
-def estimate(s: Shape, *, batch: int, seq_len: int, r: int = 16, checkpointing: bool = False,
-             act_bytes_per_token: float | None = None, runtime_bytes: float = RUNTIME_BYTES) -> dict[str, dict]:
+def estimate(
+    s: Shape,
+    *,
+    batch: int,
+    seq_len: int,
+    r: int = 16,
+    checkpointing: bool = False,
+    act_bytes_per_token: float | None = None,
+    runtime_bytes: float = RUNTIME_BYTES,
+) -> dict[str, dict]:
     """Memory of full fine-tuning, LoRA and QLoRA for ``batch`` x ``seq_len`` tokens per micro-batch.
 
     Args:
@@ -98,14 +122,30 @@ def estimate(s: Shape, *, batch: int, seq_len: int, r: int = 16, checkpointing: 
         lora = method != "full"
         weights = 4 * n if method != "qlora" else linear * (0.5 + 0.127 / 8) + 2 * other
         trainable = n_lora if lora else n
-        per_tok = act_bytes_per_token if act_bytes_per_token is not None else activation_bytes_per_token(s, lora=lora, checkpointing=checkpointing)
+        per_tok = (
+            act_bytes_per_token
+            if act_bytes_per_token is not None
+            else activation_bytes_per_token(s, lora=lora, checkpointing=checkpointing)
+        )
         if method == "full" and act_bytes_per_token is not None:  # the probe measured LoRA: drop its dropout copies
-            per_tok *= activation_bytes_per_token(s, lora=False, checkpointing=checkpointing) / activation_bytes_per_token(s, lora=True, checkpointing=checkpointing)
+            per_tok *= activation_bytes_per_token(
+                s, lora=False, checkpointing=checkpointing
+            ) / activation_bytes_per_token(s, lora=True, checkpointing=checkpointing)
         if method == "qlora":
             per_tok /= 2  # bf16 compute dtype: activations are 2 bytes
-        terms = {"weights": weights, "gradients": 4 * trainable, "optimizer": 8 * trainable,
-                 "activations": per_tok * tokens, "runtime": runtime_bytes}
-        out[method] = {"parameters": n, "trainable_parameters": trainable, **{k: int(v) for k, v in terms.items()}, "total": int(sum(terms.values()))}
+        terms = {
+            "weights": weights,
+            "gradients": 4 * trainable,
+            "optimizer": 8 * trainable,
+            "activations": per_tok * tokens,
+            "runtime": runtime_bytes,
+        }
+        out[method] = {
+            "parameters": n,
+            "trainable_parameters": trainable,
+            **{k: int(v) for k, v in terms.items()},
+            "total": int(sum(terms.values())),
+        }
     return out
 
 
@@ -124,8 +164,16 @@ def load_shape(model: str) -> tuple[Shape, str | None]:
     try:
         cfg = AutoConfig.from_pretrained(source.location)
     except Exception as exc:  # noqa: BLE001
-        raise ModelError("Cannot read the model config", [Problem(model, f"{type(exc).__name__}: {str(exc)[:200]}",
-                                                                   "pass an embedded name, a local checkpoint folder, or a hub id already in the cache")]) from None
+        raise ModelError(
+            "Cannot read the model config",
+            [
+                Problem(
+                    model,
+                    f"{type(exc).__name__}: {str(exc)[:200]}",
+                    "pass an embedded name, a local checkpoint folder, or a hub id already in the cache",
+                )
+            ],
+        ) from None
     return Shape.from_config(cfg), (source.location if source.kind != "hub" else None)
 
 
@@ -138,7 +186,12 @@ def probe(location: str, seq_lens=(128, 384), r: int = 16) -> dict:
     """
     points = []
     for n in seq_lens:
-        proc = subprocess.run([sys.executable, "-m", "tunesmith.train.estimate_probe", location, str(n), str(r)], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunesmith.train.estimate_probe", location, str(n), str(r)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-1500:])
         points.append((n, json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]))
@@ -147,14 +200,23 @@ def probe(location: str, seq_lens=(128, 384), r: int = 16) -> dict:
     return {"points": points, "act_bytes_per_token": slope, "intercept_bytes": p1 - slope * t1}
 
 
-def estimate_for_run(model: str, *, batch: int, seq_len: int, method: str = "lora", r: int = 16, use_probe: bool = True) -> dict:
+def estimate_for_run(
+    model: str, *, batch: int, seq_len: int, method: str = "lora", r: int = 16, use_probe: bool = True
+) -> dict:
     """One method's estimate for the bench: ``{"predicted_peak_bytes", "terms", "calibrated"}``."""
     res = run_estimate(model, batch=batch, seq_len=seq_len, r=r, use_probe=use_probe)
-    return {"predicted_peak_bytes": res["methods"][method]["total"], "terms": res["methods"][method], "calibrated": res["probe"] is not None,
-            "batch": batch, "seq_len": seq_len}
+    return {
+        "predicted_peak_bytes": res["methods"][method]["total"],
+        "terms": res["methods"][method],
+        "calibrated": res["probe"] is not None,
+        "batch": batch,
+        "seq_len": seq_len,
+    }
 
 
-def run_estimate(model: str, *, batch: int = 8, seq_len: int = 512, r: int = 16, checkpointing: bool = False, use_probe: bool = True) -> dict:
+def run_estimate(
+    model: str, *, batch: int = 8, seq_len: int = 512, r: int = 16, checkpointing: bool = False, use_probe: bool = True
+) -> dict:
     """Estimate memory for ``model``; with ``use_probe`` and a local model, calibrated by :func:`probe`.
 
     Returns:
@@ -169,17 +231,38 @@ def run_estimate(model: str, *, batch: int = 8, seq_len: int = 512, r: int = 16,
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         from tunesmith.errors import ModelError, Problem
 
-        raise ModelError("The probe run failed", [Problem(f"{model} (probe)", str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__,
-                                                          "run with --no-probe for the analytical estimate")]) from None
+        raise ModelError(
+            "The probe run failed",
+            [
+                Problem(
+                    f"{model} (probe)",
+                    str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__,
+                    "run with --no-probe for the analytical estimate",
+                )
+            ],
+        ) from None
     kw = {}
     if cal is not None:
         lora = estimate(shape, batch=1, seq_len=0, r=r)["lora"]
         fixed = lora["weights"] + lora["gradients"] + lora["optimizer"]
-        kw = {"act_bytes_per_token": cal["act_bytes_per_token"], "runtime_bytes": max(cal["intercept_bytes"] - fixed, 0.0)}
+        kw = {
+            "act_bytes_per_token": cal["act_bytes_per_token"],
+            "runtime_bytes": max(cal["intercept_bytes"] - fixed, 0.0),
+        }
         if checkpointing:
-            kw["act_bytes_per_token"] *= activation_bytes_per_token(shape, lora=True, checkpointing=True) / activation_bytes_per_token(shape, lora=True)
-    return {"model": model, "shape": asdict(shape), "batch": batch, "seq_len": seq_len, "r": r, "checkpointing": checkpointing, "probe": cal,
-            "methods": estimate(shape, batch=batch, seq_len=seq_len, r=r, checkpointing=checkpointing, **kw)}
+            kw["act_bytes_per_token"] *= activation_bytes_per_token(
+                shape, lora=True, checkpointing=True
+            ) / activation_bytes_per_token(shape, lora=True)
+    return {
+        "model": model,
+        "shape": asdict(shape),
+        "batch": batch,
+        "seq_len": seq_len,
+        "r": r,
+        "checkpointing": checkpointing,
+        "probe": cal,
+        "methods": estimate(shape, batch=batch, seq_len=seq_len, r=r, checkpointing=checkpointing, **kw),
+    }
 
 
 def print_estimate(res: dict, console) -> None:
@@ -187,8 +270,10 @@ def print_estimate(res: dict, console) -> None:
     from rich.table import Table
 
     how = "calibrated by a probe run" if res["probe"] else "analytical (no probe)"
-    t = Table(title=f"{res['model']}: batch {res['batch']} x {res['seq_len']} tokens, LoRA r={res['r']}"
-                    f"{', gradient checkpointing' if res['checkpointing'] else ''} ({how}; sizes in GiB)")
+    t = Table(
+        title=f"{res['model']}: batch {res['batch']} x {res['seq_len']} tokens, LoRA r={res['r']}"
+        f"{', gradient checkpointing' if res['checkpointing'] else ''} ({how}; sizes in GiB)"
+    )
     cols = ("weights", "gradients", "optimizer", "activations", "runtime", "total")
     for c in ("method", "trainable params", *cols):
         t.add_column(c, justify="right")
@@ -197,7 +282,9 @@ def print_estimate(res: dict, console) -> None:
     console.print(t)
 
 
-def estimate_command(model: str, *, batch: int, seq_len: int, r: int, checkpointing: bool, use_probe: bool, as_json: bool, console) -> dict:
+def estimate_command(
+    model: str, *, batch: int, seq_len: int, r: int, checkpointing: bool, use_probe: bool, as_json: bool, console
+) -> dict:
     """``tunesmith estimate``: run :func:`run_estimate` and print it as JSON (stdout) or a table (``console``).
 
     Raises:

@@ -5,6 +5,7 @@
 Runs in a fresh process (called by :func:`tunesmith.train.estimate.probe`), so the peak belongs to this step alone;
 RSS is sampled every 2 ms by a thread (psutil), and on CUDA ``torch.cuda.max_memory_allocated`` is reported too.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def main(argv: list[str]) -> int:
     thread.start()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32).to(dev)
-    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     install_chunked_loss(model.get_base_model())
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -12,6 +12,7 @@ error, :meth:`Run.write_manifest` records the run (a resume appends itself), :me
 checkpoints and graceful SIGINT/SIGTERM stops (exit 130/143 with the resume command), and :meth:`Run.finish`
 writes ``metrics.json`` last: its presence means "complete".
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,16 @@ from tunesmith.runtime.rundir import lock_run_dir, prepare_run_dir, write_errors
 from tunesmith.runtime.secrets import is_secret_key, redact_argv
 from tunesmith.train.checkpoints import RUN_STATE, check_same_run, latest_checkpoint, resolve_resume, resume_command
 
-INTEGRATION_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",),
-                        "mlflow": ("mlflow",), "comet_ml": ("comet_ml",), "clearml": ("clearml",), "dvclive": ("dvclive",),
-                        "swanlab": ("swanlab",)}
+INTEGRATION_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "trackio": ("trackio",),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+    "comet_ml": ("comet_ml",),
+    "clearml": ("clearml",),
+    "dvclive": ("dvclive",),
+    "swanlab": ("swanlab",),
+}
 """``train.report_to`` value -> the packages that provide it (any one will do)."""
 
 
@@ -111,9 +119,14 @@ class Run:
             manifest.setdefault("resumes", []).append({"from": str(self.checkpoint), "command": redact_argv(sys.argv)})
             atomic_write_json(path, manifest)
             return
-        write_manifest(self.run_dir, config=self.cfg.model_dump(mode="json"), seed=self.cfg.train.seed,
-                       dataset_fingerprint=fingerprint(records) if records else None, tokenizer=tokenizer,
-                       extra={"command_kind": self.kind, **(extra or {})})
+        write_manifest(
+            self.run_dir,
+            config=self.cfg.model_dump(mode="json"),
+            seed=self.cfg.train.seed,
+            dataset_fingerprint=fingerprint(records) if records else None,
+            tokenizer=tokenizer,
+            extra={"command_kind": self.kind, **(extra or {})},
+        )
 
     def train(self, trainer) -> tuple[object | None, float]:
         """Train, resuming from :attr:`checkpoint` when set, with a graceful stop on SIGINT/SIGTERM.
@@ -169,9 +182,16 @@ def classify_data(cfg) -> RunData:
     train, evals, names, report = load_label_data(cfg)
     if not evals or not train:
         part = "eval" if train else "training"
-        raise DataError(f"The {part} set is empty", [Problem(
-            "data", f"{len(train)} training and {len(evals)} eval records after cleaning and the split",
-            "set data.eval_fraction > 0 (or data.eval_path) and check the label set")])
+        raise DataError(
+            f"The {part} set is empty",
+            [
+                Problem(
+                    "data",
+                    f"{len(train)} training and {len(evals)} eval records after cleaning and the split",
+                    "set data.eval_fraction > 0 (or data.eval_path) and check the label set",
+                )
+            ],
+        )
     return RunData(train, evals, report, names)
 
 
@@ -196,9 +216,17 @@ def check_secrets(cfg) -> None:
     extras = cfg.train.model_extra or {}
     bad = [k for k, v in extras.items() if is_secret_key(k) and v not in (None, "", False)]
     if bad:
-        raise ConfigError("Secrets do not belong in a run config", [Problem(
-            f"train.{k}", "a secret here would be written to config.yaml, manifest.json and every checkpoint",
-            "remove it; tunesmith never pushes to a hub, and huggingface_hub reads HF_TOKEN from the environment") for k in bad])
+        raise ConfigError(
+            "Secrets do not belong in a run config",
+            [
+                Problem(
+                    f"train.{k}",
+                    "a secret here would be written to config.yaml, manifest.json and every checkpoint",
+                    "remove it; tunesmith never pushes to a hub, and huggingface_hub reads HF_TOKEN from the environment",
+                )
+                for k in bad
+            ],
+        )
 
 
 def check_report_to(cfg) -> None:
@@ -209,11 +237,21 @@ def check_report_to(cfg) -> None:
     """
     wanted = cfg.train.report_to
     wanted = [wanted] if isinstance(wanted, str) else list(wanted)
-    missing = [w for w in wanted if w in INTEGRATION_PACKAGES and not any(is_installed(p) for p in INTEGRATION_PACKAGES[w])]
+    missing = [
+        w for w in wanted if w in INTEGRATION_PACKAGES and not any(is_installed(p) for p in INTEGRATION_PACKAGES[w])
+    ]
     if missing:
-        raise ConfigError("Logging integration not installed", [Problem(
-            f"train.report_to={w}", f"the package {INTEGRATION_PACKAGES[w][0]!r} is not installed",
-            f"pip install {INTEGRATION_PACKAGES[w][0]}, or set train.report_to=none") for w in missing])
+        raise ConfigError(
+            "Logging integration not installed",
+            [
+                Problem(
+                    f"train.report_to={w}",
+                    f"the package {INTEGRATION_PACKAGES[w][0]!r} is not installed",
+                    f"pip install {INTEGRATION_PACKAGES[w][0]}, or set train.report_to=none",
+                )
+                for w in missing
+            ],
+        )
 
 
 def start_run(cfg, kind: str, *, overwrite: bool = False, resume: str | bool | None = None) -> Run:
@@ -291,5 +329,9 @@ def trainer_args(cfg, run_dir: Path) -> dict:
     report_to = cfg.train.report_to
     if "tensorboard" in ([report_to] if isinstance(report_to, str) else report_to):
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir) / "logs")
-    return {"output_dir": str(Path(run_dir) / "checkpoints"), "report_to": report_to, "disable_tqdm": True,
-            "restore_callback_states_from_checkpoint": True}
+    return {
+        "output_dir": str(Path(run_dir) / "checkpoints"),
+        "report_to": report_to,
+        "disable_tqdm": True,
+        "restore_callback_states_from_checkpoint": True,
+    }

@@ -9,6 +9,7 @@ Path: the run lifecycle (:mod:`tunesmith.train.lifecycle`: config, data, run fol
 render through the chat template (assistant-only labels) -> truncate -> TRL SFTTrainer (packing, padding-free) with a
 LoRA adapter -> eval_loss and perplexity before/after -> artifacts in ``train.output_dir``, ``metrics.json`` last.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,17 +31,33 @@ from tunesmith.runtime.console import console
 from tunesmith.runtime.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
 from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl
 from tunesmith.train.callbacks import TokenCounter
-from tunesmith.train.common import (install_progress, library_args, mixed_precision, perplexity, plot_loss_curve,
-                                    run_train_loss, write_log_history)
+from tunesmith.train.common import (
+    install_progress,
+    library_args,
+    mixed_precision,
+    perplexity,
+    plot_loss_curve,
+    run_train_loss,
+    write_log_history,
+)
 from tunesmith.train.lifecycle import Run, start_run
-from tunesmith.train.speed.plan import (FastLossTrainerMixin, SpeedPlan, apply_threads, attach, build_datasets, plan_speed,
-                                        sft_overrides)
+from tunesmith.train.speed.plan import (
+    FastLossTrainerMixin,
+    SpeedPlan,
+    apply_threads,
+    attach,
+    build_datasets,
+    plan_speed,
+    sft_overrides,
+)
 
 _OURS = {"bf16", "max_length", "packing", "packing_strategy"}
 """``train`` fields this recipe sets itself rather than passing through."""
 
 
-def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool, max_length: int | None = None, overrides: dict | None = None):
+def build_sft_config(
+    cfg: RunConfig, run_dir: Path, use_bf16: bool, max_length: int | None = None, overrides: dict | None = None
+):
     """Translate the ``train`` section into ``trl.SFTConfig`` (checkpoints under ``<run>/checkpoints``).
 
     Args:
@@ -57,9 +74,14 @@ def build_sft_config(cfg: RunConfig, run_dir: Path, use_bf16: bool, max_length: 
     from trl import SFTConfig
 
     kwargs = library_args(cfg, run_dir, SFTConfig, bf16=use_bf16, ours=_OURS)
-    kwargs.update(max_length=max_length or cfg.train.max_length, packing=cfg.train.packing, packing_strategy=cfg.train.packing_strategy,
-                  padding_free=cfg.train.packing and cfg.train.packing_strategy != "wrapped", dataset_num_proc=None,
-                  average_tokens_across_devices=True)
+    kwargs.update(
+        max_length=max_length or cfg.train.max_length,
+        packing=cfg.train.packing,
+        packing_strategy=cfg.train.packing_strategy,
+        padding_free=cfg.train.packing and cfg.train.packing_strategy != "wrapped",
+        dataset_num_proc=None,
+        average_tokens_across_devices=True,
+    )
     kwargs.update(overrides or {})  # the speed plan (tunesmith.train.speed.plan.sft_overrides)
     return SFTConfig(**kwargs)
 
@@ -78,7 +100,9 @@ class _CountingTrainerMixin:
         mask = inputs.get("attention_mask")
         counter = self._counter()
         real = inputs.get("num_real_tokens")  # packed rows (tunesmith.train.speed.packrows) carry their non-pad count
-        seen = int(real) if real is not None else int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        seen = (
+            int(real) if real is not None else int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        )
         counter.tokens_seen += seen
         self.process_tokens += seen
         counter.trained_tokens += int((inputs["labels"] != -100).sum())
@@ -92,8 +116,15 @@ def _make_trainer(model, tokenizer, args, train_ds, eval_ds, plan: SpeedPlan | N
     collator = None
     if plan is not None:  # packed rows and their collator
         train_ds, eval_ds, collator = build_datasets(plan, train_ds, eval_ds, args.max_length, tokenizer.pad_token_id)
-    trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                  callbacks=[TokenCounter()], data_collator=collator)
+    trainer = cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=[TokenCounter()],
+        data_collator=collator,
+    )
     for note in attach(trainer, plan) if plan is not None else []:
         console.print(note)
     install_progress(trainer)
@@ -109,7 +140,9 @@ def _samples(model, tokenizer, convs, eot, max_new_tokens: int) -> list[str]:
     return [decode_reply(tokenizer, o) for o in outs]
 
 
-def run_sft(cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | None = None, run: Run | None = None) -> dict:
+def run_sft(
+    cfg: RunConfig, *, overwrite: bool = False, resume: str | bool | None = None, run: Run | None = None
+) -> dict:
     """Run SFT end to end and write every artifact; ``metrics.json`` is written last (its presence means "complete").
 
     Args:
@@ -157,8 +190,14 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
     use_bf16 = mixed_precision(cfg)
     plan = plan_speed(cfg.train, cfg.model.attn_implementation)
     apply_threads(plan)
-    model = load_causal_lm(source, dtype=torch.float32, attn_implementation=plan.attn_implementation,
-                           trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle, revision=cfg.model.revision)
+    model = load_causal_lm(
+        source,
+        dtype=torch.float32,
+        attn_implementation=plan.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+        allow_pickle=cfg.model.allow_pickle,
+        revision=cfg.model.revision,
+    )
     max_length, why = resolve_max_length(cfg.train.max_length, tokenizer, model.config)
     if is_main_process():
         console.print(f"max_length: {why}; speed: {'; '.join(plan.notes)}")
@@ -172,25 +211,54 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
     train_rows, train_stats = render_all(tokenizer, run.data.train, max_length, **render)
     eval_rows, eval_stats = render_all(tokenizer, run.data.eval, max_length, **render)
     if not train_rows:
-        raise DataError("No training example has a trained token", [Problem(
-            f"train.max_length={cfg.train.max_length}", f"all {train_stats.examples} training conversations ({cfg.data.path or cfg.data.name}) "
-            "lose every assistant token to truncation", "raise train.max_length or check the assistant turns")])
+        raise DataError(
+            "No training example has a trained token",
+            [
+                Problem(
+                    f"train.max_length={cfg.train.max_length}",
+                    f"all {train_stats.examples} training conversations ({cfg.data.path or cfg.data.name}) "
+                    "lose every assistant token to truncation",
+                    "raise train.max_length or check the assistant turns",
+                )
+            ],
+        )
     gen_config = model.generation_config
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
-    return _Prepared(source, tokenizer, model, gen_config, eot, plan, use_bf16, max_length, train_rows, eval_rows, train_stats, eval_stats)
+    return _Prepared(
+        source,
+        tokenizer,
+        model,
+        gen_config,
+        eot,
+        plan,
+        use_bf16,
+        max_length,
+        train_rows,
+        eval_rows,
+        train_stats,
+        eval_stats,
+    )
 
 
 def _run(cfg: RunConfig, run: Run) -> dict:
     p = _prepare(cfg, run)
     if is_main_process():
-        console.print(f"[bold]tunesmith sft[/] model={p.source.name} ({p.source.kind}) dtype={'bf16-mixed' if p.use_bf16 else 'fp32'} "
-                      f"train={len(p.train_rows)} eval={len(p.eval_rows)} examples, {p.train_stats.trained_tokens} trained tokens; "
-                      f"max_length={p.max_length} (dropped {p.train_stats.dropped_empty}, trained tokens lost to truncation "
-                      f"{p.train_stats.trained_tokens_lost})" + (f"; resuming from {run.checkpoint}" if run.resumed else ""))
-    run.write_manifest(tokenizer=p.tokenizer, records=run.data.train + run.data.eval, extra={"model_source": dataclasses.asdict(p.source)})
+        console.print(
+            f"[bold]tunesmith sft[/] model={p.source.name} ({p.source.kind}) dtype={'bf16-mixed' if p.use_bf16 else 'fp32'} "
+            f"train={len(p.train_rows)} eval={len(p.eval_rows)} examples, {p.train_stats.trained_tokens} trained tokens; "
+            f"max_length={p.max_length} (dropped {p.train_stats.dropped_empty}, trained tokens lost to truncation "
+            f"{p.train_stats.trained_tokens_lost})" + (f"; resuming from {run.checkpoint}" if run.resumed else "")
+        )
+    run.write_manifest(
+        tokenizer=p.tokenizer,
+        records=run.data.train + run.data.eval,
+        extra={"model_source": dataclasses.asdict(p.source)},
+    )
     args = build_sft_config(cfg, run.run_dir, p.use_bf16, p.max_length, sft_overrides(p.plan, cfg.train))
-    trainer = _make_trainer(p.model, p.tokenizer, args, to_dataset(p.train_rows), to_dataset(p.eval_rows) if p.eval_rows else None, p.plan)
+    trainer = _make_trainer(
+        p.model, p.tokenizer, args, to_dataset(p.train_rows), to_dataset(p.eval_rows) if p.eval_rows else None, p.plan
+    )
     sample_convs = run.data.eval[: cfg.eval.num_samples]
     _before(cfg, run, trainer, p, sample_convs)
     result, seconds = run.train(trainer)
@@ -198,22 +266,38 @@ def _run(cfg: RunConfig, run: Run) -> dict:
     samples_after = _samples(p.model, p.tokenizer, sample_convs, p.eot, cfg.eval.max_new_tokens)
     # all processes (FSDP/ZeRO-3 gather); the main process writes. PEFT's save skips generation_config.json, which
     # carries the end-of-turn id among eos_token_id: written into the folder before its atomic rename.
-    save_trained_model(trainer, run.run_dir / ("adapter" if cfg.lora.enabled else "model"),
-                       extra_files={"generation_config.json": p.gen_config.to_json_string()})
+    save_trained_model(
+        trainer,
+        run.run_dir / ("adapter" if cfg.lora.enabled else "model"),
+        extra_files={"generation_config.json": p.gen_config.to_json_string()},
+    )
     metrics = _metrics(cfg, run, trainer, p, after, result, seconds)
     if not is_main_process():  # only the main process writes artifacts and prints the summary
         return metrics
     if not params_sharded():
         # without accelerate's bf16 autocast wrapper: a fresh process reloads the adapter in fp32
-        _write_reload_check(run.run_dir, trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False), p.tokenizer,
-                            sample_convs or run.data.eval[:1] or run.data.train[:1])
+        _write_reload_check(
+            run.run_dir,
+            trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False),
+            p.tokenizer,
+            sample_convs or run.data.eval[:1] or run.data.train[:1],
+        )
     write_log_history(run.run_dir, trainer.state.log_history)
     plot_loss_curve(run.run_dir, trainer.state.log_history, before_eval_loss=metrics["eval_loss_before"])
     samples_before = run.state.get("samples_before", [])
-    atomic_write_jsonl(run.run_dir / "samples.jsonl", [
-        {"source": c.source, "prompt": c.messages[-2].content if len(c.messages) > 1 else "", "reference": c.messages[-1].content,
-         "before": samples_before[i] if i < len(samples_before) else None, "after": samples_after[i] if i < len(samples_after) else None}
-        for i, c in enumerate(sample_convs)])
+    atomic_write_jsonl(
+        run.run_dir / "samples.jsonl",
+        [
+            {
+                "source": c.source,
+                "prompt": c.messages[-2].content if len(c.messages) > 1 else "",
+                "reference": c.messages[-1].content,
+                "before": samples_before[i] if i < len(samples_before) else None,
+                "after": samples_after[i] if i < len(samples_after) else None,
+            }
+            for i, c in enumerate(sample_convs)
+        ],
+    )
     run.finish(metrics)
     _summary(run.run_dir, metrics)
     return metrics
@@ -229,19 +313,46 @@ def _metrics(cfg: RunConfig, run: Run, trainer, p: _Prepared, after: dict, resul
     trainable, total = count_parameters(p.model)
     report = run.data.report
     return {
-        "kind": "sft", "model": p.source.name,
-        "eval_loss_before": before.get("eval_loss"), "perplexity_before": perplexity(before.get("eval_loss")),
-        "eval_loss": after.get("eval_loss"), "perplexity": perplexity(after.get("eval_loss")),
-        "task_metrics": {k: v for k, v in (("eval_loss", after.get("eval_loss")), ("perplexity", perplexity(after.get("eval_loss")))) if v is not None},
-        "train_loss": run_train_loss(trainer.state.log_history) if run.resumed or result is None else result.training_loss,
-        "global_step": trainer.state.global_step, "resumed_from": str(run.checkpoint) if run.resumed else None,
-        "trainable_parameters": trainable, "total_parameters": total,
-        "tokens_seen": tokens_seen, "trained_tokens": trained_tokens, "num_processes": trainer.args.world_size,
-        "train_seconds": seconds, "tokens_per_second": process_tokens / max(seconds, 1e-9), "max_length": p.max_length,
+        "kind": "sft",
+        "model": p.source.name,
+        "eval_loss_before": before.get("eval_loss"),
+        "perplexity_before": perplexity(before.get("eval_loss")),
+        "eval_loss": after.get("eval_loss"),
+        "perplexity": perplexity(after.get("eval_loss")),
+        "task_metrics": {
+            k: v
+            for k, v in (("eval_loss", after.get("eval_loss")), ("perplexity", perplexity(after.get("eval_loss"))))
+            if v is not None
+        },
+        "train_loss": run_train_loss(trainer.state.log_history)
+        if run.resumed or result is None
+        else result.training_loss,
+        "global_step": trainer.state.global_step,
+        "resumed_from": str(run.checkpoint) if run.resumed else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "tokens_seen": tokens_seen,
+        "trained_tokens": trained_tokens,
+        "num_processes": trainer.args.world_size,
+        "train_seconds": seconds,
+        "tokens_per_second": process_tokens / max(seconds, 1e-9),
+        "max_length": p.max_length,
         "precision": "bf16-mixed" if p.use_bf16 else "fp32",
-        "speed": {"layout": p.plan.layout, "chunked_loss": trainer.tunesmith_chunked_loss, "attn_implementation": p.plan.attn_implementation},
-        "data": {"load": {"rows_read": report.rows_read, "kept": report.kept, "skipped": report.skipped_records, "format": report.format},
-                 "train": p.train_stats.summary(), "eval": p.eval_stats.summary()},
+        "speed": {
+            "layout": p.plan.layout,
+            "chunked_loss": trainer.tunesmith_chunked_loss,
+            "attn_implementation": p.plan.attn_implementation,
+        },
+        "data": {
+            "load": {
+                "rows_read": report.rows_read,
+                "kept": report.kept,
+                "skipped": report.skipped_records,
+                "format": report.format,
+            },
+            "train": p.train_stats.summary(),
+            "eval": p.eval_stats.summary(),
+        },
     }
 
 
@@ -251,7 +362,12 @@ def _write_reload_check(run_dir: Path, model, tokenizer, convs) -> None:
     ids = render_prompt(tokenizer, convs[0])
     model.eval()
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids], device=next(model.parameters()).device)).logits[0, -1, :512].float().cpu()
+        logits = (
+            model(input_ids=torch.tensor([ids], device=next(model.parameters()).device))
+            .logits[0, -1, :512]
+            .float()
+            .cpu()
+        )
     atomic_write_json(run_dir / "reload_check.json", {"input_ids": ids, "logits_last_first512": logits.tolist()})
 
 
@@ -269,6 +385,8 @@ def _before(cfg: RunConfig, run: Run, trainer, p: _Prepared, sample_convs) -> No
 
 def _summary(run_dir: Path, m: dict) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    console.print(f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: eval_loss {fmt(m['eval_loss_before'])} -> {fmt(m['eval_loss'])}, "
-                  f"perplexity {fmt(m['perplexity_before'])} -> {fmt(m['perplexity'])}; {m['tokens_per_second']:.0f} tokens/s; "
-                  f"trainable {m['trainable_parameters']:,} of {m['total_parameters']:,} parameters\n  artifacts: {run_dir}/")
+    console.print(
+        f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: eval_loss {fmt(m['eval_loss_before'])} -> {fmt(m['eval_loss'])}, "
+        f"perplexity {fmt(m['perplexity_before'])} -> {fmt(m['perplexity'])}; {m['tokens_per_second']:.0f} tokens/s; "
+        f"trainable {m['trainable_parameters']:,} of {m['total_parameters']:,} parameters\n  artifacts: {run_dir}/"
+    )

@@ -11,6 +11,7 @@ terminal, lines are read from it one turn each (so the loop can be scripted and 
 Tokens are printed as they are generated (``transformers.TextStreamer``); generation stops at the
 template's end-of-turn token.  The oldest turns are dropped when the history outgrows the context.
 """
+
 from __future__ import annotations
 
 import sys
@@ -42,7 +43,15 @@ class ChatSession:
         max_new_tokens: budget per reply, in tokens.
     """
 
-    def __init__(self, loaded, *, system: str | None = None, temperature: float = 0.7, top_p: float = 0.9, max_new_tokens: int = 256):
+    def __init__(
+        self,
+        loaded,
+        *,
+        system: str | None = None,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        max_new_tokens: int = 256,
+    ):
         from tunesmith.models.loading import stop_ids
 
         self.loaded, self.system = loaded, system
@@ -80,15 +89,25 @@ class ChatSession:
         self.history.append(Message("user", user_text))
         ids = self.prompt_ids()
         model, tok = self.loaded.model, self.loaded.tokenizer
-        kwargs = dict(max_new_tokens=self.max_new_tokens, eos_token_id=self.eos, pad_token_id=tok.pad_token_id,
-                      do_sample=self.temperature > 0)
-        kwargs.update(temperature=self.temperature, top_p=self.top_p) if self.temperature > 0 else kwargs.update(temperature=None, top_p=None, top_k=None)
+        kwargs = dict(
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=self.eos,
+            pad_token_id=tok.pad_token_id,
+            do_sample=self.temperature > 0,
+        )
+        kwargs.update(temperature=self.temperature, top_p=self.top_p) if self.temperature > 0 else kwargs.update(
+            temperature=None, top_p=None, top_k=None
+        )
         if write is not None:
             kwargs["streamer"] = make_streamer(tok, write)
         device = next(model.parameters()).device
         with torch.no_grad():
-            out = model.generate(input_ids=torch.tensor([ids], device=device), attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device), **kwargs)
-        text = tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+            out = model.generate(
+                input_ids=torch.tensor([ids], device=device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
+                **kwargs,
+            )
+        text = tok.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
         self.history.append(Message("assistant", text))
         return text
 
@@ -110,7 +129,7 @@ def chat_loop(session: ChatSession, lines, write, *, interactive: bool = False) 
             write("(history cleared)\n")
             continue
         if line.startswith("/system "):
-            session.reset(line[len("/system "):].strip())
+            session.reset(line[len("/system ") :].strip())
             write("(system prompt set, history cleared)\n")
             continue
         if not interactive:
@@ -129,8 +148,16 @@ def _tty_lines(console):
             return
 
 
-def run_chat(model: str | None, adapter: str | None = None, *, system: str | None = None, temperature: float = 0.7,
-             top_p: float = 0.9, max_new_tokens: int = 256, seed: int = 0) -> int:
+def run_chat(
+    model: str | None,
+    adapter: str | None = None,
+    *,
+    system: str | None = None,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+) -> int:
     """Entry of ``tunesmith chat``: load the model and chat on the terminal (or over piped stdin).
 
     Returns:
@@ -150,8 +177,11 @@ def run_chat(model: str | None, adapter: str | None = None, *, system: str | Non
     interactive = sys.stdin.isatty()
     session = ChatSession(loaded, system=system, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     if interactive:
-        console.print(f"[dim]chat with {loaded.base_name}" + (f" + {loaded.adapter_dir}" if loaded.adapter_dir else "")
-                      + "; /reset clears the history, /system TEXT sets the system prompt, /exit leaves[/]")
+        console.print(
+            f"[dim]chat with {loaded.base_name}"
+            + (f" + {loaded.adapter_dir}" if loaded.adapter_dir else "")
+            + "; /reset clears the history, /system TEXT sets the system prompt, /exit leaves[/]"
+        )
 
     def write(text: str) -> None:
         sys.stdout.write(text)

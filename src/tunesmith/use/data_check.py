@@ -7,6 +7,7 @@ Both load the tokenizer only (no model weights), render through the same functio
 ``tunesmith sft`` (:func:`tunesmith.data.conversations.load_conversations`, :func:`tunesmith.render.rows.render_all`)
 and return exit code 2 when the data has errors that would stop training.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,10 +20,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from tunesmith.render.rows import TokenStats, render_all, resolve_max_length
 from tunesmith.data.conversations import LoadReport, load_conversations
 from tunesmith.data.records import Conversation
 from tunesmith.render.checks import Finding, check_template
+from tunesmith.render.rows import TokenStats, render_all, resolve_max_length
 from tunesmith.render.templates import IGNORE_INDEX, apply_chat_template_option
 
 console = Console()
@@ -49,8 +50,8 @@ def prepare(cfg) -> Prepared:
     """
     from transformers import AutoConfig, GenerationConfig
 
-    from tunesmith.models.sources import resolve_model
     from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.sources import resolve_model
 
     source = resolve_model(cfg.model.name)
     tok = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
@@ -73,7 +74,9 @@ def _reason_key(reason: str) -> str:
 
 
 def _duplicates(convs: list[Conversation]) -> int:
-    seen = Counter(hashlib.sha256("\x01".join(f"{m.role}\x00{m.content}" for m in c.messages).encode()).hexdigest() for c in convs)
+    seen = Counter(
+        hashlib.sha256("\x01".join(f"{m.role}\x00{m.content}" for m in c.messages).encode()).hexdigest() for c in convs
+    )
     return sum(v - 1 for v in seen.values())
 
 
@@ -91,13 +94,17 @@ def run_check(cfg, *, skip_invalid: bool = False) -> int:
     chat = [c for c in p.convs if c.kind not in ("text", "completion")]
     if chat and not p.tokenizer.chat_template:
         apply_chat_template_option(p.tokenizer, None)  # raises the clear "no chat template" error
-    rows, stats = render_all(p.tokenizer, p.convs, p.max_length, generation_config=p.generation_config, skip_invalid=True, log_skipped=False)
+    rows, stats = render_all(
+        p.tokenizer, p.convs, p.max_length, generation_config=p.generation_config, skip_invalid=True, log_skipped=False
+    )
     problems = p.load.skipped + stats.invalid
     _print_report(cfg, p, stats, findings, problems)
     bad = len({x.where for x in problems})
     if bad and not skip_invalid:
-        console.print(f"[bold red]error:[/] {bad} invalid record(s): `tunesmith sft` would stop before training. "
-                      "Fix them, or pass --skip-invalid to skip them.")
+        console.print(
+            f"[bold red]error:[/] {bad} invalid record(s): `tunesmith sft` would stop before training. "
+            "Fix them, or pass --skip-invalid to skip them."
+        )
         return 2
     if not rows:
         console.print("[bold red]error:[/] no example has a trained token left; nothing would be trained.")
@@ -113,8 +120,13 @@ def _print_report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], 
     t.add_column("what")
     t.add_column("value", overflow="fold")
     t.add_row("rows read / kept / skipped", f"{p.load.rows_read} / {s['kept']} / {bad}")
-    t.add_row("tokens per example (min / median / p95 / max)", f"{s['length_min']} / {s['length_median']} / {s['length_p95']} / {s['length_max']}")
-    t.add_row("tokens / trained tokens (share)", f"{s['tokens']} / {s['trained_tokens']} ({s['trained_token_share']:.1%})")
+    t.add_row(
+        "tokens per example (min / median / p95 / max)",
+        f"{s['length_min']} / {s['length_median']} / {s['length_p95']} / {s['length_max']}",
+    )
+    t.add_row(
+        "tokens / trained tokens (share)", f"{s['tokens']} / {s['trained_tokens']} ({s['trained_token_share']:.1%})"
+    )
     t.add_row("max_length", p.max_length_note)
     t.add_row("truncated examples", f"{s['truncated']} (trained tokens lost: {s['trained_tokens_lost_to_truncation']})")
     t.add_row("dropped: no trained token after truncation", str(s["dropped_all_masked"]))
@@ -125,7 +137,10 @@ def _print_report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], 
     t.add_row("duplicate records", str(_duplicates(p.convs)))
     with_tools = sum(1 for c in p.convs if c.meta.get("tools") not in (None, "", "[]", []))
     if with_tools:
-        t.add_row("records with a `tools` field", f"{with_tools} (kept as metadata; tool schemas are not rendered into the prompt)")
+        t.add_row(
+            "records with a `tools` field",
+            f"{with_tools} (kept as metadata; tool schemas are not rendered into the prompt)",
+        )
     console.print(t)
     if problems:
         reasons = Counter(_reason_key(x.reason) for x in problems)
@@ -152,14 +167,24 @@ def run_preview(cfg, n: int, *, plain: bool | None = None) -> int:
     """
     p = prepare(cfg)
     plain = (not console.is_terminal) if plain is None else plain
-    rows, stats = render_all(p.tokenizer, p.convs[: max(n, 0) * 2 + 4], p.max_length, generation_config=p.generation_config,
-                             skip_invalid=True, log_skipped=False)
+    rows, stats = render_all(
+        p.tokenizer,
+        p.convs[: max(n, 0) * 2 + 4],
+        p.max_length,
+        generation_config=p.generation_config,
+        skip_invalid=True,
+        log_skipped=False,
+    )
     for x in stats.invalid:
         console.print(f"[yellow]skipped[/] {x.where}: {x.reason}", highlight=False)
     if not rows:
         console.print("[bold red]error:[/] no example could be rendered with a trained token")
         return 2
-    legend = escape("trained tokens in [[double brackets]], masked tokens plain") if plain else "[bold green]trained tokens highlighted[/], [dim]masked tokens dimmed[/]"
+    legend = (
+        escape("trained tokens in [[double brackets]], masked tokens plain")
+        if plain
+        else "[bold green]trained tokens highlighted[/], [dim]masked tokens dimmed[/]"
+    )
     console.print(f"legend: {legend}; max_length={p.max_length}")
     for k, r in enumerate(rows[:n]):
         console.rule(f"example {k + 1}: {r.source} — {len(r.input_ids)} tokens, {r.num_trained} trained", style="dim")

@@ -15,6 +15,7 @@ file holding a list of such objects works too.  Output, one line per input, in i
 Every prompt is rendered through the chat template with the generation prompt; generation stops at the
 template's end-of-turn token (added to the generation config's eos ids when missing).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.errors import DataError, Problem
 from tunesmith.data.records import Conversation, Message
+from tunesmith.errors import DataError, Problem
 
 
 @dataclass
@@ -51,13 +52,33 @@ def _messages(value, where: str) -> list[Message]:
     if isinstance(value, str):
         return [Message("user", value)]
     if not isinstance(value, list) or not value:
-        raise DataError("Bad prompt record", [Problem(where, "prompt/messages must be a string or a non-empty list of {role, content}",
-                                                      'write {"prompt": "text"} or {"messages": [{"role": "user", "content": "text"}]}')])
+        raise DataError(
+            "Bad prompt record",
+            [
+                Problem(
+                    where,
+                    "prompt/messages must be a string or a non-empty list of {role, content}",
+                    'write {"prompt": "text"} or {"messages": [{"role": "user", "content": "text"}]}',
+                )
+            ],
+        )
     out = []
     for k, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant", "tool"):
-            raise DataError("Bad prompt record", [Problem(f"{where} (message {k})", "each message needs role (system/user/assistant/tool) and string content",
-                                                          'e.g. {"role": "user", "content": "Hello"}')])
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("content"), str)
+            or m.get("role") not in ("system", "user", "assistant", "tool")
+        ):
+            raise DataError(
+                "Bad prompt record",
+                [
+                    Problem(
+                        f"{where} (message {k})",
+                        "each message needs role (system/user/assistant/tool) and string content",
+                        'e.g. {"role": "user", "content": "Hello"}',
+                    )
+                ],
+            )
         out.append(Message(m["role"], m["content"]))
     return out
 
@@ -71,14 +92,20 @@ def parse_record(obj, where: str) -> PromptRecord:
     if isinstance(obj, str):
         return PromptRecord(where, [Message("user", obj)])
     if not isinstance(obj, dict) or not ({"prompt", "messages"} & obj.keys()):
-        raise DataError("Bad prompt record", [Problem(where, "a JSON object needs a prompt or messages field", 'e.g. {"id": 1, "prompt": "Hello"}')])
+        raise DataError(
+            "Bad prompt record",
+            [Problem(where, "a JSON object needs a prompt or messages field", 'e.g. {"id": 1, "prompt": "Hello"}')],
+        )
     msgs = _messages(obj.get("messages", obj.get("prompt")), where)
     reference = obj.get("reference", obj.get("completion"))
     if msgs[-1].role == "assistant":
         reference = reference if reference is not None else msgs[-1].content
         msgs = msgs[:-1]
     if not msgs:
-        raise DataError("Bad prompt record", [Problem(where, "nothing is left to prompt with after the final assistant turn", "add a user turn")])
+        raise DataError(
+            "Bad prompt record",
+            [Problem(where, "nothing is left to prompt with after the final assistant turn", "add a user turn")],
+        )
     return PromptRecord(str(obj.get("id", where)), msgs, reference if isinstance(reference, str) else None)
 
 
@@ -90,7 +117,9 @@ def read_prompts(source: str) -> list[PromptRecord]:
     """
     name = "stdin" if source == "-" else source
     if source != "-" and not Path(source).is_file():
-        raise DataError("Prompt file not found", [Problem(source, "no such file", "check the path, or pass - to read stdin")])
+        raise DataError(
+            "Prompt file not found", [Problem(source, "no such file", "check the path, or pass - to read stdin")]
+        )
     text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     if source != "-" and Path(source).suffix.lower() == ".json":
         try:
@@ -109,7 +138,10 @@ def _json_or_text(line: str, where: str):
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataError("Malformed JSON line", [Problem(where, f"{exc.msg} (column {exc.colno})", "each line must be one JSON object or plain text")]) from None
+        raise DataError(
+            "Malformed JSON line",
+            [Problem(where, f"{exc.msg} (column {exc.colno})", "each line must be one JSON object or plain text")],
+        ) from None
 
 
 def _collect(items) -> list[PromptRecord]:
@@ -131,8 +163,16 @@ def with_system(messages: list[Message], system: str | None) -> list[Message]:
     return [Message("system", system)] + list(messages)
 
 
-def generate_records(loaded, records: list[PromptRecord], *, max_new_tokens: int = 128, batch_size: int = 8,
-                     temperature: float = 0.0, top_p: float = 1.0, system: str | None = None) -> list[dict]:
+def generate_records(
+    loaded,
+    records: list[PromptRecord],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    system: str | None = None,
+) -> list[dict]:
     """Generate a reply for every record, batched with left padding; greedy when ``temperature == 0``.
 
     Args:
@@ -152,16 +192,45 @@ def generate_records(loaded, records: list[PromptRecord], *, max_new_tokens: int
 
     eos = stop_ids(loaded)
     prompts = [render_prompt(loaded.tokenizer, Conversation(with_system(r.messages, system), r.id)) for r in records]
-    outs = generate_ids(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens, eos_ids=eos, batch_size=batch_size,
-                        do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p)
-    return [{"id": r.id, "prompt": r.prompt, "prediction": decode_reply(loaded.tokenizer, o), "reference": r.reference,
-             "finish_reason": "stop" if o and o[-1] in eos else "length", "new_tokens": len(o)}
-            for r, o in zip(records, outs)]
+    outs = generate_ids(
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        eos_ids=eos,
+        batch_size=batch_size,
+        do_sample=temperature > 0,
+        temperature=temperature or 1.0,
+        top_p=top_p,
+    )
+    return [
+        {
+            "id": r.id,
+            "prompt": r.prompt,
+            "prediction": decode_reply(loaded.tokenizer, o),
+            "reference": r.reference,
+            "finish_reason": "stop" if o and o[-1] in eos else "length",
+            "new_tokens": len(o),
+        }
+        for r, o in zip(records, outs)
+    ]
 
 
-def run_generate(source: str, *, model: str | None, adapter: str | None = None, output: str | None = None, overwrite: bool = False,
-                 max_new_tokens: int = 128, batch_size: int = 8, temperature: float = 0.0, top_p: float = 1.0,
-                 system: str | None = None, seed: int = 0, log=None) -> list[dict]:
+def run_generate(
+    source: str,
+    *,
+    model: str | None,
+    adapter: str | None = None,
+    output: str | None = None,
+    overwrite: bool = False,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    system: str | None = None,
+    seed: int = 0,
+    log=None,
+) -> list[dict]:
     """Entry of ``tunesmith generate``: read prompts, load the model, generate, write JSONL (``output`` atomically, else stdout).
 
     Returns:
@@ -177,13 +246,22 @@ def run_generate(source: str, *, model: str | None, adapter: str | None = None, 
     from tunesmith.runtime.files import atomic_write_jsonl
 
     if output and Path(output).exists() and not overwrite:
-        raise TunesmithError("Output file exists", [Problem(output, "it would be overwritten", "pass --overwrite or another --output")])
+        raise TunesmithError(
+            "Output file exists", [Problem(output, "it would be overwritten", "pass --overwrite or another --output")]
+        )
     records = read_prompts(source)
     torch.manual_seed(seed)
     loaded = load_for_use(model, adapter)
     start = time.perf_counter()
-    rows = generate_records(loaded, records, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
-                            top_p=top_p, system=system)
+    rows = generate_records(
+        loaded,
+        records,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        temperature=temperature,
+        top_p=top_p,
+        system=system,
+    )
     seconds = time.perf_counter() - start
     if output:
         atomic_write_jsonl(output, rows)
@@ -192,6 +270,9 @@ def run_generate(source: str, *, model: str | None, adapter: str | None = None, 
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
     if log is not None:
         tokens = sum(r["new_tokens"] for r in rows)
-        log(f"{len(rows)} replies, {tokens} new tokens in {seconds:.1f}s ({tokens / max(seconds, 1e-9):.1f} tokens/s); "
-            f"stopped at end-of-turn: {sum(r['finish_reason'] == 'stop' for r in rows)}/{len(rows)}" + (f"; wrote {output}" if output else ""))
+        log(
+            f"{len(rows)} replies, {tokens} new tokens in {seconds:.1f}s ({tokens / max(seconds, 1e-9):.1f} tokens/s); "
+            f"stopped at end-of-turn: {sum(r['finish_reason'] == 'stop' for r in rows)}/{len(rows)}"
+            + (f"; wrote {output}" if output else "")
+        )
     return rows

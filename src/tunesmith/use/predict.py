@@ -9,6 +9,7 @@ Input: JSONL objects (the run's ``labels.text_column``, optional ``id``), CSV/TS
 (columns as in the run's config), or plain text, one example per line.  Output: one JSON line per
 example, ``{"id", "text", "label", "probabilities": {label: float}}``, in input order.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,13 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith.errors import ModelError, Problem
+from tunesmith.config.classify import ClassifyConfig
 from tunesmith.data.labels import clean, read_table
 from tunesmith.data.records import LabelRecord
-from tunesmith.config.classify import ClassifyConfig
+from tunesmith.errors import ModelError, Problem
 from tunesmith.models.adapters import find_adapter
 from tunesmith.models.loading import from_pretrained
-from tunesmith.models.sources import ModelSource
-from tunesmith.models.sources import resolve_model
+from tunesmith.models.sources import ModelSource, resolve_model
 
 
 def load_run_classifier(run_dir: str | Path):
@@ -43,11 +43,22 @@ def load_run_classifier(run_dir: str | Path):
 
     run_dir = Path(run_dir)
     cfg_file = run_dir / "config.yaml"
-    not_classify = ModelError("Not a classify run", [Problem(
-        str(run_dir), "no classifier here (predict reads the model/ or adapter/ folder and config.yaml of `tunesmith classify`)",
-        "pass the train.output_dir of a finished `tunesmith classify` run; for SFT runs use `tunesmith generate`")])
+    not_classify = ModelError(
+        "Not a classify run",
+        [
+            Problem(
+                str(run_dir),
+                "no classifier here (predict reads the model/ or adapter/ folder and config.yaml of `tunesmith classify`)",
+                "pass the train.output_dir of a finished `tunesmith classify` run; for SFT runs use `tunesmith generate`",
+            )
+        ],
+    )
     try:
-        cfg = ClassifyConfig.model_validate(yaml.safe_load(cfg_file.read_text()) or {}) if cfg_file.is_file() else ClassifyConfig()
+        cfg = (
+            ClassifyConfig.model_validate(yaml.safe_load(cfg_file.read_text()) or {})
+            if cfg_file.is_file()
+            else ClassifyConfig()
+        )
     except (ValidationError, yaml.YAMLError, OSError):
         raise not_classify from None
     adapter = find_adapter(run_dir) if (run_dir / "adapter").is_dir() else None
@@ -62,11 +73,17 @@ def load_run_classifier(run_dir: str | Path):
     hf_logging.set_verbosity_error()  # the adapter restores the head: the base's "score newly initialized" notice is moot
     try:
         if adapter is None:
-            model = from_pretrained(AutoModelForSequenceClassification, ModelSource(str(path), str(path), "local"), **opts)
+            model = from_pretrained(
+                AutoModelForSequenceClassification, ModelSource(str(path), str(path), "local"), **opts
+            )
         else:
             from peft import PeftModel
 
-            base_name = cfg.model.name if cfg_file.is_file() else json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            base_name = (
+                cfg.model.name
+                if cfg_file.is_file()
+                else json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            )
             base = from_pretrained(AutoModelForSequenceClassification, resolve_model(base_name), config=config, **opts)
             model = PeftModel.from_pretrained(base, adapter)
     finally:
@@ -83,9 +100,17 @@ def read_inputs(source: str, labels_cfg) -> list[LabelRecord]:
     """
     if source != "-" and Path(source).suffix.lower() in (".csv", ".tsv", ".parquet"):
         rows = read_table(source, labels_cfg)
-        return [LabelRecord(str(row.get("id", where)), clean(str(row.get(labels_cfg.text_column, ""))), "",
-                            clean(str(row[labels_cfg.text_pair_column])) if labels_cfg.text_pair_column and row.get(labels_cfg.text_pair_column) else None)
-                for where, row in rows]
+        return [
+            LabelRecord(
+                str(row.get("id", where)),
+                clean(str(row.get(labels_cfg.text_column, ""))),
+                "",
+                clean(str(row[labels_cfg.text_pair_column]))
+                if labels_cfg.text_pair_column and row.get(labels_cfg.text_pair_column)
+                else None,
+            )
+            for where, row in rows
+        ]
     lines = sys.stdin.read().splitlines() if source == "-" else Path(source).read_text(encoding="utf-8").splitlines()
     name = "stdin" if source == "-" else source
     out = []
@@ -100,7 +125,14 @@ def read_inputs(source: str, labels_cfg) -> list[LabelRecord]:
                 obj = None
         if isinstance(obj, dict):
             pair = obj.get(labels_cfg.text_pair_column) if labels_cfg.text_pair_column else None
-            out.append(LabelRecord(str(obj.get("id", f"{name}:{no}")), clean(str(obj.get(labels_cfg.text_column, ""))), "", clean(str(pair)) if pair else None))
+            out.append(
+                LabelRecord(
+                    str(obj.get("id", f"{name}:{no}")),
+                    clean(str(obj.get(labels_cfg.text_column, ""))),
+                    "",
+                    clean(str(pair)) if pair else None,
+                )
+            )
         else:
             out.append(LabelRecord(f"{name}:{no}", clean(line), ""))
     return out
@@ -115,16 +147,23 @@ def run_predict(run_dir: str, source: str, *, output: str | None = None, batch_s
     Raises:
         ModelError: ``run_dir`` is not a classify run.
     """
-    from tunesmith.runtime.files import atomic_write_jsonl
     from tunesmith.models.classifier import encode, predict_proba
+    from tunesmith.runtime.files import atomic_write_jsonl
 
     model, tokenizer, cfg = load_run_classifier(run_dir)
     records = read_inputs(source, cfg.labels)
     rows, _ = encode(tokenizer, records, None, cfg.train.max_length)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     probs = predict_proba(model, rows, model.config.pad_token_id, batch_size=batch_size) if rows else None
-    out = [{"id": r.id, "text": r.text, "label": names[int(p.argmax())], "probabilities": {n: round(float(v), 6) for n, v in zip(names, p)}}
-           for r, p in zip(records, probs if probs is not None else [])]
+    out = [
+        {
+            "id": r.id,
+            "text": r.text,
+            "label": names[int(p.argmax())],
+            "probabilities": {n: round(float(v), 6) for n, v in zip(names, p)},
+        }
+        for r, p in zip(records, probs if probs is not None else [])
+    ]
     if output:
         atomic_write_jsonl(output, out)
     else:

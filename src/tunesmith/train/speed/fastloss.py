@@ -11,6 +11,7 @@ in the forward pass, while the chunk's logits are at hand, as Liger-Kernel's fus
 (Hsu et al. 2024, arXiv:2410.10989); the backward pass only scales the stored gradients.  That is two matmuls per
 chunk instead of three (forward, recompute, gradient) for TRL's chunked log-probabilities.
 """
+
 from __future__ import annotations
 
 import types
@@ -53,7 +54,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         entropy = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
-            h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+            h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
             z = torch.nn.functional.linear(h, weight, bias).to(acc)  # [c, vocab]
             lse = torch.logsumexp(z, dim=-1)
             target_z = z.gather(1, t[:, None]).squeeze(1)
@@ -64,9 +65,11 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             del z
             if need_h or need_w or need_b:
                 p[torch.arange(len(t), device=t.device), t] -= 1.0  # d(lse - z_t)/dz = p - onehot(t)
-                g = p.to(torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype)
+                g = p.to(
+                    torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+                )
                 if need_h:
-                    grad_h[start:start + chunk_size] = (g @ weight.to(g.dtype)).to(hidden.dtype)
+                    grad_h[start : start + chunk_size] = (g @ weight.to(g.dtype)).to(hidden.dtype)
                 if need_w:
                     grad_w += (g.t() @ h.to(g.dtype)).to(acc)
                 if need_b:
@@ -88,8 +91,15 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None = None,
-                          *, chunk_size: int = DEFAULT_CHUNK, shift: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    shift: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy over trained positions, without the full logits.
 
     Args:
@@ -111,7 +121,9 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     if picked.shape[0] == 0:  # keep the graph connected: a differentiable zero
         zero = hidden.sum() * 0.0
         return zero.float(), n, torch.zeros((), dtype=torch.long), torch.zeros(())
-    loss, correct, entropy = ChunkedCrossEntropy.apply(picked, weight, bias, labels[mask], chunk_size, torch.is_grad_enabled())
+    loss, correct, entropy = ChunkedCrossEntropy.apply(
+        picked, weight, bias, labels[mask], chunk_size, torch.is_grad_enabled()
+    )
     return loss, n, correct, entropy
 
 
@@ -168,8 +180,12 @@ def install_chunked_loss(model, chunk_size: int = DEFAULT_CHUNK) -> None:
         kwargs["use_cache"] = False
         out = getattr(self, self.base_model_prefix)(*args, **kwargs)
         head = self.get_output_embeddings()
-        loss_sum, n, correct, entropy = chunked_cross_entropy(out.last_hidden_state, head.weight, labels, head.bias, chunk_size=chunk_size)
-        denom = torch.as_tensor(num_items_in_batch if num_items_in_batch is not None else n, device=loss_sum.device).clamp(min=1)
+        loss_sum, n, correct, entropy = chunked_cross_entropy(
+            out.last_hidden_state, head.weight, labels, head.bias, chunk_size=chunk_size
+        )
+        denom = torch.as_tensor(
+            num_items_in_batch if num_items_in_batch is not None else n, device=loss_sum.device
+        ).clamp(min=1)
         return ChunkedLossOutput(loss_sum / denom, n, correct, entropy)
 
     forward._tunesmith_chunked = True

@@ -11,6 +11,7 @@ TRL's packed run in issue 10).  Here each packed row stays its own batch row: th
 per-sample ``position_ids`` (restarting at 0, so transformers builds a block-diagonal causal mask per row and
 attention never crosses samples), but the dense mask is only ``max_length^2`` per row.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

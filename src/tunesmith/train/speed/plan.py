@@ -4,18 +4,24 @@
 :func:`attach`; every choice is a ``train.*`` field (see ``tunesmith config``), measured by ``make bench``
 (bench/bench_sft.py) against plain TRL.  Tested by ``pytest tests/test_speed.py``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
 
+from tunesmith.models.loading import choose_attention
+from tunesmith.runtime.hardware import is_installed
 from tunesmith.train.speed.fastloss import DEFAULT_CHUNK, install_chunked_loss, supports_chunked_loss
 from tunesmith.train.speed.packrows import PackedRowsCollator, pack_rows
-from tunesmith.runtime.hardware import is_installed
-from tunesmith.models.loading import choose_attention
 
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn", "kernels-community/flash-attn3")
+VARLEN_ATTENTION = (
+    "flash_attention_2",
+    "flash_attention_3",
+    "kernels-community/flash-attn",
+    "kernels-community/flash-attn3",
+)
 """Attention implementations that run padding-free batches as variable-length sequences (cost ~ sum of sample lengths squared)."""
 
 
@@ -45,10 +51,6 @@ class SpeedPlan:
     notes: list[str] = field(default_factory=list)
 
 
-
-
-
-
 def plan_speed(train_cfg, attn_requested: str, device: str | None = None) -> SpeedPlan:
     """Decide the speed settings of a run from the ``train`` section and the hardware.
 
@@ -68,16 +70,29 @@ def plan_speed(train_cfg, attn_requested: str, device: str | None = None) -> Spe
     if layout == "auto":
         layout = "flat" if attn in VARLEN_ATTENTION else "rows"
     liger = device == "cuda" and is_installed("liger_kernel")
-    rows_per_pass = train_cfg.micro_batch_size or (1 if device == "cpu" and layout == "rows" else train_cfg.per_device_train_batch_size)
+    rows_per_pass = train_cfg.micro_batch_size or (
+        1 if device == "cpu" and layout == "rows" else train_cfg.per_device_train_batch_size
+    )
     micro = train_cfg.per_device_train_batch_size // rows_per_pass
-    plan = SpeedPlan(layout=layout, chunked_loss=train_cfg.chunked_loss, attn_implementation=attn, liger=liger, threads=train_cfg.num_threads,
-                     micro_batches=micro)
+    plan = SpeedPlan(
+        layout=layout,
+        chunked_loss=train_cfg.chunked_loss,
+        attn_implementation=attn,
+        liger=liger,
+        threads=train_cfg.num_threads,
+        micro_batches=micro,
+    )
     if micro > 1:
         plan.notes.append(f"{micro} micro-batches of {rows_per_pass} row(s) per optimizer step")
     plan.rows_per_pass = rows_per_pass
-    plan.notes.append(f"packing layout {layout}" + (" (packed rows of max_length: dense attention masks stay max_length^2 per row)" if layout == "rows" else ""))
+    plan.notes.append(
+        f"packing layout {layout}"
+        + (" (packed rows of max_length: dense attention masks stay max_length^2 per row)" if layout == "rows" else "")
+    )
     plan.notes.append(f"attention {attn}" + ("; Liger kernels" if liger else ""))
-    plan.notes.append("loss: chunked at trained positions (tunesmith.train.speed.fastloss)" if plan.chunked_loss else "loss: TRL's")
+    plan.notes.append(
+        "loss: chunked at trained positions (tunesmith.train.speed.fastloss)" if plan.chunked_loss else "loss: TRL's"
+    )
     return plan
 
 
@@ -93,8 +108,10 @@ def sft_overrides(plan: SpeedPlan, train_cfg=None) -> dict:
     become gradient accumulation (transformers normalises the loss by the whole step's trained tokens)."""
     kw: dict = {"use_liger_kernel": plan.liger} if plan.liger else {}
     if plan.micro_batches > 1 and train_cfg is not None:
-        kw.update(per_device_train_batch_size=plan.rows_per_pass,
-                  gradient_accumulation_steps=train_cfg.gradient_accumulation_steps * plan.micro_batches)
+        kw.update(
+            per_device_train_batch_size=plan.rows_per_pass,
+            gradient_accumulation_steps=train_cfg.gradient_accumulation_steps * plan.micro_batches,
+        )
     if plan.layout == "rows":
         kw.update(packing=False, padding_free=False, eval_packing=False, dataset_kwargs={"skip_prepare_dataset": True})
     return kw
@@ -140,12 +157,16 @@ class FastLossTrainerMixin:
         """Trainer.compute_loss with the chunked loss at trained positions, normalised by ``num_items_in_batch`` (trained tokens of the global batch), as transformers does."""
         real = inputs.pop("num_real_tokens", None)
         if not self.tunesmith_chunked_loss or return_outputs or "shift_labels" in inputs:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         mode = "train" if self.model.training else "eval"
         out = model(**inputs, num_items_in_batch=num_items_in_batch, tunesmith_chunked_loss=True)
         loss = out.loss
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # DDP averages gradients: undo it (as TRL does)
+            loss = loss * (
+                self.accelerator.num_processes // self.get_tp_size()
+            )  # DDP averages gradients: undo it (as TRL does)
         gather = self.accelerator.gather_for_metrics
         n = gather(out.n_trained.detach().reshape(1)).sum()
         correct, entropy = gather(out.n_correct.reshape(1)).sum(), gather(out.entropy_sum.reshape(1).float()).sum()
