@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.config.metric_names import GENERATION_METRICS, REFERENCE_METRICS
 from tunesmith.data.records import Conversation, Message
 from tunesmith.errors import DataError, Problem
-from tunesmith.evaluate.metrics import GENERATION_METRICS, REFERENCE_METRICS, aggregate, extract_label, score_example
+from tunesmith.evaluate.metrics import aggregate, extract_label, score_example
 from tunesmith.render.templates import IGNORE_INDEX, render_conversation, render_prompt
 
 

@@ -25,9 +25,7 @@ import json
 import re
 from functools import lru_cache
 
-from tunesmith.config.metric_names import (
-    REFERENCE_METRICS,
-)  # noqa: F401
+from tunesmith.config.metric_names import REFERENCE_METRICS
 from tunesmith.evaluate.stats import macro_f1
 
 

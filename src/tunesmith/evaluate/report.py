@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunesmith.config.metric_names import CORPUS_METRICS, LOWER_IS_BETTER
 from tunesmith.errors import DataError, Problem, TunesmithError
-from tunesmith.evaluate.metrics import CORPUS_METRICS, LOWER_IS_BETTER
 from tunesmith.evaluate.stats import N_RESAMPLES, macro_f1_resampler, percentile_ci, resample_indices
 
 N_BOOTSTRAP = N_RESAMPLES

@@ -9,7 +9,7 @@ import base64
 import io
 from html import escape
 
-from tunesmith.evaluate.metrics import LOWER_IS_BETTER
+from tunesmith.config.metric_names import LOWER_IS_BETTER
 
 MAX_EXAMPLES = 12
 """Examples listed per direction (wins, losses) in the page."""
