@@ -71,3 +71,58 @@ def build_tiny_llama(
 def tiny_llama_dir(smol_tokenizer, tmp_path_factory):
     """A tiny random Llama with SmolLM2's tokenizer and chat template, saved to a temp folder."""
     return build_tiny_llama(smol_tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+PROBE = (
+    "<|im_start|>user\nHello there, tell me about tea.<|im_end|>\n<|im_start|>assistant\nTea is a drink.<|im_end|>\n"
+)
+"""A ChatML conversation whose logits :func:`logits` compares."""
+
+
+def make_adapter(
+    base_dir,
+    tokenizer,
+    out,
+    *,
+    target_modules=("q_proj", "v_proj", "down_proj"),
+    modules_to_save=None,
+    scale=0.05,
+    seed=1,
+    added_tokens=(),
+):
+    """A LoRA adapter with random (non-zero) B matrices, saved like `tunesmith sft` saves one (with the tokenizer).
+
+    Returns:
+        (the in-memory PeftModel, its tokenizer).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if added_tokens:
+        tok.add_special_tokens({"additional_special_tokens": list(added_tokens)})
+        base.resize_token_embeddings(len(tok), mean_resizing=False)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=list(target_modules), modules_to_save=modules_to_save, lora_dropout=0.0
+    )
+    model = get_peft_model(base, cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * scale)
+    model.eval()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return model, tok
+
+
+def logits(model, tok, text=PROBE):
+    """Last-layer logits ``FloatTensor[seq, vocab]`` of ``text`` (no special tokens added)."""
+    import torch
+
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0].float()

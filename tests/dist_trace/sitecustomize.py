@@ -1,4 +1,4 @@
-"""Test helper, loaded by the child processes of tests/test_distributed.py through PYTHONPATH.
+"""Test helper, loaded by the child processes of tests/runtime/test_distributed.py through PYTHONPATH.
 
 When ``TUNESMITH_TRACE_WRITES`` names a file, every ``os.replace`` (how tunesmith's atomic writers and
 its plot/adapter savers move a finished artifact into place) appends ``<RANK>\\t<destination>`` to it, so

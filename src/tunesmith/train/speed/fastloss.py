@@ -1,7 +1,7 @@
 """Chunked cross-entropy at trained positions only: the [tokens, vocab] logits are never materialised whole.
 
 Used by ``tunesmith sft`` when ``train.chunked_loss`` is true (the default); checked against transformers' own
-loss by ``pytest tests/test_fastloss.py``.
+loss by ``pytest tests/train/speed/test_fastloss.py``.
 
 The causal-LM loss needs the output head only where a label is trained (``labels != -100`` after the shift).
 With assistant-only loss on chat data that is about a third of the tokens (chatterbot: 32%), so the head's

@@ -1,7 +1,7 @@
 """Packed rows: best-fit-decreasing packing into a [batch, max_length] grid, one packed row per batch row.
 
 Used by ``tunesmith sft`` when ``train.packing_layout`` resolves to ``rows`` (on CPU, and on GPUs without a varlen
-attention kernel).  Tested by ``pytest tests/test_packrows.py``.
+attention kernel).  Tested by ``pytest tests/train/speed/test_packrows.py``.
 
 TRL's padding-free layout concatenates every row of a micro-batch into ONE sequence of up to
 ``batch * max_length`` tokens.  With a varlen kernel (flash-attention) attention then costs only the sum of the

@@ -2,7 +2,7 @@
 
 ``tunesmith sft`` calls :func:`plan_speed` and then :func:`sft_overrides`, :func:`build_datasets` and
 :func:`attach`; every choice is a ``train.*`` field (see ``tunesmith config``), measured by ``make bench``
-(bench/bench_sft.py) against plain TRL.  Tested by ``pytest tests/test_speed.py``.
+(bench/bench_sft.py) against plain TRL.  Tested by ``pytest tests/train/speed/test_plan.py``.
 """
 
 from __future__ import annotations

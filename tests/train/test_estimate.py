@@ -1,6 +1,6 @@
 """`tunesmith estimate`: parameter counts equal the real models', hand-computed terms, CLI output, probe calibration.
 
-PYTHONPATH=src python -m pytest -q tests/test_estimate.py
+PYTHONPATH=src python -m pytest -q tests/train/test_estimate.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Issue 6 on the embedded SmolLM2-135M-Instruct: merge a random LoRA adapter, export it to GGUF, check the round trip
 (same greedy replies, logits), template consistency and that it stops; generate batched == one at a time.
 
-    PYTHONPATH=src pytest -q -m slow tests/test_use_embedded.py      # about 2-4 minutes on 2 CPU cores
+    PYTHONPATH=src pytest -q -m slow tests/use/test_embedded.py      # about 2-4 minutes on 2 CPU cores
 
 Slow: gguf's reader takes 10-30 s per read of a 49,152-token vocabulary, and export reads the file three times.
 """
@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from test_use_merge import logits, make_adapter
+from conftest import logits, make_adapter
 
 pytestmark = pytest.mark.slow
 

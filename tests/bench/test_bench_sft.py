@@ -1,6 +1,6 @@
 """bench/bench_sft.py's arithmetic: MFU, ratios to TRL, targets and the Markdown table, on hand-made run results.
 
-PYTHONPATH=src python -m pytest -q tests/test_bench.py
+PYTHONPATH=src python -m pytest -q tests/bench/test_bench_sft.py
 """
 
 from __future__ import annotations

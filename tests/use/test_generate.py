@@ -1,6 +1,6 @@
 """tunesmith generate / chat (issue 6): prompt files, batched == one-at-a-time, end-of-turn stop, the chat loop.
 
-PYTHONPATH=src pytest -q tests/test_use_generate.py
+PYTHONPATH=src pytest -q tests/use/test_generate.py
 """
 
 import json
@@ -103,6 +103,7 @@ def test_end_of_turn_added_to_generation_config(tmp_path, smol_tokenizer):
     assert any("end-of-turn id 2" in n for n in loaded.notes)
     assert {0, 2} <= stop_ids(loaded)
     from test_use_merge import make_adapter
+
     from tunesmith.export.merge import run_merge
 
     make_adapter(tmp_path / "m", None, tmp_path / "adapter")

@@ -1,7 +1,7 @@
 """Packed rows (tunesmith.train.speed.packrows): exact collation, and each sample's logits in a packed [batch, L] row equal its
 logits alone (attention never crosses samples, nor rows).
 
-    PYTHONPATH=src python -m pytest -q tests/test_packrows.py
+    PYTHONPATH=src python -m pytest -q tests/train/speed/test_packrows.py
 """
 
 from __future__ import annotations

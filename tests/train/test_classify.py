@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SHARED_DATA
+from conftest import REPO, SHARED_DATA
 from tunesmith.config.classify import ClassifyConfig
 from tunesmith.config.load import load_config
 from tunesmith.data.labels import clean, load_label_data, read_table, to_records
@@ -350,7 +350,7 @@ def test_classify_embedded_model_few_steps(tmp_path):
     from tunesmith.train.classify import run_classify
 
     cfg = load_config(
-        Path(__file__).resolve().parents[1] / "configs" / "classify_chatterbot.yaml",
+        REPO / "configs" / "classify_chatterbot.yaml",
         [
             f"train.output_dir={tmp_path / 'run'}",
             "train.max_steps=4",

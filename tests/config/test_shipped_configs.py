@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from tunesmith.config.load import load_config
 from tunesmith.config.sft import RunConfig
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def _config_class(path: Path):
@@ -29,7 +30,7 @@ def test_shipped_config_loads(path):
 
 
 def test_default_config_file_equals_builtin_defaults():
-    file_cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "sft.yaml")
+    file_cfg = load_config(REPO / "configs" / "sft.yaml")
     assert file_cfg.model_dump() == RunConfig().model_dump()
 
 
@@ -37,9 +38,7 @@ def test_classify_chatterbot_example_data():
     from tunesmith.config.classify import ClassifyConfig
     from tunesmith.data.labels import load_label_data
 
-    cfg = load_config(
-        Path(__file__).resolve().parents[1] / "configs" / "classify_chatterbot.yaml", model_cls=ClassifyConfig
-    )
+    cfg = load_config(REPO / "configs" / "classify_chatterbot.yaml", model_cls=ClassifyConfig)
     train, ev, names, report = load_label_data(cfg)
     assert names == ["trivia", "coding", "psychology", "ai", "emotion", "literature"]
     assert (len(train), len(ev), report["duplicates_dropped"]) == (

@@ -1,6 +1,6 @@
 """Chunked cross-entropy (tunesmith.train.speed.fastloss) against transformers' own causal-LM loss and autograd gradients.
 
-PYTHONPATH=src python -m pytest -q tests/test_fastloss.py
+PYTHONPATH=src python -m pytest -q tests/train/speed/test_fastloss.py
 """
 
 from __future__ import annotations

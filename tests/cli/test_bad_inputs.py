@@ -23,7 +23,7 @@ import pytest
 
 from conftest import REPO
 
-BAD = Path(__file__).parent / "bad_inputs"
+BAD = REPO / "tests" / "bad_inputs"
 OK = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
 
 

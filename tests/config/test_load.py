@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from conftest import REPO
 from tunesmith.config.load import load_config
 from tunesmith.config.problems import parse_override
 from tunesmith.config.reference import describe_fields
@@ -98,11 +99,10 @@ def test_cli_exit_code_2_without_traceback(tmp_path):
 
 
 def test_docs_config_reference_is_current():
-    from pathlib import Path
 
     from tunesmith.config.reference import config_reference_markdown
 
-    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    doc = REPO / "docs" / "config.md"
     assert doc.read_text() == config_reference_markdown(), (
         "regenerate with: tunesmith config --markdown > docs/config.md"
     )

@@ -1,7 +1,7 @@
 """tunesmith export --format gguf (issue 6): GGUF metadata, exact f32 round trip through transformers' GGUF loader,
 template consistency check (passes, and catches a wrong template / a model that does not stop), Modelfile.
 
-    PYTHONPATH=src pytest -q tests/test_use_export.py
+    PYTHONPATH=src pytest -q tests/export/test_gguf.py
 """
 
 import json
@@ -9,15 +9,14 @@ import json
 import pytest
 import torch
 
-from conftest import build_tiny_llama
-from test_use_merge import logits, make_adapter
+from conftest import build_tiny_llama, logits, make_adapter
 from tunesmith.errors import ModelError
 
 
 def tiny_bpe_tokenizer(chat_template: str):
     """A byte-level BPE tokenizer with 325 tokens (ids 0-2: <|endoftext|>, <|im_start|>, <|im_end|>) and the given chat
     template. Reading a GGUF with SmolLM2's 49,152 tokens takes gguf's reader 10-30 s, so the fast tests use this one;
-    tests/test_use_embedded.py (slow) exports the real SmolLM2."""
+    tests/use/test_embedded.py (slow) exports the real SmolLM2."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

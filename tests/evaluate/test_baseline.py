@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import REPO
 from tunesmith.data.bundled import SCHEMA, SYSTEM_PROMPT
 from tunesmith.data.records import Conversation, Message
 from tunesmith.evaluate.generative import build_examples, reference_losses
@@ -229,9 +230,8 @@ def test_same_seed_reproduces_the_fine_tuned_numbers(decision_run, tmp_path):
 @pytest.mark.slow
 def test_shipped_example_prompting_falls_short_and_sft_meets_the_target(tmp_path):
     """The shipped decision-order example end to end on the embedded SmolLM2-135M-Instruct (about 20 min on 2 busy cores)."""
-    from pathlib import Path
 
-    config = Path(__file__).resolve().parents[1] / "configs" / "decision_chatterbot_json.yaml"
+    config = REPO / "configs" / "decision_chatterbot_json.yaml"
     run = tmp_path / "run"
     _cli("sft", str(config), "--set", f"train.output_dir={run}")
     base = json.loads((run / "baseline" / "metrics.json").read_text())["task_metrics"]
