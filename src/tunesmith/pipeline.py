@@ -1,9 +1,9 @@
 """The decision order, composed once for every training command: prompting baseline -> training -> evaluation ->
 decision report.
 
-    tunesmith sft configs/decision_chatterbot_json.yaml     # eval.baseline: true -> baseline, SFT, eval, report.html
-    tunesmith classify configs/classify_chatterbot.yaml --baseline
-    tunesmith dpo configs/dpo_chatterbot.yaml               # DPO reports against its starting model itself
+    tunesmith sft configs/sft/decision-chatterbot-json.yaml     # eval.baseline: true -> baseline, SFT, eval, report.html
+    tunesmith classify configs/classify/chatterbot-topics.yaml --baseline
+    tunesmith dpo configs/dpo/chatterbot-pairs.yaml               # DPO reports against its starting model itself
 
 Top to bottom, one run::
 

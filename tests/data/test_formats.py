@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_shared
 from tunesmith.config.base import DataSection
 from tunesmith.data.conversations import load_conversations, load_file
 from tunesmith.errors import DataError
@@ -216,7 +216,7 @@ def test_unknown_format_explains_fix(tmp_path):
     assert e.value.problems[0].where == f"{tmp_path / 'd.jsonl'}:1" and "data.format" in e.value.problems[0].fix
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared data not present")
+@needs_shared("gpteacher_codegen", "glaive_toolcall_en_demo", "reason_tool_use_demo")
 def test_real_files_load(tmp_path):
     convs, rep = load_file(
         SHARED_DATA / "gpteacher_codegen" / "codegen-instruct.json", "alpaca", {"output": "response"}

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_shared
 from tunesmith.data.bundled import load_chatterbot_pairs
-from tunesmith.data.preference import detect_preference_format, load_pair_file, load_pairs, split_hh
+from tunesmith.data.preference import load_pair_file, load_pairs
+from tunesmith.data.preference_formats import detect_preference_format, split_hh
 from tunesmith.data.records import Message
 from tunesmith.errors import DataError
 
@@ -228,7 +229,7 @@ def test_gzip_jsonl_keeps_line_numbers(tmp_path):
     assert len(pairs) == 1 and [p.where for p in problems] == [f"{path}:2"]
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "hh_rlhf_harmless_base").is_dir(), reason="shared data not present")
+@needs_shared("hh_rlhf_harmless_base")
 def test_hh_rlhf_harmless_base_file():
     pairs, problems, fmt, read = load_pair_file(SHARED_DATA / "hh_rlhf_harmless_base" / "test.jsonl.gz")
     assert (fmt, read, len(pairs)) == ("hh", 1965, 1957)

@@ -231,7 +231,7 @@ def test_same_seed_reproduces_the_fine_tuned_numbers(decision_run, tmp_path):
 def test_shipped_example_prompting_falls_short_and_sft_meets_the_target(tmp_path):
     """The shipped decision-order example end to end on the embedded SmolLM2-135M-Instruct (about 20 min on 2 busy cores)."""
 
-    config = REPO / "configs" / "decision_chatterbot_json.yaml"
+    config = REPO / "configs" / "sft" / "decision-chatterbot-json.yaml"
     run = tmp_path / "run"
     _cli("sft", str(config), "--set", f"train.output_dir={run}")
     base = json.loads((run / "baseline" / "metrics.json").read_text())["task_metrics"]

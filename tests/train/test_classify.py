@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, needs_shared
 from tunesmith.config.classify import ClassifyConfig
 from tunesmith.config.load import load_config
 from tunesmith.data.labels import clean, load_label_data, read_table, to_records
@@ -180,6 +180,7 @@ def test_stratified_split_and_balanced_weights():
     torch.testing.assert_close(w, torch.tensor([75 / (2 * 60), 75 / (2 * 15)]))
 
 
+@needs_shared("banking77")
 def test_banking77_loader_counts():
     labels = load_config(None, ["labels.label_column=category"], model_cls=ClassifyConfig).labels
     train = to_records(read_table(SHARED_DATA / "banking77" / "train.csv", labels), labels)
@@ -194,6 +195,7 @@ def test_banking77_loader_counts():
     assert int(train[3].id.rsplit(":", 1)[1]) == 5  # physical line of the 4th record (header is line 1)
 
 
+@needs_shared("sms_spam_collection")
 def test_sms_loader_counts_and_cleaning():
     cfg = load_config(
         None,
@@ -350,7 +352,7 @@ def test_classify_embedded_model_few_steps(tmp_path):
     from tunesmith.train.classify import run_classify
 
     cfg = load_config(
-        REPO / "configs" / "classify_chatterbot.yaml",
+        REPO / "configs" / "classify" / "chatterbot-topics.yaml",
         [
             f"train.output_dir={tmp_path / 'run'}",
             "train.max_steps=4",
