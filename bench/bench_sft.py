@@ -1,6 +1,7 @@
 """SFT throughput and memory: tunesmith against plain TRL (as shipped, and at its best), side by side.
 
-    make bench          # python bench/bench_sft.py --mode full   (SmolLM2-135M, LoRA r=16 all-linear, batch 8, max_length 512)
+    make bench          # python bench/bench_sft.py --mode full   (SmolLM2-135M, LoRA r=16 all-linear, batch 8,
+                        #   max_length 512)
     make bench-quick    # python bench/bench_sft.py --mode quick  (batch 2, max_length 256, fewer steps; < 5 min)
 
 Each variant runs in its own fresh process (bench/variants.py) on the same pre-tokenised chatterbot rows; variants
@@ -51,7 +52,8 @@ MODES = {
 
 
 def prepare_data(out: Path, max_length: int, eval_examples: int) -> dict:
-    """Render chatterbot (tunesmith's split, chat template, assistant-only labels) once; save train/eval rows to ``out``."""
+    """Render chatterbot (tunesmith's split, chat template, assistant-only labels) once; save train/eval rows to
+    ``out``."""
     from tunesmith.config.sft import RunConfig
     from tunesmith.data.conversations import load_sft_data
     from tunesmith.models.loading import load_tokenizer
@@ -211,18 +213,28 @@ def markdown(report: dict) -> str:
     """The benchmark table (Markdown)."""
     s, c = report["summary"], report["conditions"]
     lines = [
-        f"`python bench/bench_sft.py --mode {c['mode']}`: {c['model']}, LoRA r=16 all-linear, batch {c['batch']}, max_length {c['max_length']}, "
-        f"{c['steps']} steps ({c['warmup']} warm-up), chatterbot; {c['cpu']} x{c['threads']} threads; matmul peak fp32 {c['peaks']['fp32_gflops']:.0f} / "
-        f"bf16 {c['peaks']['bf16_gflops']:.0f} GFLOP/s per wall second ({c['peaks']['fp32_gflops_cpu']:.0f} / {c['peaks']['bf16_gflops_cpu']:.0f} per CPU second); load average {c['load_start'][0]:.1f} -> {c['load_end'][0]:.1f}",
+        f"`python bench/bench_sft.py --mode {c['mode']}`: {c['model']}, LoRA r=16 all-linear, batch "
+        f"{c['batch']}, max_length {c['max_length']}, "
+        f"{c['steps']} steps ({c['warmup']} warm-up), chatterbot; {c['cpu']} x{c['threads']} threads; "
+        f"matmul peak fp32 {c['peaks']['fp32_gflops']:.0f} / "
+        f"bf16 {c['peaks']['bf16_gflops']:.0f} GFLOP/s per wall second ({c['peaks']['fp32_gflops_cpu']:.0f} "
+        f"/ {c['peaks']['bf16_gflops_cpu']:.0f} per CPU second); load average {c['load_start'][0]:.1f} -> "
+        f"{c['load_end'][0]:.1f}",
         "",
-        "| variant | precision | real tokens/s | x TRL best | x TRL shipped | tokens/CPU-s ratio vs best / shipped | CPU share | peak RSS | RSS / shipped | MFU vs fp32 peak: wall (CPU time) | MFU vs bf16 peak: wall (CPU time) | eval_loss | vs TRL best |",
+        "| variant | precision | real tokens/s | x TRL best | x TRL shipped | tokens/CPU-s ratio vs best / "
+        "shipped | CPU share | peak RSS | RSS / shipped | MFU vs fp32 peak: wall (CPU time) | MFU vs bf16 "
+        "peak: wall (CPU time) | eval_loss | vs TRL best |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     f = lambda r, k, fmt: "-" if k not in r else fmt.format(r[k])  # noqa: E731
     for v, r in s["variants"].items():
         lines.append(
-            f"| {v} | {r['precision']} | {r['tokens_per_second']:.1f} | {f(r, 'speed_vs_trl_best', '{:.2f}')} | {f(r, 'speed_vs_trl_shipped', '{:.2f}')} | "
-            f"{f(r, 'cpu_speed_vs_trl_best', '{:.2f}')} / {f(r, 'cpu_speed_vs_trl_shipped', '{:.2f}')} | {r['cpu_share']:.0%} | {r['peak_rss_bytes'] / 1e9:.2f} GB | {f(r, 'memory_vs_trl_shipped', '{:.2f}')} | {r['mfu_fp32_peak']:.1%} ({r['mfu_fp32_peak_cpu']:.1%}) | {r['mfu_bf16_peak']:.1%} ({r['mfu_bf16_peak_cpu']:.1%}) | "
+            f"| {v} | {r['precision']} | {r['tokens_per_second']:.1f} | "
+            f"{f(r, 'speed_vs_trl_best', '{:.2f}')} | {f(r, 'speed_vs_trl_shipped', '{:.2f}')} | "
+            f"{f(r, 'cpu_speed_vs_trl_best', '{:.2f}')} / {f(r, 'cpu_speed_vs_trl_shipped', '{:.2f}')} | "
+            f"{r['cpu_share']:.0%} | {r['peak_rss_bytes'] / 1e9:.2f} GB | "
+            f"{f(r, 'memory_vs_trl_shipped', '{:.2f}')} | {r['mfu_fp32_peak']:.1%} "
+            f"({r['mfu_fp32_peak_cpu']:.1%}) | {r['mfu_bf16_peak']:.1%} ({r['mfu_bf16_peak_cpu']:.1%}) | "
             f"{r['eval_loss']:.4f} | {f(r, 'eval_loss_vs_trl_best', '{:+.2%}')} |"
         )
     if s["targets"]:
@@ -231,7 +243,9 @@ def markdown(report: dict) -> str:
         e = s["estimate"]
         lines += [
             "",
-            f"`tunesmith estimate --batch {e['batch']} --seq-len {e['seq_len']}` (rows per pass) predicted peak {e['predicted_peak_bytes'] / 1e9:.2f} GB vs measured {e.get('measured_peak_rss_bytes', 0) / 1e9:.2f} GB "
+            f"`tunesmith estimate --batch {e['batch']} --seq-len {e['seq_len']}` (rows per pass) predicted "
+            f"peak {e['predicted_peak_bytes'] / 1e9:.2f} GB vs measured "
+            f"{e.get('measured_peak_rss_bytes', 0) / 1e9:.2f} GB "
             f"(ratio {e.get('predicted_over_measured', float('nan')):.2f})",
         ]
     return "\n".join(lines) + "\n"
@@ -251,7 +265,10 @@ def main(argv=None) -> int:
         "--threads",
         type=int,
         default=None,
-        help="torch threads in every process (default: torch's, one per core); 1 gives load-robust CPU-time figures on a busy machine",
+        help=(
+            "torch threads in every process (default: torch's, one per core); 1 gives load-robust CPU-time figures "
+            "on a busy machine"
+        ),
     )
     for key in ("batch", "max_length", "steps", "eval_examples"):
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"override the mode's {key}")
@@ -283,11 +300,8 @@ def main(argv=None) -> int:
                     flush=True,
                 )
                 results.append(run_variant(v, data, data, m, a.timeout))
-                print(
-                    f"[bench]   -> {json.dumps({k: results[-1].get(k) for k in ('tokens_per_second', 'peak_rss_bytes', 'eval_loss', 'error')})}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                shown = {k: results[-1].get(k) for k in ("tokens_per_second", "peak_rss_bytes", "eval_loss", "error")}
+                print(f"[bench]   -> {json.dumps(shown)}", file=sys.stderr, flush=True)
         peaks_end = matmul_peaks()
     peaks = {k: max(peaks[k], peaks_end[k]) for k in peaks}
     estimate = predict_for_bench(m["batch"], m["max_length"])

@@ -28,7 +28,9 @@ VARIANTS = {
     "tunesmith_flat": "tunesmith sft path, TRL's padding-free flat layout (train.packing_layout=flat)",
     "tunesmith_micro1": "tunesmith sft path, one packed row per forward/backward (train.micro_batch_size=1)",
     "tunesmith_micro2": "tunesmith sft path, two packed rows per forward/backward (train.micro_batch_size=2)",
-    "tunesmith_whole_batch": "tunesmith sft path, the whole batch in one forward/backward (train.micro_batch_size=batch)",
+    "tunesmith_whole_batch": (
+        "tunesmith sft path, the whole batch in one forward/backward (train.micro_batch_size=batch)"
+    ),
     "tunesmith_ckpt": "tunesmith sft path with gradient checkpointing (train.gradient_checkpointing=true)",
 }
 
@@ -154,7 +156,8 @@ def _tunesmith(a, train_ds, cfg, tokenizer, source):
 
 
 def run(a) -> dict:
-    """Train one variant for ``a.steps`` optimizer steps and return its measurements (see bench_sft.py for the fields)."""
+    """Train one variant for ``a.steps`` optimizer steps and return its measurements (see bench_sft.py for the
+    fields)."""
     from datasets import load_from_disk
 
     from tunesmith.config.sft import RunConfig

@@ -20,6 +20,8 @@ def needs_shared(*names: str):
         reason=f"needs the shared data sets ({', '.join(names) or 'any'}) at {SHARED_DATA}: not beside this checkout "
         "(CI has ../shared; set TUNESMITH_SHARED_DATA to point elsewhere)",
     )
+
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,7 +1,7 @@
 """The decision order, composed once for every training command: prompting baseline -> training -> evaluation ->
 decision report.
 
-    tunesmith sft configs/sft/decision-chatterbot-json.yaml     # eval.baseline: true -> baseline, SFT, eval, report.html
+    tunesmith sft configs/sft/decision-chatterbot-json.yaml    # eval.baseline: true -> baseline, SFT, eval, report.html
     tunesmith classify configs/classify/chatterbot-topics.yaml --baseline
     tunesmith dpo configs/dpo/chatterbot-pairs.yaml               # DPO reports against its starting model itself
 
@@ -30,7 +30,8 @@ KINDS = ("sft", "classify", "dpo")
 
 
 def wants_baseline(kind: str, cfg) -> bool:
-    """True when the run measures prompting first (``eval.baseline``); DPO compares against its starting model itself."""
+    """True when the run measures prompting first (``eval.baseline``); DPO compares against its starting model
+    itself."""
     return kind in ("sft", "classify") and bool(getattr(cfg.eval, "baseline", False))
 
 

@@ -2,9 +2,9 @@
 exit with code 2, print no traceback, name the location (file:line, field path or folder), and leave no output
 that looks complete (no metrics.json, no adapter/).
 
-Files live in tests/bad_inputs/; large or environment-specific inputs (a 10 MB line, 100,000 nested brackets,
-a read-only folder, a full disk) are built in the test.  All but five cases (``needs="model"``) fail before the model loads
-(preflight: config, output folder, data), in about a second each.
+Files live in tests/bad_inputs/; large or environment-specific inputs (a 10 MB line, 100,000 nested brackets, a
+read-only folder, a full disk) are built in the test.  All but five cases (``needs="model"``) fail before the model
+loads (preflight: config, output folder, data), in about a second each.
 """
 
 from __future__ import annotations

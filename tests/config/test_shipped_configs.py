@@ -29,7 +29,9 @@ def test_shipped_config_loads(path):
     cfg = load_config(path, model_cls=_config_class(path))
     assert cfg.train.output_dir
     for value in (cfg.data.path, cfg.data.eval_path):
-        assert value is None or Path(value).resolve().is_relative_to(REPO), f"{path} points outside the repository: {value}"
+        assert value is None or Path(value).resolve().is_relative_to(REPO), (
+            f"{path} points outside the repository: {value}"
+        )
 
 
 def test_every_command_ships_a_config():

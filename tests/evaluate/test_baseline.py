@@ -1,4 +1,5 @@
-"""Decision order (issue 4): the shared eval step, baseline/eval identity, eval_loss, and the end-to-end CLI on a tiny Llama."""
+"""Decision order (issue 4): the shared eval step, baseline/eval identity, eval_loss, and the end-to-end CLI on a tiny
+Llama."""
 
 import json
 
@@ -77,7 +78,8 @@ def _cli(*args, code=0):
 
 @pytest.fixture(scope="module")
 def decision_run(tmp_path_factory, tiny_llama_dir):
-    """`tunesmith sft` with eval.baseline on the tiny Llama: baseline (zero- and 1-shot) -> 2 SFT steps -> eval -> report."""
+    """`tunesmith sft` with eval.baseline on the tiny Llama: baseline (zero- and 1-shot) -> 2 SFT steps -> eval ->
+    report."""
     root = tmp_path_factory.mktemp("decision")
     cfg = root / "cfg.yaml"
     cfg.write_text(
@@ -169,7 +171,8 @@ def test_baseline_and_eval_use_identical_examples_and_prompts(decision_run):
 
 
 def test_standalone_commands_reproduce_the_sft_numbers(decision_run, tmp_path):
-    """`tunesmith baseline` and `tunesmith eval --adapter` (same config, same seed) reproduce the in-sft runs exactly."""
+    """`tunesmith baseline` and `tunesmith eval --adapter` (same config, same seed) reproduce the in-sft runs
+    exactly."""
     cfg, run = decision_run
     from tunesmith.config.load import load_config
     from tunesmith.evaluate.baseline import run_baseline, run_eval
@@ -201,7 +204,8 @@ def test_report_cli_and_refusals(decision_run, tmp_path):
 
 
 def test_same_seed_reproduces_the_fine_tuned_numbers(decision_run, tmp_path):
-    """A second SFT run with the same seed (without the baseline step) gives a bit-identical adapter and identical eval predictions."""
+    """A second SFT run with the same seed (without the baseline step) gives a bit-identical adapter and identical eval
+    predictions."""
     from safetensors.torch import load_file
 
     from tunesmith.config.load import load_config
@@ -229,7 +233,8 @@ def test_same_seed_reproduces_the_fine_tuned_numbers(decision_run, tmp_path):
 
 @pytest.mark.slow
 def test_shipped_example_prompting_falls_short_and_sft_meets_the_target(tmp_path):
-    """The shipped decision-order example end to end on the embedded SmolLM2-135M-Instruct (about 20 min on 2 busy cores)."""
+    """The shipped decision-order example end to end on the embedded SmolLM2-135M-Instruct (about 20 min on 2 busy
+    cores)."""
 
     config = REPO / "configs" / "sft" / "decision-chatterbot-json.yaml"
     run = tmp_path / "run"

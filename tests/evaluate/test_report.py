@@ -159,7 +159,8 @@ def test_peak_memory_is_measured_per_evaluation():
 
 
 def test_classify_runs_follow_the_same_contract(tmp_path):
-    """`tunesmith classify` run dirs (accuracy per example, macro_f1 from prediction/reference labels) are reported too."""
+    """`tunesmith classify` run dirs (accuracy per example, macro_f1 from prediction/reference labels) are reported
+    too."""
     refs, base_p, head_p = ["a", "b", "a", "c"] * 5, ["a", "a", "x", "c"] * 5, ["a", "b", "a", "b"] * 5
     for name, preds, kind in (("base", base_p, "baseline"), ("head", head_p, "classify")):
         d = tmp_path / name

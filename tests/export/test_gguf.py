@@ -30,7 +30,8 @@ def tiny_bpe_tokenizer(chat_template: str):
     )
     tk.train_from_iterator(
         [
-            "Hello there, how are you? The capital of France is Paris. system user assistant You are a helpful AI assistant"
+            "Hello there, how are you? The capital of France is Paris. system user assistant You are a "
+            "helpful AI assistant"
         ]
         * 20,
         trainer,
@@ -48,8 +49,8 @@ def tiny_bpe_tokenizer(chat_template: str):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, smol_tokenizer):
-    """A tiny llama (325-token BPE vocabulary, SmolLM2's chat template) + random LoRA adapter exported to GGUF (f32) with a
-    Modelfile; stop check off (random model)."""
+    """A tiny llama (325-token BPE vocabulary, SmolLM2's chat template) + random LoRA adapter exported to GGUF (f32)
+    with a Modelfile; stop check off (random model)."""
     from tunesmith.export.gguf import run_export
 
     tmp = tmp_path_factory.mktemp("export")
@@ -147,8 +148,9 @@ def test_modelfile(exported):
 
 
 def test_modelfile_check_on_llama3_and_a_broken_template(smol_tokenizer):
-    """The Go TEMPLATE is rendered (Ollama's semantics for range/Role/Content) and compared with the chat template's text:
-    Llama-3's template trims message content and Ollama's does not, which the check reports for a whitespace-padded turn."""
+    """The Go TEMPLATE is rendered (Ollama's semantics for range/Role/Content) and compared with the chat template's
+    text: Llama-3's template trims message content and Ollama's does not, which the check reports for a
+    whitespace-padded turn."""
     import copy
 
     from tunesmith.export.consistency import fixed_conversations, modelfile_check, render_go_template

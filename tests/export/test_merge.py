@@ -58,8 +58,9 @@ def test_merge_matches_base_plus_adapter(tmp_path, smol_tokenizer):
     "target,save", [(("q_proj", "embed_tokens"), None), (("q_proj",), ["lm_head"])], ids=["lora-embed", "save-lm_head"]
 )
 def test_merge_unties_trained_tied_embeddings(tmp_path, smol_tokenizer, target, save):
-    """SmolLM2 ties lm_head to embed_tokens. An adapter that trains one of them is merged untied and both matrices are saved;
-    with LoRA on embed_tokens, the naive merge (keep the tie) gives different logits (PEFT 0.21 unties a modules_to_save head itself)."""
+    """SmolLM2 ties lm_head to embed_tokens. An adapter that trains one of them is merged untied and both matrices are
+    saved; with LoRA on embed_tokens, the naive merge (keep the tie) gives different logits (PEFT 0.21 unties a
+    modules_to_save head itself)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -98,7 +99,8 @@ def test_merge_refuses_tied_when_asked(tmp_path, smol_tokenizer):
 
 
 def test_adapter_with_added_tokens_loads_onto_stock_base(tmp_path, smol_tokenizer):
-    """An adapter trained after adding a token (resized embeddings saved with it) reloads onto the stock base with no manual step."""
+    """An adapter trained after adding a token (resized embeddings saved with it) reloads onto the stock base with no
+    manual step."""
     from tunesmith.export.merge import run_merge
     from tunesmith.models.loading import load_for_use
 

@@ -50,7 +50,8 @@ def test_remote_code_never_runs_by_default(tiny_llama_dir, tmp_path):
     shutil.copytree(tiny_llama_dir, d)
     marker = tmp_path / "PWNED"
     (d / "evil.py").write_text(
-        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import LlamaConfig as EvilConfig, LlamaForCausalLM as EvilModel\n"
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import LlamaConfig as EvilConfig, LlamaForCausalLM as EvilModel\n"
     )
     cfg = json.loads((d / "config.json").read_text())
     cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}

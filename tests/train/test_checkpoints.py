@@ -136,7 +136,8 @@ def test_write_errors_name_the_file_and_never_swallow_other_errors(tmp_path):
     with pytest.raises(TunesmithError, match="checkpoint"):  # how torch.save reports a full disk
         with write_errors(tmp_path):
             raise RuntimeError(
-                "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3: file write failed"
+                "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                "data/3: file write failed"
             )
     with pytest.raises(FileNotFoundError):  # not a write failure: a bug, keep the traceback
         with write_errors(tmp_path):

@@ -348,7 +348,8 @@ def test_predict_on_a_folder_that_is_no_run(tmp_path):
 
 @pytest.mark.slow
 def test_classify_embedded_model_few_steps(tmp_path):
-    """The real embedded SmolLM2 (GGUF-converted LlamaForCausalLM) loads as LlamaForSequenceClassification and trains."""
+    """The real embedded SmolLM2 (GGUF-converted LlamaForCausalLM) loads as LlamaForSequenceClassification and
+    trains."""
     from tunesmith.train.classify import run_classify
 
     cfg = load_config(

@@ -1,4 +1,5 @@
-"""DPO: the reference is not a second copy of the weights, held-out metrics are hand-checkable, a tiny run writes the contract."""
+"""DPO: the reference is not a second copy of the weights, held-out metrics are hand-checkable, a tiny run writes the
+contract."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def tiny_source(tiny_llama_dir):
 
 
 def _save_random_sft_adapter(tiny_source, path):
-    """A LoRA r=4 "SFT" adapter with random lora_B (so it changes the model), saved to ``path``; returns the PEFT model."""
+    """A LoRA r=4 "SFT" adapter with random lora_B (so it changes the model), saved to ``path``; returns the PEFT
+    model."""
     from peft import get_peft_model
 
     from tunesmith.models.adapters import to_peft_config

@@ -50,8 +50,8 @@ def setup(smol_tokenizer, tmp_path_factory):
     cfg.write_text(f"""model: {{name: {model}, dtype: float32}}
 data: {{path: {data}, eval_fraction: 0.25, max_eval_examples: 4}}
 lora: {{r: 4, lora_alpha: 8, lora_dropout: 0.1, adapter_name: {ADAPTER}}}
-train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, per_device_train_batch_size: 2, max_length: 64,
-        eval_strategy: 'no', logging_steps: 1, seed: 7, packing: true, learning_rate: 0.01}}
+train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, per_device_train_batch_size: 2,
+        max_length: 64, eval_strategy: 'no', logging_steps: 1, seed: 7, packing: true, learning_rate: 0.01}}
 eval: {{num_samples: 1, max_new_tokens: 2, before_training: true}}
 """)
     return cfg, base
@@ -143,7 +143,8 @@ def test_sigterm_saves_checkpoint_and_says_how_to_resume(setup, reference_and_ki
     assert "SIGTERM" in err and "--resume latest" in err and "Traceback" not in err
     assert not (run / "metrics.json").exists() and not (run / "adapter").exists()
     steps = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*"))
-    # the step that was running when the signal came was finished and checkpointed (off the save_steps grid unless it fell on it)
+    # the step that was running when the signal came was finished and checkpointed
+    # (off the save_steps grid unless it fell on it)
     assert steps and steps[-1] > SAVE_EVERY, steps
     res = subprocess.run(_cmd(cfg, run, "--resume", "latest"), env=_env(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]

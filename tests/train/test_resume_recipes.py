@@ -43,7 +43,8 @@ def _classify_data(path: Path) -> str:
             )
     return (
         f"data: {{path: {path}, eval_fraction: 0.25}}\n"
-        f"train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, per_device_train_batch_size: 4,\n"
+        f"train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, "
+        "per_device_train_batch_size: 4,\n"
         "        eval_strategy: 'no', logging_steps: 1, seed: 7, learning_rate: 0.01, max_length: 32}\n"
     )
 
@@ -65,7 +66,8 @@ def _dpo_data(path: Path) -> str:
             )
     return (
         f"data: {{path: {path}, eval_fraction: 0.25}}\n"
-        f"train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, per_device_train_batch_size: 2,\n"
+        f"train: {{max_steps: {STEPS}, save_steps: {SAVE_EVERY}, save_total_limit: null, "
+        "per_device_train_batch_size: 2,\n"
         "        eval_strategy: 'no', logging_steps: 1, seed: 7, learning_rate: 0.01, max_length: 64}\n"
         "eval: {win_rate_prompts: 2, max_new_tokens: 2}\n"
     )

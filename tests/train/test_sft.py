@@ -113,7 +113,9 @@ def test_adapter_reloads_in_fresh_process_with_same_logits(run_dir, embedded_sou
             model = PeftModel.from_pretrained(base, {str(run_dir / "adapter")!r}).eval()
             logits = model(ids).logits[0, -1, :512]
         want = torch.tensor(check["logits_last_first512"])
-        print(json.dumps({{"max_diff": (logits - want).abs().max().item(), "base_diff": (base_logits - want).abs().max().item()}}))
+        max_diff = (logits - want).abs().max().item()
+        base_diff = (base_logits - want).abs().max().item()
+        print(json.dumps({{"max_diff": max_diff, "base_diff": base_diff}}))
     """)
     o = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert o.returncode == 0, o.stderr[-2000:]

@@ -46,8 +46,8 @@ def test_merge_embedded(adapter, tmp_path, embedded_source):
 
 
 def test_export_embedded_gguf(adapter, tmp_path):
-    """GGUF of SmolLM2 + adapter: same greedy replies as base + adapter, logits within 1e-4, every consistency check passes
-    (it stops at <|im_end|>), and a merged folder exports the same."""
+    """GGUF of SmolLM2 + adapter: same greedy replies as base + adapter, logits within 1e-4, every consistency check
+    passes (it stops at <|im_end|>), and a merged folder exports the same."""
     from tunesmith.export.gguf import run_export
 
     out_adapter, want, tok, _ = adapter

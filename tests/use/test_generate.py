@@ -25,7 +25,8 @@ def test_read_prompts_formats(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(
         '{"id": 7, "prompt": "Hi"}\n\nplain line\n'
-        '{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}\n'
+        '{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, '
+        '{"role": "assistant", "content": "A"}]}\n'
         '{"prompt": [{"role": "user", "content": "U"}], "reference": "R"}\n'
     )
     recs = read_prompts(str(f))

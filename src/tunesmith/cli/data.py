@@ -15,7 +15,8 @@ def check(
         False, "--skip-invalid", help="Count invalid records as skipped (exit 0) instead of as errors."
     ),
 ):
-    """Report rows kept/skipped (with reasons), token lengths, trained-token share, truncation, roles, duplicates, template findings."""
+    """Report rows kept/skipped (with reasons), token lengths, trained-token share, truncation, roles, duplicates, \
+template findings."""
     from tunesmith.config.load import load_config
     from tunesmith.use.data_check import run_check
 

@@ -1,5 +1,5 @@
-"""``tunesmith baseline``, ``eval``, ``report`` and ``classify-baseline``: is prompting enough, and did fine-tuning help?
-Every model is scored by the same evaluation step on the same examples."""
+"""``tunesmith baseline``, ``eval``, ``report`` and ``classify-baseline``: is prompting enough, and did fine-tuning
+help? Every model is scored by the same evaluation step on the same examples."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def baseline(
     output: Opt[str] = OutputOpt,
     overwrite: bool = ReplaceOpt,
 ):
-    """Is prompting enough? Prompt the instruction-tuned model on the eval split (zero-shot, and eval.k_shot-shot) and score it."""
+    """Is prompting enough? Prompt the instruction-tuned model on the eval split (zero-shot, and eval.k_shot-shot) and \
+score it."""
     from tunesmith.config.load import load_config
     from tunesmith.evaluate.baseline import run_baseline
 
@@ -54,7 +55,8 @@ def report(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report file."),
 ):
-    """Decision report: baseline vs fine-tuned per metric with bootstrap CIs, wins/losses, cost and a verdict against targets."""
+    """Decision report: baseline vs fine-tuned per metric with bootstrap CIs, wins/losses, cost and a verdict against \
+targets."""
     from tunesmith.evaluate.report import parse_targets, write_report
 
     write_report(run_dirs, output, targets=parse_targets(target) if target else None, overwrite=overwrite)
@@ -67,7 +69,8 @@ def classify_baseline(
     output: Opt[str] = OutputOpt,
     overwrite: bool = ReplaceOpt,
 ):
-    """Prompting baseline of a classify config: the instruction-tuned model picks a label, scored on the same eval set."""
+    """Prompting baseline of a classify config: the instruction-tuned model picks a label, scored on the same eval \
+set."""
     from tunesmith.config.classify import ClassifyConfig
     from tunesmith.config.load import load_config
     from tunesmith.evaluate.classify_baseline import run_classify_baseline

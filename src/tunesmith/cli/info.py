@@ -54,7 +54,8 @@ def estimate(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """Memory needed for full fine-tuning, LoRA and QLoRA: weights, gradients, AdamW states, activations by batch and length."""
+    """Memory needed for full fine-tuning, LoRA and QLoRA: weights, gradients, AdamW states, activations by batch and \
+length."""
     from tunesmith.train.estimate import estimate_command
 
     estimate_command(

@@ -58,7 +58,8 @@ def classify(
     ),
     show_config: bool = ShowConfigOpt,
 ):
-    """Task fine-tuning: a classification head on a decoder LLM (LoRA body + trained head; default: chatterbot topics)."""
+    """Task fine-tuning: a classification head on a decoder LLM (LoRA body + trained head; default: chatterbot \
+topics)."""
     from tunesmith import pipeline
     from tunesmith.config.classify import ClassifyConfig
     from tunesmith.config.load import load_config
@@ -78,7 +79,8 @@ def dpo(
     skip_invalid: bool = SkipInvalidOpt,
     show_config: bool = ShowConfigOpt,
 ):
-    """Preference tuning (DPO, TRL) after SFT: LoRA from the SFT adapter; held-out reward accuracy with a CI, win rate vs the start."""
+    """Preference tuning (DPO, TRL) after SFT: LoRA from the SFT adapter; held-out reward accuracy with a CI, win rate \
+vs the start."""
     from tunesmith import pipeline
     from tunesmith.config.dpo import DPORunConfig
     from tunesmith.config.load import load_config

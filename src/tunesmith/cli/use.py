@@ -21,7 +21,8 @@ def chat(
     max_new_tokens: int = MaxNewOpt,
     seed: int = SeedOpt,
 ):
-    """Interactive chat through the chat template, tokens streamed; /reset, /system TEXT, /exit. Reads stdin when piped."""
+    """Interactive chat through the chat template, tokens streamed; /reset, /system TEXT, /exit. Reads stdin when \
+piped."""
     from tunesmith.use.chat import run_chat
 
     run_chat(
@@ -47,7 +48,8 @@ def generate(
     system: Opt[str] = typer.Option(None, "--system", help="System prompt for records without one."),
     seed: int = SeedOpt,
 ):
-    """Batched generation: one JSON line per prompt (id, prompt, prediction, reference, finish_reason), greedy by default."""
+    """Batched generation: one JSON line per prompt (id, prompt, prediction, reference, finish_reason), greedy by \
+default."""
     from tunesmith.use.generate import run_generate
 
     run_generate(
@@ -80,7 +82,8 @@ def merge(
         help="When the adapter trains tied embeddings: untie and save both (default) or refuse.",
     ),
 ):
-    """Merge a LoRA adapter into its base (fp32) and save safetensors + tokenizer + chat template + generation config."""
+    """Merge a LoRA adapter into its base (fp32) and save safetensors + tokenizer + chat template + generation \
+config."""
     from tunesmith.export.merge import run_merge
 
     run_merge(adapter, model=model, output=output, overwrite=overwrite, untie=untie, log=log)
@@ -99,7 +102,8 @@ def export(
         True, "--stop-check/--no-stop-check", help="Run the 'does it stop' smoke test (off for untrained models)."
     ),
 ):
-    """Export to GGUF (llama models), reload it, and check greedy outputs and template consistency (report: <name>.consistency.json)."""
+    """Export to GGUF (llama models), reload it, and check greedy outputs and template consistency (report: \
+<name>.consistency.json)."""
     from tunesmith.export.gguf import run_export
 
     run_export(

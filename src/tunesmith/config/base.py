@@ -1,5 +1,6 @@
 """The config pieces every command shares: model, data and LoRA sections, and the trainer-section base class whose
-extra keys go to a library's own config class (``trl.SFTConfig``, ``trl.DPOConfig``, ``transformers.TrainingArguments``).
+extra keys go to a library's own config class (``trl.SFTConfig``, ``trl.DPOConfig``,
+``transformers.TrainingArguments``).
 
     tunesmith config                  # every SFT field with its default and documentation
     tunesmith classify --show-config  # the classify fields; tunesmith dpo --show-config for DPO
@@ -26,7 +27,8 @@ STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assi
 """Sections reject unknown keys, document fields from their docstrings and validate on assignment."""
 
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb", "mlflow", "comet_ml", "clearml", "dvclive", "swanlab")
-"""``train.report_to`` values transformers' integrations accept; each needs its package installed (checked before the run)."""
+"""``train.report_to`` values transformers' integrations accept; each needs its package installed (checked before the
+run)."""
 
 
 @functools.cache
@@ -72,13 +74,22 @@ class ModelSection(BaseModel):
     model_config = STRICT
 
     name: str = "smollm2-135m-instruct"
-    """Embedded model name (see `tunesmith models`), a Hugging Face model id (used offline when cached), a local checkpoint directory, or a local .gguf file."""
+    (
+        "Embedded model name (see `tunesmith models`), a Hugging Face model id (used offline when cached), a local "
+        "checkpoint directory, or a local .gguf file."
+    )
     revision: str | None = None
     """Hub revision (branch, tag or commit) for a Hugging Face model id."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Training/inference precision. `auto` picks bf16 only where the hardware computes it natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX) and float32 otherwise."""
+    (
+        "Training/inference precision. `auto` picks bf16 only where the hardware computes it natively (CUDA with bf16, "
+        "or a CPU with AVX512-BF16/AMX) and float32 otherwise."
+    )
     attn_implementation: str = "sdpa"
-    """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...); `auto` picks flash-attention 2 on CUDA when the flash_attn package is installed, else sdpa (for causal LMs)."""
+    (
+        "Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`, ...); `auto` picks "
+        "flash-attention 2 on CUDA when the flash_attn package is installed, else sdpa (for causal LMs)."
+    )
     chat_template: str | None = None
     """Override the model's chat template: a built-in name (`chatml`, `llama3`) or a path to a Jinja file."""
     trust_remote_code: bool = False
@@ -93,13 +104,22 @@ class DataSection(BaseModel):
     model_config = STRICT
 
     name: str | None = "chatterbot"
-    """A bundled dataset name (`chatterbot`; `chatterbot_json`: the same corpus answered as strict JSON {topic, reply}). Used when `path` is not set."""
+    (
+        "A bundled dataset name (`chatterbot`; `chatterbot_json`: the same corpus answered as strict JSON {topic, "
+        "reply}). Used when `path` is not set."
+    )
     path: str | None = None
     """A data file (JSONL, JSON, CSV, Parquet) or a saved Hugging Face dataset directory."""
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst", "label"] = "auto"
-    """Record format; `auto` detects it from the keys of the first record (messages, sharegpt conversations, alpaca instruction/output, prompt/completion, text, oasst message trees)."""
+    (
+        "Record format; `auto` detects it from the keys of the first record (messages, sharegpt conversations, alpaca "
+        "instruction/output, prompt/completion, text, oasst message trees)."
+    )
     columns: dict[str, str] = Field(default_factory=dict)
-    """Column mapping from canonical name to the name in your file, e.g. {output: response, system: sys_prompt}. Canonical names: messages, conversations, instruction, input, output, prompt, completion, text, system."""
+    (
+        "Column mapping from canonical name to the name in your file, e.g. {output: response, system: sys_prompt}. "
+        "Canonical names: messages, conversations, instruction, input, output, prompt, completion, text, system."
+    )
     eval_path: str | None = None
     """A separate evaluation file. When unset, `eval_fraction` of the data is held out."""
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -154,7 +174,11 @@ class LibraryTrainSection(BaseModel):
         return library_fields(cls.library_name)
 
     report_to: str | list[str] = "none"
-    """Where the Trainer also logs: `none`, or `tensorboard`/`trackio` (and the other transformers integrations) when their package is installed; a list for several. Event files go to <output_dir>/logs. The run's console log is always written to <output_dir>/run.log."""
+    (
+        "Where the Trainer also logs: `none`, or `tensorboard`/`trackio` (and the other transformers integrations) "
+        "when their package is installed; a list for several. Event files go to <output_dir>/logs. The run's console "
+        "log is always written to <output_dir>/run.log."
+    )
 
     @field_validator("eval_strategy", "save_strategy", mode="before", check_fields=False)
     @classmethod

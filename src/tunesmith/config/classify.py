@@ -33,17 +33,29 @@ class LabelsSection(BaseModel):
     min_examples: int = Field(1, ge=1)
     """With `names` unset: drop labels with fewer records than this (after de-duplication)."""
     class_weights: Literal["none", "balanced"] | list[float] = "none"
-    """Loss weights per class: `none`, `balanced` (n_samples / (n_classes * count), scikit-learn's rule) or one float per label."""
+    (
+        "Loss weights per class: `none`, `balanced` (n_samples / (n_classes * count), scikit-learn's rule) or one "
+        "float per label."
+    )
     stratify: bool = True
     """Stratified train/eval split: each label keeps its share in both parts (scikit-learn train_test_split)."""
     deduplicate: bool = True
-    """Drop records whose (text, text pair) already appeared; the first occurrence and its label are kept. Avoids eval examples leaking from train."""
+    (
+        "Drop records whose (text, text pair) already appeared; the first occurrence and its label are kept. Avoids "
+        "eval examples leaking from train."
+    )
     clean_text: bool = True
-    """Strip surrounding whitespace, unescape HTML entities (&amp;) and repair Windows-1252 mojibake (C1 control characters such as U+0092)."""
+    (
+        "Strip surrounding whitespace, unescape HTML entities (&amp;) and repair Windows-1252 mojibake (C1 control "
+        "characters such as U+0092)."
+    )
     file_format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "hf"] = "auto"
     """Data file format; `auto` goes by the suffix (.csv .tsv .jsonl .json .parquet, a folder = saved HF dataset)."""
     column_names: list[str] | None = None
-    """Column names for a CSV/TSV file without a header row (e.g. [label, text]); None means the first row is the header."""
+    (
+        "Column names for a CSV/TSV file without a header row (e.g. [label, text]); None means the first row is the "
+        "header."
+    )
     encoding: str = "utf-8"
     """Text encoding of CSV/TSV files."""
 
@@ -63,7 +75,8 @@ class LabelsSection(BaseModel):
 
 
 class ClassifyTrainSection(LibraryTrainSection):
-    """Trainer settings; every key is a `transformers.TrainingArguments` field (others are rejected with a suggestion)."""
+    """Trainer settings; every key is a `transformers.TrainingArguments` field (others are rejected with a
+    suggestion)."""
 
     library_name: ClassVar[str] = "transformers.TrainingArguments"
 
@@ -80,7 +93,10 @@ class ClassifyTrainSection(LibraryTrainSection):
     gradient_accumulation_steps: int = Field(1, gt=0)
     """Micro-batches accumulated per optimizer step."""
     learning_rate: float = Field(5e-4, gt=0)
-    """Peak learning rate (AdamW). The new head starts from random weights, so LoRA runs like 2e-4 to 1e-3; full fine-tuning 1e-5 to 5e-5."""
+    (
+        "Peak learning rate (AdamW). The new head starts from random weights, so LoRA runs like 2e-4 to 1e-3; full "
+        "fine-tuning 1e-5 to 5e-5."
+    )
     lr_scheduler_type: str = "linear"
     """Learning-rate schedule (transformers `SchedulerType`)."""
     warmup_steps: float = 0.1
@@ -96,7 +112,10 @@ class ClassifyTrainSection(LibraryTrainSection):
     logging_steps: int = 5
     """Log train loss every this many steps."""
     save_strategy: Literal["no", "steps", "epoch", "best"] = "steps"
-    """When to write resumable checkpoints under output_dir/checkpoints (`--resume latest` continues from the newest; SIGINT/SIGTERM always save one)."""
+    (
+        "When to write resumable checkpoints under output_dir/checkpoints (`--resume latest` continues from the "
+        "newest; SIGINT/SIGTERM always save one)."
+    )
     save_steps: int = Field(50, gt=0)
     """Checkpoint every this many steps."""
     save_total_limit: int | None = 2
@@ -115,12 +134,18 @@ class ClassifyEvalSection(BaseModel):
     before_training: bool = False
     """Also score the untrained head (chance level), so the gain is visible."""
     baseline: bool = False
-    """Also run the prompting baseline (the instruction-tuned model picks a label) on the same eval set, into `<output_dir>-baseline`."""
+    (
+        "Also run the prompting baseline (the instruction-tuned model picks a label) on the same eval set, into "
+        "`<output_dir>-baseline`."
+    )
     baseline_prompt: str = (
         "Classify the message into exactly one of these categories: {labels}.\n"
         "Answer with the category name only.\n\nMessage: {text}"
     )
-    """User-turn template of the prompting baseline; `{labels}` is the comma-separated label list, `{text}` the example (and `{text_pair}`)."""
+    (
+        "User-turn template of the prompting baseline; `{labels}` is the comma-separated label list, `{text}` the "
+        "example (and `{text_pair}`)."
+    )
     max_new_tokens: int = Field(12, gt=0)
     """Generation budget of the prompting baseline, in tokens."""
 
@@ -131,7 +156,10 @@ class ClassifyDataSection(DataSection):
     name: str | None = "chatterbot-topics"
     """A bundled classification dataset (`chatterbot-topics`). Used when `path` is not set."""
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    """Fraction of records held out for evaluation when `eval_path` is unset (stratified by label, seeded by `split_seed`)."""
+    (
+        "Fraction of records held out for evaluation when `eval_path` is unset (stratified by label, seeded by "
+        "`split_seed`)."
+    )
     max_eval_examples: int | None = Field(None, gt=0)
     """Use at most this many evaluation records (stratified subsample); None uses all."""
 
@@ -140,7 +168,10 @@ class ClassifyLoraSection(LoraSection):
     """LoRA adapter on the body (peft.LoraConfig fields); the classification head is trained in full."""
 
     modules_to_save: list[str] | None = Field(default_factory=lambda: ["score"])
-    """Modules trained in full and saved with the adapter: the classification head `score` (PEFT adds it for SEQ_CLS in any case)."""
+    (
+        "Modules trained in full and saved with the adapter: the classification head `score` (PEFT adds it for SEQ_CLS "
+        "in any case)."
+    )
 
 
 class ClassifyConfig(BaseModel):
@@ -155,7 +186,10 @@ class ClassifyConfig(BaseModel):
     labels: LabelsSection = Field(default_factory=LabelsSection)
     """Text/label columns, label set, class weights, split and cleaning."""
     lora: ClassifyLoraSection = Field(default_factory=ClassifyLoraSection)
-    """LoRA adapter on the body; the head (`score`) is trained in full via modules_to_save. lora.enabled=false fine-tunes everything."""
+    (
+        "LoRA adapter on the body; the head (`score`) is trained in full via modules_to_save. lora.enabled=false "
+        "fine-tunes everything."
+    )
     train: ClassifyTrainSection = Field(default_factory=ClassifyTrainSection)
     """Trainer (transformers.TrainingArguments fields)."""
     eval: ClassifyEvalSection = Field(default_factory=ClassifyEvalSection)

@@ -32,7 +32,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     if raw.strip().lower() in ("no", "yes", "on", "off", "y", "n"):
-        value = raw.strip()  # YAML 1.1 reads `no` as False; keep the word (eval_strategy=no; pydantic reads it as a bool where one is expected)
+        # YAML 1.1 reads `no` as False; keep the word
+        # (eval_strategy=no; pydantic reads it as a bool where one is expected)
+        value = raw.strip()
     if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
         try:
             value = (

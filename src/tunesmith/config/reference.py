@@ -1,4 +1,5 @@
-"""The field reference: every config field with its default and documentation (``tunesmith config``, ``--help``, docs/config.md)."""
+"""The field reference: every config field with its default and documentation (``tunesmith config``, ``--help``,
+docs/config.md)."""
 
 from __future__ import annotations
 

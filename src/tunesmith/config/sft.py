@@ -44,9 +44,15 @@ class TrainSection(LibraryTrainSection):
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_length: int = Field(256, gt=0)
-    """Maximum tokens per sequence (and per packed row). Longer conversations are truncated, and the loss of trained tokens is reported."""
+    (
+        "Maximum tokens per sequence (and per packed row). Longer conversations are truncated, and the loss of trained "
+        "tokens is reported."
+    )
     packing: bool = True
-    """Pack several conversations into each row (best-fit decreasing), keeping sample boundaries: position ids restart per sample and attention never crosses samples."""
+    (
+        "Pack several conversations into each row (best-fit decreasing), keeping sample boundaries: position ids "
+        "restart per sample and attention never crosses samples."
+    )
     packing_strategy: Literal["bfd", "bfd_split", "wrapped"] = "bfd"
     """TRL packing strategy; `bfd` keeps each conversation whole."""
     eval_strategy: Literal["no", "steps", "epoch"] = "steps"
@@ -69,11 +75,23 @@ class TrainSection(LibraryTrainSection):
     """Recompute activations in the backward pass: saves memory, costs ~30% more compute."""
     # --- performance (issue 10) ---
     chunked_loss: bool = True
-    """Compute the loss only at trained positions, in chunks through the output head (tunesmith.train.speed.fastloss): the [tokens, vocab] logits never exist whole. False uses TRL's own loss."""
+    (
+        "Compute the loss only at trained positions, in chunks through the output head "
+        "(tunesmith.train.speed.fastloss): the [tokens, vocab] logits never exist whole. False uses TRL's own loss."
+    )
     packing_layout: Literal["auto", "rows", "flat"] = "auto"
-    """How packed rows form a batch: `rows` keeps each packed row as a batch row (dense attention masks stay max_length^2 per row; best for SDPA/eager), `flat` concatenates the batch into one padding-free sequence (TRL's layout; best with flash-attention varlen). `auto`: flat with a varlen attention kernel, else rows."""
+    (
+        "How packed rows form a batch: `rows` keeps each packed row as a batch row (dense attention masks stay "
+        "max_length^2 per row; best for SDPA/eager), `flat` concatenates the batch into one padding-free sequence "
+        "(TRL's layout; best with flash-attention varlen). `auto`: flat with a varlen attention kernel, else rows."
+    )
     micro_batch_size: int | None = Field(None, gt=0)
-    """Rows per forward/backward pass: each optimizer step's per_device_train_batch_size rows run as accumulated micro-batches of this many (same loss: normalised by the step's trained tokens), so activation memory follows the micro-batch. None: 1 on CPU with packed rows (measured faster and smaller there), else the whole batch in one pass."""
+    (
+        "Rows per forward/backward pass: each optimizer step's per_device_train_batch_size rows run as accumulated "
+        "micro-batches of this many (same loss: normalised by the step's trained tokens), so activation memory follows "
+        "the micro-batch. None: 1 on CPU with packed rows (measured faster and smaller there), else the whole batch in "
+        "one pass."
+    )
     num_threads: int | None = Field(None, gt=0)
     """torch intra-op CPU threads (torch.set_num_threads); None keeps torch's default (one per core)."""
     # --- end performance ---
@@ -82,7 +100,8 @@ class TrainSection(LibraryTrainSection):
     def _micro_divides_batch(self) -> "TrainSection":
         if self.micro_batch_size and self.per_device_train_batch_size % self.micro_batch_size:
             raise ValueError(
-                f"micro_batch_size={self.micro_batch_size} must divide per_device_train_batch_size={self.per_device_train_batch_size}"
+                f"micro_batch_size={self.micro_batch_size} must divide "
+                f"per_device_train_batch_size={self.per_device_train_batch_size}"
             )
         return self
 
@@ -100,21 +119,40 @@ class EvalSection(BaseModel):
     """Generation budget per sample, in tokens."""
     # --- decision order (issue 4) ---
     baseline: bool = False
-    """`tunesmith sft` also prompts the untrained model on the eval set first (into `<output_dir>/baseline`), evaluates the trained adapter the same way after training (`<output_dir>/eval`) and writes the decision report (`<output_dir>/report.html`)."""
+    (
+        "`tunesmith sft` also prompts the untrained model on the eval set first (into `<output_dir>/baseline`), "
+        "evaluates the trained adapter the same way after training (`<output_dir>/eval`) and writes the decision "
+        "report (`<output_dir>/report.html`)."
+    )
     metrics: list[str] = Field(default_factory=lambda: ["exact_match", "rouge_l", "chrf", "eval_loss", "perplexity"])
-    """Task metrics of `tunesmith baseline`/`eval`/`report`: exact_match, contains, json_valid, json_schema, regex, label_accuracy, label_macro_f1, rouge_l, chrf (from generations), eval_loss, perplexity (from the references)."""
+    (
+        "Task metrics of `tunesmith baseline`/`eval`/`report`: exact_match, contains, json_valid, json_schema, regex, "
+        "label_accuracy, label_macro_f1, rouge_l, chrf (from generations), eval_loss, perplexity (from the references)."
+    )
     json_schema: dict | str | None = None
-    """JSON Schema for the `json_schema` metric: a mapping written in the config, or the path of a .json file (relative to the config file)."""
+    (
+        "JSON Schema for the `json_schema` metric: a mapping written in the config, or the path of a .json file "
+        "(relative to the config file)."
+    )
     regex: str | None = None
     """Pattern the whole stripped answer must match for the `regex` metric (Python `re.fullmatch`, DOTALL)."""
     label_field: str | None = None
-    """For label_accuracy/label_macro_f1: the JSON field holding the label (e.g. `topic`); None compares the whole normalised answer."""
+    (
+        "For label_accuracy/label_macro_f1: the JSON field holding the label (e.g. `topic`); None compares the whole "
+        "normalised answer."
+    )
     k_shot: int = Field(0, ge=0)
-    """`tunesmith baseline` also runs a k-shot baseline: k train examples (seeded by `k_shot_seed`) prepended as user/assistant turns after the system turn."""
+    (
+        "`tunesmith baseline` also runs a k-shot baseline: k train examples (seeded by `k_shot_seed`) prepended as "
+        "user/assistant turns after the system turn."
+    )
     k_shot_seed: int = 0
     """Seed choosing the k-shot examples from the train split."""
     targets: dict[str, float] = Field(default_factory=dict)
-    """Targets of the decision verdict, metric -> threshold, e.g. {json_schema: 0.95}: at least this (at most for eval_loss/perplexity)."""
+    (
+        "Targets of the decision verdict, metric -> threshold, e.g. {json_schema: 0.95}: at least this (at most for "
+        "eval_loss/perplexity)."
+    )
 
     @model_validator(mode="after")
     def _decision_fields(self) -> "EvalSection":

@@ -71,7 +71,8 @@ SYSTEM_PROMPT = (
 
 
 def answer(topic: str, reply: str) -> str:
-    """The reference answer text: ``{"topic": ..., "reply": ...}`` (compact separators kept by ``json.dumps``, UTF-8)."""
+    """The reference answer text: ``{"topic": ..., "reply": ...}`` (compact separators kept by ``json.dumps``,
+    UTF-8)."""
     return json.dumps({"topic": topic, "reply": reply}, ensure_ascii=False)
 
 

@@ -88,8 +88,8 @@ def load_file(
                     Problem(
                         records[0][0] if records else str(path),
                         f"no known format matches the record keys {keys}",
-                        "set data.format (messages, sharegpt, alpaca, prompt_completion, text, oasst) and data.columns, "
-                        "e.g. --set data.columns.output=response",
+                        "set data.format (messages, sharegpt, alpaca, prompt_completion, text, oasst) and "
+                        "data.columns, e.g. --set data.columns.output=response",
                     )
                 ],
             )

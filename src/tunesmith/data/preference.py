@@ -9,9 +9,9 @@ Formats (``data.format``; ``auto`` detects from the first record's keys):
   each, as a list or a plain string).
 - ``openai``: OpenAI's DPO fine-tuning format, ``{"input": {"messages": [...]}, "preferred_output": [{"role":
   "assistant", "content"}], "non_preferred_output": [...]}``.
-- ``hh``: Anthropic HH-RLHF, ``{"chosen", "rejected"}`` each a whole dialogue ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``.
-  Both are split into turns; the turns before the last ``Assistant:`` turn are the prompt and must be equal in
-  both, the last assistant turn is the response.
+- ``hh``: Anthropic HH-RLHF, ``{"chosen", "rejected"}`` each a whole dialogue
+  ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``. Both are split into turns; the turns before the last ``Assistant:`` turn
+  are the prompt and must be equal in both, the last assistant turn is the response.
 - ``implicit``: TRL's implicit-prompt conversational format, ``{"chosen": [messages], "rejected": [messages]}``:
   the shared leading messages are the prompt, the final assistant message the response.
 
@@ -210,7 +210,8 @@ def _same_prompt(a: list[Message], b: list[Message], where: str) -> list[Problem
             return [
                 Problem(
                     where,
-                    f"chosen and rejected prompts differ at turn {k} (chosen has {len(a)} prompt turns, rejected {len(b)})",
+                    f"chosen and rejected prompts differ at turn {k} "
+                    f"(chosen has {len(a)} prompt turns, rejected {len(b)})",
                     "the two dialogues must share every turn before the final assistant reply; fix or remove the pair",
                 )
             ]
@@ -332,7 +333,8 @@ def load_pair_file(path: str | Path, fmt: str = "auto") -> tuple[list[Preference
                         records[0][0] if records else str(path),
                         f"no preference format matches the record keys {keys}",
                         f"set data.format to one of {', '.join(PREFERENCE_FORMATS)}: prompt/chosen/rejected, OpenAI "
-                        "input/preferred_output/non_preferred_output, HH chosen/rejected dialogues, or chosen/rejected message lists",
+                        "input/preferred_output/non_preferred_output, HH chosen/rejected dialogues, or "
+                        "chosen/rejected message lists",
                     )
                 ],
             )

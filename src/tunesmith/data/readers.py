@@ -5,8 +5,8 @@ JSON array or object (``.json``), CSV/TSV (``.csv``/``.tsv``), Parquet (``.parqu
 Hugging Face dataset saved with ``Dataset.save_to_disk`` (a folder).  ``where`` is
 ``"path:line"`` (1-based physical line) for JSONL, CSV (the line the record starts on, from the
 ``csv`` module's ``line_num``, so quoted newlines are counted) and JSON (the line where the
-array element starts); ``"path#row"`` (0-based) for Parquet and saved datasets.  A gzip-compressed text file (``.jsonl.gz``,
-``.json.gz``, ``.csv.gz``, ...) is read as the file inside it, with the same line numbers.
+array element starts); ``"path#row"`` (0-based) for Parquet and saved datasets.  A gzip-compressed text file
+(``.jsonl.gz``, ``.json.gz``, ``.csv.gz``, ...) is read as the file inside it, with the same line numbers.
 
 Undecodable records (invalid UTF-8, malformed JSON) are returned as :class:`Problem` entries,
 never raised one by one, so the caller can report them all or skip them.
@@ -227,7 +227,7 @@ def _read_csv(
     reader = csv.DictReader(
         io.StringIO(text, newline=""), fieldnames=column_names, delimiter=delimiter, quoting=quoting
     )
-    reader.fieldnames  # reads the header row (when there is one), so line_num points past it
+    _ = reader.fieldnames  # reads the header row (when there is one), so line_num points past it
     records, start = [], reader.line_num + 1
     try:
         for row in reader:

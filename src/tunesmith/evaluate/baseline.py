@@ -5,10 +5,10 @@
     tunesmith sft configs/decision_chatterbot_json.yaml          # eval.baseline: true -> baseline, SFT, eval, report
 
 Both commands load the data exactly as `tunesmith sft` does (same split, caps and system prompt), render the prompts
-with the config's tokenizer and chat template (:func:`tunesmith.evaluate.generative.build_examples`) and run the one evaluation
-step :func:`tunesmith.evaluate.generative.evaluate_examples`, so baseline and fine-tuned numbers come from the same code, the
-same examples and the same prompt token ids. Each run dir holds ``metrics.json`` (written last), ``predictions.jsonl``,
-``config.yaml`` and ``manifest.json``.
+with the config's tokenizer and chat template (:func:`tunesmith.evaluate.generative.build_examples`) and run the one
+evaluation step :func:`tunesmith.evaluate.generative.evaluate_examples`, so baseline and fine-tuned numbers come from
+the same code, the same examples and the same prompt token ids. Each run dir holds ``metrics.json`` (written last),
+``predictions.jsonl``, ``config.yaml`` and ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def evaluate_run(
     from tunesmith.render.templates import end_of_turn_ids
 
     console.print(
-        f"[bold]tunesmith {kind}[/] {method}: model={name}, {len(examples)} eval examples, metrics {', '.join(cfg.eval.metrics)}"
+        f"[bold]tunesmith {kind}[/] {method}: model={name}, {len(examples)} eval examples, metrics "
+        f"{', '.join(cfg.eval.metrics)}"
     )
     start = time.perf_counter()
     rows, task, timing = evaluate_examples(

@@ -54,7 +54,8 @@ def classification_metrics(references: list[str], predictions: list[str], names:
 
 
 def plot_confusion(path: Path, matrix: list[list[int]], names: list[str], title: str) -> Path:
-    """Draw the confusion matrix (rows = reference, columns = prediction, last column = outside the label set) to a PNG."""
+    """Draw the confusion matrix (rows = reference, columns = prediction, last column = outside the label set) to a
+    PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

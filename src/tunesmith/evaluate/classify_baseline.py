@@ -158,7 +158,8 @@ def run_classify_baseline(cfg: ClassifyConfig, *, output_dir: str | None = None,
         revision=cfg.model.revision,
     )
     console.print(
-        f"[bold]tunesmith classify-baseline[/] model={source.name}: prompting for {len(names)} labels on {len(eval_recs)} eval examples"
+        f"[bold]tunesmith classify-baseline[/] model={source.name}: prompting for {len(names)} labels on "
+        f"{len(eval_recs)} eval examples"
     )
     with Timer() as t:
         preds, answers, n_tokens = predict_by_prompting(
@@ -211,7 +212,7 @@ def run_classify_baseline(cfg: ClassifyConfig, *, output_dir: str | None = None,
     )
     atomic_write_json(run_dir / "metrics.json", metrics)
     console.print(
-        f"[bold green]baseline[/] in {t.seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
-        f"unparsed {metrics['unparsed_rate']:.1%}\n  artifacts: {run_dir}/"
+        f"[bold green]baseline[/] in {t.seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, "
+        f"macro-F1 {metrics['macro_f1']:.4f}, unparsed {metrics['unparsed_rate']:.1%}\n  artifacts: {run_dir}/"
     )
     return metrics

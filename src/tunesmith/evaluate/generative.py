@@ -1,14 +1,14 @@
 """The one evaluation step behind `tunesmith baseline` and `tunesmith eval`: same examples, same prompts, same metrics.
 
-    tunesmith baseline configs/decision_chatterbot_json.yaml                      # prompting the instruction-tuned model
+    tunesmith baseline configs/decision_chatterbot_json.yaml    # prompting the instruction-tuned model
     tunesmith eval configs/decision_chatterbot_json.yaml --adapter runs/decision-chatterbot-json/adapter
 
 Each eval conversation's last assistant turn is the reference; everything before it (the data's own system and user
 turns, plus ``eval.k_shot`` train examples as user/assistant turns after the system turn) is the prompt, rendered by
-:func:`tunesmith.render.templates.render_prompt`. Generation is :func:`tunesmith.models.generation.generate_ids` (batched, left
-padding, greedy, stops at the template's end-of-turn token). ``eval_loss`` is the mean cross-entropy of the reference
-tokens (the reply and its end-of-turn token, labels from :func:`tunesmith.render.templates.render_conversation`) given the
-prompt; ``perplexity = exp(eval_loss)``.
+:func:`tunesmith.render.templates.render_prompt`. Generation is :func:`tunesmith.models.generation.generate_ids`
+(batched, left padding, greedy, stops at the template's end-of-turn token). ``eval_loss`` is the mean cross-entropy of
+the reference tokens (the reply and its end-of-turn token, labels from
+:func:`tunesmith.render.templates.render_conversation`) given the prompt; ``perplexity = exp(eval_loss)``.
 """
 
 from __future__ import annotations

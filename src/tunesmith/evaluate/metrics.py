@@ -35,7 +35,8 @@ def normalise(text: str) -> str:
 
 
 def parse_json(text: str):
-    """The JSON value of the stripped text, or ``None`` when it is not valid JSON (``null`` itself counts as invalid)."""
+    """The JSON value of the stripped text, or ``None`` when it is not valid JSON (``null`` itself counts as
+    invalid)."""
     try:
         return json.loads(text.strip())
     except (ValueError, RecursionError):

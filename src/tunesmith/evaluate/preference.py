@@ -16,7 +16,12 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.data.records import Conversation
+from tunesmith.evaluate.metrics import rouge_l
 from tunesmith.evaluate.stats import bootstrap_ci
+from tunesmith.models.generation import decode_reply, generate_ids
+from tunesmith.render.templates import render_prompt
+from tunesmith.runtime.files import atomic_write_jsonl
 
 
 @dataclass
@@ -142,12 +147,6 @@ def win_rate(scores_new: list[float], scores_old: list[float], **ci_kw) -> dict:
     }
 
 
-from tunesmith.data.records import Conversation
-from tunesmith.evaluate.metrics import rouge_l
-from tunesmith.models.generation import decode_reply, generate_ids
-from tunesmith.render.templates import render_prompt
-from tunesmith.runtime.files import atomic_write_jsonl
-
 TASK_METRICS = (
     "reward_accuracy",
     "reward_margin",
@@ -242,7 +241,8 @@ def write_dpo_artifacts(
         extra: more keys for ``metrics.json``.
 
     Returns:
-        The metrics dict (``kind``, ``model``, ``task_metrics``, ``cost``, ``held_out``, ``win_rate``, ...); the caller writes it.
+        The metrics dict (``kind``, ``model``, ``task_metrics``, ``cost``, ``held_out``, ``win_rate``, ...); the caller
+        writes it.
     """
     from tunesmith.runtime.memory import peak_memory_bytes
 

@@ -100,7 +100,8 @@ def check_aligned(runs: list[Run]) -> None:
 
 
 def same_prompts(a: Run, b: Run) -> bool:
-    """True when both runs saw identical prompt token ids (``prompt_ids_sha256``) or, lacking those, identical prompt text."""
+    """True when both runs saw identical prompt token ids (``prompt_ids_sha256``) or, lacking those, identical prompt
+    text."""
     key = "prompt_ids_sha256" if all("prompt_ids_sha256" in r for r in a.rows + b.rows) else "prompt"
     return [r.get(key) for r in a.rows] == [r.get(key) for r in b.rows]
 
@@ -187,8 +188,8 @@ def verdict(runs: list[Run], targets: dict[str, float]) -> tuple[list[str], str]
 
     Returns:
         (one line per target, e.g. ``"json_schema ≥ 0.95: prompting, zero-shot 0.410 (95% CI 0.300-0.520), not enough;
-        SFT 0.980 (95% CI 0.950-1.000), meets the target"``; the point estimate decides, the interval shows how sure it is),
-        and the overall decision line.
+        SFT 0.980 (95% CI 0.950-1.000), meets the target"``; the point estimate decides, the interval shows how sure it
+        is), and the overall decision line.
     """
     lines = []
     for name, target in targets.items():
@@ -222,11 +223,13 @@ def verdict(runs: list[Run], targets: dict[str, float]) -> tuple[list[str], str]
     if all(r.metrics.get("kind") == "baseline" for r in runs):
         return (
             lines,
-            "Prompting falls short of the targets: fine-tune (SFT), then compare with `tunesmith eval` and `tunesmith report`.",
+            "Prompting falls short of the targets: fine-tune (SFT), then compare with `tunesmith eval` and "
+            "`tunesmith report`.",
         )
     return (
         lines,
-        "No run meets every target: neither prompting nor this fine-tuning is enough yet (more data, steps or a larger model).",
+        "No run meets every target: neither prompting nor this fine-tuning is enough yet (more data, steps "
+        "or a larger model).",
     )
 
 
@@ -250,7 +253,7 @@ def build_report(paths: list[str | Path], targets: dict[str, float] | None = Non
             [Problem("tunesmith report", "no RUN_DIR given", "pass the baseline and fine-tuned run dirs")],
         )
     runs = [load_run(p) for p in paths]
-    for i, run in enumerate(runs):  # distinct display names
+    for run in runs:  # distinct display names
         if sum(r.name == run.name for r in runs) > 1:
             run.name = f"{run.name} [{run.path.name}]"
     check_aligned(runs)

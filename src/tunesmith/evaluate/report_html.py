@@ -156,8 +156,10 @@ def _examples(rep: dict) -> str:
 
 
 STYLE = (
-    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0}"
-    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}code{white-space:pre-wrap;font-size:85%}"
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+    "code{white-space:pre-wrap;font-size:85%}"
     ".verdict{font-size:120%;padding:.6em;background:#f4f4f4;border-left:4px solid #333}"
 )
 
@@ -171,7 +173,8 @@ def render_html(rep: dict) -> str:
         f"<li>{escape(r.name)}: <code>{escape(str(r.path))}</code> ({len(r.rows)} examples)</li>" for r in runs
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>tunesmith decision report</title><style>{STYLE}</style></head><body>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>tunesmith decision report</title>"
+        f"<style>{STYLE}</style></head><body>"
         f"<h1>Decision report</h1><p class='verdict'><b>Verdict:</b> {escape(rep['verdict'])}</p><ul>{lines}</ul>"
         f"<h2>Metrics</h2><p>Reference: {escape(runs[0].name)}. 95% percentile bootstrap intervals over examples, "
         f"paired across runs.</p>{_table(rep)}"

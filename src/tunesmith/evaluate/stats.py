@@ -93,7 +93,8 @@ def macro_f1(references: Sequence, predictions: Sequence, labels: Sequence | Non
 
     Returns:
         Macro-F1 in [0, 1]; 0.0 for no examples. Equals scikit-learn's
-        ``f1_score(references, predictions, labels=labels or sorted(set(references)), average="macro", zero_division=0)``.
+        ``f1_score(references, predictions, labels=labels or sorted(set(references)), average="macro",
+        zero_division=0)``.
     """
     if len(references) == 0:
         return 0.0

@@ -16,7 +16,7 @@ within ``max_new_tokens``.
 
 Run it::
 
-    tunesmith export --format gguf --model runs/sft --output model.gguf     # runs the check, writes model.consistency.json
+    tunesmith export --format gguf --model runs/sft --output model.gguf  # runs the check, writes model.consistency.json
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class Check:
     """One consistency check.
 
     Attributes:
-        name: stable id (``ids_saved_tokenizer``, ``ids_gguf``, ``eot_in_generation_config``, ``eot_in_gguf``, ``stops``, ...).
+        name: stable id (``ids_saved_tokenizer``, ``ids_gguf``, ``eot_in_generation_config``, ``eot_in_gguf``,
+            ``stops``, ...).
         ok: passed.
         detail: one sentence; for a token mismatch the conversation, position and the differing tokens.
     """
@@ -92,7 +93,8 @@ def reference_ids(train_tokenizer, convs: list[Conversation]) -> list[tuple[list
 
 
 def serving_ids(tokenizer, convs: list[Conversation]) -> list[tuple[list[int], list[int]]]:
-    """Serving-side ``(full ids, generation-prompt ids)``: ``tokenizer.apply_chat_template(..., tokenize=True)`` as a server calls it."""
+    """Serving-side ``(full ids, generation-prompt ids)``: ``tokenizer.apply_chat_template(..., tokenize=True)`` as a
+    server calls it."""
     out = []
     for c in convs:
         msgs = c.to_template()
@@ -108,12 +110,13 @@ def _first_diff(a: list[int], b: list[int]) -> int:
 
 
 def compare_ids(name: str, tokenizer, reference, other, convs) -> Check:
-    """Compare ``other`` against ``reference`` (lists of ``(full, prompt)`` id lists); the detail names the first mismatch."""
+    """Compare ``other`` against ``reference`` (lists of ``(full, prompt)`` id lists); the detail names the first
+    mismatch."""
     for conv, (ref_full, ref_prompt), (full, prompt) in zip(convs, reference, other):
         for part, a, b in (("conversation", ref_full, full), ("generation prompt", ref_prompt, prompt)):
             if a != b:
                 k = _first_diff(a, b)
-                show = lambda ids: tokenizer.convert_ids_to_tokens(ids[k : k + 3])  # noqa: E731
+                show = lambda ids, k=k: tokenizer.convert_ids_to_tokens(ids[k : k + 3])  # noqa: E731
                 return Check(
                     name,
                     False,

@@ -1,4 +1,5 @@
-"""``tunesmith export --format gguf``: one GGUF file (see :mod:`tunesmith.export.gguf_io`), reloaded with transformers and checked.
+"""``tunesmith export --format gguf``: one GGUF file (see :mod:`tunesmith.export.gguf_io`), reloaded with transformers
+and checked.
 
 Run it::
 
@@ -20,7 +21,8 @@ from tunesmith.export.merge import ExportCheckError, _refuse_existing, max_diff,
 
 
 def ollama_template(tokenizer) -> tuple[str, str | None]:
-    """Ollama's Go TEMPLATE for the tokenizer's chat template (ChatML or Llama-3) and the template's default system prompt.
+    """Ollama's Go TEMPLATE for the tokenizer's chat template (ChatML or Llama-3) and the template's default system
+    prompt.
 
     Raises:
         TunesmithError: for a chat template that is neither ChatML nor Llama-3 (no translation known).
@@ -166,14 +168,23 @@ def run_export(
 
 
 _FIXES = {
-    "ids_saved_tokenizer": "the saved tokenizer renders differently from training: save the tokenizer with the chat template you trained with (model.chat_template)",
-    "ids_gguf": "the GGUF tokenizer differs: check tokenizer.ggml.pre / added tokens, or convert with llama.cpp's convert_hf_to_gguf.py",
+    "ids_saved_tokenizer": (
+        "the saved tokenizer renders differently from training: save the tokenizer with the chat template you trained "
+        "with (model.chat_template)"
+    ),
+    "ids_gguf": (
+        "the GGUF tokenizer differs: check tokenizer.ggml.pre / added tokens, or convert with llama.cpp's "
+        "convert_hf_to_gguf.py"
+    ),
     "template_gguf": "the GGUF carries another chat template than the tokenizer",
     "eot_in_generation_config": "add the end-of-turn id to generation_config.json eos_token_id",
     "eot_in_gguf": "set tokenizer.ggml.eos_token_id (or eot_token_id) to the end-of-turn id",
     "greedy_round_trip": "the GGUF does not reproduce the model; use --outtype f32",
     "modelfile_template": "edit the Modelfile's TEMPLATE by hand so it renders like the chat template",
-    "stops": "the model does not end its replies: train longer, check that the end-of-turn token is trained, or pass --no-stop-check for an untrained model",
+    "stops": (
+        "the model does not end its replies: train longer, check that the end-of-turn token is trained, or pass "
+        "--no-stop-check for an untrained model"
+    ),
 }
 
 

@@ -1,4 +1,5 @@
-"""Write a llama-architecture model as a GGUF file with the ``gguf`` library, read it back, and write an Ollama Modelfile.
+"""Write a llama-architecture model as a GGUF file with the ``gguf`` library, read it back, and write an Ollama
+Modelfile.
 
 Used by ``tunesmith export --format gguf`` (see :mod:`tunesmith.export.gguf`).  Tensor names follow llama.cpp
 (``gguf.get_tensor_name_map``: ``token_embd``, ``blk.N.attn_q``, ..., ``output_norm``, ``output``); the
@@ -51,7 +52,8 @@ def check_supported(config) -> None:
             Problem(
                 "config.model_type",
                 f"{getattr(config, 'model_type', None)!r} is not llama",
-                "GGUF export covers llama-architecture models; use llama.cpp's convert_hf_to_gguf.py on the merged folder",
+                "GGUF export covers llama-architecture models; use llama.cpp's convert_hf_to_gguf.py on the "
+                "merged folder",
             )
         )
     for name in ("attention_bias", "mlp_bias"):

@@ -28,7 +28,8 @@ MERGE_ATOL = 1e-4
 
 
 class ExportCheckError(TunesmithError):
-    """An exported artifact does not behave like the model it came from (logits, greedy outputs or template consistency)."""
+    """An exported artifact does not behave like the model it came from (logits, greedy outputs or template
+    consistency)."""
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -54,7 +55,8 @@ def probe_ids(tokenizer) -> list[list[int]]:
 
 @torch.no_grad()
 def probe_logits(model, probes: list[list[int]]) -> list[torch.Tensor]:
-    """Logits ``[seq, vocab]`` (as float64, computed in the model dtype) of each probe, one forward pass each (no padding)."""
+    """Logits ``[seq, vocab]`` (as float64, computed in the model dtype) of each probe, one forward pass each (no
+    padding)."""
     device = next(model.parameters()).device
     return [model(input_ids=torch.tensor([p], device=device)).logits[0].double().cpu() for p in probes]
 

@@ -59,7 +59,8 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 EMBEDDING_NAMES = ("embed_tokens", "lm_head")
-"""Module names of the input embedding and output layer in Llama-family checkpoints (PEFT's ``EMBEDDING_LAYER_NAMES``)."""
+"""Module names of the input embedding and output layer in Llama-family checkpoints (PEFT's
+``EMBEDDING_LAYER_NAMES``)."""
 
 
 def find_adapter(path: str | Path) -> Path | None:

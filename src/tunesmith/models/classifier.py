@@ -51,7 +51,8 @@ def encode(
     """Tokenise records for the classifier (no special tokens parsed from the text).
 
     Returns:
-        (rows of ``{"input_ids": list[int], "labels": int}`` (labels only when ``label2id`` is given), number truncated).
+        (rows of ``{"input_ids": list[int], "labels": int}`` (labels only when ``label2id`` is given), number
+        truncated).
     """
     texts = [r.text if r.text_pair is None else r.text + PAIR_SEPARATOR + r.text_pair for r in records]
     enc = tokenizer(texts, add_special_tokens=True, split_special_tokens=True, truncation=False)["input_ids"]
@@ -66,10 +67,12 @@ def encode(
 
 
 def pad_batch(rows: list[dict], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
-    """Pad ``input_ids`` to one width; ``position_ids`` count real tokens only, so left and right padding give the same logits.
+    """Pad ``input_ids`` to one width; ``position_ids`` count real tokens only, so left and right padding give the same
+    logits.
 
     Returns:
-        ``{"input_ids": LongTensor[batch, seq], "attention_mask": LongTensor[batch, seq], "position_ids": LongTensor[batch, seq]}``.
+        ``{"input_ids": LongTensor[batch, seq], "attention_mask": LongTensor[batch, seq], "position_ids":
+        LongTensor[batch, seq]}``.
     """
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -101,9 +104,11 @@ def predict_proba(model, rows: list[dict], pad_id: int, *, batch_size: int = 32,
 
 
 def load_classifier(source, names: list[str], pad_id: int, model_cfg, dtype=torch.float32):
-    """Load ``AutoModelForSequenceClassification`` with ``len(names)`` labels; a causal-LM checkpoint gets a new ``score`` head.
+    """Load ``AutoModelForSequenceClassification`` with ``len(names)`` labels; a causal-LM checkpoint gets a new
+    ``score`` head.
 
-    The label maps (``id2label``/``label2id``) and ``pad_token_id`` are set in the model config, so they are saved with it.
+    The label maps (``id2label``/``label2id``) and ``pad_token_id`` are set in the model config, so they are saved with
+    it.
 
     Raises:
         ModelError: when the checkpoint cannot be loaded.

@@ -45,12 +45,14 @@ class Loaded:
     Attributes:
         model: ``PreTrainedModel`` or ``peft.PeftModel``, fp32 by default, in eval mode.
         tokenizer: the tokenizer (the adapter's when it saved one), ``pad_token_id`` set.
-        generation_config: ``transformers.GenerationConfig`` whose ``eos_token_id`` includes the template's end-of-turn id.
+        generation_config: ``transformers.GenerationConfig`` whose ``eos_token_id`` includes the template's end-of-turn
+            id.
         base_name: what the base resolved from (embedded name, path, hub id).
         base_location: the folder or hub id ``from_pretrained`` loaded.
         adapter_dir: the adapter folder, or None.
         notes: what was done on the way (resize, untie, end-of-turn id added), one sentence each.
-        untied: True when ``lm_head`` was given its own copy of the tied input embedding (see :func:`untie_output_embeddings`).
+        untied: True when ``lm_head`` was given its own copy of the tied input embedding (see
+            :func:`untie_output_embeddings`).
     """
 
     model: object
@@ -140,7 +142,8 @@ def load_for_use(
         added = fix_generation_config(gen, tokenizer)
         if added is not None:
             notes.append(
-                f"added end-of-turn id {added} ({tokenizer.convert_ids_to_tokens(added)!r}) to generation_config.eos_token_id"
+                f"added end-of-turn id {added} ({tokenizer.convert_ids_to_tokens(added)!r}) to "
+                "generation_config.eos_token_id"
             )
     base.generation_config = gen
     return Loaded(base.eval(), tokenizer, gen, source.name, source.location, adapter_dir, notes, untied)
@@ -176,7 +179,8 @@ def _prepare_base(base, adapter_dir: Path, notes: list[str], untie: bool) -> boo
                 Problem(
                     str(adapter_dir),
                     f"the base ties lm_head to embed_tokens and the adapter changes them ({trained[0]}, ...)",
-                    "allow untying (the merged checkpoint then stores lm_head and embed_tokens separately), or train without embed_tokens/lm_head",
+                    "allow untying (the merged checkpoint then stores lm_head and embed_tokens separately), "
+                    "or train without embed_tokens/lm_head",
                 )
             ],
         )
@@ -220,7 +224,8 @@ def _generation_config(model, adapter_dir: Path | None):
 
 
 def stop_ids(loaded: Loaded) -> set[int]:
-    """Token ids generation stops at: :func:`tunesmith.render.templates.end_of_turn_ids` of the tokenizer and generation config."""
+    """Token ids generation stops at: :func:`tunesmith.render.templates.end_of_turn_ids` of the tokenizer and generation
+    config."""
     from tunesmith.render.templates import end_of_turn_ids
 
     return end_of_turn_ids(loaded.tokenizer, loaded.generation_config)
@@ -280,8 +285,10 @@ def check_weight_format(source: ModelSource, allow_pickle: bool = False) -> None
             [
                 Problem(
                     str(loc),
-                    f"the weights are only in pickle files ({', '.join(pickles[:3])}); unpickling can run arbitrary code",
-                    "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), or set model.allow_pickle: true if you trust this checkpoint",
+                    f"the weights are only in pickle files ({', '.join(pickles[:3])}); unpickling can run "
+                    "arbitrary code",
+                    "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), or "
+                    "set model.allow_pickle: true if you trust this checkpoint",
                 )
             ],
         )
@@ -363,8 +370,8 @@ def load_causal_lm(
 
 
 def choose_attention(requested: str, device: str) -> str:
-    """The attention kernel: ``auto`` is flash-attention 2 on CUDA when ``flash_attn`` is installed (varlen: padding-free
-    batches cost the sum of squared sample lengths), else SDPA; any other value is used as given."""
+    """The attention kernel: ``auto`` is flash-attention 2 on CUDA when ``flash_attn`` is installed (varlen:
+    padding-free batches cost the sum of squared sample lengths), else SDPA; any other value is used as given."""
     if requested != "auto":
         return requested
     return "flash_attention_2" if device == "cuda" and is_installed("flash_attn") else "sdpa"

@@ -83,7 +83,8 @@ def apply_chat_template_option(tokenizer, option: str | None, *, require: bool =
             ``completion`` data need none: pass False and let rendering raise if a conversation needs one).
 
     Raises:
-        TemplateError: when the option is invalid, or (``require``) when neither the option nor the model gives a chat template.
+        TemplateError: when the option is invalid, or (``require``) when neither the option nor the model gives a chat
+            template.
     """
     text = resolve_chat_template(option)
     if text is not None:
@@ -199,7 +200,8 @@ def render_conversation(
                             conv.source or "conversation",
                             f"the {name} prefix up to turn {i} is not a prefix of the full rendering "
                             f"(diverges at char {_diverge(text, full_text)})",
-                            "use a template that renders earlier turns the same way (model.chat_template), or split the conversation",
+                            "use a template that renders earlier turns the same way (model.chat_template), "
+                            "or split the conversation",
                         )
                     ],
                 )

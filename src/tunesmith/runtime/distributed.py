@@ -166,7 +166,8 @@ def strip_option(argv: list[str], option: str) -> list[str]:
 
 
 def launch_command(argv: list[str], num_processes: int) -> list[str]:
-    """The ``accelerate launch`` command (through :func:`accelerate_launch`) that runs ``python -m tunesmith <argv>`` on ``num_processes`` processes.
+    """The ``accelerate launch`` command (through :func:`accelerate_launch`) that runs ``python -m tunesmith <argv>`` on
+    ``num_processes`` processes.
 
     One machine; ``--multi_gpu`` is accelerate's torchrun-based launcher (one process per GPU on CUDA; on a
     CPU-only machine the processes train on CPU over gloo).  The rendezvous port is a free one unless

@@ -1,4 +1,5 @@
-"""What this machine computes fast: measured matmul throughput per precision, cached per CPU, and the precision it implies."""
+"""What this machine computes fast: measured matmul throughput per precision, cached per CPU, and the precision it
+implies."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ FINAL_ARTIFACTS = ("metrics.json", "adapter", "model", "manifest.json")
 def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Create (or check) a run directory.
 
-    In a multi-process run only the main process checks and creates it; the others wait for it
-    (and exit with the same code when it fails).  A directory that already holds a finished run (any of :data:`FINAL_ARTIFACTS`) or another
+    In a multi-process run only the main process checks and creates it; the others wait for it (and exit with the same
+    code when it fails).  A directory that already holds a finished run (any of :data:`FINAL_ARTIFACTS`) or another
     run's checkpoints is refused unless ``overwrite`` (which deletes it) or ``resume`` is given.
 
     Returns:
@@ -46,7 +46,8 @@ def _prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> Path:
                     Problem(
                         str(out),
                         "it is not empty; writing here would overwrite or mix two runs' files",
-                        "pass --overwrite to replace it, --resume to continue it, or set train.output_dir to a new folder",
+                        "pass --overwrite to replace it, --resume to continue it, or set train.output_dir "
+                        "to a new folder",
                     )
                 ],
             )
@@ -72,8 +73,8 @@ def write_errors(run_dir: str | Path):
     """Turn a failed write under ``run_dir`` (disk full, file too large, read-only, no permission) into a
     :class:`TunesmithError` naming the file; a run stopped this way has no ``metrics.json``, so it never looks complete.
 
-    torch's checkpoint writer reports a full disk as ``RuntimeError("... PytorchStreamWriter failed writing file ...")``;
-    that is converted too.  Other errors pass through unchanged.
+    torch's checkpoint writer reports a full disk as ``RuntimeError("... PytorchStreamWriter failed writing file
+    ...")``; that is converted too.  Other errors pass through unchanged.
     """
     try:
         yield
@@ -87,7 +88,8 @@ def write_errors(run_dir: str | Path):
                 Problem(
                     where,
                     exc.strerror or str(exc),
-                    "free disk space or choose a writable train.output_dir, then run again (--resume latest keeps saved checkpoints)",
+                    "free disk space or choose a writable train.output_dir, then run again (--resume latest "
+                    "keeps saved checkpoints)",
                 )
             ],
         ) from None

@@ -138,7 +138,8 @@ def resolve_resume(run_dir: Path, resume: str | bool | None, *, overwrite: bool 
 
 
 def check_same_run(run_dir: Path, current: dict) -> None:
-    """Refuse to resume with a config that differs from the run's saved ``config.yaml`` (outside :data:`RESUMABLE_CHANGES`).
+    """Refuse to resume with a config that differs from the run's saved ``config.yaml`` (outside
+    :data:`RESUMABLE_CHANGES`).
 
     Args:
         current: the resolved config as a JSON-able dict (``cfg.model_dump(mode="json")``).
@@ -178,7 +179,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def resume_command(argv: list[str] | None = None) -> str:
-    """The command line that resumes this run: the current one without ``--overwrite``/``--resume``, plus ``--resume latest``."""
+    """The command line that resumes this run: the current one without ``--overwrite``/``--resume``, plus ``--resume
+    latest``."""
     args = list(sys.argv[1:] if argv is None else argv)
     keep, skip = [], False
     for a in args:

@@ -107,7 +107,8 @@ def _trainer_class():
 
 
 def build_training_args(cfg: ClassifyConfig, run_dir: Path, use_bf16: bool):
-    """Translate the ``train`` section into ``transformers.TrainingArguments`` (checkpoints under ``<run>/checkpoints``)."""
+    """Translate the ``train`` section into ``transformers.TrainingArguments`` (checkpoints under
+    ``<run>/checkpoints``)."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -269,8 +270,8 @@ def _run(cfg: ClassifyConfig, run: Run) -> dict:
     )
     run.finish(metrics)
     console.print(
-        f"\n[bold green]done[/] in {seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} on "
-        f"{len(eval_recs)} eval examples"
+        f"\n[bold green]done[/] in {seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, "
+        f"macro-F1 {metrics['macro_f1']:.4f} on {len(eval_recs)} eval examples"
         + (f" (untrained head: {before['accuracy']:.4f} / {before['macro_f1']:.4f})" if before else "")
         + f"\n  artifacts: {run.run_dir}/"
     )

@@ -56,7 +56,8 @@ class RichProgress(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kw):
-        """Show the latest ``loss`` and ``eval_loss`` (without a terminal: print a line ``step N/M loss .. elapsed .. ETA ..``)."""
+        """Show the latest ``loss`` and ``eval_loss`` (without a terminal: print a line ``step N/M loss .. elapsed ..
+        ETA ..``)."""
         if self.lines and logs and ("loss" in logs or "eval_loss" in logs):
             import time
 
@@ -142,7 +143,8 @@ def perplexity(loss: float | None) -> float | None:
 
 def mixed_precision(cfg) -> bool:
     """bf16 mixed precision for this run: ``train.bf16`` when set, else what ``model.dtype`` resolves to on this
-    machine (``auto``: bf16 only where a measured bf16 matmul beats fp32, see :func:`tunesmith.runtime.hardware.choose_dtype`)."""
+    machine (``auto``: bf16 only where a measured bf16 matmul beats fp32, see
+    :func:`tunesmith.runtime.hardware.choose_dtype`)."""
     import torch
 
     from tunesmith.runtime.hardware import choose_dtype

@@ -95,7 +95,8 @@ def make_trainer(
     load a second copy of the model.
 
     Returns:
-        The trainer; its ``train_dataset``/``eval_dataset`` are tokenised (pairs whose prompt fills ``max_length`` dropped).
+        The trainer; its ``train_dataset``/``eval_dataset`` are tokenised (pairs whose prompt fills ``max_length``
+        dropped).
     """
     from trl import DPOTrainer
 
@@ -124,7 +125,8 @@ class _LogLines(TrainerCallback):
         if logs and "loss" in logs and state.is_world_process_zero:
             console.print(
                 f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f} "
-                f"rewards/accuracies {logs.get('rewards/accuracies', float('nan')):.3f} rewards/margins {logs.get('rewards/margins', float('nan')):.4f}",
+                f"rewards/accuracies {logs.get('rewards/accuracies', float('nan')):.3f} "
+                f"rewards/margins {logs.get('rewards/margins', float('nan')):.4f}",
                 highlight=False,
             )
 
@@ -185,8 +187,8 @@ def _run(cfg: DPORunConfig, run: Run) -> dict:
     console.print(
         f"[bold]tunesmith dpo[/] model={source.name} ({source.kind})"
         + (f" + adapter {cfg.model.adapter} ({cfg.model.adapter_mode})" if cfg.model.adapter else "")
-        + f" precision={'bf16-mixed' if use_bf16 else 'fp32'} pairs: train={len(train_pairs)} eval={len(eval_pairs)} ({report['format']}, "
-        f"{report['skipped']} skipped); beta={cfg.train.beta} loss={','.join(cfg.train.loss_type)}"
+        + f" precision={'bf16-mixed' if use_bf16 else 'fp32'} pairs: train={len(train_pairs)} eval={len(eval_pairs)} "
+        f"({report['format']}, {report['skipped']} skipped); beta={cfg.train.beta} loss={','.join(cfg.train.loss_type)}"
         + (f"; resuming from {run.checkpoint}" if run.resumed else "")
     )
     run.write_manifest(
@@ -209,7 +211,8 @@ def _run(cfg: DPORunConfig, run: Run) -> dict:
     }
     if not run.resumed:
         console.print(
-            f"generating {min(cfg.eval.win_rate_prompts, len(eval_pairs))} held-out replies with the starting model (for the win rate)"
+            f"generating {min(cfg.eval.win_rate_prompts, len(eval_pairs))} held-out replies with the "
+            "starting model (for the win rate)"
         )
         run.remember(
             start=start_generations(cfg, trainer, tokenizer, eval_pairs, eot)
@@ -295,7 +298,8 @@ def _summary(run_dir: Path, m: dict) -> None:
     win = m.get("win_rate") or {}
     console.print(
         f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: held-out reward accuracy {tm['reward_accuracy']:.3f} "
-        f"({m['eval']['confidence']:.0%} CI {lo:.3f}-{hi:.3f}, {m['held_out']['pairs']} pairs), margin {tm['reward_margin']:.3f}"
+        f"({m['eval']['confidence']:.0%} CI {lo:.3f}-{hi:.3f}, {m['held_out']['pairs']} pairs), "
+        f"margin {tm['reward_margin']:.3f}"
         + (f"; win rate vs start {win['win_rate']:.3f} ({win['metric']})" if win.get("win_rate") is not None else "")
         + f"\n  artifacts: {run_dir}/"
     )

@@ -164,7 +164,8 @@ class Run:
 
 
 def sft_data(cfg) -> RunData:
-    """What ``sft`` trains on: conversations, validated and split (:func:`tunesmith.data.conversations.load_sft_data`)."""
+    """What ``sft`` trains on: conversations, validated and split
+    (:func:`tunesmith.data.conversations.load_sft_data`)."""
     from tunesmith.data.conversations import load_sft_data
 
     train, evals, report = load_sft_data(cfg)
@@ -196,7 +197,8 @@ def classify_data(cfg) -> RunData:
 
 
 def dpo_data(cfg) -> RunData:
-    """What ``dpo`` trains on: preference pairs, validated and split (:func:`tunesmith.data.preference.load_pair_data`)."""
+    """What ``dpo`` trains on: preference pairs, validated and split
+    (:func:`tunesmith.data.preference.load_pair_data`)."""
     from tunesmith.data.preference import load_pair_data
 
     train, evals, report = load_pair_data(cfg)
@@ -222,7 +224,8 @@ def check_secrets(cfg) -> None:
                 Problem(
                     f"train.{k}",
                     "a secret here would be written to config.yaml, manifest.json and every checkpoint",
-                    "remove it; tunesmith never pushes to a hub, and huggingface_hub reads HF_TOKEN from the environment",
+                    "remove it; tunesmith never pushes to a hub, and huggingface_hub reads HF_TOKEN from "
+                    "the environment",
                 )
                 for k in bad
             ],

@@ -245,8 +245,9 @@ def _run(cfg: RunConfig, run: Run) -> dict:
     p = _prepare(cfg, run)
     if is_main_process():
         console.print(
-            f"[bold]tunesmith sft[/] model={p.source.name} ({p.source.kind}) dtype={'bf16-mixed' if p.use_bf16 else 'fp32'} "
-            f"train={len(p.train_rows)} eval={len(p.eval_rows)} examples, {p.train_stats.trained_tokens} trained tokens; "
+            f"[bold]tunesmith sft[/] model={p.source.name} ({p.source.kind}) "
+            f"dtype={'bf16-mixed' if p.use_bf16 else 'fp32'} train={len(p.train_rows)} eval={len(p.eval_rows)} "
+            f"examples, {p.train_stats.trained_tokens} trained tokens; "
             f"max_length={p.max_length} (dropped {p.train_stats.dropped_empty}, trained tokens lost to truncation "
             f"{p.train_stats.trained_tokens_lost})" + (f"; resuming from {run.checkpoint}" if run.resumed else "")
         )
@@ -386,7 +387,8 @@ def _before(cfg: RunConfig, run: Run, trainer, p: _Prepared, sample_convs) -> No
 def _summary(run_dir: Path, m: dict) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     console.print(
-        f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: eval_loss {fmt(m['eval_loss_before'])} -> {fmt(m['eval_loss'])}, "
+        f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: "
+        f"eval_loss {fmt(m['eval_loss_before'])} -> {fmt(m['eval_loss'])}, "
         f"perplexity {fmt(m['perplexity_before'])} -> {fmt(m['perplexity'])}; {m['tokens_per_second']:.0f} tokens/s; "
         f"trainable {m['trainable_parameters']:,} of {m['total_parameters']:,} parameters\n  artifacts: {run_dir}/"
     )

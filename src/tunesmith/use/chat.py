@@ -20,7 +20,8 @@ from tunesmith.data.records import Conversation, Message
 
 
 def make_streamer(tokenizer, write):
-    """A ``transformers.TextStreamer`` that passes the reply text (prompt skipped, special tokens dropped) to ``write(str)``."""
+    """A ``transformers.TextStreamer`` that passes the reply text (prompt skipped, special tokens dropped) to
+    ``write(str)``."""
     from transformers import TextStreamer
 
     class Streamer(TextStreamer):

@@ -231,7 +231,8 @@ def run_generate(
     seed: int = 0,
     log=None,
 ) -> list[dict]:
-    """Entry of ``tunesmith generate``: read prompts, load the model, generate, write JSONL (``output`` atomically, else stdout).
+    """Entry of ``tunesmith generate``: read prompts, load the model, generate, write JSONL (``output`` atomically, else
+    stdout).
 
     Returns:
         The rows written.

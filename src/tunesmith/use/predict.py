@@ -48,8 +48,10 @@ def load_run_classifier(run_dir: str | Path):
         [
             Problem(
                 str(run_dir),
-                "no classifier here (predict reads the model/ or adapter/ folder and config.yaml of `tunesmith classify`)",
-                "pass the train.output_dir of a finished `tunesmith classify` run; for SFT runs use `tunesmith generate`",
+                "no classifier here (predict reads the model/ or adapter/ folder and config.yaml of "
+                "`tunesmith classify`)",
+                "pass the train.output_dir of a finished `tunesmith classify` run; for SFT runs use "
+                "`tunesmith generate`",
             )
         ],
     )
@@ -70,7 +72,8 @@ def load_run_classifier(run_dir: str | Path):
         raise not_classify
     opts = dict(allow_pickle=cfg.model.allow_pickle, trust_remote_code=cfg.model.trust_remote_code)
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the adapter restores the head: the base's "score newly initialized" notice is moot
+    # the adapter restores the head: the base's "score newly initialized" notice is moot
+    hf_logging.set_verbosity_error()
     try:
         if adapter is None:
             model = from_pretrained(

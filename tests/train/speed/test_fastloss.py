@@ -1,4 +1,5 @@
-"""Chunked cross-entropy (tunesmith.train.speed.fastloss) against transformers' own causal-LM loss and autograd gradients.
+"""Chunked cross-entropy (tunesmith.train.speed.fastloss) against transformers' own causal-LM loss and autograd
+gradients.
 
 PYTHONPATH=src python -m pytest -q tests/train/speed/test_fastloss.py
 """

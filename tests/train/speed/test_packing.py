@@ -22,7 +22,8 @@ def test_packed_padding_free_row_equals_samples_alone(smol_tokenizer, tiny_llama
         )
     ]
     rows = [render_conversation(smol_tokenizer, c) for c in convs]
-    # exactly the batch TRL's padding-free collator gives the model: one flat row, position_ids restarting, no attention_mask
+    # exactly the batch TRL's padding-free collator gives the model: one flat row, position_ids restarting,
+    # no attention_mask
     batch = DataCollatorForLanguageModeling(pad_token_id=smol_tokenizer.pad_token_id, padding_free=True)(
         [{"input_ids": r.input_ids, "labels": r.labels} for r in rows]
     )

@@ -1,5 +1,5 @@
-"""Packed rows (tunesmith.train.speed.packrows): exact collation, and each sample's logits in a packed [batch, L] row equal its
-logits alone (attention never crosses samples, nor rows).
+"""Packed rows (tunesmith.train.speed.packrows): exact collation, and each sample's logits in a packed [batch, L] row
+equal its logits alone (attention never crosses samples, nor rows).
 
     PYTHONPATH=src python -m pytest -q tests/train/speed/test_packrows.py
 """

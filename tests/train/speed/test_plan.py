@@ -1,5 +1,5 @@
-"""The speed plan (tunesmith.train.speed.plan) and the trainer path it builds: decisions per hardware, and the chunked loss and
-packed rows giving TRL's own eval_loss and first-step train loss on the same model and data.
+"""The speed plan (tunesmith.train.speed.plan) and the trainer path it builds: decisions per hardware, and the chunked
+loss and packed rows giving TRL's own eval_loss and first-step train loss on the same model and data.
 
     PYTHONPATH=src python -m pytest -q tests/train/speed/test_plan.py
 """

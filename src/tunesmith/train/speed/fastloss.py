@@ -44,7 +44,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_size, grad_enabled=True):  # noqa: D102
-        """Loss sum and counts over ``hidden: [n, d]`` at ``targets: LongTensor[n]`` through ``weight: [vocab, d]``, ``chunk_size`` rows at a time; gradients are computed in the same pass and saved for :meth:`backward`."""
+        """Loss sum and counts over ``hidden: [n, d]`` at ``targets: LongTensor[n]`` through ``weight: [vocab, d]``,
+        ``chunk_size`` rows at a time; gradients are computed in the same pass and saved for :meth:`backward`."""
         need_h, need_w, need_b = (grad_enabled and x for x in ctx.needs_input_grad[:3])
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -146,8 +147,8 @@ class ChunkedLossOutput:
 
 
 def supports_chunked_loss(model) -> str | None:
-    """Return None when :func:`install_chunked_loss` can serve ``model`` (a transformers causal LM whose logits are a plain
-    linear head: no logit soft-capping or scaling), else the reason it cannot."""
+    """Return None when :func:`install_chunked_loss` can serve ``model`` (a transformers causal LM whose logits are a
+    plain linear head: no logit soft-capping or scaling), else the reason it cannot."""
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     for key in ("final_logit_softcapping", "logit_scale", "output_multiplier", "logits_scaling", "lm_head_multiplier"):
         if getattr(cfg, key, None) not in (None, 1, 1.0):
@@ -170,7 +171,8 @@ def install_chunked_loss(model, chunk_size: int = DEFAULT_CHUNK) -> None:
         return
 
     def forward(self, *args, tunesmith_chunked_loss=False, labels=None, num_items_in_batch=None, **kwargs):
-        """The wrapped model's forward; with ``tunesmith_chunked_loss`` the loss comes from :func:`chunked_cross_entropy` on the final hidden states and no full logits are built."""
+        """The wrapped model's forward; with ``tunesmith_chunked_loss`` the loss comes from
+        :func:`chunked_cross_entropy` on the final hidden states and no full logits are built."""
         if not tunesmith_chunked_loss:
             if labels is not None:
                 kwargs["labels"] = labels

@@ -22,7 +22,8 @@ VARLEN_ATTENTION = (
     "kernels-community/flash-attn",
     "kernels-community/flash-attn3",
 )
-"""Attention implementations that run padding-free batches as variable-length sequences (cost ~ sum of sample lengths squared)."""
+"""Attention implementations that run padding-free batches as variable-length sequences (cost ~ sum of sample lengths
+squared)."""
 
 
 @dataclass
@@ -154,7 +155,8 @@ class FastLossTrainerMixin:
     tunesmith_chunked_loss = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
-        """Trainer.compute_loss with the chunked loss at trained positions, normalised by ``num_items_in_batch`` (trained tokens of the global batch), as transformers does."""
+        """Trainer.compute_loss with the chunked loss at trained positions, normalised by ``num_items_in_batch``
+        (trained tokens of the global batch), as transformers does."""
         real = inputs.pop("num_real_tokens", None)
         if not self.tunesmith_chunked_loss or return_outputs or "shift_labels" in inputs:
             return super().compute_loss(
