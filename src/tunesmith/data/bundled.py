@@ -1,9 +1,9 @@
 """Bundled datasets, read offline from installed PyPI packages, in one registry (:data:`BUNDLED`).
 
     tunesmith sft                                          # data.name=chatterbot (SFT conversations)
-    tunesmith sft configs/decision_chatterbot_json.yaml    # chatterbot_json: strict JSON answers (template control)
+    tunesmith sft configs/sft/decision-chatterbot-json.yaml    # chatterbot_json: strict JSON answers (template control)
     tunesmith classify                                     # chatterbot-topics (text -> topic label)
-    tunesmith dpo configs/dpo_chatterbot.yaml              # chatterbot-pairs (chosen/rejected)
+    tunesmith dpo configs/dpo/chatterbot-pairs.yaml              # chatterbot-pairs (chosen/rejected)
 
 Every set is built from the English corpus of the ``chatterbot-corpus`` package (BSD licence), installed with
 ``pip install --no-deps chatterbot-corpus``.  ``chatterbot_json``: the first user message of each distinct

@@ -1,8 +1,8 @@
 """`tunesmith baseline` and `tunesmith eval`: score a model on the config's eval split and write a contract run dir.
 
-    tunesmith baseline configs/decision_chatterbot_json.yaml     # -> runs/decision-chatterbot-json-baseline/
-    tunesmith eval configs/decision_chatterbot_json.yaml --adapter runs/decision-chatterbot-json/adapter
-    tunesmith sft configs/decision_chatterbot_json.yaml          # eval.baseline: true -> baseline, SFT, eval, report
+    tunesmith baseline configs/sft/decision-chatterbot-json.yaml    # -> runs/decision-chatterbot-json-baseline/
+    tunesmith eval configs/sft/decision-chatterbot-json.yaml --adapter runs/decision-chatterbot-json/adapter
+    tunesmith sft configs/sft/decision-chatterbot-json.yaml         # eval.baseline: true -> baseline, SFT, eval, report
 
 Both commands load the data exactly as `tunesmith sft` does (same split, caps and system prompt), render the prompts
 with the config's tokenizer and chat template (:func:`tunesmith.evaluate.generative.build_examples`) and run the one

@@ -2,7 +2,7 @@
 
 Run it::
 
-    tunesmith classify-baseline configs/classify_chatterbot.yaml    # -> runs/classify-chatterbot-baseline/
+    tunesmith classify-baseline configs/classify/chatterbot-topics.yaml    # -> runs/classify-chatterbot-baseline/
 
 Each eval example becomes one user turn (``eval.baseline_prompt`` listing the labels), rendered
 through the model's chat template with the generation prompt; greedy generation; the answer is

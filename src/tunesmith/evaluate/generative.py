@@ -1,7 +1,7 @@
 """The one evaluation step behind `tunesmith baseline` and `tunesmith eval`: same examples, same prompts, same metrics.
 
-    tunesmith baseline configs/decision_chatterbot_json.yaml    # prompting the instruction-tuned model
-    tunesmith eval configs/decision_chatterbot_json.yaml --adapter runs/decision-chatterbot-json/adapter
+    tunesmith baseline configs/sft/decision-chatterbot-json.yaml    # prompting the instruction-tuned model
+    tunesmith eval configs/sft/decision-chatterbot-json.yaml --adapter runs/decision-chatterbot-json/adapter
 
 Each eval conversation's last assistant turn is the reference; everything before it (the data's own system and user
 turns, plus ``eval.k_shot`` train examples as user/assistant turns after the system turn) is the prompt, rendered by

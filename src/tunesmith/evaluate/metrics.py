@@ -1,6 +1,6 @@
 """Task metrics of generated answers, per example and aggregated (used by `tunesmith baseline` and `tunesmith eval`).
 
-    tunesmith baseline configs/decision_chatterbot_json.yaml    # scores generations with eval.metrics
+    tunesmith baseline configs/sft/decision-chatterbot-json.yaml    # scores generations with eval.metrics
 
 Metrics computed from a generation and its reference (each per example, in [0, 1]):
 

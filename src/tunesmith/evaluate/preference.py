@@ -1,6 +1,6 @@
 """Held-out DPO metrics: per-pair log-probs, implicit rewards, reward accuracy with a bootstrap CI, win rate.
 
-    tunesmith dpo configs/dpo_chatterbot.yaml    # writes metrics.json and predictions.jsonl through these functions
+    tunesmith dpo configs/dpo/chatterbot-pairs.yaml  # writes metrics.json and predictions.jsonl through these functions
 
 The implicit reward of a response is r(x, y) = β·(log π(y|x) − log π_ref(y|x)) (Rafailov et al. 2023, eq. 5);
 a pair is ranked correctly when r(x, chosen) > r(x, rejected) (TRL's ``rewards/accuracies``).  Log-probs are

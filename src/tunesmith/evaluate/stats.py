@@ -1,7 +1,7 @@
 """Statistics every comparison shares: one bootstrap (paired index resamples, percentile intervals) and one macro-F1.
 
     tunesmith report runs/x-baseline runs/x-eval     # paired bootstrap CIs of every metric (resample_indices)
-    tunesmith dpo configs/dpo_chatterbot.yaml        # reward accuracy CI (bootstrap_ci)
+    tunesmith dpo configs/dpo/chatterbot-pairs.yaml        # reward accuracy CI (bootstrap_ci)
 
 The percentile bootstrap (Efron 1979) resamples examples with replacement; the same index resamples serve every run
 compared, so the interval of a difference is paired. Macro-F1 is the unweighted mean over classes of

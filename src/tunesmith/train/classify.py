@@ -2,7 +2,7 @@
 
 Run it::
 
-    tunesmith classify configs/classify_chatterbot.yaml        # chatterbot topics on the embedded SmolLM2
+    tunesmith classify configs/classify/chatterbot-topics.yaml        # chatterbot topics on the embedded SmolLM2
     tunesmith classify cfg.yaml --set lora.enabled=false       # full fine-tuning
     tunesmith classify cfg.yaml --resume latest                # continue from the newest checkpoint
 

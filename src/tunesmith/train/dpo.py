@@ -2,8 +2,8 @@
 
 Run it::
 
-    tunesmith dpo configs/dpo_chatterbot.yaml                   # bundled chatterbot-pairs, ~3 min on 2 CPU cores
-    tunesmith dpo configs/dpo_hh.yaml --set model.adapter=runs/sft
+    tunesmith dpo configs/dpo/chatterbot-pairs.yaml                   # bundled chatterbot-pairs, ~3 min on 2 CPU cores
+    tunesmith dpo configs/dpo/hh-rlhf.yaml --set model.adapter=runs/sft
 
 Path: config -> preference pairs (load, validate, split) -> model (base, merged SFT model, or base + SFT adapter)
 -> TRL DPOTrainer with ``ref_model=None``: with a LoRA policy the reference is the same weights with the adapter

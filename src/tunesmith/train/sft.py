@@ -3,7 +3,7 @@
 Run it::
 
     tunesmith sft                       # embedded SmolLM2-135M-Instruct on the chatterbot corpus
-    tunesmith sft configs/sft.yaml --set train.max_steps=200
+    tunesmith sft configs/sft/chatterbot.yaml --set train.max_steps=200
 
 Path: the run lifecycle (:mod:`tunesmith.train.lifecycle`: config, data, run folder) -> model and tokenizer ->
 render through the chat template (assistant-only labels) -> truncate -> TRL SFTTrainer (packing, padding-free) with a
