@@ -104,7 +104,6 @@ def test_end_of_turn_added_to_generation_config(tmp_path, smol_tokenizer):
     assert any("end-of-turn id 2" in n for n in loaded.notes)
     assert {0, 2} <= stop_ids(loaded)
     from conftest import make_adapter
-
     from tunesmith.export.merge import run_merge
 
     make_adapter(tmp_path / "m", None, tmp_path / "adapter")
