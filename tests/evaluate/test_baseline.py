@@ -1,4 +1,4 @@
-"""Decision order (issue 4): the shared eval step, baseline/eval identity, eval_loss, and the end-to-end CLI on a tiny
+"""Decision order: the shared eval step, baseline/eval identity, eval_loss, and the end-to-end CLI on a tiny
 Llama."""
 
 import json

@@ -1,4 +1,4 @@
-"""Task metrics against hand-computed values (issue 4)."""
+"""Task metrics against hand-computed values."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Decision report (issue 4): bootstrap CIs, wins/losses, verdict text and HTML, on hand-made run dirs."""
+"""Decision report: bootstrap CIs, wins/losses, verdict text and HTML, on hand-made run dirs."""
 
 import json
 import re

@@ -1,4 +1,4 @@
-"""tunesmith export --format gguf (issue 6): GGUF metadata, exact f32 round trip through transformers' GGUF loader,
+"""tunesmith export --format gguf: GGUF metadata, exact f32 round trip through transformers' GGUF loader,
 template consistency check (passes, and catches a wrong template / a model that does not stop), Modelfile.
 
     PYTHONPATH=src pytest -q tests/export/test_gguf.py

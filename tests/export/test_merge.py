@@ -1,4 +1,4 @@
-"""tunesmith merge (issue 6): merged logits == base + adapter (fp32, 1e-4), tied embeddings, added tokens.
+"""tunesmith merge: merged logits == base + adapter (fp32, 1e-4), tied embeddings, added tokens.
 
 PYTHONPATH=src pytest -q tests/export/test_merge.py
 """

@@ -1,4 +1,4 @@
-"""tunesmith generate / chat (issue 6): prompt files, batched == one-at-a-time, end-of-turn stop, the chat loop.
+"""tunesmith generate / chat: prompt files, batched == one-at-a-time, end-of-turn stop, the chat loop.
 
 PYTHONPATH=src pytest -q tests/use/test_generate.py
 """

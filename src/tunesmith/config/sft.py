@@ -73,7 +73,7 @@ class TrainSection(LibraryTrainSection):
     """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: saves memory, costs ~30% more compute."""
-    # --- performance (issue 10) ---
+    # --- performance ---
     chunked_loss: bool = True
     (
         "Compute the loss only at trained positions, in chunks through the output head "
@@ -117,7 +117,7 @@ class EvalSection(BaseModel):
     """Held-out prompts whose generations before and after training go to samples.jsonl."""
     max_new_tokens: int = Field(64, gt=0)
     """Generation budget per sample, in tokens."""
-    # --- decision order (issue 4) ---
+    # --- decision order ---
     baseline: bool = False
     (
         "`tunesmith sft` also prompts the untrained model on the eval set first (into `<output_dir>/baseline`), "

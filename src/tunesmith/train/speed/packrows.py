@@ -7,9 +7,9 @@ TRL's padding-free layout concatenates every row of a micro-batch into ONE seque
 ``batch * max_length`` tokens.  With a varlen kernel (flash-attention) attention then costs only the sum of the
 squared sample lengths; but SDPA and eager attention build a dense block-diagonal mask over the whole concatenated
 sequence, so attention time and the saved attention memory grow with ``(batch * max_length)^2`` (the 17 GB peak of
-TRL's packed run in issue 10).  Here each packed row stays its own batch row: the same samples, the same
-per-sample ``position_ids`` (restarting at 0, so transformers builds a block-diagonal causal mask per row and
-attention never crosses samples), but the dense mask is only ``max_length^2`` per row.
+TRL's packed run in the benchmark, docs/performance.md).  Here each packed row stays its own batch row: the same
+samples, the same per-sample ``position_ids`` (restarting at 0, so transformers builds a block-diagonal causal mask per
+row and attention never crosses samples), but the dense mask is only ``max_length^2`` per row.
 """
 
 from __future__ import annotations
