@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunesmith.data.bundled import load_bundled
 from tunesmith.data.formats import FORMATS, detect_format, to_conversation
-from tunesmith.data.readers import read_records
+from tunesmith.data.readers import read_and_convert
 from tunesmith.data.records import Conversation, Message
 from tunesmith.data.split import split
 from tunesmith.errors import DataError, Problem
@@ -63,56 +63,14 @@ def load_file(
         DataError: when no record can be read (each unreadable line with its ``path:line``, or an empty file),
             or the format cannot be detected or is unknown.
     """
-    records, problems = read_records(path)
-    report = LoadReport(rows_read=len(records) + len({p.where for p in problems}))
-    if not records:  # nothing readable: report why (unreadable lines, or an empty file) rather than "unknown format"
-        raise DataError(
-            f"{path}: no readable record" if problems else f"{path} is empty",
-            problems
-            or [
-                Problem(
-                    f"data.path={path}",
-                    "the file holds no records (it is empty or has only blank lines)",
-                    "point data.path at a file with one record per line (JSONL) or a list of records (JSON)",
-                )
-            ],
-        )
-    if fmt == "auto":
-        first = next((r for _, r in records if isinstance(r, dict)), None)
-        fmt = detect_format(first, columns) if first is not None else None
-        if fmt is None:
-            keys = sorted(first)[:12] if isinstance(first, dict) else []
-            raise DataError(
-                f"Cannot tell the format of {path}",
-                [
-                    Problem(
-                        records[0][0] if records else str(path),
-                        f"no known format matches the record keys {keys}",
-                        "set data.format (messages, sharegpt, alpaca, prompt_completion, text, oasst) and "
-                        "data.columns, e.g. --set data.columns.output=response",
-                    )
-                ],
-            )
-    elif fmt not in FORMATS:
-        raise DataError(
-            "Unsupported data format",
-            [
-                Problem(
-                    "data.format", f"{fmt!r} is not a conversation format", f"use one of {', '.join(FORMATS)} (or auto)"
-                )
-            ],
-        )
-    report.format = fmt
-    convs = []
-    for where, obj in records:
-        conv, probs = to_conversation(obj, fmt, where, columns)
-        if probs:
-            problems += probs
-        else:
-            convs.append(conv)
-    report.skipped = problems
-    report.kept = len(convs)
-    return convs, report
+    convs, problems, fmt, read = read_and_convert(
+        path,
+        fmt,
+        formats=FORMATS,
+        detect=lambda r: detect_format(r, columns),
+        convert=lambda obj, f, where: to_conversation(obj, f, where, columns),
+    )
+    return convs, LoadReport(rows_read=read, kept=len(convs), skipped=problems, format=fmt)
 
 
 def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conversation], LoadReport]:

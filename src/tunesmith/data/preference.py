@@ -13,6 +13,7 @@ from pathlib import Path
 from tunesmith.config.dpo import DPORunConfig
 from tunesmith.data.bundled import load_bundled
 from tunesmith.data.preference_formats import PREFERENCE_FORMATS, detect_preference_format, to_pair
+from tunesmith.data.readers import read_and_convert
 from tunesmith.data.records import Message, PreferencePair
 from tunesmith.data.split import split
 from tunesmith.errors import DataError, Problem
@@ -27,39 +28,9 @@ def load_pair_file(path: str | Path, fmt: str = "auto") -> tuple[list[Preference
     Raises:
         DataError: when the format cannot be detected or is unknown.
     """
-    from tunesmith.data.readers import read_records
-
-    records, problems = read_records(path)
-    read = len(records) + len({p.where for p in problems})
-    if fmt == "auto":
-        first = next((r for _, r in records if isinstance(r, dict)), None)
-        fmt = detect_preference_format(first)
-        if fmt is None:
-            keys = sorted(first)[:12] if isinstance(first, dict) else []
-            raise DataError(
-                f"Cannot tell the preference format of {path}",
-                [
-                    Problem(
-                        records[0][0] if records else str(path),
-                        f"no preference format matches the record keys {keys}",
-                        f"set data.format to one of {', '.join(PREFERENCE_FORMATS)}: prompt/chosen/rejected, OpenAI "
-                        "input/preferred_output/non_preferred_output, HH chosen/rejected dialogues, or "
-                        "chosen/rejected message lists",
-                    )
-                ],
-            )
-    elif fmt not in PREFERENCE_FORMATS:
-        raise DataError(
-            "Unsupported preference format",
-            [Problem("data.format", f"{fmt!r}", f"use one of {', '.join(PREFERENCE_FORMATS)} (or auto)")],
-        )
-    pairs = []
-    for where, obj in records:
-        pair, probs = to_pair(obj, fmt, where)
-        problems += probs
-        if pair is not None:
-            pairs.append(pair)
-    return pairs, problems, fmt, read
+    return read_and_convert(
+        path, fmt, formats=PREFERENCE_FORMATS, detect=detect_preference_format, convert=to_pair, what="preference"
+    )
 
 
 def load_pairs(data_cfg) -> tuple[list[PreferencePair], dict]:
