@@ -106,3 +106,25 @@ def test_docs_config_reference_is_current():
     assert doc.read_text() == config_reference_markdown(), (
         "regenerate with: tunesmith config --markdown > docs/config.md"
     )
+
+
+@pytest.mark.parametrize(
+    ("module", "cls", "library", "valid_key"),
+    [
+        ("tunesmith.config.sft", "RunConfig", "trl.SFTConfig", "completion_only_loss"),
+        ("tunesmith.config.classify", "ClassifyConfig", "transformers.TrainingArguments", "adam_beta1"),
+        ("tunesmith.config.dpo", "DPORunConfig", "trl.DPOConfig", "label_smoothing"),
+    ],
+)
+def test_train_keys_are_checked_against_each_commands_library(module, cls, library, valid_key):
+    """Each command's train section passes its own library's fields through and names that library when refusing one."""
+    import importlib
+
+    model_cls = getattr(importlib.import_module(module), cls)
+    ok = load_config(None, [f"train.{valid_key}=0.5"], model_cls=model_cls)
+    assert ok.train.model_extra[valid_key] == 0.5
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["train.learning_rat=1e-4"], model_cls=model_cls)
+    problem = exc.value.problems[0]
+    assert problem.where.startswith("train.learning_rat") and f"not a {library} field" in problem.reason
+    assert "train.learning_rate" in problem.fix
