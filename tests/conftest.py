@@ -137,3 +137,28 @@ def logits(model, tok, text=PROBE):
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         return model(input_ids=ids).logits[0].float()
+
+
+_SLOW_STEPS = """\
+import time
+from transformers import trainer_callback
+
+_on_step_end = trainer_callback.CallbackHandler.on_step_end
+
+
+def _slow_on_step_end(self, *args, **kwargs):
+    time.sleep({seconds})
+    return _on_step_end(self, *args, **kwargs)
+
+
+trainer_callback.CallbackHandler.on_step_end = _slow_on_step_end
+"""
+
+
+def slow_steps_env(env: dict, where: Path, seconds: float = 0.3) -> dict:
+    """``env`` for a subprocess whose every optimizer step takes at least ``seconds`` longer, so a test's signal lands
+    while training still runs, even on a loaded machine. Weights and RNG are untouched (a sleep in
+    ``CallbackHandler.on_step_end``, loaded by a ``sitecustomize.py`` written under ``where``)."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "sitecustomize.py").write_text(_SLOW_STEPS.format(seconds=seconds))
+    return dict(env, PYTHONPATH=os.pathsep.join([str(where), env.get("PYTHONPATH", "")]))

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, build_tiny_llama
+from conftest import REPO, build_tiny_llama, slow_steps_env
 
 ADAPTER = "myadapter"
 STEPS, SAVE_EVERY = 8, 2
@@ -91,7 +91,11 @@ def reference_and_killed(setup):
         _cmd(cfg, base / "ref"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     victim = subprocess.Popen(
-        _cmd(cfg, base / "killed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _cmd(cfg, base / "killed"),
+        env=slow_steps_env(_env(), base / "slow"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     # checkpoint 2 or 4 of 8: on a quiet machine a tiny-model step takes only tens of milliseconds, so a later kill
     # could land after training ended (final artifacts half written), which is not what this test is about
@@ -135,7 +139,13 @@ def test_sigterm_saves_checkpoint_and_says_how_to_resume(setup, reference_and_ki
     cfg, base = setup
     ref, _, _ = reference_and_killed
     run = base / "termed"
-    proc = subprocess.Popen(_cmd(cfg, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(cfg, run),
+        env=slow_steps_env(_env(), base / "slow"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_checkpoint(proc, run, SAVE_EVERY)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, build_tiny_llama
+from conftest import REPO, build_tiny_llama, slow_steps_env
 
 STEPS, SAVE_EVERY = 8, 2
 WORDS = "alpha beta gamma delta red blue green one two three cat dog sun moon".split()
@@ -127,11 +127,12 @@ def runs(setup):
     ref = subprocess.Popen(
         _cmd(kind, cfg, base / "ref"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+    slow = slow_steps_env(_env(), base / "slow")
     killed = subprocess.Popen(
-        _cmd(kind, cfg, base / "killed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _cmd(kind, cfg, base / "killed"), env=slow, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     termed = subprocess.Popen(
-        _cmd(kind, cfg, base / "termed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _cmd(kind, cfg, base / "termed"), env=slow, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     kill_after = random.Random(time.time_ns()).choice(range(SAVE_EVERY, STEPS // 2 + 1, SAVE_EVERY))
     _wait_for_checkpoint(killed, base / "killed", kill_after)
