@@ -137,3 +137,44 @@ def logits(model, tok, text=PROBE):
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         return model(input_ids=ids).logits[0].float()
+
+
+def run_tunesmith(*args, cwd=None, env: dict | None = None, input: str | None = None, timeout: float = 300):
+    """Run ``python -m tunesmith ARGS`` as a user would (a subprocess, offline), and return the ``CompletedProcess``
+    (text ``stdout``/``stderr``, ``returncode``)."""
+    import subprocess
+    import sys
+
+    full = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1", COLUMNS="4000", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *map(str, args)],
+        cwd=cwd,
+        env=full,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tree_hash(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, str]:
+    """Every file, folder and link under ``root`` (links not followed) -> a SHA-256 of its content (``dir`` for folders,
+    ``link:<target>`` for links); entries under ``skip`` are left out. Two equal results mean nothing changed."""
+    import hashlib
+
+    out: dict[str, str] = {}
+    skip = tuple(Path(s) for s in skip)
+    found = []
+    for folder, dirs, files in os.walk(root):  # never follows links
+        found += [Path(folder) / n for n in dirs + files]
+    for path in sorted(found):
+        if any(path == s or s in path.parents for s in skip):
+            continue
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = f"link:{os.readlink(path)}"
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out

@@ -23,14 +23,15 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.config.load import dump_config
+from tunesmith.config.load import config_inputs, dump_config
 from tunesmith.errors import ConfigError, DataError, Problem, TrainingStopped, TunesmithError
 from tunesmith.runtime.console import Timer, log_to_file
 from tunesmith.runtime.distributed import is_main_process, is_rank_zero
-from tunesmith.runtime.files import atomic_write_json, atomic_write_text
+from tunesmith.runtime.files import atomic_write_json, atomic_write_text, write_errors
 from tunesmith.runtime.hardware import is_installed
+from tunesmith.runtime.lock import lock_run_dir
 from tunesmith.runtime.manifest import write_manifest
-from tunesmith.runtime.rundir import lock_run_dir, prepare_run_dir, write_errors
+from tunesmith.runtime.rundir import overwrite_refusals, prepare_run_dir
 from tunesmith.runtime.secrets import is_secret_key, redact_argv
 from tunesmith.train.checkpoints import RUN_STATE, check_same_run, latest_checkpoint, resolve_resume, resume_command
 
@@ -274,12 +275,12 @@ def start_run(cfg, kind: str, *, overwrite: bool = False, resume: str | bool | N
     """
     check_secrets(cfg)
     check_report_to(cfg)
-    run_dir = Path(cfg.train.output_dir)
+    run_dir = Path(cfg.train.output_dir).expanduser()
     checkpoint = resolve_resume(run_dir, resume, overwrite=overwrite)
     if checkpoint is not None:
         check_same_run(run_dir, cfg.model_dump(mode="json"))
     data = LOADERS[kind](cfg)
-    run_dir = _claim(run_dir, overwrite=overwrite, resumed=checkpoint is not None)
+    run_dir = _claim(run_dir, overwrite=overwrite, resumed=checkpoint is not None, inputs=config_inputs(cfg), kind=kind)
     state: dict = {}
     if checkpoint is not None and (run_dir / RUN_STATE).is_file():
         state = json.loads((run_dir / RUN_STATE).read_text())
@@ -292,16 +293,23 @@ def start_run(cfg, kind: str, *, overwrite: bool = False, resume: str | bool | N
     return Run(cfg, kind, run_dir, checkpoint, data, state)
 
 
-def _claim(run_dir: Path, *, overwrite: bool, resumed: bool) -> Path:
-    """Lock, check and create the run folder; under accelerate/torchrun only rank 0 owns the folder and its lock."""
+def _claim(run_dir: Path, *, overwrite: bool, resumed: bool, inputs: tuple, kind: str) -> Path:
+    """Lock, check and create the run folder; under accelerate/torchrun only rank 0 owns the folder and its lock.
+
+    ``--overwrite`` is checked first (:func:`tunesmith.runtime.rundir.overwrite_refusals`: links, home/current/root
+    folders, git checkouts, folders holding the run's own inputs, folders tunesmith did not make), so a refused folder
+    is never touched, not even by the lock."""
     try:
         with write_errors(run_dir):
             main = is_rank_zero()
+            problems = overwrite_refusals(run_dir, inputs=inputs) if overwrite and main else []
+            if problems:
+                raise TunesmithError(f"Refusing to replace {run_dir} (--overwrite)", problems)
             if run_dir.is_dir() and main:
-                lock_run_dir(run_dir)  # a live run in this folder is refused before --overwrite deletes anything
-            run_dir = prepare_run_dir(run_dir, overwrite=overwrite, resume=resumed)
+                lock_run_dir(run_dir)  # a live run in this folder is refused before --overwrite moves anything
+            run_dir = prepare_run_dir(run_dir, overwrite=overwrite, resume=resumed, inputs=inputs, kind=kind)
             if main:
-                lock_run_dir(run_dir)  # (re)claim it: --overwrite removed the folder and its lock
+                lock_run_dir(run_dir)  # (re)claim it: --overwrite moved the folder and its lock aside
     except TunesmithError as exc:
         for p in exc.problems:
             p.where = f"train.output_dir={p.where}"
