@@ -45,8 +45,9 @@ def load_yaml(text: str, where: str) -> object:
         ConfigError: invalid YAML (with its line), duplicate keys (each with its line), an integer too long to
             convert, nesting too deep, more than :data:`MAX_VALUES` values, or text that is not valid Unicode.
     """
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader refuses control characters (a NUL byte) right here
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -59,7 +60,8 @@ def load_yaml(text: str, where: str) -> object:
         what = "nested too deeply" if isinstance(exc, RecursionError) else "holds a number too long to read"
         raise ConfigError("Config cannot be read", [Problem(where, what, "write plain values")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if loader.duplicates:
         raise ConfigError(
             "Config repeats a key (YAML would silently keep only the last value)",

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def io_error_code(exc: BaseException) -> int | None:
 
 
 @contextmanager
-def write_errors(run_dir: str | Path, *, resume: str | None = None):
+def write_errors(run_dir: str | Path, *, resume: Callable[[], str | None] | str | None = None):
     """Turn a failed write (disk full, file too large, read-only, no permission; any I/O error on a file under
     ``run_dir``) into a
     :class:`TunesmithError` naming the file (or, when the library that failed does not say which, the folder); a run
@@ -83,7 +84,8 @@ def write_errors(run_dir: str | Path, *, resume: str | None = None):
 
     Args:
         run_dir: the folder being written.
-        resume: the command that continues the run (``--resume latest``), shown in the fix.
+        resume: the command that continues the run (``--resume latest``), shown in the fix; a callable is asked at
+            error time (None when no checkpoint was completed: then the fix says to run the command again).
 
     Other errors pass through unchanged.
     """
@@ -104,9 +106,11 @@ def write_errors(run_dir: str | Path, *, resume: str | None = None):
             if code in _NO_SPACE
             else "make the folder writable or choose another output folder"
         )
+        command = resume() if callable(resume) else resume
+        then = f"; then resume with: {command}" if command else "; then run the same command again"
         raise TunesmithError(
             "Cannot write the run's files; the run is incomplete (no metrics.json)",
-            [Problem(str(where), reason, fix + (f"; then resume with: {resume}" if resume else ", then run again"))],
+            [Problem(str(where), reason, fix + then)],
         ) from None
 
 

@@ -308,9 +308,9 @@ def file_refusals(path: Path, *, overwrite: bool, inputs: tuple = ()) -> list[Pr
         return [Problem(str(path), "it is a symbolic link", fix)]
     if path.is_dir():
         return [Problem(str(path), "it is a folder", "give the path of a file to write")]
-    for item in inputs:
+    for item in inputs:  # the output is an input, or lies inside an input folder (a model's own weights)
         p = Path(item).expanduser()
-        if p.exists() and path.exists() and (p.resolve() == path.resolve() or path.resolve() in p.resolve().parents):
+        if p.exists() and (p.resolve() == path.resolve() or p.resolve() in path.resolve().parents):
             return [Problem(str(path), f"it is this command's own input {p.resolve()}", fix)]
     if path.exists() and not overwrite:
         return [Problem(str(path), "it would be overwritten", "pass --overwrite or choose another --output")]

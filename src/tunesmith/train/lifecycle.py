@@ -91,8 +91,9 @@ class Run:
 
     def guard(self) -> AbstractContextManager:
         """Context in which a failed write under the run folder (disk full, read-only) becomes a clear error naming
-        the file (see :func:`tunesmith.runtime.rundir.write_errors`)."""
-        return write_errors(self.run_dir)
+        the file and, when a checkpoint was completed, the command that resumes the run (see
+        :func:`tunesmith.runtime.files.write_errors`)."""
+        return write_errors(self.run_dir, resume=lambda: resume_command() if latest_checkpoint(self.run_dir) else None)
 
     def remember(self, **values) -> None:
         """Keep values measured before training (eval_loss before, samples, start generations) in ``run_state.json``,
@@ -130,7 +131,8 @@ class Run:
         )
 
     def train(self, trainer) -> tuple[object | None, float]:
-        """Train, resuming from :attr:`checkpoint` when set, with a graceful stop on SIGINT/SIGTERM.
+        """Train, resuming from :attr:`checkpoint` when set, with a graceful stop on SIGINT/SIGTERM and a stop at the
+        first NaN or infinite loss, gradient or weight.
 
         A checkpoint at or past ``max_steps`` (the run was killed after its last step, while writing the final
         artifacts) is only restored: weights, trainer state and callback state, and no step runs (transformers'
@@ -141,13 +143,19 @@ class Run:
 
         Raises:
             TrainingStopped: a signal arrived; a checkpoint was saved (exit code 130/143, the resume command).
+            TrainingDiverged: the loss, gradients or weights turned non-finite (exit code 2; no checkpoint of the
+                diverged step, no ``metrics.json``).
         """
-        from tunesmith.train.callbacks import GracefulStop
+        from tunesmith.train.callbacks import GracefulStop, NonFiniteStop
 
         stopper = GracefulStop()
         trainer.add_callback(stopper)
-        with Timer() as t:
-            result = _train_or_restore(trainer, self.checkpoint)
+        trainer.add_callback(NonFiniteStop(getattr(self.cfg.train, "learning_rate", None)))
+        try:
+            with Timer() as t:
+                result = _train_or_restore(trainer, self.checkpoint)
+        finally:
+            stopper.restore()
         if stopper.signum is not None:
             last = latest_checkpoint(self.run_dir)
             raise TrainingStopped(stopper.signum, str(last) if last else None, resume_command())
@@ -273,8 +281,14 @@ def start_run(cfg, kind: str, *, overwrite: bool = False, resume: str | bool | N
     Raises:
         ConfigError, DataError, TunesmithError: each problem with its location; nothing is trained.
     """
+    from tunesmith.models.adapters import require_adapter
+    from tunesmith.models.targets import check_lora_targets
+
     check_secrets(cfg)
     check_report_to(cfg)
+    check_lora_targets(cfg, kind)
+    if getattr(cfg.model, "adapter", None):  # DPO starting from an SFT adapter: it must be one, and generative
+        require_adapter(cfg.model.adapter, f"model.adapter={cfg.model.adapter}")
     run_dir = Path(cfg.train.output_dir).expanduser()
     checkpoint = resolve_resume(run_dir, resume, overwrite=overwrite)
     if checkpoint is not None:
