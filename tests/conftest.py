@@ -178,3 +178,71 @@ def tree_hash(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, str]:
         else:
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+# --- fuzzing: hypothesis strategies shared by the fuzz tests of data check and config loading ---
+
+FUZZ_KEYS = (
+    "messages",
+    "role",
+    "content",
+    "prompt",
+    "completion",
+    "text",
+    "conversations",
+    "from",
+    "value",
+    "instruction",
+    "output",
+    "input",
+    "system",
+    "weight",
+    "name",
+    "chosen",
+    "rejected",
+    "label",
+    "id",
+)
+"""Keys the readers look for, so generated records reach the format converters, not only the "unknown" path."""
+
+
+def fuzz_strategies():
+    """Hypothesis strategies: (``text``: odd Unicode, NUL bytes, lone surrogates; ``number``: huge and non-finite;
+    ``value``: any JSON-able value, deeply nested; ``record``: a dict biased towards the keys of every data format)."""
+    from hypothesis import strategies as st
+
+    text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40) | st.sampled_from(
+        ["", " ", "\x00", "\ud800", "user", "assistant", "system", "tool", "human", "gpt", "<|im_end|>", "{{", "\u202e"]
+    )
+    number = (
+        st.integers()
+        | st.floats()
+        | st.sampled_from([2**64, -(2**63) - 1, float("inf"), float("nan"), 1e308, -0.0])
+        | st.builds(pow, st.just(10), st.integers(4400, 6000))  # past Python's 4,300-digit int conversion limit
+    )
+    leaf = st.none() | st.booleans() | number | text
+    key = st.sampled_from(FUZZ_KEYS) | text
+    value = st.recursive(
+        leaf, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(key, kids, max_size=4), max_leaves=20
+    )
+    message = st.fixed_dictionaries(
+        {"role": value | st.sampled_from(["user", "assistant", "system"]), "content": value}
+    )
+    record = st.dictionaries(key, value, max_size=5) | st.fixed_dictionaries(
+        {"messages": st.lists(message, max_size=4)}
+    )
+    return {"text": text, "number": number, "value": value, "record": record}
+
+
+def to_json_text(value, *, ascii_only: bool) -> str:
+    """``json.dumps`` that also writes integers past Python's 4,300-digit conversion limit (the reader must refuse
+    them, not this writer)."""
+    import json
+    import sys
+
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        return json.dumps(value, ensure_ascii=ascii_only, allow_nan=True)
+    finally:
+        sys.set_int_max_str_digits(limit)

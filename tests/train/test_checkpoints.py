@@ -134,6 +134,10 @@ def test_write_errors_name_the_file_and_never_swallow_other_errors(tmp_path):
         with write_errors(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / "optimizer.pt"))
     assert exc.value.problems[0].where.endswith("optimizer.pt") and "No space left" in exc.value.render()
+    with pytest.raises(TunesmithError) as exc:  # the tokenizers library (Rust) reports a full disk in its own words
+        with write_errors(tmp_path, resume=lambda: "tunesmith sft c.yaml --resume latest"):
+            raise Exception("No space left on device (os error 28)")
+    assert "No space left on device" in exc.value.render() and "resume with: tunesmith sft c.yaml" in exc.value.render()
     with pytest.raises(TunesmithError, match="incomplete"):  # how torch.save reports a full disk
         with write_errors(tmp_path):
             raise RuntimeError(
