@@ -83,7 +83,7 @@ def to_records(rows: list[tuple[str, dict]], labels_cfg) -> list[LabelRecord]:
             vals[field] = value
         out.append(LabelRecord(where, vals["text"], vals["label"], vals.get("text_pair")))
     if problems:
-        raise DataError(f"{len(problems)} record(s) without text or label", problems[:50])
+        raise DataError(f"{len(problems)} record(s) with a missing, empty or too long text or label", problems[:50])
     return out
 
 

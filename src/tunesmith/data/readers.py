@@ -298,8 +298,8 @@ def _read_csv(
             if any((v or "").strip() for k, v in row.items() if k is not None and isinstance(v, str)):
                 records.append((f"{p}:{start}", {k: v for k, v in row.items() if k is not None}))
             start = reader.line_num + 1
-    except csv.Error as exc:
-        return records, [Problem(f"{p}:{reader.line_num}", str(exc), "fix the CSV quoting")]
+    except csv.Error as exc:  # the record that failed starts at `start`
+        return records, [Problem(f"{p}:{start}", str(exc), "fix the CSV quoting (or split the field)")]
     return records, []
 
 

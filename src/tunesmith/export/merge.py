@@ -209,5 +209,9 @@ def run_merge(
 def _reload_diff(folder: Path, probes, reference) -> float:
     from transformers import AutoModelForCausalLM
 
-    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    from tunesmith.models.loading import from_pretrained
+    from tunesmith.models.sources import ModelSource
+
+    source = ModelSource(str(folder), str(folder), "local")
+    reloaded = from_pretrained(AutoModelForCausalLM, source, dtype=torch.float32).eval()
     return max_diff(reference, probe_logits(reloaded, probes))
