@@ -162,3 +162,112 @@ def slow_steps_env(env: dict, where: Path, seconds: float = 0.3) -> dict:
     where.mkdir(parents=True, exist_ok=True)
     (where / "sitecustomize.py").write_text(_SLOW_STEPS.format(seconds=seconds))
     return dict(env, PYTHONPATH=os.pathsep.join([str(where), env.get("PYTHONPATH", "")]))
+
+
+def run_tunesmith(*args, cwd=None, env: dict | None = None, input: str | None = None, timeout: float = 300):
+    """Run ``python -m tunesmith ARGS`` as a user would (a subprocess, offline), and return the ``CompletedProcess``
+    (text ``stdout``/``stderr``, ``returncode``)."""
+    import subprocess
+    import sys
+
+    full = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1", COLUMNS="4000", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *map(str, args)],
+        cwd=cwd,
+        env=full,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tree_hash(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, str]:
+    """Every file, folder and link under ``root`` (links not followed) -> a SHA-256 of its content (``dir`` for folders,
+    ``link:<target>`` for links); entries under ``skip`` are left out. Two equal results mean nothing changed."""
+    import hashlib
+
+    out: dict[str, str] = {}
+    skip = tuple(Path(s) for s in skip)
+    found = []
+    for folder, dirs, files in os.walk(root):  # never follows links
+        found += [Path(folder) / n for n in dirs + files]
+    for path in sorted(found):
+        if any(path == s or s in path.parents for s in skip):
+            continue
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = f"link:{os.readlink(path)}"
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+# --- fuzzing: hypothesis strategies shared by the fuzz tests of data check and config loading ---
+
+FUZZ_KEYS = (
+    "messages",
+    "role",
+    "content",
+    "prompt",
+    "completion",
+    "text",
+    "conversations",
+    "from",
+    "value",
+    "instruction",
+    "output",
+    "input",
+    "system",
+    "weight",
+    "name",
+    "chosen",
+    "rejected",
+    "label",
+    "id",
+)
+"""Keys the readers look for, so generated records reach the format converters, not only the "unknown" path."""
+
+
+def fuzz_strategies():
+    """Hypothesis strategies: (``text``: odd Unicode, NUL bytes, lone surrogates; ``number``: huge and non-finite;
+    ``value``: any JSON-able value, deeply nested; ``record``: a dict biased towards the keys of every data format)."""
+    from hypothesis import strategies as st
+
+    text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40) | st.sampled_from(
+        ["", " ", "\x00", "\ud800", "user", "assistant", "system", "tool", "human", "gpt", "<|im_end|>", "{{", "\u202e"]
+    )
+    number = (
+        st.integers()
+        | st.floats()
+        | st.sampled_from([2**64, -(2**63) - 1, float("inf"), float("nan"), 1e308, -0.0])
+        | st.builds(pow, st.just(10), st.integers(4400, 6000))  # past Python's 4,300-digit int conversion limit
+    )
+    leaf = st.none() | st.booleans() | number | text
+    key = st.sampled_from(FUZZ_KEYS) | text
+    value = st.recursive(
+        leaf, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(key, kids, max_size=4), max_leaves=20
+    )
+    message = st.fixed_dictionaries(
+        {"role": value | st.sampled_from(["user", "assistant", "system"]), "content": value}
+    )
+    record = st.dictionaries(key, value, max_size=5) | st.fixed_dictionaries(
+        {"messages": st.lists(message, max_size=4)}
+    )
+    return {"text": text, "number": number, "value": value, "record": record}
+
+
+def to_json_text(value, *, ascii_only: bool) -> str:
+    """``json.dumps`` that also writes integers past Python's 4,300-digit conversion limit (the reader must refuse
+    them, not this writer)."""
+    import json
+    import sys
+
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        return json.dumps(value, ensure_ascii=ascii_only, allow_nan=True)
+    finally:
+        sys.set_int_max_str_digits(limit)

@@ -59,7 +59,13 @@ class ModelError(TunesmithError):
 
 
 class TemplateError(TunesmithError):
-    """A chat template is missing or renders conversations inconsistently."""
+    """A chat template is missing, broken (syntax error, runaway loop, blocked sandbox escape) or renders
+    conversations inconsistently."""
+
+
+class ConversationRefused(TemplateError):
+    """The chat template refuses one record (its own ``raise_exception``, an undefined value, history rendered
+    inconsistently); other records may render. Each problem names the record's ``file:line``."""
 
 
 class TrainingStopped(TunesmithError):
@@ -72,4 +78,23 @@ class TrainingStopped(TunesmithError):
         super().__init__(
             f"Training stopped by {name}; a checkpoint was saved",
             [Problem(where, "the run is incomplete (no metrics.json)", f"resume with: {resume_cmd}")],
+        )
+
+
+class TrainingDiverged(TunesmithError):
+    """Training produced a NaN or infinite loss, gradient or weight and was stopped at once (exit code 2); the run is
+    left incomplete (no ``metrics.json``)."""
+
+    def __init__(self, step: int, what: str, value: float, learning_rate: float | None = None):
+        lr = f" (train.learning_rate is {learning_rate:g})" if learning_rate is not None else ""
+        super().__init__(
+            f"Training diverged at step {step}: the {what} is {value}; the run was stopped (no metrics.json)",
+            [
+                Problem(
+                    f"train step {step}",
+                    f"the {what} became {value}{lr}",
+                    "lower train.learning_rate, keep train.max_grad_norm at 1.0 (gradient clipping), or use float32 "
+                    "(model.dtype=float32); then start again with --overwrite",
+                )
+            ],
         )

@@ -1,27 +1,32 @@
-"""The bad-input corpus: every case runs the real CLI (`python -m tunesmith sft ...`) in a subprocess and must
-exit with code 2, print no traceback, name the location (file:line, field path or folder), and leave no output
-that looks complete (no metrics.json, no adapter/).
+"""The bad-input corpus: every case runs the real CLI (`python -m tunesmith ...`) in a subprocess and must exit with
+its expected code (2 for every bad input), print no traceback, name the location (file:line, field path or folder),
+and leave no output that looks complete (no metrics.json, no adapter/).
 
-Files live in tests/bad_inputs/; large or environment-specific inputs (a 10 MB line, 100,000 nested brackets, a
-read-only folder, a full disk) are built in the test.  All but five cases (``needs="model"``) fail before the model
-loads (preflight: config, output folder, data), in about a second each.
+Round 1 (49 cases, the SFT command) is the ``CASES`` table below. Round 2 (every command: non-finite numbers, huge
+integers, lone surrogates, --overwrite refusals, broken chat templates, empty inputs, classification adapters where
+text is generated, a full disk at a checkpoint, diverging training) is the tracked table
+``tests/bad_inputs/cases.yaml``, each case with its expected exit code and message fragments. Files live in
+tests/bad_inputs/; large or environment-specific inputs (a 10 MB line, 100,000 nested brackets, a read-only folder,
+a full disk) are built by the harness. Cases without ``needs: model`` must fail before any weights load, in about a
+second each. Cases run three at a time (each in its own folder), so the whole corpus fits in ``make test``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import yaml
 
-from conftest import REPO
+from conftest import REPO, make_adapter
 
 BAD = REPO / "tests" / "bad_inputs"
 OK = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
@@ -29,11 +34,15 @@ OK = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "con
 
 @dataclass
 class Ctx:
-    """Per-case scratch folder, the tiny model and the run's output folder."""
+    """Per-case scratch folder, the tiny model, the run's output folder and the shared runs (a classify run, an SFT
+    adapter run) some cases point at."""
 
     tmp: Path
     tiny: Path
     out: Path
+    cls_run: Path | None = None
+    sft_run: Path | None = None
+    arg: str = ""
 
     def good_data(self, n: int = 6) -> Path:
         path = self.tmp / "good.jsonl"
@@ -66,6 +75,10 @@ class Case:
     needs: str | None = None
     """``"model"`` for the few cases that can only be detected once the model/tokenizer loads."""
     extra_env: dict = field(default_factory=dict)
+    exit: int = 2
+    stdin: str | None = None
+    cwd: Callable[[Ctx], Path] | None = None
+    timeout: float = 300
 
 
 def _data(name: str) -> Callable[[Ctx], list[str]]:
@@ -305,15 +318,172 @@ CASES = [
 ]
 
 
-def _limit(nbytes: int | None):
-    if nbytes is None:
-        return None
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+# --- round 2: the table in tests/bad_inputs/cases.yaml ---
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, tiny_llama_dir, tmp_path):
-    ctx = Ctx(tmp_path, Path(tiny_llama_dir), tmp_path / "out")
+def _write_lines(path: Path, *lines: str) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _tunesmith_run(folder: Path, *extra: str) -> Path:
+    """A folder as a finished `tunesmith sft` run leaves it (marker, config, metrics, adapter), plus files ``extra``."""
+    from tunesmith.runtime.rundir import write_marker
+
+    folder.mkdir(parents=True)
+    write_marker(folder, "sft")
+    (folder / "config.yaml").write_text("train: {max_steps: 1}\n")
+    (folder / "metrics.json").write_text("{}\n")
+    for name in extra:
+        (folder / name).write_text("mine\n")
+    return folder
+
+
+def _pickle(src: Path, dst: Path, name: str, pickled: str) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(src, dst)
+    weights = next(dst.rglob(name))
+    torch.save(load_file(weights), weights.with_name(pickled))
+    weights.unlink()
+
+
+SETUPS: dict[str, Callable[[Ctx], object]] = {
+    "seed_5000_digits": lambda c: setattr(c, "arg", "train.seed=" + "9" * 5000),
+    "not_utf8_argument": lambda c: setattr(c, "arg", os.fsdecode(b"data.system_prompt=be \xff nice")),
+    "deep_yaml": lambda c: (c.tmp / "deep.yaml").write_text("train: " + "[" * 20_000 + "]" * 20_000 + "\n"),
+    "long_message": lambda c: _write_lines(
+        c.tmp / "long.jsonl",
+        json.dumps(OK),
+        json.dumps({"messages": [{"role": "user", "content": "x" * 2_000_000}, {"role": "assistant", "content": "y"}]}),
+    ),
+    "long_text": lambda c: _write_lines(c.tmp / "long_text.jsonl", json.dumps({"text": "word " * 400_000})),
+    "long_label_text": lambda c: _write_lines(
+        c.tmp / "long.csv", "text,label", "hello,greet", "z" * 1_500_000 + ",bye"
+    ),
+    "work_folder": lambda c: (
+        (c.tmp / "work").mkdir(),
+        _write_lines(c.tmp / "work" / "d.jsonl", *[json.dumps(OK)] * 6),
+        _write_lines(c.tmp / "work" / "notes.txt", "my notes"),
+    ),
+    "notes_folder": lambda c: ((c.tmp / "notes").mkdir(), _write_lines(c.tmp / "notes" / "todo.txt", "buy tea")),
+    "git_checkout": lambda c: (
+        (c.tmp / "repo" / ".git").mkdir(parents=True),
+        _write_lines(c.tmp / "repo" / "a.py", ""),
+    ),
+    "run_link": lambda c: (_tunesmith_run(c.tmp / "old"), (c.tmp / "link").symlink_to(c.tmp / "old")),
+    "run_with_notes": lambda c: _tunesmith_run(c.tmp / "old", "notes.txt"),
+    "run_with_config": lambda c: _tunesmith_run(c.tmp / "old"),
+    "never_trained": lambda c: (
+        _tunesmith_run(c.out),
+        (c.out / "metrics.json").unlink(),
+        (c.out / ".tunesmith.lock").write_text("999999999"),
+        _write_lines(c.out / "run.log", "tunesmith sft (stopped by SIGTERM while the model loaded)"),
+    ),
+    "pickled_classify_run": lambda c: _pickle(
+        c.cls_run, c.tmp / "pickled-run", "adapter_model.safetensors", "adapter_model.bin"
+    ),
+    "two_distinct_labels": lambda c: _write_lines(
+        c.tmp / "dup.csv", "text,label", *["hello,greet", "bye,farewell"] * 4
+    ),
+    "tiny_copy": lambda c: shutil.copytree(c.tiny, c.tmp / "tiny"),  # a case that must not touch the shared model
+    "pickled_model": lambda c: _pickle(c.tiny, c.tmp / "pickled", "model.safetensors", "pytorch_model.bin"),
+}
+"""Named setups of ``cases.yaml``: files a case needs that cannot be tracked (symlinks, huge files, fixtures)."""
+
+GOOD_CSV = "text,label\n" + "".join(
+    f"{t},{lab}\n"
+    for t, lab in [("hello there", "greet"), ("hi", "greet"), ("hey you", "greet"), ("good morning", "greet")]
+    + [("bye now", "farewell"), ("see you", "farewell"), ("ciao", "farewell"), ("good night", "farewell")]
+)
+GOOD_PAIR = {
+    "prompt": [{"role": "user", "content": "a question"}],
+    "chosen": [{"role": "assistant", "content": "a good answer"}],
+    "rejected": [{"role": "assistant", "content": "no"}],
+}
+
+
+def _expand(ctx: Ctx, text: str) -> str:
+    names = {
+        "tiny": ctx.tiny,
+        "out": ctx.out,
+        "tmp": ctx.tmp,
+        "bad": BAD,
+        "good": ctx.tmp / "good.jsonl",
+        "good_csv": ctx.tmp / "good.csv",
+        "good_pairs": ctx.tmp / "pairs.jsonl",
+        "cls_run": ctx.cls_run,
+        "sft_run": ctx.sft_run,
+        "arg": ctx.arg,
+        "long_name": "x" * 5000,
+    }
+    for key, value in names.items():
+        text = text.replace("{" + key + "}", str(value))
+    return text
+
+
+def _argv(ctx: Ctx, run: list[str]) -> list[str]:
+    """Expand ``@sft``/``@classify``/``@dpo``/``@data`` and the ``{name}`` placeholders of a table row."""
+    ctx.good_data()
+    (ctx.tmp / "good.csv").write_text(GOOD_CSV)
+    _write_lines(ctx.tmp / "pairs.jsonl", *[json.dumps(GOOD_PAIR)] * 8)
+    common = ["--set", f"model.name={ctx.tiny}", "--set", f"train.output_dir={ctx.out}", "--set", "train.max_steps=1"]
+    splice = {
+        "@sft": common + ["--set", "data.path={good}"],
+        "@classify": common + ["--set", "data.path={good_csv}", "--set", "data.eval_fraction=0.25"],
+        "@dpo": common + ["--set", "data.path={good_pairs}", "--set", "eval.win_rate_prompts=1"],
+        "@data": ["--set", f"model.name={ctx.tiny}", "--set", "data.path={good}"],
+    }
+    out = []
+    for item in run:
+        out += splice.get(item, [item])
+    return [_expand(ctx, str(x)) for x in out]
+
+
+def _table_case(row: dict) -> Case:
+    def build(c: Ctx) -> list[str]:
+        if row.get("setup"):
+            SETUPS[row["setup"]](c)
+        return _argv(c, row["run"])
+
+    return Case(
+        row["id"],
+        build,
+        lambda c: [_expand(c, str(s)) for s in row["says"]],
+        limit_file_bytes=row.get("fsize"),
+        needs=row.get("needs"),
+        extra_env=row.get("env", {}),
+        exit=row["exit"],
+        stdin=row.get("stdin"),
+        cwd=(lambda c: Path(_expand(c, row["cwd"]))) if row.get("cwd") else None,
+        timeout=row.get("timeout", 300),
+    )
+
+
+TABLE = yaml.safe_load((BAD / "cases.yaml").read_text())
+"""Round 2, as tracked in tests/bad_inputs/cases.yaml."""
+CASES += [_table_case(row) for row in TABLE]
+
+
+# --- the runner ---
+
+
+def _command(case: Case, argv: list[str]) -> list[str]:
+    """``python -m tunesmith ARGV``; with a file-size limit (a full disk) set inside the child before tunesmith runs
+    (``preexec_fn`` is not safe while other cases run in threads)."""
+    if case.limit_file_bytes is None:
+        return [sys.executable, "-m", "tunesmith", *argv]
+    n = case.limit_file_bytes
+    code = (
+        "import resource, runpy, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({n}, {n})); "
+        "sys.argv = ['tunesmith'] + sys.argv[1:]; runpy.run_module('tunesmith', run_name='__main__')"
+    )
+    return [sys.executable, "-c", code, *argv]
+
+
+def _run_case(case: Case, ctx: Ctx) -> subprocess.CompletedProcess:
     argv = case.build(ctx)
     env = dict(
         os.environ,
@@ -321,25 +491,74 @@ def test_bad_input(case: Case, tiny_llama_dir, tmp_path):
         HF_HUB_OFFLINE="1",
         COLUMNS="4000",
         HF_TOKEN="hf_envsecretvalue0123456789",
-        **case.extra_env,
+        **{k: _expand(ctx, v) for k, v in case.extra_env.items()},
     )
     try:
-        res = subprocess.run(
-            [sys.executable, "-m", "tunesmith", *argv],
+        return subprocess.run(
+            _command(case, argv),
             env=env,
+            cwd=case.cwd(ctx) if case.cwd else None,
+            input=case.stdin,
             capture_output=True,
             text=True,
-            timeout=300,
-            preexec_fn=_limit(case.limit_file_bytes),
+            timeout=case.timeout,
         )
     finally:
-        ro = tmp_path / "readonly"
+        ro = ctx.tmp / "readonly"
         if ro.exists() and shutil.which("chattr"):
             subprocess.run(["chattr", "-i", str(ro)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def shared_runs(smol_tokenizer, tiny_llama_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(a finished `tunesmith classify` run of the tiny model, an SFT run folder holding a LoRA adapter)."""
+    base = tmp_path_factory.mktemp("shared-runs")
+    (base / "good.csv").write_text(GOOD_CSV)
+    cls_run = base / "cls-run"
+    res = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "classify", "--set", f"model.name={tiny_llama_dir}"]
+        + ["--set", f"data.path={base / 'good.csv'}", "--set", "train.max_steps=1", "--set", "data.eval_fraction=0.25"]
+        + ["--set", f"train.output_dir={cls_run}"],
+        env=dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    sft_run = base / "sft-run"
+    make_adapter(tiny_llama_dir, smol_tokenizer, sft_run / "adapter")
+    (sft_run / "config.yaml").write_text(f"model: {{name: {tiny_llama_dir}}}\neval: {{metrics: [exact_match]}}\n")
+    return cls_run, sft_run
+
+
+@pytest.fixture(scope="module")
+def results(request, tiny_llama_dir, shared_runs, tmp_path_factory):
+    """Run every selected case, three at a time: case id -> (its Ctx, the finished process)."""
+    wanted = [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec") and "case" in item.callspec.params
+    ]
+    cls_run, sft_run = shared_runs
+
+    def one(case: Case):
+        tmp = tmp_path_factory.mktemp(case.id[:40])
+        ctx = Ctx(tmp, Path(tiny_llama_dir), tmp / "out", cls_run, sft_run)
+        return ctx, _run_case(case, ctx)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {case.id: pool.submit(one, case) for case in wanted}
+        yield futures
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, results):
+    ctx, res = results[case.id].result()
     err = res.stderr
-    assert res.returncode == 2, f"exit {res.returncode}\n{err[-3000:]}"
-    assert "Traceback" not in err and "Traceback" not in res.stdout
-    assert "error:" in err, err[:500]
+    assert res.returncode == case.exit, f"exit {res.returncode}\n{err[-3000:]}"
+    assert "Traceback" not in err and "Traceback" not in res.stdout, err[-3000:]
+    if case.exit == 2:
+        assert "error:" in err, err[:500]
     for text in case.where(ctx):
         assert text in err, f"{text!r} not in:\n{err[:3000]}"
     assert len(err) < 20_000, "the error must not echo huge input"
@@ -347,10 +566,14 @@ def test_bad_input(case: Case, tiny_llama_dir, tmp_path):
         assert "Loading weights" not in err and "tunesmith sft model=" not in err, err[:1000]
     assert "hf_abcdefghijklmnopqrstuvwxyz123456" not in err and "hf_envsecretvalue" not in err
     out = ctx.out
-    if out.is_dir():
+    if out.is_dir() and case.exit != 0:
         assert not (out / "metrics.json").exists() or case.id == "output-holds-a-run"
-        assert not (out / "adapter").exists() and not (out / "manifest.json").exists()
+        assert not (out / "adapter").exists()
+        assert case.needs == "model" or not (out / "manifest.json").exists()
 
 
-def test_corpus_has_at_least_30_cases():
-    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+def test_corpus_size():
+    """49 cases of round 1, at least 110 more in the tracked table; ids unique."""
+    assert len(CASES) >= 49 + 110 and len(TABLE) >= 110
+    assert len({c.id for c in CASES}) == len(CASES)
+    assert all(row["exit"] in (0, 2) and row["says"] for row in TABLE)

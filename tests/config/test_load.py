@@ -128,3 +128,91 @@ def test_train_keys_are_checked_against_each_commands_library(module, cls, libra
     problem = exc.value.problems[0]
     assert problem.where.startswith("train.learning_rat") and f"not a {library} field" in problem.reason
     assert "train.learning_rate" in problem.fix
+
+
+# --- fuzz: config loading raises only ConfigError, whatever the YAML or --set values hold ---
+
+
+def _fuzz_settings(n: int = 60):
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+
+
+def _load_or_config_error(path=None, overrides=None):
+    """Load with each command's config class; a ConfigError is fine (exit 2), anything else fails the test."""
+    from tunesmith.config.classify import ClassifyConfig
+    from tunesmith.config.dpo import DPORunConfig
+
+    for cls in (RunConfig, ClassifyConfig, DPORunConfig):
+        try:
+            load_config(path, overrides, model_cls=cls)
+        except ConfigError as exc:
+            assert exc.exit_code == 2 and exc.problems, exc.render()
+
+
+def test_fuzz_yaml_config_files(tmp_path):
+    import itertools
+
+    import yaml
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from conftest import fuzz_strategies
+
+    s = fuzz_strategies()
+    sections = st.sampled_from(["model", "data", "lora", "train", "eval", "labels"]) | s["text"]
+    fields = st.sampled_from(
+        ["name", "path", "learning_rate", "max_steps", "seed", "r", "target_modules", "metrics", "chat_template"]
+    )
+    config = st.dictionaries(
+        sections, st.dictionaries(fields | s["text"], s["value"], max_size=4) | s["value"], max_size=4
+    )
+    names = itertools.count()
+
+    @_fuzz_settings()
+    @given(tree=config, flow=st.booleans())
+    def structured(tree, flow):
+        import sys
+
+        limit = sys.get_int_max_str_digits()
+        sys.set_int_max_str_digits(0)  # let the writer write 5,000-digit integers; the reader must refuse them
+        try:
+            text = yaml.safe_dump(tree, default_flow_style=flow, allow_unicode=True)
+        finally:
+            sys.set_int_max_str_digits(limit)
+        path = tmp_path / f"c{next(names)}.yaml"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        _load_or_config_error(path)
+
+    @_fuzz_settings()
+    @given(text=st.text(st.sampled_from(list(":-[]{}&*!|>'\"%@`#,?\n\t ab01.\x00\ud800e")), max_size=120))
+    def raw(text):
+        path = tmp_path / f"r{next(names)}.yaml"
+        path.write_bytes(text.encode("utf-8", "surrogatepass"))
+        _load_or_config_error(path)
+
+    structured()
+    raw()
+
+
+def test_fuzz_set_overrides():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from conftest import fuzz_strategies
+
+    text = fuzz_strategies()["text"]
+    key = st.sampled_from(["train.seed", "train.learning_rate", "data.path", "model.name", "lora.r", "x", "train"])
+
+    @_fuzz_settings(80)
+    @given(
+        st.lists(
+            st.tuples(key | text, text | st.sampled_from(["inf", ".nan", "1e999", "9" * 5000, "[", "{a: 1, a: 2}"])),
+            max_size=3,
+        )
+    )
+    def run(pairs):
+        _load_or_config_error(None, [f"{k}={v}" for k, v in pairs])
+
+    run()

@@ -127,3 +127,30 @@ def test_model_max_length_1e30_is_capped(tiny_llama_dir, tmp_path):
     (d / "tokenizer_config.json").write_text(json.dumps(tc))
     tok = load_tokenizer(ModelSource(str(d), str(d), "local"))
     assert tok.model_max_length == MAX_SANE_LENGTH
+
+
+def test_every_weight_load_goes_through_the_pickle_gate():
+    """No module but models/loading.py calls a model's or adapter's ``from_pretrained`` (GGUF files, which hold no
+    pickles, are read by the GGUF loaders): every other load goes through ``from_pretrained``/``load_adapter`` there,
+    which refuse pickle weights unless model.allow_pickle."""
+    import ast
+
+    from conftest import REPO
+
+    gguf_readers = {"models/sources.py", "export/gguf_io.py"}
+    found = []
+    for path in (REPO / "src" / "tunesmith").rglob("*.py"):
+        rel = str(path.relative_to(REPO / "src" / "tunesmith"))
+        if rel == "models/loading.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "from_pretrained"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id.startswith(("AutoModel", "PeftModel"))
+                and rel not in gguf_readers
+            ):
+                found.append(f"{rel}:{node.lineno} {node.func.value.id}.from_pretrained")
+    assert not found, f"load these through tunesmith.models.loading (the pickle gate): {found}"

@@ -109,7 +109,8 @@ def test_run_dir_lock_refuses_a_live_writer_and_takes_over_a_dead_one(tmp_path):
     import sys
 
     from tunesmith.errors import TunesmithError
-    from tunesmith.runtime.rundir import LOCK, lock_run_dir, prepare_run_dir
+    from tunesmith.runtime.lock import LOCK, lock_run_dir
+    from tunesmith.runtime.rundir import prepare_run_dir
 
     (tmp_path / LOCK).write_text(str(os.getppid()))  # a live process that is not us
     with pytest.raises(TunesmithError) as exc:
@@ -127,13 +128,17 @@ def test_write_errors_name_the_file_and_never_swallow_other_errors(tmp_path):
     import errno
 
     from tunesmith.errors import TunesmithError
-    from tunesmith.runtime.rundir import write_errors
+    from tunesmith.runtime.files import write_errors
 
     with pytest.raises(TunesmithError) as exc:
         with write_errors(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / "optimizer.pt"))
     assert exc.value.problems[0].where.endswith("optimizer.pt") and "No space left" in exc.value.render()
-    with pytest.raises(TunesmithError, match="checkpoint"):  # how torch.save reports a full disk
+    with pytest.raises(TunesmithError) as exc:  # the tokenizers library (Rust) reports a full disk in its own words
+        with write_errors(tmp_path, resume=lambda: "tunesmith sft c.yaml --resume latest"):
+            raise Exception("No space left on device (os error 28)")
+    assert "No space left on device" in exc.value.render() and "resume with: tunesmith sft c.yaml" in exc.value.render()
+    with pytest.raises(TunesmithError, match="incomplete"):  # how torch.save reports a full disk
         with write_errors(tmp_path):
             raise RuntimeError(
                 "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from typer.testing import CliRunner
 
 from tunesmith.cli import app
@@ -50,3 +51,93 @@ def test_data_preview_marks_trained_tokens(tmp_path, embedded_source):
 def test_data_check_missing_file_is_clean_error(tmp_path):
     res = runner.invoke(app, ["data", "check", "--set", f"data.path={tmp_path / 'nope.jsonl'}"])
     assert res.exit_code == 2 and "file not found" in res.output
+
+
+# --- fuzz: data check raises only TunesmithError, whatever the file holds ---
+
+
+def _fuzz_settings():
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def check_file(tiny_llama_dir, smol_tokenizer, tmp_path_factory):
+    """``check_file(name, data: bytes)``: write a data file and run `tunesmith data check` on it in this process, with
+    the tokenizer loaded once. Returns the exit code; any exception but TunesmithError escapes."""
+    from tunesmith.config.load import load_config
+    from tunesmith.errors import TunesmithError
+    from tunesmith.use.data_check import run_check
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    counter = iter(range(10**9))
+
+    def check(name: str, data: bytes) -> int:
+        path = folder / f"{next(counter)}-{name}"
+        path.write_bytes(data)
+        cfg = load_config(None, [f"model.name={tiny_llama_dir}", f"data.path={path}", "train.max_length=64"])
+        try:
+            return run_check(cfg)
+        except TunesmithError as exc:
+            assert exc.exit_code == 2 and exc.problems, exc.render()
+            return 2
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tunesmith.models.loading.load_tokenizer", lambda *a, **k: smol_tokenizer)
+        yield check
+
+
+def _lines(values, *, ascii_only: bool, raw: list[bytes]) -> bytes:
+    from conftest import to_json_text
+
+    text = "\n".join(to_json_text(v, ascii_only=ascii_only) for v in values)
+    return text.encode("utf-8", "surrogatepass") + b"\n" + b"\n".join(raw)
+
+
+def test_fuzz_jsonl_and_json(check_file):
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from conftest import fuzz_strategies
+
+    s = fuzz_strategies()
+    garbage = st.binary(max_size=60) | st.sampled_from([b"[" * 3000 + b"]" * 3000, b"{" * 50, b"\x00\x00", b"\xff\xfe"])
+
+    @_fuzz_settings()
+    @given(
+        records=st.lists(s["record"] | s["value"], min_size=1, max_size=5),
+        ascii_only=st.booleans(),
+        raw=st.lists(garbage, max_size=2),
+    )
+    def run(records, ascii_only, raw):
+        assert check_file("d.jsonl", _lines(records, ascii_only=ascii_only, raw=raw)) in (0, 2)
+        assert check_file("d.json", _lines([records], ascii_only=ascii_only, raw=[])) in (0, 2)
+
+    run()
+
+
+def test_fuzz_csv(check_file):
+    import csv
+    import io
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from conftest import FUZZ_KEYS, fuzz_strategies
+
+    text = fuzz_strategies()["text"]
+
+    @_fuzz_settings()
+    @given(
+        header=st.lists(st.sampled_from(FUZZ_KEYS) | text, min_size=1, max_size=4),
+        rows=st.lists(st.lists(text, max_size=5), max_size=5),
+    )
+    def run(header, rows):
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(header)
+        writer.writerows(rows)
+        assert check_file("d.csv", buf.getvalue().encode("utf-8", "surrogatepass")) in (0, 2)
+
+    run()

@@ -53,6 +53,9 @@ def estimate(
         True, "--probe/--no-probe", help="Calibrate with two short probe runs when the model is local."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Let the probe load pickle (.bin/.pt) weights; unpickling can run code."
+    ),
 ):
     """Memory needed for full fine-tuning, LoRA and QLoRA: weights, gradients, AdamW states, activations by batch and \
 length."""
@@ -67,4 +70,5 @@ length."""
         use_probe=use_probe,
         as_json=as_json,
         console=out,
+        allow_pickle=allow_pickle,
     )

@@ -15,16 +15,63 @@ import difflib
 import functools
 import importlib
 import json
+import math
 import os
 from importlib import metadata
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from tunesmith.runtime.paths import tunesmith_home
 
 STRICT = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 """Sections reject unknown keys, document fields from their docstrings and validate on assignment."""
+
+SEED_LIMIT = 2**32
+"""Seeds lie in [0, 2**32): NumPy's ``np.random.seed`` (called by ``transformers.set_seed``) accepts no more."""
+
+
+def number_problem(value) -> str | None:
+    """Why ``value`` (a number, or a list/dict holding numbers) is not a usable config number: a NaN or infinite float,
+    or an integer outside 64 bits (torch and NumPy take no more). None when every number in it is fine."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"must be a finite number (got {v})"
+        if isinstance(v, int) and not -(2**63) <= v < 2**63:
+            return "is too large: numbers must fit in 64 bits"
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return None
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys refused, fields documented by their docstrings, and the one check
+    that every number in it is finite and fits in 64 bits (``learning_rate: inf`` or a NaN weight decay would train
+    a NaN model; a 20-digit seed overflows torch)."""
+
+    model_config = STRICT
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite(cls, value):
+        problem = number_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class RootConfig(BaseModel):
+    """Base of a command's whole config (its sections); remembers the YAML file it was loaded from."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    _source_file: str | None = PrivateAttr(None)
+
 
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb", "mlflow", "comet_ml", "clearml", "dvclive", "swanlab")
 """``train.report_to`` values transformers' integrations accept; each needs its package installed (checked before the
@@ -68,7 +115,7 @@ def library_fields(library_name: str) -> frozenset[str]:
     return names
 
 
-class ModelSection(BaseModel):
+class ModelSection(Section):
     """Where the model comes from and how it is loaded."""
 
     model_config = STRICT
@@ -98,7 +145,7 @@ class ModelSection(BaseModel):
     """Allow loading weights from pickle (.bin/.pt) files. Off by default: only safetensors load."""
 
 
-class DataSection(BaseModel):
+class DataSection(Section):
     """Which data to train and evaluate on, and how to split it."""
 
     model_config = STRICT
@@ -124,7 +171,7 @@ class DataSection(BaseModel):
     """A separate evaluation file. When unset, `eval_fraction` of the data is held out."""
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     """Fraction of records held out for evaluation when `eval_path` is unset (deterministic from `split_seed`)."""
-    split_seed: int = 1234
+    split_seed: int = Field(1234, ge=0, lt=SEED_LIMIT)
     """Seed of the deterministic train/eval split."""
     max_train_examples: int | None = Field(None, gt=0)
     """Use at most this many training records (after the split); None uses all."""
@@ -136,7 +183,7 @@ class DataSection(BaseModel):
     """A system message added to every conversation that has none."""
 
 
-class LoraSection(BaseModel):
+class LoraSection(Section):
     """LoRA adapter settings; field names are those of `peft.LoraConfig`."""
 
     model_config = STRICT
@@ -161,7 +208,7 @@ class LoraSection(BaseModel):
     """Name of the adapter inside the PEFT model."""
 
 
-class LibraryTrainSection(BaseModel):
+class LibraryTrainSection(Section):
     """Base of every ``train`` section: typed fields tunesmith documents, plus any other field of the library config
     class named by ``library_name`` (unknown keys are rejected with a "did you mean")."""
 
@@ -205,6 +252,27 @@ class LibraryTrainSection(BaseModel):
                 f"unknown key {key!r} (not a {self.library_name} field)"
                 + (f" (did you mean {near[0]!r}?)" if near else "")
             )
+        for key, value in (self.model_extra or {}).items():
+            problem = number_problem(value) if key in known else None
+            if problem:
+                msgs.append(f"{key} {problem}")
         if msgs:
             raise ValueError("; ".join(msgs))
+        return self
+
+    @field_validator("max_steps", mode="after", check_fields=False)
+    @classmethod
+    def _positive_steps(cls, value):
+        if value == 0 or value < -1:
+            raise ValueError(f"must be a positive number of steps, or -1 to train for num_train_epochs (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _trains_something(self):
+        steps, epochs = getattr(self, "max_steps", None), getattr(self, "num_train_epochs", None)
+        if steps == -1 and epochs is not None and epochs <= 0:
+            raise ValueError(
+                f"max_steps is -1 (train for num_train_epochs) and num_train_epochs is {epochs}: nothing would be "
+                "trained; set num_train_epochs > 0 or max_steps > 0"
+            )
         return self

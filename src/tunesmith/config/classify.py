@@ -10,15 +10,21 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from tunesmith.config.base import STRICT, DataSection, LibraryTrainSection, LoraSection, ModelSection
+from tunesmith.config.base import (
+    SEED_LIMIT,
+    DataSection,
+    LibraryTrainSection,
+    LoraSection,
+    ModelSection,
+    RootConfig,
+    Section,
+)
 
 
-class LabelsSection(BaseModel):
+class LabelsSection(Section):
     """Which columns hold the text and the label, the label set, and how the data is cleaned and split."""
-
-    model_config = STRICT
 
     text_column: str = "text"
     """Column (or JSON key) holding the text to classify."""
@@ -120,16 +126,14 @@ class ClassifyTrainSection(LibraryTrainSection):
     """Checkpoint every this many steps."""
     save_total_limit: int | None = 2
     """Keep at most this many checkpoints."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     """Random seed for the head's initialisation, LoRA, dropout and data order."""
     bf16: bool | None = None
     """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
 
 
-class ClassifyEvalSection(BaseModel):
+class ClassifyEvalSection(Section):
     """Evaluation of the trained classifier and of the prompting baseline."""
-
-    model_config = STRICT
 
     before_training: bool = False
     """Also score the untrained head (chance level), so the gain is visible."""
@@ -174,10 +178,8 @@ class ClassifyLoraSection(LoraSection):
     )
 
 
-class ClassifyConfig(BaseModel):
+class ClassifyConfig(RootConfig):
     """A classification run: model, data, labels, lora, train and eval sections."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     model: ModelSection = Field(default_factory=ModelSection)
     """Model source and loading (a causal LM checkpoint gets a new, trained `score` head)."""

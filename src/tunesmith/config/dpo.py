@@ -11,9 +11,17 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from tunesmith.config.base import STRICT, DataSection, LibraryTrainSection, LoraSection, ModelSection
+from tunesmith.config.base import (
+    SEED_LIMIT,
+    DataSection,
+    LibraryTrainSection,
+    LoraSection,
+    ModelSection,
+    RootConfig,
+    Section,
+)
 
 
 class DPOModelSection(ModelSection):
@@ -114,7 +122,7 @@ class DPOTrainSection(LibraryTrainSection):
     """Checkpoint every this many steps."""
     save_total_limit: int | None = 2
     """Keep at most this many checkpoints."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     """Random seed for LoRA initialisation and data order."""
     bf16: bool | None = None
     """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
@@ -131,10 +139,8 @@ class DPOTrainSection(LibraryTrainSection):
         return [value] if isinstance(value, str) else value
 
 
-class DPOEvalSection(BaseModel):
+class DPOEvalSection(Section):
     """Evaluation on held-out pairs and the win rate against the starting (SFT/base) model."""
-
-    model_config = STRICT
 
     bootstrap_samples: int = Field(2000, ge=100)
     (
@@ -155,10 +161,8 @@ class DPOEvalSection(BaseModel):
     """Generation budget per prompt for the win rate, in tokens (greedy decoding)."""
 
 
-class DPORunConfig(BaseModel):
+class DPORunConfig(RootConfig):
     """A DPO run: model, data, lora, train and eval sections."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     model: DPOModelSection = Field(default_factory=DPOModelSection)
     """Model source and the SFT adapter to start from."""

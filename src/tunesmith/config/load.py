@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from tunesmith.config.problems import _check_paths, _field_names, _fix_for, _problems_from, _set_path, parse_override  # noqa: F401 (parse_override stays importable from here)
 from tunesmith.config.sft import RunConfig
+from tunesmith.config.yamltext import check_values, load_yaml
 from tunesmith.errors import ConfigError, Problem
 
 
@@ -61,33 +62,7 @@ def load_config(
     origin: dict[str, str] = {}
     base = Path.cwd()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(
-                "Cannot read config",
-                [
-                    Problem(
-                        str(p),
-                        "no such file" if not p.exists() else "is a directory, not a YAML file",
-                        "pass the path of a .yaml config file",
-                    )
-                ],
-            )
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{p}:{mark.line + 1}" if mark else str(p)
-            raise ConfigError(
-                "Config is not valid YAML", [Problem(where, str(exc).splitlines()[0], "fix the YAML syntax")]
-            ) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                "Config must be a mapping",
-                [Problem(str(p), f"top level is a {type(loaded).__name__}", "write `section: {key: value}` pairs")],
-            )
-        raw = loaded
-        base = p.resolve().parent
+        raw, base = _read_file(Path(path))
     problems: list[Problem] = []
     for text in overrides or []:
         keys, value = parse_override(text)
@@ -103,6 +78,7 @@ def load_config(
         ):
             origin_is_cli = f"{sec}.{key}" in origin
             data[key] = str((Path.cwd() if origin_is_cli else base) / data[key])
+    problems += check_values(raw, "--set") if overrides else []
     problems += _check_paths(raw, base)
     problems += _check_train_keys(raw, origin, model_cls)
     cfg = None
@@ -113,7 +89,69 @@ def load_config(
     if problems:
         src = f" in {path}" if path else ""
         raise ConfigError(f"Invalid configuration{src} ({len(problems)} problem{'s' * (len(problems) > 1)}):", problems)
+    if path is not None:
+        cfg._source_file = str(Path(path).resolve())
     return cfg
+
+
+def config_file(cfg: BaseModel) -> Path | None:
+    """The YAML file ``cfg`` was loaded from (None for defaults plus ``--set`` only)."""
+    source = getattr(cfg, "_source_file", None)
+    return Path(source) if source else None
+
+
+def config_inputs(cfg: BaseModel) -> tuple[str, ...]:
+    """Every file or folder ``cfg`` names that exists (data, eval data, chat template, model or adapter folder, JSON
+    schema), plus the config file itself: an output folder holding one of them is never replaced by ``--overwrite``.
+    ``train.output_dir`` is left out."""
+    found: list[str] = []
+    stack: list[tuple[str, object]] = [("", cfg.model_dump(mode="json"))]
+    while stack:
+        key, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((f"{key}.{k}" if key else str(k), v) for k, v in node.items())
+        elif isinstance(node, str) and node and key != "train.output_dir" and len(node) < 4096:
+            try:
+                if Path(node).expanduser().exists():
+                    found.append(node)
+            except (OSError, ValueError):  # not a path
+                pass
+    source = config_file(cfg)
+    return tuple(found + ([str(source)] if source else []))
+
+
+def _read_file(p: Path) -> tuple[dict, Path]:
+    """The mapping in YAML file ``p`` and the folder its relative paths start from.
+
+    Raises:
+        ConfigError: a missing or unreadable file, invalid YAML (with its line), a top level that is not a mapping.
+    """
+    try:
+        is_file = p.is_file()
+        text = p.read_text(encoding="utf-8") if is_file else None
+    except (OSError, ValueError) as exc:  # no permission, a name too long, an embedded NUL, not UTF-8
+        reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else getattr(exc, "strerror", None)
+        raise ConfigError(
+            "Cannot read config", [Problem(str(p), reason or str(exc), "pass the path of a readable UTF-8 YAML file")]
+        ) from None
+    if text is None:
+        raise ConfigError(
+            "Cannot read config",
+            [
+                Problem(
+                    str(p),
+                    "no such file" if not p.exists() else "is a directory, not a YAML file",
+                    "pass the path of a .yaml config file",
+                )
+            ],
+        )
+    loaded = load_yaml(text, str(p)) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            "Config must be a mapping",
+            [Problem(str(p), f"top level is a {type(loaded).__name__}", "write `section: {key: value}` pairs")],
+        )
+    return loaded, p.resolve().parent
 
 
 def dump_config(cfg: BaseModel) -> str:

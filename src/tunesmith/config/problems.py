@@ -7,9 +7,9 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from tunesmith.config.yamltext import load_yaml
 from tunesmith.errors import ConfigError, Problem
 
 
@@ -28,8 +28,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             [Problem(f"--set {text}", "expected KEY=VALUE", "write e.g. --set train.learning_rate=1e-4")],
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"--set {text}") if raw.strip() else raw
+    except ConfigError:  # not YAML (or a number too long to read): the text itself
         value = raw
     if raw.strip().lower() in ("no", "yes", "on", "off", "y", "n"):
         # YAML 1.1 reads `no` as False; keep the word
@@ -83,13 +83,22 @@ def _problems_from(exc: ValidationError, model_cls: type[BaseModel], origin: dic
             )
             problems.append(Problem(where_txt, "unknown key", fix))
         elif err["type"] == "value_error":
-            problems.append(
-                Problem(where_txt, err["msg"].removeprefix("Value error, "), "`tunesmith config` lists every field")
-            )
+            msg = err["msg"].removeprefix("Value error, ")
+            fix = "give a finite number that fits in 64 bits" if "finite" in msg or "64 bits" in msg else ""
+            problems.append(Problem(where_txt, msg, fix or "`tunesmith config` lists every field"))
         else:
-            got = err.get("input")
-            problems.append(Problem(where_txt, f"{err['msg']} (got {got!r})", _fix_for(err)))
+            got = _short(err.get("input"))
+            problems.append(Problem(where_txt, f"{err['msg']} (got {got})", _fix_for(err)))
     return problems
+
+
+def _short(value, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a config value can be megabytes long)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
 
 
 def _fix_for(err: dict) -> str:
@@ -111,13 +120,17 @@ def _check_paths(raw: dict, base: Path) -> list[Problem]:
     for key in ("path", "eval_path"):
         value = data.get(key)
         if isinstance(value, str) and value:
-            p = Path(value).expanduser()
-            p = p if p.is_absolute() else base / p
-            if not p.exists():
+            try:
+                p = Path(value).expanduser()
+                p = p if p.is_absolute() else base / p
+                reason = None if p.exists() else f"file not found: {_short(str(p))}"
+            except (OSError, ValueError) as exc:  # a name too long for the file system, an embedded NUL byte
+                reason = f"not a usable path ({getattr(exc, 'strerror', None) or exc})"
+            if reason:
                 problems.append(
                     Problem(
                         f"data.{key}",
-                        f"file not found: {p}",
+                        reason,
                         "check the path (relative paths are resolved from the config file's folder)",
                     )
                 )

@@ -12,9 +12,17 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from tunesmith.config.base import STRICT, DataSection, LibraryTrainSection, LoraSection, ModelSection
+from tunesmith.config.base import (
+    SEED_LIMIT,
+    DataSection,
+    LibraryTrainSection,
+    LoraSection,
+    ModelSection,
+    RootConfig,
+    Section,
+)
 from tunesmith.config.problems import _check_paths, _field_names, _fix_for, _problems_from, _set_path, parse_override  # noqa: F401 (parse_override stays importable from here)
 
 
@@ -67,7 +75,7 @@ class TrainSection(LibraryTrainSection):
     """Checkpoint every this many steps."""
     save_total_limit: int | None = 2
     """Keep at most this many checkpoints."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     """Random seed for initialisation, dropout and data order."""
     bf16: bool | None = None
     """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
@@ -106,10 +114,8 @@ class TrainSection(LibraryTrainSection):
         return self
 
 
-class EvalSection(BaseModel):
+class EvalSection(Section):
     """Evaluation before/after training and sample generations."""
-
-    model_config = STRICT
 
     before_training: bool = True
     """Measure eval_loss and perplexity of the untrained model too, so the gain is visible."""
@@ -146,7 +152,7 @@ class EvalSection(BaseModel):
         "`tunesmith baseline` also runs a k-shot baseline: k train examples (seeded by `k_shot_seed`) prepended as "
         "user/assistant turns after the system turn."
     )
-    k_shot_seed: int = 0
+    k_shot_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     """Seed choosing the k-shot examples from the train split."""
     targets: dict[str, float] = Field(default_factory=dict)
     (
@@ -173,10 +179,8 @@ class EvalSection(BaseModel):
     # --- end decision order ---
 
 
-class RunConfig(BaseModel):
+class RunConfig(RootConfig):
     """A whole run: model, data, lora, train and eval sections."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     model: ModelSection = Field(default_factory=ModelSection)
     """Model source and loading."""

@@ -46,7 +46,7 @@ class LoadReport:
 
 
 def load_file(
-    path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None
+    path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None, *, field: str = "data.path"
 ) -> tuple[list[Conversation], LoadReport]:
     """Read a data file (any :mod:`tunesmith.data.readers` type) and convert every record of format ``fmt``.
 
@@ -54,6 +54,7 @@ def load_file(
         path: data file or saved dataset folder.
         fmt: one of :data:`tunesmith.data.formats.FORMATS`, or ``auto`` (detected from the first record).
         columns: ``data.columns`` mapping (canonical field -> column name).
+        field: the config field that named ``path`` (``data.path`` or ``data.eval_path``), for messages.
 
     Returns:
         (valid conversations, report); ``report.skipped`` lists every invalid record's problems
@@ -69,17 +70,21 @@ def load_file(
         formats=FORMATS,
         detect=lambda r: detect_format(r, columns),
         convert=lambda obj, f, where: to_conversation(obj, f, where, columns),
+        field=field,
     )
     return convs, LoadReport(rows_read=read, kept=len(convs), skipped=problems, format=fmt)
 
 
-def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conversation], LoadReport]:
+def load_conversations(
+    data_cfg, *, log_skipped: bool = True, field: str = "data.path"
+) -> tuple[list[Conversation], LoadReport]:
     """Load the records ``data_cfg`` names (``path`` first, else bundled ``name``), validated.
 
     Args:
         data_cfg: a :class:`tunesmith.config.sft.DataSection` (uses path, name, format, columns,
             skip_invalid, system_prompt).
         log_skipped: log a warning per skipped problem (``tunesmith.data.conversations`` logger).
+        field: the config field ``data_cfg.path`` came from (``data.eval_path`` for the eval file), for messages.
 
     Returns:
         (conversations, report).  With ``skip_invalid`` each invalid record is left out, and
@@ -90,7 +95,7 @@ def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conv
             ``skip_invalid``); an unknown format or bundled name.
     """
     if data_cfg.path:
-        convs, report = load_file(data_cfg.path, data_cfg.format, dict(data_cfg.columns))
+        convs, report = load_file(data_cfg.path, data_cfg.format, dict(data_cfg.columns), field=field)
         if report.skipped and not data_cfg.skip_invalid:
             bad = len({p.where for p in report.skipped})
             raise DataError(
@@ -122,7 +127,8 @@ def load_sft_data(cfg) -> tuple[list, list, LoadReport]:
     try:
         convs, report = load_conversations(cfg.data)
         if cfg.data.eval_path:
-            train, (evals, _) = convs, load_conversations(cfg.data.model_copy(update={"path": cfg.data.eval_path}))
+            eval_cfg = cfg.data.model_copy(update={"path": cfg.data.eval_path})
+            train, (evals, _) = convs, load_conversations(eval_cfg, field="data.eval_path")
         else:
             train, evals = split(convs, cfg.data.eval_fraction, cfg.data.split_seed)
     except OSError as exc:
@@ -150,4 +156,24 @@ def load_sft_data(cfg) -> tuple[list, list, LoadReport]:
                 )
             ],
         )
+    if not evals:
+        raise empty_eval_error(cfg, len(train))
     return train, evals, report
+
+
+def empty_eval_error(cfg, n_train: int) -> DataError:
+    """The error for a run whose eval set is empty (training measures eval_loss before and after on it)."""
+    where = (
+        f"data.eval_path={cfg.data.eval_path}" if cfg.data.eval_path else f"data.eval_fraction={cfg.data.eval_fraction}"
+    )
+    return DataError(
+        "The eval set is empty",
+        [
+            Problem(
+                where,
+                f"0 eval records ({n_train} for training); the run measures eval_loss before and after training on "
+                "held-out records",
+                "set data.eval_fraction > 0 (e.g. 0.1), or data.eval_path to a file of held-out records",
+            )
+        ],
+    )

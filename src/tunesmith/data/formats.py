@@ -22,7 +22,7 @@ A ``system`` column, when present, adds a system turn to conversations that have
 
 from __future__ import annotations
 
-from tunesmith.data.records import ROLES, Conversation, Message
+from tunesmith.data.records import ROLES, TOO_LONG_FIX, Conversation, Message, too_long
 from tunesmith.errors import Problem
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst")
@@ -286,11 +286,19 @@ def validate(conv: Conversation) -> list[Problem]:
     """Check roles, contents and that something is trained; every problem names ``conv.source``.
 
     Returns:
-        Problems (empty when valid): unknown role, empty content, no assistant turn, every
-        assistant turn weighted 0.  Consecutive same-role turns are checked later by rendering
-        through the chat template (:func:`tunesmith.render.rows.render_all`), since only some templates refuse them.
+        Problems (empty when valid): a message longer than :data:`~tunesmith.data.records.MAX_TEXT_CHARS`, unknown
+        role, empty content, no assistant turn, every assistant turn weighted 0. Consecutive same-role turns are
+        checked later by rendering through the chat template (:func:`tunesmith.render.rows.render_all`), since only
+        some templates refuse them.
     """
-    where, problems = conv.source, []
+    where = conv.source
+    problems = [
+        Problem(where, reason, TOO_LONG_FIX)
+        for k, m in enumerate(conv.messages)
+        if (reason := too_long(m.content, "text" if conv.kind == "text" else f"turn {k} ({m.role})"))
+    ]
+    if problems:
+        return problems
     if conv.kind == "text":
         return (
             []

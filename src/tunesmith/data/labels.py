@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tunesmith.data.bundled import load_bundled
 from tunesmith.data.readers import read_records
-from tunesmith.data.records import LabelRecord
+from tunesmith.data.records import TOO_LONG_FIX, LabelRecord, too_long
 from tunesmith.data.split import stratified_split, subsample
 from tunesmith.errors import DataError, Problem
 
@@ -68,7 +68,10 @@ def to_records(rows: list[tuple[str, dict]], labels_cfg) -> list[LabelRecord]:
             value = row.get(col)
             value = "" if value is None else str(value)
             value = clean(value) if labels_cfg.clean_text else value
-            if not value.strip():
+            reason = too_long(value, f"column {col!r}")
+            if reason:
+                problems.append(Problem(where, reason, TOO_LONG_FIX))
+            elif not value.strip():
                 have = ", ".join(map(str, list(row)[:8])) or "nothing"
                 problems.append(
                     Problem(
@@ -80,7 +83,7 @@ def to_records(rows: list[tuple[str, dict]], labels_cfg) -> list[LabelRecord]:
             vals[field] = value
         out.append(LabelRecord(where, vals["text"], vals["label"], vals.get("text_pair")))
     if problems:
-        raise DataError(f"{len(problems)} record(s) without text or label", problems[:50])
+        raise DataError(f"{len(problems)} record(s) with a missing, empty or too long text or label", problems[:50])
     return out
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from tunesmith.data.records import ROLES, Message, PreferencePair
+from tunesmith.data.records import ROLES, TOO_LONG_FIX, Message, PreferencePair, too_long
 from tunesmith.errors import Problem
 
 PREFERENCE_FORMATS = ("prompt_chosen_rejected", "openai", "hh", "implicit")
@@ -270,7 +270,17 @@ def validate_pair(pair: PreferencePair) -> list[Problem]:
         Problems (empty when valid): empty prompt, empty chosen/rejected reply, identical replies (no preference
         signal), unknown roles or empty turns in the prompt, a prompt that does not end with a user (or tool) turn.
     """
-    where, problems = pair.source, []
+    where = pair.source
+    texts = [(f"prompt turn {k}", m.content) for k, m in enumerate(pair.prompt)] if pair.conversational else []
+    texts += [("prompt", pair.prompt)] if not pair.conversational else []
+    texts += [("chosen", pair.chosen), ("rejected", pair.rejected)]
+    problems = [
+        Problem(where, reason, TOO_LONG_FIX)
+        for label, t in texts
+        if isinstance(t, str) and (reason := too_long(t, label))
+    ]
+    if problems:
+        return problems
     if pair.conversational:
         if not pair.prompt:
             problems.append(Problem(where, "prompt has no messages", "give at least one user message"))

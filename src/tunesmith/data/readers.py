@@ -92,6 +92,34 @@ def read_records(
     )
 
 
+def read_text_input(source: str) -> tuple[str, str]:
+    """The text of an input file, or of stdin for ``-`` (``generate`` and ``predict`` inputs).
+
+    Returns:
+        (its name for messages: the path or ``stdin``, the text).
+
+    Raises:
+        DataError: a missing file, a folder, an unreadable file, or text that is not UTF-8 (naming the byte).
+    """
+    import sys
+
+    name = "stdin" if source == "-" else source
+    try:
+        if source == "-":
+            return name, sys.stdin.read()
+        return name, Path(source).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            "Input is not UTF-8 text",
+            [Problem(name, f"invalid UTF-8 at byte {exc.start}", "re-save the file as UTF-8")],
+        ) from None
+    except (OSError, ValueError) as exc:
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else getattr(exc, "strerror", None) or str(exc)
+        raise DataError(
+            "Cannot read the input", [Problem(name, reason, "check the path, or pass - to read stdin")]
+        ) from None
+
+
 def _read_bytes(p: Path) -> bytes:
     """The file's bytes, decompressed when the name ends in ``.gz`` (gzip)."""
     if p.suffix.lower() != ".gz":
@@ -133,26 +161,62 @@ def _read_jsonl(p: Path) -> tuple[list, list[Problem]]:
     for lineno, line in lines:
         if not line.strip():
             continue
+        where = f"{p}:{lineno}"
         try:
-            records.append((f"{p}:{lineno}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            problems.append(
-                Problem(
-                    f"{p}:{lineno}",
-                    f"malformed JSON: {exc.msg} (column {exc.colno})",
-                    "fix this line; each line must be one JSON object",
-                )
-            )
-        except RecursionError:
-            problems.append(
-                Problem(
-                    f"{p}:{lineno}",
-                    "JSON nested too deeply to parse",
-                    "flatten this record; each line must be one JSON object",
-                )
-            )
+            record = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            problems.append(_json_problem(where, exc, "fix this line; each line must be one JSON object"))
+            continue
+        bad = bad_text(record) if _has_surrogate_escape(line) else None
+        if bad is not None:
+            problems.append(_surrogate_problem(where, bad))
+        else:
+            records.append((where, record))
     problems.sort(key=lambda pr: int(pr.where.rsplit(":", 1)[1]))
     return records, problems
+
+
+def _json_problem(where: str, exc: Exception, fix: str) -> Problem:
+    """The problem of a JSON text ``json.loads`` refused: malformed, nested too deeply, or a number too long."""
+    if isinstance(exc, json.JSONDecodeError):
+        return Problem(where, f"malformed JSON: {exc.msg} (column {exc.colno})", fix)
+    if isinstance(exc, RecursionError):
+        return Problem(where, "JSON nested too deeply to parse", "flatten this record; " + fix.split("; ", 1)[-1])
+    return Problem(  # ValueError: Python reads integers of at most 4,300 digits
+        where, "holds an integer too long to read (more than 4,300 digits)", "write the number as a string"
+    )
+
+
+def _has_surrogate_escape(text: str) -> bool:
+    """True when JSON ``text`` holds a ``\\uD800``-``\\uDFFF`` escape (the only way JSON makes a lone surrogate)."""
+    return "\\ud" in text or "\\uD" in text
+
+
+def bad_text(obj) -> str | None:
+    """The first string (key or value) in ``obj`` that is not valid Unicode (a lone surrogate such as ``\\ud800``,
+    which no tokenizer or file can take), as an ASCII snippet; None when every string is fine. No recursion."""
+    stack = [obj]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return ascii(node[max(0, exc.start - 20) : exc.start + 20])
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
+
+
+def _surrogate_problem(where: str, snippet: str) -> Problem:
+    return Problem(
+        where,
+        f"holds text that is not valid Unicode (an unpaired surrogate escape) near {snippet}",
+        "remove the \\ud800-\\udfff escape (a surrogate must come in a high/low pair), or re-export the data as UTF-8",
+    )
 
 
 def _read_json(p: Path) -> tuple[list, list[Problem]]:
@@ -164,23 +228,22 @@ def _read_json(p: Path) -> tuple[list, list[Problem]]:
         return [], [Problem(f"{p}:{line}", f"invalid UTF-8 at byte {exc.start}", "re-save the file as UTF-8")]
     try:
         data = json.loads(text)
-    except RecursionError:
-        return [], [Problem(f"{p}:1", "JSON nested too deeply to parse", "flatten the records")]
     except json.JSONDecodeError as exc:
         first = text.lstrip()[:1]
         if first == "{" and exc.msg.startswith("Extra data"):
             return _read_jsonl(p)  # a .json file that is really JSON Lines (e.g. BFCL)
-        return [], [
-            Problem(
-                f"{p}:{exc.lineno}",
-                f"malformed JSON: {exc.msg} (column {exc.colno})",
-                "fix the JSON (or use .jsonl, one record per line)",
-            )
-        ]
+        return [], [_json_problem(f"{p}:{exc.lineno}", exc, "fix the JSON (or use .jsonl, one record per line)")]
+    except (ValueError, RecursionError) as exc:
+        return [], [_json_problem(f"{p}:1", exc, "fix the JSON (or use .jsonl, one record per line)")]
     if not isinstance(data, list):
-        return [(f"{p}:1", data)], []
-    starts = _element_lines(text, len(data))
-    return [(f"{p}:{starts[i]}" if starts else f"{p}#{i}", r) for i, r in enumerate(data)], []
+        data, starts = [data], [1]
+    else:
+        starts = _element_lines(text, len(data))
+    records = [(f"{p}:{starts[i]}" if starts else f"{p}#{i}", r) for i, r in enumerate(data)]
+    if not _has_surrogate_escape(text):
+        return records, []
+    bad = [(where, bad_text(r)) for where, r in records]
+    return [rec for rec, (_, b) in zip(records, bad) if b is None], [_surrogate_problem(w, b) for w, b in bad if b]
 
 
 def _element_lines(text: str, n: int) -> list[int] | None:
@@ -235,8 +298,8 @@ def _read_csv(
             if any((v or "").strip() for k, v in row.items() if k is not None and isinstance(v, str)):
                 records.append((f"{p}:{start}", {k: v for k, v in row.items() if k is not None}))
             start = reader.line_num + 1
-    except csv.Error as exc:
-        return records, [Problem(f"{p}:{reader.line_num}", str(exc), "fix the CSV quoting")]
+    except csv.Error as exc:  # the record that failed starts at `start`
+        return records, [Problem(f"{p}:{start}", str(exc), "fix the CSV quoting (or split the field)")]
     return records, []
 
 
@@ -270,7 +333,14 @@ def _read_saved_dataset(p: Path) -> list:
 
 
 def read_and_convert(
-    path: str | Path, fmt: str, *, formats: tuple[str, ...], detect, convert, what: str = "data"
+    path: str | Path,
+    fmt: str,
+    *,
+    formats: tuple[str, ...],
+    detect,
+    convert,
+    what: str = "data",
+    field: str = "data.path",
 ) -> tuple[list, list[Problem], str, int]:
     """The one loader of a data file: read every record (:func:`read_records`), settle the format (``auto``: detected
     from the first record), convert each record, and collect every problem instead of stopping at the first.
@@ -282,6 +352,7 @@ def read_and_convert(
         detect: ``record -> format name | None``.
         convert: ``(record, fmt, where) -> (item | None, problems)``; an item with problems is not kept.
         what: how to call the data in messages (``data``, ``preference data``).
+        field: the config field that named ``path`` (``data.path`` or ``data.eval_path``), for messages.
 
     Returns:
         (items, problems of unreadable and invalid records with ``path:line``, the format used, records read).
@@ -293,9 +364,9 @@ def read_and_convert(
     read = len(records) + len({p.where for p in problems})
     if not records:  # nothing readable: report why (unreadable lines, or an empty file) rather than "unknown format"
         empty = Problem(
-            f"data.path={path}",
+            f"{field}={path}",
             "the file holds no records (it is empty or has only blank lines)",
-            "point data.path at a file with one record per line (JSONL) or a list of records (JSON)",
+            f"point {field} at a file with one record per line (JSONL) or a list of records (JSON)",
         )
         raise DataError(f"{path}: no readable record" if problems else f"{path} is empty", problems or [empty])
     if fmt == "auto":

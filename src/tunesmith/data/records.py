@@ -12,6 +12,22 @@ from typing import Any
 ROLES = ("system", "user", "assistant", "tool")
 """Roles tunesmith accepts (OpenAI chat roles; ``tool`` for tool results)."""
 
+MAX_TEXT_CHARS = 1_000_000
+"""Longest text one message (or one text to classify) may hold, in characters: about 250,000 tokens, beyond any
+context length trained here. Longer records are refused with their location before anything is tokenized (a 50 MB
+line would otherwise take minutes to tokenize only to be truncated to ``train.max_length`` tokens)."""
+
+
+def too_long(text: str, label: str) -> str | None:
+    """The reason ``text`` (named ``label``) is refused for its length, or None when it fits :data:`MAX_TEXT_CHARS`."""
+    if len(text) <= MAX_TEXT_CHARS:
+        return None
+    return f"{label} is {len(text):,} characters long; at most {MAX_TEXT_CHARS:,} are accepted"
+
+
+TOO_LONG_FIX = "split the text into several records, or remove it (training keeps only train.max_length tokens)"
+"""The fix of every :func:`too_long` problem."""
+
 
 @dataclass
 class Message:

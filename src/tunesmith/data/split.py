@@ -55,6 +55,7 @@ def stratified_split(
     """Split into (train, eval) with scikit-learn ``train_test_split``, stratified by label when possible.
 
     Labels with a single record cannot be stratified; they go to train (and stratification applies to the rest).
+    With too few records to hold any out, eval is empty (the caller reports it).
 
     Returns:
         (train, eval), each in the original record order (so ids are in file order).
@@ -70,6 +71,8 @@ def stratified_split(
     n_eval = max(1, round(len(rest) * eval_fraction))
     if stratify and n_eval < len(set(strat)):
         n_eval = len(set(strat))
+    if n_eval >= len(rest):  # too few records to hold any out (every label needs one left to train on)
+        return list(records), []
     tr, ev = train_test_split(rest, test_size=n_eval, random_state=seed, stratify=strat)
     tr, ev = sorted(tr + single), sorted(ev)
     return [records[i] for i in tr], [records[i] for i in ev]

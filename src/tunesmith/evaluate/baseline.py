@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tunesmith.config.load import dump_config
+from tunesmith.config.load import config_inputs, dump_config
 from tunesmith.config.sft import RunConfig
 from tunesmith.errors import Problem
 from tunesmith.evaluate.generative import build_examples, evaluate_examples, load_schema
@@ -108,7 +108,8 @@ def evaluate_run(
         resolve_model(str(model_dir))  # a missing folder fails before the run dir is created
     if adapter:
         require_adapter(adapter, f"--adapter {adapter}")
-    out_dir = prepare_run_dir(out_dir, overwrite=overwrite)
+    inputs = config_inputs(cfg) + tuple(str(x) for x in (adapter, model_dir) if x)
+    out_dir = prepare_run_dir(out_dir, overwrite=overwrite, inputs=inputs, kind=kind)
     reset_peak_memory()
     name, model, tokenizer, adapter_params = _load(cfg, adapter=adapter, model_dir=model_dir)
     examples = build_examples(tokenizer, evals, train, k_shot=k_shot, seed=cfg.eval.k_shot_seed)

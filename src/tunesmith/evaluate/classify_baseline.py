@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.config.classify import ClassifyConfig
-from tunesmith.config.load import dump_config
+from tunesmith.config.load import config_inputs, dump_config
 from tunesmith.data.labels import load_label_data
 from tunesmith.data.records import Conversation, LabelRecord, Message
 from tunesmith.errors import ConfigError, Problem
@@ -139,7 +139,9 @@ def run_classify_baseline(cfg: ClassifyConfig, *, output_dir: str | None = None,
     Raises:
         TunesmithError: bad config, data or model.
     """
-    run_dir = prepare_run_dir(output_dir or baseline_dir(cfg), overwrite=overwrite)
+    run_dir = prepare_run_dir(
+        output_dir or baseline_dir(cfg), overwrite=overwrite, inputs=config_inputs(cfg), kind="classify-baseline"
+    )
     _, eval_recs, names, data_report = load_label_data(cfg)
     if not eval_recs:
         raise ConfigError(

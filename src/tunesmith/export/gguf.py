@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tunesmith.errors import Problem, TunesmithError
-from tunesmith.export.merge import ExportCheckError, _refuse_existing, max_diff, merge_loaded, probe_ids, probe_logits
+from tunesmith.export.merge import ExportCheckError, max_diff, merge_loaded, probe_ids, probe_logits
 
 
 def ollama_template(tokenizer) -> tuple[str, str | None]:
@@ -105,6 +105,7 @@ def run_export(
     from tunesmith.models.loading import load_for_use
     from tunesmith.render.checks import template_eot_id
     from tunesmith.runtime.files import atomic_write_json, atomic_write_text
+    from tunesmith.runtime.rundir import file_refusals, replace_file
 
     if fmt != "gguf":
         raise TunesmithError(
@@ -112,7 +113,11 @@ def run_export(
             [Problem("--format", f"{fmt!r}", "use --format gguf (or `tunesmith merge` for safetensors)")],
         )
     out = Path(output)
-    _refuse_existing(out, overwrite)
+    outputs = [out, out.with_name(out.stem + ".consistency.json")] + ([out.parent / "Modelfile"] if modelfile else [])
+    inputs = tuple(x for x in (model, adapter) if x)
+    problems = [p for path in outputs for p in file_refusals(path, overwrite=overwrite, inputs=inputs)]
+    if problems:
+        raise TunesmithError(f"Refusing to write {out}", problems)
     loaded = load_for_use(model, adapter)
     merged, merge_stats = merge_loaded(loaded)
     check_supported(merged.config)
@@ -123,6 +128,8 @@ def run_export(
         ollama_template(tok) if modelfile else (None, None)
     )  # refuse an unknown template before writing anything
     out.parent.mkdir(parents=True, exist_ok=True)
+    for path in outputs:
+        replace_file(path)
     write_gguf(
         merged,
         tok,

@@ -32,14 +32,6 @@ class ExportCheckError(TunesmithError):
     consistency)."""
 
 
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise TunesmithError(
-            "Output exists",
-            [Problem(str(path), "it would be overwritten", "pass --overwrite or choose another --output")],
-        )
-
-
 def probe_ids(tokenizer) -> list[list[int]]:
     """Token ids of the fixed consistency conversations (full renderings), used to compare logits."""
     from tunesmith.export.consistency import fixed_conversations
@@ -141,15 +133,19 @@ def run_merge(
         The merge report (also ``<output>/merge_check.json``): base, adapter, max logit differences, notes.
 
     Raises:
-        TunesmithError: output exists without ``overwrite``; ModelError: bad model/adapter or tied embeddings with
+        TunesmithError: output exists without ``overwrite``, or ``--overwrite`` may not replace it (see
+            :func:`tunesmith.runtime.rundir.refusals`; the old folder is moved aside, never deleted);
+        ModelError: bad model/adapter or tied embeddings with
             ``untie=False``; ExportCheckError: merged logits differ (in memory or after reload).
     """
     from tunesmith.export.gguf_io import source_pre_tokenizer
     from tunesmith.models.loading import load_for_use
     from tunesmith.runtime.files import atomic_save_dir, atomic_write_json
+    from tunesmith.runtime.rundir import check_output_dir, replace_dir, write_marker
 
     out = Path(output)
-    _refuse_existing(out, overwrite)
+    inputs = tuple(x for x in (adapter, model) if x)
+    check_output_dir(out, overwrite=overwrite, inputs=inputs)
     loaded = load_for_use(model, adapter, untie=untie)
     if loaded.adapter_dir is None:
         raise TunesmithError(
@@ -192,7 +188,10 @@ def run_merge(
                 ],
             )
         atomic_write_json(tmp / "tunesmith_merge.json", report)
+        write_marker(tmp, "merge")
 
+    if out.is_dir() and any(out.iterdir()):
+        replace_dir(out, inputs=inputs)
     atomic_save_dir(out, save)
     for note in loaded.notes:
         log(f"note: {note}")
@@ -210,5 +209,9 @@ def run_merge(
 def _reload_diff(folder: Path, probes, reference) -> float:
     from transformers import AutoModelForCausalLM
 
-    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    from tunesmith.models.loading import from_pretrained
+    from tunesmith.models.sources import ModelSource
+
+    source = ModelSource(str(folder), str(folder), "local")
+    reloaded = from_pretrained(AutoModelForCausalLM, source, dtype=torch.float32).eval()
     return max_diff(reference, probe_logits(reloaded, probes))

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
-from tunesmith.errors import ModelError, Problem
+from tunesmith.errors import ConfigError, ModelError, Problem
 
 
 def to_peft_config(lora_cfg, task_type: str = "CAUSAL_LM"):
@@ -40,10 +39,37 @@ def apply_lora(model, lora_cfg, task_type: str = "CAUSAL_LM"):
 
     Returns:
         The PEFT model; only adapter (and ``modules_to_save``) parameters require grad.
+
+    Raises:
+        ConfigError: PEFT refuses ``lora.target_modules`` (a module the model lacks, or one LoRA cannot wrap).
     """
     from peft import get_peft_model
 
-    return get_peft_model(model, to_peft_config(lora_cfg, task_type), adapter_name=lora_cfg.adapter_name)
+    with lora_errors(lora_cfg):
+        return get_peft_model(model, to_peft_config(lora_cfg, task_type), adapter_name=lora_cfg.adapter_name)
+
+
+@contextmanager
+def lora_errors(lora_cfg):
+    """Turn PEFT's or TRL's refusal of the LoRA settings (``ValueError`` naming target modules or ``lm_head``,
+    raised once the model is loaded) into a :class:`ConfigError` located at ``lora.target_modules``; the preflight
+    (:func:`tunesmith.models.targets.check_lora_targets`) catches most of these before the model loads."""
+    try:
+        yield
+    except ValueError as exc:
+        text = str(exc)
+        if not any(k in text for k in ("arget module", "target_modules", "lm_head", "modules_to_save")):
+            raise
+        raise ConfigError(
+            "LoRA target modules do not fit the model",
+            [
+                Problem(
+                    f"lora.target_modules={lora_cfg.target_modules}",
+                    text.splitlines()[0][:300],
+                    "use module names the model has (e.g. q_proj, v_proj), or all-linear",
+                )
+            ],
+        ) from None
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -84,15 +110,17 @@ def find_adapter(path: str | Path) -> Path | None:
     return None
 
 
-def require_adapter(path: str | Path, where: str) -> Path:
+def require_adapter(path: str | Path, where: str, *, generative: bool = True) -> Path:
     """:func:`find_adapter`, or a clear error naming the option it came from.
 
     Args:
         path: the folder the user gave.
         where: the option, for the message (``--adapter runs/x``, ``model.adapter=runs/x``).
+        generative: the command generates text (chat, generate, eval, merge, export, dpo): a classification adapter
+            is refused (:func:`check_generative`).
 
     Raises:
-        ModelError: when no adapter folder is found there.
+        ModelError: when no adapter folder is found there, or it is a classification adapter where text is generated.
     """
     found = find_adapter(path)
     if found is None:
@@ -106,7 +134,39 @@ def require_adapter(path: str | Path, where: str) -> Path:
                 )
             ],
         )
+    if generative:
+        check_generative(found, where)
     return found
+
+
+def adapter_task(folder: Path) -> str | None:
+    """The ``task_type`` in ``adapter_config.json`` (``CAUSAL_LM``, ``SEQ_CLS``...), or None when unreadable."""
+    try:
+        return json.loads((Path(folder) / "adapter_config.json").read_text()).get("task_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_generative(folder: Path, where: str) -> None:
+    """Refuse a classification adapter (``task_type`` ``SEQ_CLS``, from ``tunesmith classify``) where text is generated:
+    its head scores labels, and loaded onto a causal LM it would quietly drop that head.
+
+    Raises:
+        ModelError: naming the adapter and ``tunesmith predict``.
+    """
+    if adapter_task(folder) == "SEQ_CLS":
+        raise ModelError(
+            "A classification adapter cannot generate text",
+            [
+                Problem(
+                    where,
+                    f"{folder} was trained by `tunesmith classify` (task SEQ_CLS): it scores labels and has no "
+                    "language-model head",
+                    "use it with `tunesmith predict --model RUN_DIR`; chat, generate, eval, merge, export and dpo "
+                    "take an adapter of `tunesmith sft` or `tunesmith dpo`",
+                )
+            ],
+        )
 
 
 def adapter_base_name(adapter_dir: Path) -> str:
@@ -186,9 +246,57 @@ def untie_output_embeddings(model) -> None:
     Values are unchanged; afterwards training or merging one matrix leaves the other alone, and
     ``save_pretrained`` writes both (``lm_head.weight`` and ``model.embed_tokens.weight``).
     """
+    import torch
+
     head = model.get_output_embeddings()
     head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
     model.config.tie_word_embeddings = False
     text_cfg = getattr(model.config, "get_text_config", lambda: None)()
     if text_cfg is not None:
         text_cfg.tie_word_embeddings = False
+
+
+def fit_base_to_adapter(base, adapter_dir: Path, notes: list[str], untie: bool) -> bool:
+    """Resize the base to the adapter's vocabulary and untie embeddings the adapter trains (each step noted in
+    ``notes``).
+
+    Returns:
+        True when ``lm_head`` was untied from ``embed_tokens``.
+
+    Raises:
+        ModelError: the adapter trains tied embeddings and ``untie`` is False.
+    """
+    shapes = adapter_tensor_shapes(adapter_dir)
+    vocab = adapter_vocab_size(shapes)
+    rows = base.get_input_embeddings().weight.shape[0]
+    if vocab is not None and vocab != rows:
+        base.resize_token_embeddings(vocab, mean_resizing=False)
+        notes.append(
+            f"resized the base embeddings from {rows} to {vocab} rows (the adapter was trained with added tokens)"
+        )
+    trained = adapter_trains_embeddings(shapes)
+    tied = (
+        base.get_output_embeddings() is not None
+        and base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    )
+    if not (trained and tied):
+        return False
+    if not untie:
+        raise ModelError(
+            "The adapter trains tied embeddings",
+            [
+                Problem(
+                    str(adapter_dir),
+                    f"the base ties lm_head to embed_tokens and the adapter changes them ({trained[0]}, ...)",
+                    "allow untying (the merged checkpoint then stores lm_head and embed_tokens separately), "
+                    "or train without embed_tokens/lm_head",
+                )
+            ],
+        )
+    untie_output_embeddings(base)
+    notes.append(
+        "untied lm_head from embed_tokens (the adapter trains "
+        + ", ".join(sorted({n for k in trained for n in EMBEDDING_NAMES if n in k}))
+        + ")"
+    )
+    return True

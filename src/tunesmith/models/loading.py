@@ -24,14 +24,11 @@ import torch
 
 from tunesmith.errors import ModelError, Problem
 from tunesmith.models.adapters import (
-    EMBEDDING_NAMES,
     adapter_base_name,
-    adapter_tensor_shapes,
-    adapter_trains_embeddings,
-    adapter_vocab_size,
+    check_generative,
     find_adapter,
+    fit_base_to_adapter,
     require_adapter,
-    untie_output_embeddings,
 )
 from tunesmith.models.sources import ModelSource, resolve_model
 from tunesmith.render.rows import MAX_SANE_LENGTH
@@ -52,7 +49,7 @@ class Loaded:
         adapter_dir: the adapter folder, or None.
         notes: what was done on the way (resize, untie, end-of-turn id added), one sentence each.
         untied: True when ``lm_head`` was given its own copy of the tied input embedding (see
-            :func:`untie_output_embeddings`).
+            :func:`tunesmith.models.adapters.untie_output_embeddings`).
     """
 
     model: object
@@ -135,7 +132,7 @@ def load_for_use(
     )
     untied = False
     if adapter_dir is not None:
-        untied = _prepare_base(base, adapter_dir, notes, untie)
+        untied = fit_base_to_adapter(base, adapter_dir, notes, untie)
         base = _attach_adapter(base, adapter_dir)
     gen = _generation_config(base, adapter_dir)
     if tokenizer.chat_template:
@@ -152,53 +149,50 @@ def load_for_use(
 def _resolve_adapter(model: str | None, adapter: str | None) -> Path | None:
     if adapter is not None:
         return require_adapter(adapter, f"--adapter {adapter}")
-    return find_adapter(model) if model is not None and Path(model).expanduser().is_dir() else None
+    found = find_adapter(model) if model is not None and Path(model).expanduser().is_dir() else None
+    if found is not None:
+        check_generative(found, f"--model {model}")
+    return found
 
 
-def _prepare_base(base, adapter_dir: Path, notes: list[str], untie: bool) -> bool:
-    """Resize the base to the adapter's vocabulary and untie embeddings the adapter trains. Returns True when untied."""
-    shapes = adapter_tensor_shapes(adapter_dir)
-    vocab = adapter_vocab_size(shapes)
-    rows = base.get_input_embeddings().weight.shape[0]
-    if vocab is not None and vocab != rows:
-        base.resize_token_embeddings(vocab, mean_resizing=False)
-        notes.append(
-            f"resized the base embeddings from {rows} to {vocab} rows (the adapter was trained with added tokens)"
-        )
-    trained = adapter_trains_embeddings(shapes)
-    tied = (
-        base.get_output_embeddings() is not None
-        and base.get_output_embeddings().weight is base.get_input_embeddings().weight
-    )
-    if not (trained and tied):
-        return False
-    if not untie:
+def load_adapter(base, folder: str | Path, *, allow_pickle: bool = False, is_trainable: bool = False):
+    """The one gate every LoRA adapter loads through: ``peft.PeftModel.from_pretrained`` from
+    ``adapter_model.safetensors`` only, unless ``allow_pickle`` (PEFT would otherwise unpickle ``adapter_model.bin``).
+
+    Returns:
+        The ``PeftModel`` wrapping ``base``.
+
+    Raises:
+        ModelError: the folder has no safetensors adapter weights (naming the pickle files and the two ways out).
+    """
+    from peft import PeftModel
+
+    folder = Path(folder)
+    if not allow_pickle and not (folder / "adapter_model.safetensors").is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
         raise ModelError(
-            "The adapter trains tied embeddings",
+            "Refusing to unpickle adapter weights" if pickles else "Adapter weights missing",
             [
                 Problem(
-                    str(adapter_dir),
-                    f"the base ties lm_head to embed_tokens and the adapter changes them ({trained[0]}, ...)",
-                    "allow untying (the merged checkpoint then stores lm_head and embed_tokens separately), "
-                    "or train without embed_tokens/lm_head",
+                    str(folder),
+                    f"the adapter weights are only in pickle files ({', '.join(pickles[:3])}); unpickling can run "
+                    "arbitrary code"
+                    if pickles
+                    else "no adapter_model.safetensors",
+                    "save the adapter with safetensors (PeftModel.save_pretrained does by default), or set "
+                    "model.allow_pickle: true if you trust it",
                 )
             ],
         )
-    untie_output_embeddings(base)
-    notes.append(
-        "untied lm_head from embed_tokens (the adapter trains "
-        + ", ".join(sorted({n for k in trained for n in EMBEDDING_NAMES if n in k}))
-        + ")"
-    )
-    return True
+    return PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable)
 
 
 def _attach_adapter(base, adapter_dir: Path):
-    from peft import PeftModel
-
     try:
-        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
-    except Exception as exc:  # noqa: BLE001 - a mismatched adapter is a user input problem
+        return load_adapter(base, adapter_dir)
+    except ModelError:
+        raise
+    except Exception as exc:  # a mismatched adapter is a user input problem
         raise ModelError(
             "The adapter does not fit the base model",
             [
@@ -269,8 +263,11 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 """Weight files that are Python pickles: loading one can run arbitrary code."""
 
 
-def check_weight_format(source: ModelSource, allow_pickle: bool = False) -> None:
+def check_weight_format(source: ModelSource, allow_pickle: bool = False, *, option: str = "model.allow_pickle") -> None:
     """Refuse a local checkpoint whose weights exist only as pickle files, unless ``allow_pickle``.
+
+    Args:
+        option: the setting that allows pickles, named in the fix (``model.allow_pickle``, ``--allow-pickle``).
 
     Raises:
         ModelError: naming the folder and the pickle files, with the two ways out.
@@ -288,7 +285,7 @@ def check_weight_format(source: ModelSource, allow_pickle: bool = False) -> None
                     f"the weights are only in pickle files ({', '.join(pickles[:3])}); unpickling can run "
                     "arbitrary code",
                     "convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), or "
-                    "set model.allow_pickle: true if you trust this checkpoint",
+                    f"set {option} if you trust this checkpoint",
                 )
             ],
         )

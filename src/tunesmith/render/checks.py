@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunesmith.render.templates import _encode, _render_text
+from tunesmith.errors import ConversationRefused
+from tunesmith.render.guard import render_text
+from tunesmith.render.templates import _encode
 
 _PROBE_USER = "Hello there, how are you?"
 _PROBE_REPLY = "Fine, thanks."
@@ -37,6 +39,21 @@ class Finding:
     value: object = None
 
 
+def _probe(tokenizer, messages: list[dict], *, generation_prompt: bool, chat_template: str | None) -> str | None:
+    """Render a probe conversation; None when the template refuses it (a broken template still raises
+    :class:`~tunesmith.errors.TemplateError`)."""
+    try:
+        return render_text(
+            tokenizer,
+            messages,
+            add_generation_prompt=generation_prompt,
+            chat_template=chat_template,
+            where="a probe conversation",
+        )
+    except ConversationRefused:
+        return None
+
+
 def default_system_prompt(tokenizer, chat_template: str | None = None) -> str | None:
     """Return the system prompt the template adds when a conversation has none, else None.
 
@@ -44,17 +61,14 @@ def default_system_prompt(tokenizer, chat_template: str | None = None) -> str | 
     second with MARK replaced by some text, that text is the injected default.
     """
     user = [{"role": "user", "content": _PROBE_USER}]
-    plain = _render_text(tokenizer, user, add_generation_prompt=False, chat_template=chat_template)
-    try:
-        marked = _render_text(
-            tokenizer,
-            [{"role": "system", "content": _SYS_MARK}] + user,
-            add_generation_prompt=False,
-            chat_template=chat_template,
-        )
-    except Exception:  # noqa: BLE001 - a template may refuse system turns
-        return None
-    if _SYS_MARK not in marked:
+    plain = _probe(tokenizer, user, generation_prompt=False, chat_template=chat_template)
+    marked = _probe(  # a template may refuse system turns
+        tokenizer,
+        [{"role": "system", "content": _SYS_MARK}] + user,
+        generation_prompt=False,
+        chat_template=chat_template,
+    )
+    if plain is None or marked is None or _SYS_MARK not in marked:
         return None
     pre, post = marked.split(_SYS_MARK, 1)
     if plain.startswith(pre) and plain.endswith(post) and len(plain) > len(pre) + len(post):
@@ -69,7 +83,9 @@ def template_eot_id(tokenizer, chat_template: str | None = None) -> int | None:
     Returns None when the template writes no single token there (e.g. the marker is not in the vocabulary).
     """
     msgs = [{"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": _PROBE_REPLY}]
-    text = _render_text(tokenizer, msgs, add_generation_prompt=False, chat_template=chat_template)
+    text = _probe(tokenizer, msgs, generation_prompt=False, chat_template=chat_template)
+    if text is None:
+        return None
     end = text.rfind(_PROBE_REPLY)
     if end < 0:
         return None
@@ -162,15 +178,10 @@ def check_template(tokenizer, generation_config=None, chat_template: str | None 
                     eot,
                 )
             )
-    ids = _encode(
-        tokenizer,
-        _render_text(
-            tokenizer,
-            [{"role": "user", "content": _PROBE_USER}],
-            add_generation_prompt=True,
-            chat_template=chat_template,
-        ),
+    prompt = _probe(
+        tokenizer, [{"role": "user", "content": _PROBE_USER}], generation_prompt=True, chat_template=chat_template
     )
+    ids = _encode(tokenizer, prompt) if prompt is not None else []
     bos = tokenizer.bos_token_id
     if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
         out.append(

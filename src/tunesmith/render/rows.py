@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from tunesmith.errors import DataError, Problem, TemplateError
+from tunesmith.errors import ConversationRefused, DataError, Problem, TemplateError
+from tunesmith.render.guard import TEMPLATE_FIX, template_source
 from tunesmith.render.templates import IGNORE_INDEX, Rendered, end_of_turn_ids, render_conversation
 
 log = logging.getLogger("tunesmith.render.rows")
@@ -92,8 +93,8 @@ def render_all(
     """Render every conversation, truncate to ``max_length`` tokens, drop examples with no trained token left.
 
     Dropped examples never reach the trainer, so they cannot produce a NaN or 0.0 loss.  A record
-    the chat template cannot take (its own ``raise_exception``, e.g. roles that must alternate, or
-    a history it renders inconsistently) is an invalid record: all are collected.
+    the chat template refuses (:class:`~tunesmith.errors.ConversationRefused`: its own ``raise_exception``, e.g.
+    roles that must alternate, or a history it renders inconsistently) is an invalid record: all are collected.
 
     Args:
         tokenizer: tokenizer with a chat template (or ``chat_template``).
@@ -109,26 +110,26 @@ def render_all(
 
     Raises:
         DataError: listing every record the template refuses (``file:line``), unless ``skip_invalid``.
-        TemplateError: when there is no chat template at all.
+        TemplateError: when there is no chat template at all, or it is broken (a syntax error, a runaway loop).
     """
     eot = end_of_turn_ids(tokenizer, generation_config)
-    stats, kept = TokenStats(), []
+    stats, kept, refused = TokenStats(), [], 0
     for conv in convs:
         stats.examples += 1
         try:
             r = render_conversation(tokenizer, conv, eot_ids=eot, chat_template=chat_template)
-        except TemplateError as exc:
-            if exc.problems and exc.problems[0].where == "model.chat_template":
-                raise
+        except ConversationRefused as exc:  # this record; a broken template (TemplateError) stops everything
             stats.invalid += [Problem(p.where, p.reason, p.fix) for p in exc.problems]
+            refused += 1
             continue
-        except Exception as exc:  # noqa: BLE001 - jinja2 errors raised by the template itself
+        except TemplateError:
+            raise
+        except Exception as exc:  # the tokenizer refused the rendered text
             stats.invalid.append(
                 Problem(
                     conv.source or "conversation",
-                    f"the chat template refuses this conversation: {exc}",
-                    "merge consecutive same-role turns (many templates need user/assistant alternation), "
-                    "or choose another model.chat_template",
+                    f"the tokenizer cannot encode this conversation: {type(exc).__name__}: {str(exc)[:200]}",
+                    "check the record's text (it must be valid Unicode)",
                 )
             )
             continue
@@ -144,6 +145,8 @@ def render_all(
         stats.tokens += len(r.input_ids)
         stats.trained_tokens += r.num_trained
         stats.lengths.append(len(r.input_ids))
+    if refused and refused == stats.examples and refused > 1:
+        raise refuses_everything(tokenizer, chat_template, refused, stats.invalid[0])
     if stats.invalid and not skip_invalid:
         raise DataError(
             f"{len(stats.invalid)} record(s) cannot be rendered by the chat template; nothing was trained "
@@ -153,6 +156,16 @@ def render_all(
     for p in stats.invalid if log_skipped else []:
         log.warning("skipped %s: %s", p.where, p.reason)
     return kept, stats
+
+
+def refuses_everything(tokenizer, chat_template: str | None, n: int, first: Problem) -> TemplateError:
+    """The error for a chat template that refused every record: the template, not the data, is at fault."""
+    source = "the chat template passed in" if chat_template else template_source(tokenizer)
+    message = first.reason.split("refuses this conversation: ", 1)[-1]
+    return TemplateError(
+        "The chat template refuses every record",
+        [Problem(source, f"all {n} records were refused, e.g. {first.where}: {message}", TEMPLATE_FIX)],
+    )
 
 
 def resolve_max_length(configured: int, tokenizer, model_config=None) -> tuple[int, str]:

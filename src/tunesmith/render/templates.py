@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.records import Conversation
-from tunesmith.errors import Problem, TemplateError
+from tunesmith.errors import ConversationRefused, Problem, TemplateError
+from tunesmith.render.guard import render_text
 
 IGNORE_INDEX = -100
 """Label value ignored by ``torch.nn.CrossEntropyLoss`` (its default ``ignore_index``)."""
@@ -42,25 +43,47 @@ def builtin_templates() -> list[str]:
     return sorted(p.stem for p in BUILTIN_DIR.glob("*.jinja"))
 
 
+MAX_TEMPLATE_BYTES = 1_000_000
+"""Largest chat template file read (real ones are a few kilobytes)."""
+
+
 def resolve_chat_template(option: str | None) -> str | None:
     """Turn ``model.chat_template`` into Jinja text.
 
     Args:
-        option: None (keep the model's), a built-in name (:func:`builtin_templates`) or a path to a Jinja file.
+        option: None (keep the model's), a built-in name (:func:`builtin_templates`), a path to a Jinja file, or
+            Jinja text itself.
 
     Returns:
         The template text, or None for None.
 
     Raises:
-        TemplateError: when the option is neither a built-in name nor a readable file.
+        TemplateError: when the option is neither a built-in name nor a readable file, or the file is not a chat
+            template (not UTF-8 text, larger than :data:`MAX_TEMPLATE_BYTES`, or never reading ``messages``:
+            ``/etc/passwd`` is not a template).
     """
     if option is None:
         return None
     if option in builtin_templates():
         return (BUILTIN_DIR / f"{option}.jinja").read_text(encoding="utf-8")
-    path = Path(option).expanduser()
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
+    where = f"model.chat_template={option}"
+    try:
+        path = Path(option).expanduser()
+        is_file = path.is_file()
+    except (OSError, ValueError):  # Jinja text too long to be a file name, or holding a NUL byte
+        is_file = False
+    if is_file:
+        try:
+            if path.stat().st_size > MAX_TEMPLATE_BYTES:
+                raise _not_a_template(where, f"the file is {path.stat().st_size:,} bytes; a chat template is a few KB")
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise _not_a_template(where, "the file is not UTF-8 text") from None
+        except OSError as exc:
+            raise _not_a_template(where, f"cannot read the file ({exc.strerror or exc})") from None
+        if not ("{%" in text or "{{" in text) or "messages" not in text:
+            raise _not_a_template(where, "the file is not a chat template: it never reads `messages` in {% %} or {{ }}")
+        return text
     if "{%" in option or "{{" in option:
         return option
     raise TemplateError(
@@ -75,6 +98,13 @@ def resolve_chat_template(option: str | None) -> str | None:
     )
 
 
+def _not_a_template(where: str, reason: str) -> TemplateError:
+    return TemplateError(
+        "Not a chat template",
+        [Problem(where, reason, f"use one of {', '.join(builtin_templates())} or the path of a .jinja chat template")],
+    )
+
+
 def apply_chat_template_option(tokenizer, option: str | None, *, require: bool = True) -> None:
     """Install ``model.chat_template`` on the tokenizer (so saved artifacts carry it).
 
@@ -83,14 +113,22 @@ def apply_chat_template_option(tokenizer, option: str | None, *, require: bool =
             ``completion`` data need none: pass False and let rendering raise if a conversation needs one).
 
     Raises:
-        TemplateError: when the option is invalid, or (``require``) when neither the option nor the model gives a chat
-            template.
+        TemplateError: when the option is invalid, the template is broken (a probe conversation renders it once:
+            syntax errors, runaway loops and blocked sandbox escapes show here), or (``require``) when neither the
+            option nor the model gives a chat template.
     """
     text = resolve_chat_template(option)
     if text is not None:
         tokenizer.chat_template = text
+        tokenizer.tunesmith_template_source = f"model.chat_template={option}"
     if require and not tokenizer.chat_template:
         raise missing_template_error()
+    if tokenizer.chat_template:
+        probe = [{"role": "user", "content": "Hello"}]
+        try:  # a broken template (syntax, runaway, sandbox escape) fails here, before any data is rendered
+            render_text(tokenizer, probe, add_generation_prompt=True, where="a probe conversation")
+        except ConversationRefused:  # a template may refuse this probe (no system turn, ...); records decide
+            pass
 
 
 def missing_template_error() -> TemplateError:
@@ -138,15 +176,11 @@ def end_of_turn_ids(tokenizer, generation_config=None) -> set[int]:
     for e in eos if isinstance(eos, (list, tuple)) else [eos]:
         if e is not None:
             ids.add(int(e))
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in KNOWN_END_OF_TURN if t in vocab)
+    for marker in KNOWN_END_OF_TURN:  # one lookup each: get_vocab() would copy the whole vocabulary
+        i = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(i, int) and tokenizer.convert_ids_to_tokens(i) == marker:
+            ids.add(i)
     return ids
-
-
-def _render_text(tokenizer, messages, *, add_generation_prompt: bool, chat_template: str | None = None) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
-    )
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -170,10 +204,10 @@ def render_conversation(
         :class:`Rendered` with ``input_ids: list[int][seq]`` and ``labels: list[int][seq]``.
 
     Raises:
-        TemplateError: when there is no chat template; when a prefix rendering is not a prefix of
-            the full rendering (the template renders history differently from the final turn),
-            naming the record.  A template's own ``raise_exception`` (e.g. "roles must alternate")
-            propagates as ``jinja2.TemplateError``.
+        TemplateError: when there is no chat template, or it is broken (see :func:`tunesmith.render.guard.render_text`).
+        ConversationRefused: the template refuses this record (its own ``raise_exception``, e.g. "roles must
+            alternate"), or a prefix rendering is not a prefix of the full rendering (the template renders history
+            differently from the final turn); the problem names the record.
     """
     if conv.kind in ("text", "completion"):
         return _render_plain(tokenizer, conv)
@@ -181,7 +215,8 @@ def render_conversation(
         raise missing_template_error()
     eot_ids = eot_ids if eot_ids is not None else end_of_turn_ids(tokenizer)
     msgs = conv.to_template()
-    full_text = _render_text(tokenizer, msgs, add_generation_prompt=False, chat_template=chat_template)
+    where = conv.source or "conversation"
+    full_text = render_text(tokenizer, msgs, add_generation_prompt=False, chat_template=chat_template, where=where)
     trained = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
     if conv.kind == "prompt_completion":
         trained = trained[-1:]
@@ -189,15 +224,19 @@ def render_conversation(
     for i, m in enumerate(conv.messages):
         if m.role != "assistant":
             continue
-        prompt_text = _render_text(tokenizer, msgs[:i], add_generation_prompt=True, chat_template=chat_template)
-        through_text = _render_text(tokenizer, msgs[: i + 1], add_generation_prompt=False, chat_template=chat_template)
+        prompt_text = render_text(
+            tokenizer, msgs[:i], add_generation_prompt=True, chat_template=chat_template, where=where
+        )
+        through_text = render_text(
+            tokenizer, msgs[: i + 1], add_generation_prompt=False, chat_template=chat_template, where=where
+        )
         for name, text in (("prompt", prompt_text), ("reply", through_text)):
             if not full_text.startswith(text):
-                raise TemplateError(
+                raise ConversationRefused(
                     "Chat template renders history inconsistently",
                     [
                         Problem(
-                            conv.source or "conversation",
+                            where,
                             f"the {name} prefix up to turn {i} is not a prefix of the full rendering "
                             f"(diverges at char {_diverge(text, full_text)})",
                             "use a template that renders earlier turns the same way (model.chat_template), "
@@ -268,4 +307,7 @@ def render_prompt(tokenizer, conv: Conversation, *, chat_template: str | None = 
     msgs = conv.to_template()
     if msgs and msgs[-1]["role"] == "assistant":
         msgs = msgs[:-1]
-    return _encode(tokenizer, _render_text(tokenizer, msgs, add_generation_prompt=True, chat_template=chat_template))
+    text = render_text(
+        tokenizer, msgs, add_generation_prompt=True, chat_template=chat_template, where=conv.source or "conversation"
+    )
+    return _encode(tokenizer, text)

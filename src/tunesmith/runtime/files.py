@@ -1,12 +1,19 @@
-"""Atomic artifact writes: a crash never leaves a half-written file or folder that looks complete."""
+"""Atomic artifact writes (a crash never leaves a half-written file or folder that looks complete), and failed writes
+turned into clear errors."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
+
+from tunesmith.errors import Problem, TunesmithError
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -48,3 +55,69 @@ def atomic_save_dir(final: str | Path, save_fn) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_WRITE_ERRNOS = _NO_SPACE | {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EIO}
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)|code: (\d+)|errno (\d+)", re.IGNORECASE)
+
+
+def io_error_code(exc: BaseException) -> int | None:
+    """The ``errno`` of an I/O failure: an ``OSError``'s own, or the one a Rust library (tokenizers, safetensors)
+    puts in its message (``No space left on device (os error 28)``); torch's checkpoint writer failing counts as
+    ``ENOSPC``. None for anything else."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    text = str(exc)
+    if "failed writing file" in text or "file write failed" in text:
+        return errno.ENOSPC
+    m = _OS_ERROR_CODE.search(text)
+    return int(next(g for g in m.groups() if g)) if m else None
+
+
+@contextmanager
+def write_errors(run_dir: str | Path, *, resume: Callable[[], str | None] | str | None = None):
+    """Turn a failed write (disk full, file too large, read-only, no permission; any I/O error on a file under
+    ``run_dir``) into a
+    :class:`TunesmithError` naming the file (or, when the library that failed does not say which, the folder); a run
+    stopped this way has no ``metrics.json``, so it never looks complete.
+
+    Args:
+        run_dir: the folder being written.
+        resume: the command that continues the run (``--resume latest``), shown in the fix; a callable is asked at
+            error time (None when no checkpoint was completed: then the fix says to run the command again).
+
+    Other errors pass through unchanged.
+    """
+    try:
+        yield
+    except Exception as exc:
+        code = io_error_code(exc)
+        filename = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+        inside = filename is not None and Path(run_dir).resolve() in Path(str(filename)).resolve().parents
+        if code is None or isinstance(exc, TunesmithError) or (code not in _WRITE_ERRNOS and not inside):
+            raise
+        where = filename or _newest_file(Path(run_dir))
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or os.strerror(code)
+        if not isinstance(exc, OSError):
+            reason += f" ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        fix = (
+            "free disk space or lower the run's size"
+            if code in _NO_SPACE
+            else "make the folder writable or choose another output folder"
+        )
+        command = resume() if callable(resume) else resume
+        then = f"; then resume with: {command}" if command else "; then run the same command again"
+        raise TunesmithError(
+            "Cannot write the run's files; the run is incomplete (no metrics.json)",
+            [Problem(str(where), reason, fix + then)],
+        ) from None
+
+
+def _newest_file(folder: Path) -> Path:
+    """The newest file under ``folder`` (what was being written when a library failed), else the folder."""
+    try:
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        return max(files, key=lambda p: p.stat().st_mtime_ns) if files else folder
+    except OSError:
+        return folder

@@ -1,11 +1,15 @@
-"""Trainer callbacks shared by every training command: graceful stop on SIGINT/SIGTERM, run-wide token counts."""
+"""Trainer callbacks shared by every training command: graceful stop on SIGINT/SIGTERM, a stop at the first
+non-finite loss, gradient or weight, run-wide token counts."""
 
 from __future__ import annotations
 
+import math
 import signal
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
+
+from tunesmith.errors import TrainingDiverged
 
 
 class TokenCounter(TrainerCallback, ExportableState):
@@ -34,7 +38,7 @@ class GracefulStop(TrainerCallback):
         self.signum: int | None = None
         self._previous: dict = {}
 
-    def _handle(self, signum, frame):  # noqa: ARG002
+    def _handle(self, signum, frame):
         self.signum = signum
         for s, h in self._previous.items():
             signal.signal(s, h)
@@ -52,6 +56,52 @@ class GracefulStop(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kw):
         """Restore the previous handlers."""
+        self.restore()
+
+    def restore(self) -> None:
+        """Put the signal handlers back as they were before training (also after training raised)."""
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous = {}
+
+
+class NonFiniteStop(TrainerCallback):
+    """Stop training, with :class:`TrainingDiverged`, the first time the gradients (before the optimizer step), the
+    trained weights (after it) or a logged loss or gradient norm are NaN or infinite.
+
+    The gradients are checked through their total 2-norm (one reduction, one device sync per optimizer step): a NaN or
+    infinite loss gives non-finite gradients, and transformers' ``logging_nan_inf_filter`` would hide it from the
+    logged loss. The weights are checked the same way after each step (an overflowing update). With fp16 loss scaling
+    (``train.fp16``) inf gradients are normal (the scaler skips the step), so only the weights and logs are checked.
+    """
+
+    def __init__(self, learning_rate: float | None = None):
+        self.learning_rate = learning_rate
+
+    @staticmethod
+    def _norm(tensors) -> float:
+        import torch
+
+        tensors = [t.detach() for t in tensors]
+        return float(torch.nn.utils.get_total_norm(tensors)) if tensors else 0.0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        """Check the gradients of the trainable parameters before the optimizer uses them."""
+        if model is not None and not args.fp16:
+            norm = self._norm(p.grad for p in model.parameters() if p.requires_grad and p.grad is not None)
+            if not math.isfinite(norm):
+                raise TrainingDiverged(state.global_step + 1, "gradient norm", norm, self.learning_rate)
+
+    def on_optimizer_step(self, args, state, control, model=None, **kw):
+        """Check the trained weights after the update."""
+        if model is not None:
+            norm = self._norm(p for p in model.parameters() if p.requires_grad)
+            if not math.isfinite(norm):
+                raise TrainingDiverged(state.global_step + 1, "norm of the trained weights", norm, self.learning_rate)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        """Check the logged training loss and gradient norm."""
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise TrainingDiverged(state.global_step, f"logged {key}", value, self.learning_rate)

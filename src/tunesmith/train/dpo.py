@@ -23,10 +23,11 @@ from transformers import TrainerCallback
 from tunesmith.config.dpo import DPORunConfig
 from tunesmith.data.records import PreferencePair
 from tunesmith.evaluate.preference import pair_logps, start_generations, write_dpo_artifacts
-from tunesmith.models.adapters import count_parameters, require_adapter, to_peft_config
-from tunesmith.models.loading import load_causal_lm, load_tokenizer
+from tunesmith.models.adapters import count_parameters, lora_errors, require_adapter, to_peft_config
+from tunesmith.models.loading import load_adapter, load_causal_lm, load_tokenizer
 from tunesmith.models.sources import resolve_model
 from tunesmith.render.checks import fix_generation_config
+from tunesmith.render.guard import template_errors
 from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids
 from tunesmith.runtime.console import console
 from tunesmith.runtime.distributed import save_trained_model
@@ -65,13 +66,11 @@ def build_policy(cfg: DPORunConfig, model):
         base weights) is added by TRL from ``peft_config``; ``adapter_mode=continue`` returns a trainable ``PeftModel``
         holding the SFT adapter (TRL then copies it into a frozen ``ref`` adapter) and ``peft_config=None``.
     """
-    from peft import PeftModel
-
     if cfg.model.adapter:
         folder = require_adapter(cfg.model.adapter, f"model.adapter={cfg.model.adapter}")
         if cfg.model.adapter_mode == "continue":
-            return PeftModel.from_pretrained(model, str(folder), is_trainable=True), None
-        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+            return load_adapter(model, folder, allow_pickle=cfg.model.allow_pickle, is_trainable=True), None
+        model = load_adapter(model, folder, allow_pickle=cfg.model.allow_pickle).merge_and_unload()
     return model, (to_peft_config(cfg.lora) if cfg.lora.enabled else None)
 
 
@@ -101,15 +100,16 @@ def make_trainer(
     from trl import DPOTrainer
 
     args = build_dpo_config(cfg, run_dir, use_bf16, precompute=precompute)
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=None,
-        args=args,
-        train_dataset=_dataset(train_pairs),
-        eval_dataset=_dataset(eval_pairs),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    with lora_errors(cfg.lora), template_errors(tokenizer):  # TRL applies LoRA and renders the pairs here
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=None,
+            args=args,
+            train_dataset=_dataset(train_pairs),
+            eval_dataset=_dataset(eval_pairs),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
     install_progress(trainer)
     if not console.is_terminal:
         trainer.add_callback(_LogLines())

@@ -177,7 +177,7 @@ def load_shape(model: str) -> tuple[Shape, str | None]:
     return Shape.from_config(cfg), (source.location if source.kind != "hub" else None)
 
 
-def probe(location: str, seq_lens=(128, 384), r: int = 16) -> dict:
+def probe(location: str, seq_lens=(128, 384), r: int = 16, *, allow_pickle: bool = False) -> dict:
     """Calibrate on the real model: one LoRA training step (batch 1) at each of ``seq_lens`` in a fresh process.
 
     Returns:
@@ -187,7 +187,8 @@ def probe(location: str, seq_lens=(128, 384), r: int = 16) -> dict:
     points = []
     for n in seq_lens:
         proc = subprocess.run(
-            [sys.executable, "-m", "tunesmith.train.estimate_probe", location, str(n), str(r)],
+            [sys.executable, "-m", "tunesmith.train.estimate_probe", location, str(n), str(r)]
+            + (["--allow-pickle"] if allow_pickle else []),
             capture_output=True,
             text=True,
             timeout=600,
@@ -215,7 +216,14 @@ def estimate_for_run(
 
 
 def run_estimate(
-    model: str, *, batch: int = 8, seq_len: int = 512, r: int = 16, checkpointing: bool = False, use_probe: bool = True
+    model: str,
+    *,
+    batch: int = 8,
+    seq_len: int = 512,
+    r: int = 16,
+    checkpointing: bool = False,
+    use_probe: bool = True,
+    allow_pickle: bool = False,
 ) -> dict:
     """Estimate memory for ``model``; with ``use_probe`` and a local model, calibrated by :func:`probe`.
 
@@ -223,11 +231,17 @@ def run_estimate(
         ``{"model", "shape", "batch", "seq_len", "probe" (or None), "methods": {...}}`` (see :func:`estimate`).
 
     Raises:
-        ModelError: the config cannot be read, or the probe run fails (the fix names ``--no-probe``).
+        ModelError: the config cannot be read, the weights are only pickle files and ``allow_pickle`` is off (the
+            probe loads them through the one gate), or the probe run fails (the fix names ``--no-probe``).
     """
     shape, local = load_shape(model)
+    if use_probe and local:
+        from tunesmith.models.loading import check_weight_format
+        from tunesmith.models.sources import ModelSource
+
+        check_weight_format(ModelSource(model, local, "local"), allow_pickle, option="--allow-pickle (or --no-probe)")
     try:
-        cal = probe(local, r=r) if use_probe and local else None
+        cal = probe(local, r=r, allow_pickle=allow_pickle) if use_probe and local else None
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         from tunesmith.errors import ModelError, Problem
 
@@ -283,14 +297,31 @@ def print_estimate(res: dict, console) -> None:
 
 
 def estimate_command(
-    model: str, *, batch: int, seq_len: int, r: int, checkpointing: bool, use_probe: bool, as_json: bool, console
+    model: str,
+    *,
+    batch: int,
+    seq_len: int,
+    r: int,
+    checkpointing: bool,
+    use_probe: bool,
+    as_json: bool,
+    console,
+    allow_pickle: bool = False,
 ) -> dict:
     """``tunesmith estimate``: run :func:`run_estimate` and print it as JSON (stdout) or a table (``console``).
 
     Raises:
         ModelError: when the model's config cannot be read.
     """
-    res = run_estimate(model, batch=batch, seq_len=seq_len, r=r, checkpointing=checkpointing, use_probe=use_probe)
+    res = run_estimate(
+        model,
+        batch=batch,
+        seq_len=seq_len,
+        r=r,
+        checkpointing=checkpointing,
+        use_probe=use_probe,
+        allow_pickle=allow_pickle,
+    )
     if as_json:
         print(json.dumps(res, indent=1))
     else:

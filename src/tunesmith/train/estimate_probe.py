@@ -1,6 +1,6 @@
 """Probe run for ``tunesmith estimate``: one LoRA training step on random tokens; prints the step's peak RSS as JSON.
 
-    python -m tunesmith.train.estimate_probe MODEL_DIR SEQ_LEN [RANK]
+    python -m tunesmith.train.estimate_probe MODEL_DIR SEQ_LEN [RANK] [--allow-pickle]
 
 Runs in a fresh process (called by :func:`tunesmith.train.estimate.probe`), so the peak belongs to this step alone;
 RSS is sampled every 2 ms by a thread (psutil), and on CUDA ``torch.cuda.max_memory_allocated`` is reported too.
@@ -20,8 +20,12 @@ def main(argv: list[str]) -> int:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from tunesmith.models.loading import from_pretrained
+    from tunesmith.models.sources import ModelSource
     from tunesmith.train.speed.fastloss import install_chunked_loss
 
+    allow_pickle = "--allow-pickle" in argv
+    argv = [a for a in argv if a != "--allow-pickle"]
     location, n, r = argv[0], int(argv[1]), int(argv[2]) if len(argv) > 2 else 16
     proc, peak, stop = psutil.Process(), [0], threading.Event()
 
@@ -33,7 +37,8 @@ def main(argv: list[str]) -> int:
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32).to(dev)
+    source = ModelSource(location, location, "local")
+    model = from_pretrained(AutoModelForCausalLM, source, allow_pickle=allow_pickle, dtype=torch.float32).to(dev)
     model = get_peft_model(
         model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     )

@@ -23,14 +23,15 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.config.load import dump_config
+from tunesmith.config.load import config_inputs, dump_config
 from tunesmith.errors import ConfigError, DataError, Problem, TrainingStopped, TunesmithError
 from tunesmith.runtime.console import Timer, log_to_file
 from tunesmith.runtime.distributed import is_main_process, is_rank_zero
-from tunesmith.runtime.files import atomic_write_json, atomic_write_text
+from tunesmith.runtime.files import atomic_write_json, atomic_write_text, write_errors
 from tunesmith.runtime.hardware import is_installed
+from tunesmith.runtime.lock import lock_run_dir
 from tunesmith.runtime.manifest import write_manifest
-from tunesmith.runtime.rundir import lock_run_dir, prepare_run_dir, write_errors
+from tunesmith.runtime.rundir import overwrite_refusals, prepare_run_dir
 from tunesmith.runtime.secrets import is_secret_key, redact_argv
 from tunesmith.train.checkpoints import RUN_STATE, check_same_run, latest_checkpoint, resolve_resume, resume_command
 
@@ -90,8 +91,9 @@ class Run:
 
     def guard(self) -> AbstractContextManager:
         """Context in which a failed write under the run folder (disk full, read-only) becomes a clear error naming
-        the file (see :func:`tunesmith.runtime.rundir.write_errors`)."""
-        return write_errors(self.run_dir)
+        the file and, when a checkpoint was completed, the command that resumes the run (see
+        :func:`tunesmith.runtime.files.write_errors`)."""
+        return write_errors(self.run_dir, resume=lambda: resume_command() if latest_checkpoint(self.run_dir) else None)
 
     def remember(self, **values) -> None:
         """Keep values measured before training (eval_loss before, samples, start generations) in ``run_state.json``,
@@ -129,7 +131,8 @@ class Run:
         )
 
     def train(self, trainer) -> tuple[object | None, float]:
-        """Train, resuming from :attr:`checkpoint` when set, with a graceful stop on SIGINT/SIGTERM.
+        """Train, resuming from :attr:`checkpoint` when set, with a graceful stop on SIGINT/SIGTERM and a stop at the
+        first NaN or infinite loss, gradient or weight.
 
         A checkpoint at or past ``max_steps`` (the run was killed after its last step, while writing the final
         artifacts) is only restored: weights, trainer state and callback state, and no step runs (transformers'
@@ -140,13 +143,19 @@ class Run:
 
         Raises:
             TrainingStopped: a signal arrived; a checkpoint was saved (exit code 130/143, the resume command).
+            TrainingDiverged: the loss, gradients or weights turned non-finite (exit code 2; no checkpoint of the
+                diverged step, no ``metrics.json``).
         """
-        from tunesmith.train.callbacks import GracefulStop
+        from tunesmith.train.callbacks import GracefulStop, NonFiniteStop
 
         stopper = GracefulStop()
         trainer.add_callback(stopper)
-        with Timer() as t:
-            result = _train_or_restore(trainer, self.checkpoint)
+        trainer.add_callback(NonFiniteStop(getattr(self.cfg.train, "learning_rate", None)))
+        try:
+            with Timer() as t:
+                result = _train_or_restore(trainer, self.checkpoint)
+        finally:
+            stopper.restore()
         if stopper.signum is not None:
             last = latest_checkpoint(self.run_dir)
             raise TrainingStopped(stopper.signum, str(last) if last else None, resume_command())
@@ -272,14 +281,20 @@ def start_run(cfg, kind: str, *, overwrite: bool = False, resume: str | bool | N
     Raises:
         ConfigError, DataError, TunesmithError: each problem with its location; nothing is trained.
     """
+    from tunesmith.models.adapters import require_adapter
+    from tunesmith.models.targets import check_lora_targets
+
     check_secrets(cfg)
     check_report_to(cfg)
-    run_dir = Path(cfg.train.output_dir)
+    check_lora_targets(cfg, kind)
+    if getattr(cfg.model, "adapter", None):  # DPO starting from an SFT adapter: it must be one, and generative
+        require_adapter(cfg.model.adapter, f"model.adapter={cfg.model.adapter}")
+    run_dir = Path(cfg.train.output_dir).expanduser()
     checkpoint = resolve_resume(run_dir, resume, overwrite=overwrite)
     if checkpoint is not None:
         check_same_run(run_dir, cfg.model_dump(mode="json"))
     data = LOADERS[kind](cfg)
-    run_dir = _claim(run_dir, overwrite=overwrite, resumed=checkpoint is not None)
+    run_dir = _claim(run_dir, overwrite=overwrite, resumed=checkpoint is not None, inputs=config_inputs(cfg), kind=kind)
     state: dict = {}
     if checkpoint is not None and (run_dir / RUN_STATE).is_file():
         state = json.loads((run_dir / RUN_STATE).read_text())
@@ -292,16 +307,23 @@ def start_run(cfg, kind: str, *, overwrite: bool = False, resume: str | bool | N
     return Run(cfg, kind, run_dir, checkpoint, data, state)
 
 
-def _claim(run_dir: Path, *, overwrite: bool, resumed: bool) -> Path:
-    """Lock, check and create the run folder; under accelerate/torchrun only rank 0 owns the folder and its lock."""
+def _claim(run_dir: Path, *, overwrite: bool, resumed: bool, inputs: tuple, kind: str) -> Path:
+    """Lock, check and create the run folder; under accelerate/torchrun only rank 0 owns the folder and its lock.
+
+    ``--overwrite`` is checked first (:func:`tunesmith.runtime.rundir.overwrite_refusals`: links, home/current/root
+    folders, git checkouts, folders holding the run's own inputs, folders tunesmith did not make), so a refused folder
+    is never touched, not even by the lock."""
     try:
         with write_errors(run_dir):
             main = is_rank_zero()
+            problems = overwrite_refusals(run_dir, inputs=inputs) if overwrite and main else []
+            if problems:
+                raise TunesmithError(f"Refusing to replace {run_dir} (--overwrite)", problems)
             if run_dir.is_dir() and main:
-                lock_run_dir(run_dir)  # a live run in this folder is refused before --overwrite deletes anything
-            run_dir = prepare_run_dir(run_dir, overwrite=overwrite, resume=resumed)
+                lock_run_dir(run_dir)  # a live run in this folder is refused before --overwrite moves anything
+            run_dir = prepare_run_dir(run_dir, overwrite=overwrite, resume=resumed, inputs=inputs, kind=kind)
             if main:
-                lock_run_dir(run_dir)  # (re)claim it: --overwrite removed the folder and its lock
+                lock_run_dir(run_dir)  # (re)claim it: --overwrite moved the folder and its lock aside
     except TunesmithError as exc:
         for p in exc.problems:
             p.where = f"train.output_dir={p.where}"

@@ -20,7 +20,7 @@ import torch
 
 from tunesmith.config.sft import RunConfig
 from tunesmith.errors import DataError, Problem
-from tunesmith.models.adapters import apply_lora, count_parameters
+from tunesmith.models.adapters import apply_lora, count_parameters, lora_errors
 from tunesmith.models.generation import decode_reply, generate_ids
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
 from tunesmith.models.sources import resolve_model
@@ -257,9 +257,9 @@ def _run(cfg: RunConfig, run: Run) -> dict:
         extra={"model_source": dataclasses.asdict(p.source)},
     )
     args = build_sft_config(cfg, run.run_dir, p.use_bf16, p.max_length, sft_overrides(p.plan, cfg.train))
-    trainer = _make_trainer(
-        p.model, p.tokenizer, args, to_dataset(p.train_rows), to_dataset(p.eval_rows) if p.eval_rows else None, p.plan
-    )
+    train_ds, eval_ds = to_dataset(p.train_rows), to_dataset(p.eval_rows) if p.eval_rows else None
+    with lora_errors(cfg.lora):  # TRL refuses some target modules (lm_head) only here
+        trainer = _make_trainer(p.model, p.tokenizer, args, train_ds, eval_ds, p.plan)
     sample_convs = run.data.eval[: cfg.eval.num_samples]
     _before(cfg, run, trainer, p, sample_convs)
     result, seconds = run.train(trainer)

@@ -25,6 +25,7 @@ from tunesmith.data.records import Conversation
 from tunesmith.render.checks import Finding, check_template
 from tunesmith.render.rows import TokenStats, render_all, resolve_max_length
 from tunesmith.render.templates import IGNORE_INDEX, apply_chat_template_option
+from tunesmith.runtime.console import console as errors
 
 console = Console()
 
@@ -101,13 +102,15 @@ def run_check(cfg, *, skip_invalid: bool = False) -> int:
     _print_report(cfg, p, stats, findings, problems)
     bad = len({x.where for x in problems})
     if bad and not skip_invalid:
-        console.print(
-            f"[bold red]error:[/] {bad} invalid record(s): `tunesmith sft` would stop before training. "
-            "Fix them, or pass --skip-invalid to skip them."
+        first = problems[0]
+        errors.print(
+            f"[bold red]error:[/] {bad} invalid record(s): `tunesmith sft` would stop before training "
+            f"(first: {escape(first.where)}: {escape(first.reason)}). Fix them, or pass --skip-invalid to skip them.",
+            highlight=False,
         )
         return 2
     if not rows:
-        console.print("[bold red]error:[/] no example has a trained token left; nothing would be trained.")
+        errors.print("[bold red]error:[/] no example has a trained token left; nothing would be trained.")
         return 2
     return 0
 
@@ -178,7 +181,7 @@ def run_preview(cfg, n: int, *, plain: bool | None = None) -> int:
     for x in stats.invalid:
         console.print(f"[yellow]skipped[/] {x.where}: {x.reason}", highlight=False)
     if not rows:
-        console.print("[bold red]error:[/] no example could be rendered with a trained token")
+        errors.print("[bold red]error:[/] no example could be rendered with a trained token")
         return 2
     legend = (
         escape("trained tokens in [[double brackets]], masked tokens plain")

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.data.readers import bad_text, read_text_input
 from tunesmith.data.records import Conversation, Message
 from tunesmith.errors import DataError, Problem
 
@@ -113,35 +114,59 @@ def read_prompts(source: str) -> list[PromptRecord]:
     """Read prompt records from a file (``.jsonl``/``.json``/text) or ``-`` (stdin); blank lines are skipped.
 
     Raises:
-        DataError: a missing file, or a bad record (every bad line is reported, with ``file:line``).
+        DataError: a missing or unreadable file, no prompt at all, or a bad record (every bad line is reported, with
+            ``file:line``).
     """
-    name = "stdin" if source == "-" else source
-    if source != "-" and not Path(source).is_file():
-        raise DataError(
-            "Prompt file not found", [Problem(source, "no such file", "check the path, or pass - to read stdin")]
-        )
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    name, text = read_text_input(source)
     if source != "-" and Path(source).suffix.lower() == ".json":
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError("Malformed JSON", [Problem(f"{name}:{exc.lineno}", exc.msg, "fix the file")]) from None
+        except (ValueError, RecursionError):
+            raise DataError(
+                "Unreadable JSON", [Problem(name, "nested too deeply or a number too long", "fix the file")]
+            ) from None
         items = items if isinstance(items, list) else [items]
-        return _collect((f"{name}#{k}", item) for k, item in enumerate(items))
+        records = _collect((f"{name}#{k}", item) for k, item in enumerate(items))
+        if not records:
+            raise DataError("No prompts", [Problem(name, "the JSON list is empty", "give at least one prompt")])
+        return records
     lines = [(f"{name}:{no}", line) for no, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    return _collect((where, _json_or_text(line, where)) for where, line in lines)
+    records = _collect((where, _json_or_text(line, where)) for where, line in lines)
+    if not records:
+        raise DataError(
+            "No prompts",
+            [
+                Problem(
+                    name, "the input holds no prompt (it is empty or has only blank lines)", "give one prompt a line"
+                )
+            ],
+        )
+    return records
 
 
 def _json_or_text(line: str, where: str):
     if not line.lstrip().startswith("{"):
         return line
     try:
-        return json.loads(line)
+        obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(
             "Malformed JSON line",
             [Problem(where, f"{exc.msg} (column {exc.colno})", "each line must be one JSON object or plain text")],
         ) from None
+    except (ValueError, RecursionError):
+        raise DataError(
+            "Unreadable JSON line", [Problem(where, "nested too deeply or a number too long", "fix this line")]
+        ) from None
+    bad = bad_text(obj)
+    if bad is not None:
+        raise DataError(
+            "Text that is not valid Unicode",
+            [Problem(where, f"an unpaired surrogate escape near {bad}", "remove the \\ud800-\\udfff escape")],
+        )
+    return obj
 
 
 def _collect(items) -> list[PromptRecord]:
@@ -244,12 +269,13 @@ def run_generate(
 
     from tunesmith.errors import TunesmithError
     from tunesmith.models.loading import load_for_use
-    from tunesmith.runtime.files import atomic_write_jsonl
+    from tunesmith.runtime.files import atomic_write_jsonl, write_errors
+    from tunesmith.runtime.rundir import file_refusals
 
-    if output and Path(output).exists() and not overwrite:
-        raise TunesmithError(
-            "Output file exists", [Problem(output, "it would be overwritten", "pass --overwrite or another --output")]
-        )
+    inputs = tuple(x for x in (source, model, adapter) if x and x != "-")
+    problems = file_refusals(Path(output), overwrite=overwrite, inputs=inputs) if output else []
+    if problems:
+        raise TunesmithError(f"Refusing to write {output}", problems)
     records = read_prompts(source)
     torch.manual_seed(seed)
     loaded = load_for_use(model, adapter)
@@ -265,7 +291,9 @@ def run_generate(
     )
     seconds = time.perf_counter() - start
     if output:
-        atomic_write_jsonl(output, rows)
+        with write_errors(Path(output).parent):
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_jsonl(output, rows)
     else:
         for row in rows:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")

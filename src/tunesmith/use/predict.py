@@ -20,10 +20,11 @@ import yaml
 
 from tunesmith.config.classify import ClassifyConfig
 from tunesmith.data.labels import clean, read_table
+from tunesmith.data.readers import bad_text, read_text_input
 from tunesmith.data.records import LabelRecord
-from tunesmith.errors import ModelError, Problem
+from tunesmith.errors import DataError, ModelError, Problem
 from tunesmith.models.adapters import find_adapter
-from tunesmith.models.loading import from_pretrained
+from tunesmith.models.loading import from_pretrained, load_adapter
 from tunesmith.models.sources import ModelSource, resolve_model
 
 
@@ -80,15 +81,13 @@ def load_run_classifier(run_dir: str | Path):
                 AutoModelForSequenceClassification, ModelSource(str(path), str(path), "local"), **opts
             )
         else:
-            from peft import PeftModel
-
             base_name = (
                 cfg.model.name
                 if cfg_file.is_file()
                 else json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
             )
             base = from_pretrained(AutoModelForSequenceClassification, resolve_model(base_name), config=config, **opts)
-            model = PeftModel.from_pretrained(base, adapter)
+            model = load_adapter(base, adapter, allow_pickle=cfg.model.allow_pickle)
     finally:
         hf_logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -114,8 +113,8 @@ def read_inputs(source: str, labels_cfg) -> list[LabelRecord]:
             )
             for where, row in rows
         ]
-    lines = sys.stdin.read().splitlines() if source == "-" else Path(source).read_text(encoding="utf-8").splitlines()
-    name = "stdin" if source == "-" else source
+    name, text = read_text_input(source)
+    lines = text.splitlines()
     out = []
     for no, line in enumerate(lines, start=1):
         if not line.strip():
@@ -124,8 +123,13 @@ def read_inputs(source: str, labels_cfg) -> list[LabelRecord]:
         if line.lstrip().startswith("{"):
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON after all: the line is the text
                 obj = None
+            if bad_text(obj) is not None:
+                raise DataError(
+                    "Text that is not valid Unicode",
+                    [Problem(f"{name}:{no}", "an unpaired surrogate escape", "remove the \\ud800-\\udfff escape")],
+                )
         if isinstance(obj, dict):
             pair = obj.get(labels_cfg.text_pair_column) if labels_cfg.text_pair_column else None
             out.append(
@@ -155,6 +159,17 @@ def run_predict(run_dir: str, source: str, *, output: str | None = None, batch_s
 
     model, tokenizer, cfg = load_run_classifier(run_dir)
     records = read_inputs(source, cfg.labels)
+    if not records:
+        raise DataError(
+            "Nothing to classify",
+            [
+                Problem(
+                    "stdin" if source == "-" else source,
+                    "the input is empty (or only blank lines)",
+                    "give one text a line",
+                )
+            ],
+        )
     rows, _ = encode(tokenizer, records, None, cfg.train.max_length)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     probs = predict_proba(model, rows, model.config.pad_token_id, batch_size=batch_size) if rows else None
