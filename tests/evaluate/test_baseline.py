@@ -9,7 +9,8 @@ import torch
 from conftest import REPO
 from tunesmith.data.bundled import SCHEMA, SYSTEM_PROMPT
 from tunesmith.data.records import Conversation, Message
-from tunesmith.evaluate.generative import build_examples, reference_losses
+from tunesmith.evaluate.generative import build_examples, loss_rows
+from tunesmith.evaluate.loss import row_losses
 from tunesmith.render.templates import IGNORE_INDEX, render_conversation
 
 
@@ -48,20 +49,17 @@ def test_k_shot_demonstrations_follow_the_system_turn(smol_tokenizer):
     assert trained == '{"a": 4}<|im_end|>'
 
 
-def test_reference_loss_equals_transformers_loss(tiny_llama_dir, smol_tokenizer):
-    """Batched, right-padded reference NLL / tokens equals the model's own mean loss on each example alone."""
+def test_row_loss_equals_transformers_loss(tiny_llama_dir, smol_tokenizer):
+    """Batched, right-padded row NLL / tokens equals the model's own mean loss on each example alone."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
-    examples = build_examples(smol_tokenizer, EVAL)
-    got = reference_losses(model, smol_tokenizer, examples, batch_size=2)
-    for ex, (nll, n) in zip(examples, got):
-        r = render_conversation(smol_tokenizer, ex.conversation)
+    rows = loss_rows(smol_tokenizer, EVAL, 256)
+    got = row_losses(model, rows, pad_id=smol_tokenizer.pad_token_id, batch_size=2)
+    for r, (nll, n) in zip(rows, got):
         with torch.no_grad():
             want = model(input_ids=torch.tensor([r.input_ids]), labels=torch.tensor([r.labels])).loss.item()
-        assert (
-            n == sum(1 for t in r.labels if t != IGNORE_INDEX) - 0
-        )  # labels are shifted by one: every trained token counts
+        assert n == sum(1 for t in r.labels if t != IGNORE_INDEX)  # labels are shifted by one: every trained token
         assert nll / n == pytest.approx(want, abs=1e-4)
 
 

@@ -1,4 +1,5 @@
-"""Atomic artifact writes: a crash never leaves a half-written file or folder that looks complete."""
+"""Atomic artifact writes (a crash never leaves a half-written file or folder that looks complete), and free names for
+outputs that must not replace an existing file."""
 
 from __future__ import annotations
 
@@ -48,3 +49,13 @@ def atomic_save_dir(final: str | Path, save_fn) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def free_name(path: Path) -> Path:
+    """``path`` when it does not exist, else the first free ``<stem>-2<suffix>``, ``<stem>-3<suffix>``, ..."""
+    k = 2
+    out = path
+    while out.exists():
+        out = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return out
