@@ -243,3 +243,45 @@ def test_shipped_example_prompting_falls_short_and_sft_meets_the_target(tmp_path
     assert (
         "Prompting falls short; SFT (LoRA adapter) meets every target. Fine-tune." in (run / "report.html").read_text()
     )
+
+
+def test_custom_metric_runs_in_baseline_and_is_recorded_in_the_manifest(decision_run, tmp_path, monkeypatch):
+    from conftest import FIXTURES
+    from tunesmith.config.load import load_config
+    from tunesmith.evaluate.baseline import run_baseline
+
+    monkeypatch.syspath_prepend(str(FIXTURES / "metric_hooks"))
+    import tunesmith_test_hooks
+
+    tunesmith_test_hooks.CALLS.clear()
+    cfg, _ = decision_run
+    name = "tunesmith_test_hooks:same_length"
+    config = load_config(cfg, ["eval.k_shot=0", f"eval.metrics=[exact_match, '{name}']", "eval.targets={}"])
+    (out,) = run_baseline(config, output=tmp_path / "b")
+    rows = _rows(out)
+    assert all(name in r["scores"] for r in rows)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task_metrics"][name] == pytest.approx(sum(r["scores"][name] for r in rows) / len(rows))
+    (hook,) = json.loads((out / "manifest.json").read_text())["custom_metrics"]
+    assert hook["name"] == name and hook["module_file"].endswith("tunesmith_test_hooks.py") and hook["sha256"]
+    # called once per example with what the example is: its id, last user turn, turns before the reference
+    assert [c[2]["id"] for c in tunesmith_test_hooks.CALLS] == [r["id"] for r in rows]
+    pred, ref, example = tunesmith_test_hooks.CALLS[0]
+    assert pred == rows[0]["prediction"] and ref == rows[0]["reference"] == example["reference"]
+    assert example["prompt"] == rows[0]["input"] and example["messages"][-1] == {
+        "role": "user",
+        "content": rows[0]["input"],
+    }
+    # a hook that cannot be imported stops before any model loads or any folder is made
+    res = _cli(
+        "baseline",
+        str(cfg),
+        "--set",
+        "eval.metrics=['no_such_mod:f']",
+        "--set",
+        "eval.targets={}",
+        "--output",
+        str(tmp_path / "x"),
+        code=2,
+    )
+    assert "Cannot import a custom metric" in res.output and not (tmp_path / "x").exists()

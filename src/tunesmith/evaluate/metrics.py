@@ -34,6 +34,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from tunesmith.config.metric_names import REFERENCE_METRICS, is_custom_metric
 from tunesmith.errors import ConfigError, Problem, TunesmithError
@@ -205,7 +206,7 @@ def load_custom_metric(name: str) -> Callable[[str, str, dict], float]:
     module_name, func_name = name.split(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's module's problem, reported as such
+    except Exception as exc:  # any import failure is the user's module's problem, reported as such
         raise ConfigError(
             "Cannot import a custom metric",
             [
@@ -243,7 +244,7 @@ def describe_custom_metric(name: str) -> dict:
     func = load_custom_metric(name)
     try:
         path = inspect.getsourcefile(func)
-        digest = hashlib.sha256(open(path, "rb").read()).hexdigest() if path else None  # noqa: SIM115
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
     except (OSError, TypeError):
         path, digest = None, None
     return {"name": name, "module_file": path, "sha256": digest, "qualname": getattr(func, "__qualname__", None)}
@@ -384,7 +385,7 @@ def _call_custom(name: str, func, prediction: str, reference: str, example: dict
     where = f"eval.metrics: {name}" + (f" on {example['id']}" if example.get("id") else "")
     try:
         value = float(func(prediction, reference, example))
-    except Exception as exc:  # noqa: BLE001 - the user's function failed: report it with the example
+    except Exception as exc:  # the user's function failed: report it with the example
         raise TunesmithError(
             "A custom metric failed",
             [

@@ -130,7 +130,7 @@ def _statistic(run: Run, name: str):
     if name in LOWER_IS_BETTER:
         tokens = np.array([row_tokens(r) for r in rows], dtype=float)
         nll = np.array([row_nll(r) for r in rows], dtype=float)
-        f = lambda idx: mean_token_loss(nll[idx], tokens[idx])  # noqa: E731
+        f = lambda idx: mean_token_loss(nll[idx], tokens[idx])
         return f if name == "eval_loss" else (lambda idx: math.exp(f(idx)))
     vals = np.array([r["scores"].get(name, float("nan")) for r in rows], dtype=float)
     return lambda idx: float(vals[idx].mean())

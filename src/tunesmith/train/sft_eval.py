@@ -12,6 +12,7 @@ with the random state restored and the gradients cleared afterwards, so the run 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class OneLossEvalMixin:
 
     tunesmith_eval_rows: list = []
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:  # noqa: D102
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         """The one eval_loss of ``tunesmith_eval_rows`` (``eval_dataset`` and ``ignore_keys`` are not used)."""
         self._memory_tracker.start()
         rows = self.tunesmith_eval_rows
@@ -106,6 +107,15 @@ def probe_step(trainer) -> float | None:
     """
     if trainer.args.world_size > 1 or not len(trainer.train_dataset):
         return None
+    try:
+        return _probe(trainer)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:  # an estimate must never stop the run
+        logging.getLogger("tunesmith.train").info("no time probe: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def _probe(trainer) -> float:
+    """Two timed forward/backward passes of the first micro-batch, random state restored (see :func:`probe_step`)."""
     model = trainer.model
     n = min(trainer.args.per_device_train_batch_size, len(trainer.train_dataset))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
@@ -220,7 +230,7 @@ def write_reload_check(run_dir: Path, model, tokenizer, convs) -> None:
 
 def print_summary(run_dir: Path, m: dict) -> None:
     """Print the final line: time, eval_loss and perplexity before -> after, speed, trained parameters."""
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"
     console.print(
         f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: "
         f"eval_loss {fmt(m['eval_loss_before'])} -> {fmt(m['eval_loss'])}, "
