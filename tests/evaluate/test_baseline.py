@@ -186,13 +186,16 @@ def test_standalone_commands_reproduce_the_sft_numbers(decision_run, tmp_path):
             assert x["scores"] == pytest.approx(y["scores"], abs=1e-5)
 
 
-def test_report_cli_and_refusals(decision_run, tmp_path):
+def test_report_cli_reruns_and_refusals(decision_run, tmp_path):
     _, run = decision_run
     out = tmp_path / "r.html"
     res = _cli("report", str(run / "baseline"), str(run / "eval"), "--output", str(out), "--target", "json_valid=0.5")
     assert "verdict:" in res.output and out.is_file() and "json_valid ≥ 0.5" in out.read_text()
-    again = _cli("report", str(run / "baseline"), "--output", str(out), code=2)
-    assert "--overwrite" in again.output
+    again = _cli("report", str(run / "baseline"), "--output", str(out))  # runs again: the first report is kept
+    assert (tmp_path / "r-2.html").is_file() and "json_valid ≥ 0.5" in out.read_text()
+    assert f"report: {tmp_path / 'r-2.html'} ({out} exists and is kept; --overwrite replaces it)" in " ".join(
+        again.output.split()
+    )
     missing = _cli("eval", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "e"), code=2)
     assert "Model path not found" in missing.output and not (tmp_path / "e").exists()
     misaligned = _cli(

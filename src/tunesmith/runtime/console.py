@@ -171,7 +171,7 @@ class Progress:
     def print_line(self) -> None:
         """Print :meth:`line` on the console (not markup-interpreted)."""
         self.last_line, self.printed_done = time.monotonic(), self.done
-        console.print(self.line(), highlight=False, markup=False)
+        console.print(self.line(), highlight=False, markup=False, soft_wrap=True)
 
     def finish(self, *, printed: bool = True) -> None:
         """Stop the bar; in plain-line mode print the last line unless it is already out (``printed``: the step

@@ -233,7 +233,7 @@ def start_run(cfg, kind: str, *, overwrite: bool = False, resume: str | bool | N
         if data.eval_off:
             from tunesmith.runtime.console import console
 
-            console.print(f"[yellow]warning:[/] {data.eval_off}", highlight=False)
+            console.print(f"[yellow]warning:[/] {data.eval_off}", highlight=False, soft_wrap=True)
     return Run(cfg, kind, run_dir, checkpoint, data, state)
 
 

@@ -219,7 +219,7 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
     eval_rows, eval_stats = render_all(tokenizer, run.data.eval, max_length, **render)
     warning = truncation_warning(train_stats, max_length, cfg.data.truncation)
     if warning and is_main_process():
-        console.print(f"[bold yellow]truncation warning:[/] {warning}", highlight=False)
+        console.print(f"[bold yellow]truncation warning:[/] {warning}", highlight=False, soft_wrap=True)
     if run.data.eval and not eval_rows:
         raise DataError(
             "No eval row is left after truncation",

@@ -186,7 +186,7 @@ def print_plan(cfg, run, trainer, p) -> dict:
         after.append((f"{min(cfg.eval.num_samples, len(run.data.eval))} sample replies", measured.get("samples")))
     after += list(run.after_training)
     if is_main_process():
-        console.print(_plan_text(steps, done, trainer, p, per_step, train_s, after), highlight=False)
+        console.print(_plan_text(steps, done, trainer, p, per_step, train_s, after), highlight=False, soft_wrap=True)
     return {"steps": steps, "step_seconds": per_step, "train_seconds": train_s, "after": after}
 
 
