@@ -276,3 +276,18 @@ def test_generation_references_copy_the_prompt_and_empty_answer_where_above_zero
         f.startswith("prompting scores contains 0.000, below the trivial reference copy the prompt")
         for f in rep["flags"]
     )
+
+
+def test_no_reference_is_made_up_without_the_run_metric_options(tmp_path):
+    """A run dir without `scoring` (written before it existed): a regex metric cannot be re-scored (the empty answer
+    would full-match an empty pattern), so no trivial reference is shown for it."""
+    path = tmp_path / "old"
+    path.mkdir()
+    rows = [{"id": i, "prompt": "p", "prediction": "x", "reference": "y", "scores": {"regex": 0.0}} for i in range(4)]
+    (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "metrics.json").write_text(json.dumps({"kind": "baseline", "task_metrics": {"regex": 0.0}}))
+    assert build_report([path], {})["references"] == []
+    metrics = json.loads((path / "metrics.json").read_text())
+    metrics["scoring"] = {"regex": r"\d+"}
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    assert build_report([path], {})["references"] == []  # with its pattern: the empty answer scores 0, not shown

@@ -28,6 +28,8 @@ from tunesmith.evaluate.stats import macro_f1, macro_f1_resampler, percentile_ci
 
 LABEL_METRICS = {"accuracy": "macro_f1", "label_accuracy": "label_macro_f1"}
 """Accuracy metric -> its macro-F1, for the two kinds of label task."""
+NEEDS_OPTIONS = frozenset({"json_schema", "regex", "answer_match"})
+"""Metrics that cannot be re-scored without the run's ``scoring`` options (its schema, regex, extractor)."""
 
 
 @dataclass
@@ -89,8 +91,11 @@ def generation_references(run, names: list[str], samples: np.ndarray) -> list[Re
         names: the report's metrics (per-example built-in generation metrics are re-scored; others skipped).
         samples: the report's bootstrap index resamples.
     """
-    scoring = Scoring(**{k: v for k, v in (run.metrics.get("scoring") or {}).items() if k in Scoring.__annotations__})
+    options = run.metrics.get("scoring")
+    scoring = Scoring(**{k: v for k, v in (options or {}).items() if k in Scoring.__annotations__})
     metrics = [m for m in names if m in SCORERS and m not in CORPUS_METRICS and m != "label_accuracy"]
+    if options is None:  # a run dir without its metric options: only the metrics that need none can be re-scored
+        metrics = [m for m in metrics if m not in NEEDS_OPTIONS]
     if not metrics or not run.rows:
         return []
     out = []
