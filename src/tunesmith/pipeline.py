@@ -64,6 +64,8 @@ def run(
     the_run = started or start(kind, cfg, overwrite=overwrite, resume=resume)
     with the_run.guard():
         baselines = _baselines(kind, cfg, the_run) if wants_baseline(kind, cfg) and is_main_process() else []
+        if baselines and kind == "sft":
+            the_run.after_training.append(_eval_estimate(baselines[0]))
         metrics = _train(kind, cfg, the_run)
         if baselines and is_main_process():
             evaluated = _evaluate(kind, cfg, the_run)
@@ -99,6 +101,18 @@ def _baselines(kind: str, cfg, the_run: Run) -> list[Path]:
     from tunesmith.evaluate.baseline import run_baseline
 
     return run_baseline(cfg, output=out, overwrite=True, data=(the_run.data.train, the_run.data.eval))
+
+
+def _eval_estimate(baseline_dir: Path) -> tuple[str, float | None]:
+    """What the decision order runs after SFT training and how long it should take: the trained model is scored like
+    the zero-shot baseline, which took ``eval_seconds``."""
+    import json
+
+    try:
+        m = json.loads((baseline_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return ("scoring the trained model like the baseline, then the report", None)
+    return (f"scoring the trained model on {m.get('eval_examples')} examples, then the report", m.get("eval_seconds"))
 
 
 def _evaluate(kind: str, cfg, the_run: Run) -> Path:

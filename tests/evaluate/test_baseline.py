@@ -9,7 +9,8 @@ import torch
 from conftest import REPO
 from tunesmith.data.bundled import SCHEMA, SYSTEM_PROMPT
 from tunesmith.data.records import Conversation, Message
-from tunesmith.evaluate.generative import build_examples, reference_losses
+from tunesmith.evaluate.generative import build_examples, loss_rows
+from tunesmith.evaluate.loss import row_losses
 from tunesmith.render.templates import IGNORE_INDEX, render_conversation
 
 
@@ -48,20 +49,17 @@ def test_k_shot_demonstrations_follow_the_system_turn(smol_tokenizer):
     assert trained == '{"a": 4}<|im_end|>'
 
 
-def test_reference_loss_equals_transformers_loss(tiny_llama_dir, smol_tokenizer):
-    """Batched, right-padded reference NLL / tokens equals the model's own mean loss on each example alone."""
+def test_row_loss_equals_transformers_loss(tiny_llama_dir, smol_tokenizer):
+    """Batched, right-padded row NLL / tokens equals the model's own mean loss on each example alone."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
-    examples = build_examples(smol_tokenizer, EVAL)
-    got = reference_losses(model, smol_tokenizer, examples, batch_size=2)
-    for ex, (nll, n) in zip(examples, got):
-        r = render_conversation(smol_tokenizer, ex.conversation)
+    rows = loss_rows(smol_tokenizer, EVAL, 256)
+    got = row_losses(model, rows, pad_id=smol_tokenizer.pad_token_id, batch_size=2)
+    for r, (nll, n) in zip(rows, got):
         with torch.no_grad():
             want = model(input_ids=torch.tensor([r.input_ids]), labels=torch.tensor([r.labels])).loss.item()
-        assert (
-            n == sum(1 for t in r.labels if t != IGNORE_INDEX) - 0
-        )  # labels are shifted by one: every trained token counts
+        assert n == sum(1 for t in r.labels if t != IGNORE_INDEX)  # labels are shifted by one: every trained token
         assert nll / n == pytest.approx(want, abs=1e-4)
 
 
@@ -188,13 +186,16 @@ def test_standalone_commands_reproduce_the_sft_numbers(decision_run, tmp_path):
             assert x["scores"] == pytest.approx(y["scores"], abs=1e-5)
 
 
-def test_report_cli_and_refusals(decision_run, tmp_path):
+def test_report_cli_reruns_and_refusals(decision_run, tmp_path):
     _, run = decision_run
     out = tmp_path / "r.html"
     res = _cli("report", str(run / "baseline"), str(run / "eval"), "--output", str(out), "--target", "json_valid=0.5")
     assert "verdict:" in res.output and out.is_file() and "json_valid ≥ 0.5" in out.read_text()
-    again = _cli("report", str(run / "baseline"), "--output", str(out), code=2)
-    assert "--overwrite" in again.output
+    again = _cli("report", str(run / "baseline"), "--output", str(out))  # runs again: the first report is kept
+    assert (tmp_path / "r-2.html").is_file() and "json_valid ≥ 0.5" in out.read_text()
+    assert f"report: {tmp_path / 'r-2.html'} ({out} exists and is kept; --overwrite replaces it)" in " ".join(
+        again.output.split()
+    )
     missing = _cli("eval", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "e"), code=2)
     assert "Model path not found" in missing.output and not (tmp_path / "e").exists()
     misaligned = _cli(
@@ -245,3 +246,45 @@ def test_shipped_example_prompting_falls_short_and_sft_meets_the_target(tmp_path
     assert (
         "Prompting falls short; SFT (LoRA adapter) meets every target. Fine-tune." in (run / "report.html").read_text()
     )
+
+
+def test_custom_metric_runs_in_baseline_and_is_recorded_in_the_manifest(decision_run, tmp_path, monkeypatch):
+    from conftest import FIXTURES
+    from tunesmith.config.load import load_config
+    from tunesmith.evaluate.baseline import run_baseline
+
+    monkeypatch.syspath_prepend(str(FIXTURES / "metric_hooks"))
+    import tunesmith_test_hooks
+
+    tunesmith_test_hooks.CALLS.clear()
+    cfg, _ = decision_run
+    name = "tunesmith_test_hooks:same_length"
+    config = load_config(cfg, ["eval.k_shot=0", f"eval.metrics=[exact_match, '{name}']", "eval.targets={}"])
+    (out,) = run_baseline(config, output=tmp_path / "b")
+    rows = _rows(out)
+    assert all(name in r["scores"] for r in rows)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task_metrics"][name] == pytest.approx(sum(r["scores"][name] for r in rows) / len(rows))
+    (hook,) = json.loads((out / "manifest.json").read_text())["custom_metrics"]
+    assert hook["name"] == name and hook["module_file"].endswith("tunesmith_test_hooks.py") and hook["sha256"]
+    # called once per example with what the example is: its id, last user turn, turns before the reference
+    assert [c[2]["id"] for c in tunesmith_test_hooks.CALLS] == [r["id"] for r in rows]
+    pred, ref, example = tunesmith_test_hooks.CALLS[0]
+    assert pred == rows[0]["prediction"] and ref == rows[0]["reference"] == example["reference"]
+    assert example["prompt"] == rows[0]["input"] and example["messages"][-1] == {
+        "role": "user",
+        "content": rows[0]["input"],
+    }
+    # a hook that cannot be imported stops before any model loads or any folder is made
+    res = _cli(
+        "baseline",
+        str(cfg),
+        "--set",
+        "eval.metrics=['no_such_mod:f']",
+        "--set",
+        "eval.targets={}",
+        "--output",
+        str(tmp_path / "x"),
+        code=2,
+    )
+    assert "Cannot import a custom metric" in res.output and not (tmp_path / "x").exists()

@@ -103,8 +103,11 @@ def test_verdict_text_and_html(runs, tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "Verdict:</b> No run meets every target" in html and html.count("data:image/png;base64,") == 2
     assert "wins 12 / losses 4 / ties 4" in html and "1,024 MiB" in html
-    with pytest.raises(Exception, match="Report file exists"):
-        write_report(list(runs), tmp_path / "report.html", echo=False)
+    again = write_report(list(runs), tmp_path / "report.html", echo=False)  # never overwritten without asking
+    assert again["html"] == tmp_path / "report-2.html" and (tmp_path / "report.html").read_text() == html
+    assert write_report(list(runs), tmp_path / "report.html", echo=False)["html"] == tmp_path / "report-3.html"
+    replaced = write_report(list(runs), tmp_path / "report.html", echo=False, overwrite=True)
+    assert replaced["html"] == tmp_path / "report.html"
 
 
 def test_targets_direction_and_parsing():
@@ -182,3 +185,109 @@ def test_classify_runs_follow_the_same_contract(tmp_path):
         5,
     )  # per 4: tie, win, win, loss and rep["wins"][(1, "macro_f1")] is None
     assert "macro_f1" in head.ci and rep["verdict"] == "Prompting falls short; classify meets every target. Fine-tune."
+
+
+def _label_run(path, kind, method, preds, refs, names=("ham", "spam")):
+    path.mkdir(parents=True)
+    rows = [
+        {"id": i, "prompt": f"t{i}", "prediction": p, "reference": r, "scores": {"accuracy": float(p == r)}}
+        for i, (p, r) in enumerate(zip(preds, refs))
+    ]
+    (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    acc = sum(p == r for p, r in zip(preds, refs)) / len(refs)
+    from tunesmith.evaluate.stats import macro_f1
+
+    f1 = macro_f1(refs, preds, labels=list(names))
+    (path / "metrics.json").write_text(
+        json.dumps(
+            {
+                "kind": kind,
+                "method": method,
+                "model": "m",
+                "task": "classification",
+                "labels": list(names),
+                "task_metrics": {"accuracy": acc, "macro_f1": f1},
+            }
+        )
+    )
+    return path
+
+
+def test_label_task_gets_majority_and_uniform_references_and_flags_prompting_below(tmp_path):
+    """7 ham, 1 spam: always "ham" scores 0.875; prompting that says "spam" every time scores 0.125 and is
+    flagged."""
+    refs = ["ham"] * 7 + ["spam"]
+    prompt = _label_run(tmp_path / "p", "baseline", "prompting", ["spam"] * 8, refs)
+    head = _label_run(tmp_path / "h", "classify", "head", refs, refs)
+    rep = write_report([prompt, head], tmp_path / "r.html", echo=False)
+    major, uniform = rep["references"]
+    assert major.name == "majority class ('ham')" and major.values["accuracy"] == 0.875
+    # macro-F1 of always "ham": ham F1 = 2*7/(7+8) = 14/15, spam 0 -> 7/15
+    assert major.values["macro_f1"] == pytest.approx(7 / 15)
+    assert uniform.name == "uniform random guess (1 of 2)" and uniform.values["accuracy"] == 0.5
+    # expected counts: ham 2*(7/2)/(7+4) = 7/11, spam 2*(1/2)/(1+4) = 1/5
+    assert uniform.values["macro_f1"] == pytest.approx((7 / 11 + 1 / 5) / 2)
+    lo, hi = major.ci["accuracy"]
+    assert lo <= 0.875 <= hi
+    flags = rep["flags"]
+    assert flags[0] == (
+        "prompting scores accuracy 0.125, below the trivial reference majority class ('ham') (0.875): prompting does "
+        "worse than not using the model"
+    )
+    assert any("uniform random guess (1 of 2)" in f and "accuracy" in f for f in flags)
+    assert not any(f.startswith("head") for f in flags)  # only prompting runs are flagged
+    assert rep["verdict_lines"][: len(flags)] == flags
+    html = rep["html"].read_text()
+    assert "reference: majority class (&#x27;ham&#x27;)" in html and "class='flag'" in html
+
+
+def test_without_targets_the_best_run_per_metric_and_whether_its_interval_separates_it(runs, tmp_path):
+    base, sft = runs
+    rep = build_report([base, sft], {})
+    best = [line for line in rep["verdict_lines"] if line.startswith("json_schema:")][0]
+    assert best.startswith("json_schema: best SFT 0.800, ahead of prompting, zero-shot by 0.400 (95% CI")
+    assert best.endswith("separated)")  # paired: 12 wins, 4 losses of 20
+    loss = [line for line in rep["verdict_lines"] if line.startswith("eval_loss:")][0]
+    assert loss.startswith("eval_loss: best SFT 1.300") and "separated" in loss
+    assert rep["verdict"] == "No targets set (eval.targets or --target): the best run per metric is listed above."
+    # two near-identical runs: not separated
+    twin = _write_run(tmp_path / "twin", "eval", "twin", [0, 1, 0, 1, 1] * 4, [3.0, 2.0, 2.0, 3.0, 2.5] * 4)
+    rep = build_report([base, twin], {})
+    line = [x for x in rep["verdict_lines"] if x.startswith("json_schema:")][0]
+    assert line.startswith("json_schema: best twin 0.600") and "not separated" in line
+
+
+def test_generation_references_copy_the_prompt_and_empty_answer_where_above_zero(tmp_path):
+    path = tmp_path / "g"
+    path.mkdir()
+    rows = [
+        {"id": i, "input": q, "prompt": q, "prediction": "x", "reference": r, "scores": {"contains": 0.0, "chrf": 0.1}}
+        for i, (q, r) in enumerate([("Say hi", "hi"), ("Repeat: tea", "tea"), ("2+2?", "4"), ("Name?", "Bob")])
+    ]
+    (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "metrics.json").write_text(
+        json.dumps({"kind": "baseline", "method": "prompting", "task_metrics": {"contains": 0.0, "chrf": 0.1}})
+    )
+    rep = build_report([path], {})
+    (copy,) = rep["references"]  # the empty answer scores 0 on both metrics: not shown
+    assert copy.name == "copy the prompt" and copy.values["contains"] == 0.5  # "hi" in "say hi", "tea" in "...tea"
+    assert copy.values["chrf"] > 0.1
+    assert any(
+        f.startswith("prompting scores contains 0.000, below the trivial reference copy the prompt")
+        for f in rep["flags"]
+    )
+
+
+def test_no_reference_is_made_up_without_the_run_metric_options(tmp_path):
+    """A run dir without `scoring` (written before it existed): a regex metric cannot be re-scored (the empty answer
+    would full-match an empty pattern), so no trivial reference is shown for it."""
+    path = tmp_path / "old"
+    path.mkdir()
+    rows = [{"id": i, "prompt": "p", "prediction": "x", "reference": "y", "scores": {"regex": 0.0}} for i in range(4)]
+    (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "metrics.json").write_text(json.dumps({"kind": "baseline", "task_metrics": {"regex": 0.0}}))
+    assert build_report([path], {})["references"] == []
+    metrics = json.loads((path / "metrics.json").read_text())
+    metrics["scoring"] = {"regex": r"\d+"}
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    assert build_report([path], {})["references"] == []  # with its pattern: the empty answer scores 0, not shown

@@ -248,3 +248,23 @@ def test_export_f16(exported, tmp_path):
     )
     assert 0 < report["round_trip"]["max_abs_logit_diff"] < 1e-2
     assert report["bytes"] < (tmp / "out" / "tiny.gguf").stat().st_size * 0.6
+
+
+def test_export_cli_shows_progress_without_a_terminal(exported, tmp_path):
+    """`tunesmith export` in a subprocess (stderr is a pipe): one progress line per step, then the checks."""
+    import subprocess
+    import sys
+
+    tmp, _, _, _ = exported
+    cmd = [sys.executable, "-m", "tunesmith", "export", "--model", str(tmp / "base"), "--adapter", str(tmp / "adapter")]
+    cmd += ["-o", str(tmp_path / "p.gguf"), "--no-stop-check"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("export: ")]
+    assert [x.split(",")[0] for x in lines] == [
+        "export: 1/3 steps (33%)",
+        "export: 2/3 steps (67%)",
+        "export: 3/3 steps (100%)",
+    ]
+    assert "step loaded and merged" in lines[0] and "step wrote p.gguf" in lines[1] and "ETA 0s" in lines[2]
+    assert (tmp_path / "p.gguf").is_file()

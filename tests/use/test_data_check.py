@@ -141,3 +141,43 @@ def test_fuzz_csv(check_file):
         assert check_file("d.csv", buf.getvalue().encode("utf-8", "surrogatepass")) in (0, 2)
 
     run()
+
+
+def _long_file(tmp_path):
+    reply = lambda i: "tea " * (4 if i else 80)  # the first reply is long
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": reply(i)}]}
+        for i in range(10)
+    ]
+    p = tmp_path / "long.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def test_data_check_warns_when_truncation_cuts_over_5_percent(tmp_path, embedded_source):
+    """1 of 10 examples (10%) is longer than max_length 64: the warning names the max_length that keeps 95%."""
+    p = _long_file(tmp_path)
+    res = runner.invoke(
+        app, ["data", "check", "--set", f"data.path={p}", "--set", "train.max_length=64"], env={"COLUMNS": "200"}
+    )
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "1 of 10 (10.0%)" in out
+    m = re.search(r"truncation warning: max_length 64: 1 of 10 examples \(10\.0%\) are longer and cut", out)
+    assert m, out
+    assert re.search(r"train\.max_length=(\d+) would keep 95% of the examples", out)
+    res = runner.invoke(app, ["data", "check", "--set", f"data.path={p}"], env={"COLUMNS": "200"})  # 256: no cut
+    assert res.exit_code == 0 and "truncation warning" not in res.output
+
+
+def test_data_check_error_policy_exits_2_and_drop_policy_counts(tmp_path, embedded_source):
+    p = _long_file(tmp_path)
+    args = ["data", "check", "--set", f"data.path={p}", "--set", "train.max_length=64"]
+    res = runner.invoke(app, [*args, "--set", "data.truncation=error"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert "1 example(s) are longer than max_length 64 and data.truncation=error" in out and f"{p}:1" in out
+    res = runner.invoke(app, [*args, "--set", "data.truncation=drop"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert re.search(r"dropped: longer than max_length \(data.truncation=drop\)\s*│\s*1\s", res.output)
+    assert "are longer and left out (data.truncation=drop)" in " ".join(res.output.split())

@@ -174,6 +174,10 @@ def test_generate_cli_writes_jsonl(tmp_path, tiny_llama_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["Hello", "How are you?"] and all(r["new_tokens"] == 4 for r in rows)
+    # stderr is not a terminal: plain progress lines (prompts done, tokens/s, ETA) instead of a bar
+    progress = [x for x in proc.stderr.splitlines() if x.startswith("generate: ")]
+    assert progress and progress[-1].startswith("generate: 2/2 prompts (100%), ") and "tokens/s" in progress[-1]
+    assert "ETA 0s" in progress[-1]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
 

@@ -49,11 +49,16 @@ def report(
     run_dirs: list[str] = typer.Argument(
         ..., help="Run directories; the first is the reference (the prompting baseline)."
     ),
-    output: Opt[str] = typer.Option(None, "--output", "-o", help="HTML file (default: <last RUN_DIR>/report.html)."),
+    output: Opt[str] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="HTML file (default: <last RUN_DIR>/report.html); when it exists: the next free name (report-2.html).",
+    ),
     target: Opt[list[str]] = typer.Option(
         None, "--target", help="METRIC=VALUE, e.g. json_schema=0.95 (repeatable; default: eval.targets)."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report file instead."),
 ):
     """Decision report: baseline vs fine-tuned per metric with bootstrap CIs, wins/losses, cost and a verdict against \
 targets."""

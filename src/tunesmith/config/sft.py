@@ -133,7 +133,10 @@ class EvalSection(Section):
     metrics: list[str] = Field(default_factory=lambda: ["exact_match", "rouge_l", "chrf", "eval_loss", "perplexity"])
     (
         "Task metrics of `tunesmith baseline`/`eval`/`report`: exact_match, contains, json_valid, json_schema, regex, "
-        "label_accuracy, label_macro_f1, rouge_l, chrf (from generations), eval_loss, perplexity (from the references)."
+        "answer_match, label_accuracy, label_macro_f1, rouge_l, chrf (from generations), eval_loss, perplexity (mean "
+        "token cross-entropy of the trained tokens of the eval rows, truncated as training truncates them), and custom "
+        "metrics named by import path, `package.module:function` (called as function(prediction, reference, example) "
+        "-> float; imported only when an evaluation runs, recorded in the manifest)."
     )
     json_schema: dict | str | None = None
     (
@@ -142,6 +145,22 @@ class EvalSection(Section):
     )
     regex: str | None = None
     """Pattern the whole stripped answer must match for the `regex` metric (Python `re.fullmatch`, DOTALL)."""
+    answer_extractor: Literal["gsm8k", "last_number", "boxed", "choice"] | None = None
+    (
+        "For answer_match: how the final answer is taken from prediction and reference. `gsm8k`: the text after the "
+        "last `####`, else the last number; `last_number`: the last number; `boxed`: the content of the last "
+        "`\\boxed{...}`; `choice`: a multiple-choice letter A-J. Or set answer_regex instead."
+    )
+    answer_regex: str | None = None
+    (
+        "For answer_match: a Python regex with a capture group; the first group of its last match in prediction and "
+        "reference is the answer (re.DOTALL). Or set answer_extractor instead."
+    )
+    answer_tolerance: float = Field(1e-6, ge=0.0)
+    (
+        "For answer_match: answers that both read as numbers (commas, $ and % ignored) match when they differ by at "
+        "most this, relative to the reference (absolute below 1); other answers compare as normalised text."
+    )
     label_field: str | None = None
     (
         "For label_accuracy/label_macro_f1: the JSON field holding the label (e.g. `topic`); None compares the whole "
@@ -162,16 +181,19 @@ class EvalSection(Section):
 
     @model_validator(mode="after")
     def _decision_fields(self) -> "EvalSection":
-        from tunesmith.config.metric_names import ALL_METRICS
+        from tunesmith.config.metric_names import ALL_METRICS, is_known_metric
 
         problems = [
-            f"unknown metric {m!r} (known: {', '.join(ALL_METRICS)})" for m in self.metrics if m not in ALL_METRICS
+            f"unknown metric {m!r} (known: {', '.join(ALL_METRICS)}, or a custom package.module:function)"
+            for m in self.metrics
+            if not is_known_metric(m)
         ]
         problems += [f"target {t!r} is not in eval.metrics" for t in self.targets if t not in self.metrics]
         if "json_schema" in self.metrics and self.json_schema is None:
             problems.append("metric json_schema needs eval.json_schema (a mapping or a .json file)")
         if "regex" in self.metrics and self.regex is None:
             problems.append("metric regex needs eval.regex")
+        problems += _answer_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -179,12 +201,46 @@ class EvalSection(Section):
     # --- end decision order ---
 
 
+def _answer_problems(section: "EvalSection") -> list[str]:
+    """What is wrong with the answer_match settings: an extractor or a regex, not both, and a regex that compiles and
+    captures."""
+    import re
+
+    problems = []
+    if "answer_match" in section.metrics and (section.answer_extractor is None) == (section.answer_regex is None):
+        problems.append(
+            "metric answer_match needs exactly one of eval.answer_extractor (gsm8k, last_number, boxed, choice) and "
+            "eval.answer_regex"
+        )
+    if section.answer_regex is not None:
+        try:
+            if re.compile(section.answer_regex).groups < 1:
+                problems.append(
+                    f"eval.answer_regex {section.answer_regex!r} has no capture group: wrap the answer in (...)"
+                )
+        except re.error as exc:
+            problems.append(f"eval.answer_regex {section.answer_regex!r} is not a valid regex: {exc}")
+    return problems
+
+
+class SFTDataSection(DataSection):
+    """Which data to train and evaluate on, how to split it, and what to do with conversations over max_length."""
+
+    truncation: Literal["keep_start", "drop", "error"] = "keep_start"
+    (
+        "Conversations longer than train.max_length: `keep_start` keeps their first max_length tokens (the end of the "
+        "reply is lost: a final answer such as GSM8K's `#### 72` is then never trained), `drop` leaves them out of "
+        "training and eval_loss, `error` stops before training and lists them. `tunesmith data check` and `tunesmith "
+        "sft` warn when over 5% of examples or trained tokens are cut, naming the max_length that keeps 95%."
+    )
+
+
 class RunConfig(RootConfig):
     """A whole run: model, data, lora, train and eval sections."""
 
     model: ModelSection = Field(default_factory=ModelSection)
     """Model source and loading."""
-    data: DataSection = Field(default_factory=DataSection)
+    data: SFTDataSection = Field(default_factory=SFTDataSection)
     """Training and evaluation data."""
     lora: LoraSection = Field(default_factory=LoraSection)
     """LoRA adapter (peft.LoraConfig fields)."""

@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 from tunesmith.config.load import config_inputs, dump_config
+from tunesmith.config.metric_names import REFERENCE_METRICS, is_custom_metric
 from tunesmith.config.sft import RunConfig
 from tunesmith.errors import Problem
-from tunesmith.evaluate.generative import build_examples, evaluate_examples, load_schema
+from tunesmith.evaluate.generative import build_examples, evaluate_examples, load_schema, loss_rows
+from tunesmith.evaluate.metrics import Scoring, describe_custom_metric
 from tunesmith.models.adapters import require_adapter
 from tunesmith.models.loading import load_for_use
 from tunesmith.runtime.console import console
@@ -103,6 +105,7 @@ def evaluate_run(
     from tunesmith.models.sources import resolve_model
 
     schema = load_schema(cfg.eval)
+    scoring = Scoring.from_eval(cfg.eval, schema)  # a custom metric that cannot be imported fails before any work
     train, evals = data or _data(cfg)
     if model_dir:
         resolve_model(str(model_dir))  # a missing folder fails before the run dir is created
@@ -113,11 +116,19 @@ def evaluate_run(
     reset_peak_memory()
     name, model, tokenizer, adapter_params = _load(cfg, adapter=adapter, model_dir=model_dir)
     examples = build_examples(tokenizer, evals, train, k_shot=k_shot, seed=cfg.eval.k_shot_seed)
+    from tunesmith.render.rows import resolve_max_length
     from tunesmith.render.templates import end_of_turn_ids
 
+    max_length, _ = resolve_max_length(cfg.train.max_length, tokenizer, model.config)
+    rows_for_loss = None
+    if any(m in REFERENCE_METRICS for m in cfg.eval.metrics):
+        rows_for_loss = loss_rows(
+            tokenizer, evals, max_length, truncation=cfg.data.truncation, generation_config=model.generation_config
+        )
     console.print(
         f"[bold]tunesmith {kind}[/] {method}: model={name}, {len(examples)} eval examples, metrics "
-        f"{', '.join(cfg.eval.metrics)}"
+        f"{', '.join(cfg.eval.metrics)}",
+        highlight=False,
     )
     start = time.perf_counter()
     rows, task, timing = evaluate_examples(
@@ -127,7 +138,8 @@ def evaluate_run(
         cfg.eval,
         batch_size=cfg.train.per_device_eval_batch_size,
         eot_ids=end_of_turn_ids(tokenizer, model.generation_config),
-        json_schema=schema,
+        scoring=scoring,
+        rows_for_loss=rows_for_loss,
     )
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     cost = {
@@ -148,7 +160,14 @@ def evaluate_run(
         "cost": cost,
         "eval_examples": len(rows),
         "targets": dict(cfg.eval.targets),
+        "scoring": scoring.options(),
         "max_new_tokens": cfg.eval.max_new_tokens,
+        "eval_loss_rows": {
+            "max_length": max_length,
+            "truncation": cfg.data.truncation,
+            "rows": sum(1 for r in rows if r.get("reference_tokens")),
+            "trained_tokens": sum(r.get("reference_tokens", 0) for r in rows),
+        },
         "eval_seconds": time.perf_counter() - start,
         **timing,
     }
@@ -160,7 +179,10 @@ def evaluate_run(
         seed=cfg.train.seed,
         dataset_fingerprint=None,
         tokenizer=tokenizer,
-        extra={"evaluated": {"model": name, "adapter": str(adapter) if adapter else None, "k_shot": k_shot}},
+        extra={
+            "evaluated": {"model": name, "adapter": str(adapter) if adapter else None, "k_shot": k_shot},
+            "custom_metrics": [describe_custom_metric(m) for m in cfg.eval.metrics if is_custom_metric(m)],
+        },
     )
     atomic_write_json(out_dir / "metrics.json", metrics)
     console.print(

@@ -29,7 +29,7 @@ from tunesmith.models.generation import decode_reply, generate_ids
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
 from tunesmith.models.sources import resolve_model
 from tunesmith.render.templates import end_of_turn_ids, render_prompt
-from tunesmith.runtime.console import Timer, console
+from tunesmith.runtime.console import Progress, Timer, console
 from tunesmith.runtime.files import atomic_write_json, atomic_write_text
 from tunesmith.runtime.manifest import write_manifest
 from tunesmith.runtime.memory import reset_peak_memory
@@ -113,9 +113,16 @@ def predict_by_prompting(
     prompts = build_prompts(tokenizer, records, names, template)
     eot = end_of_turn_ids(tokenizer, model.generation_config)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    gen = generate_ids(
-        model, tokenizer, [prompts[i] for i in order], max_new_tokens=max_new_tokens, eos_ids=eot, batch_size=batch_size
-    )
+    with Progress("generate", len(prompts)) as bar:
+        gen = generate_ids(
+            model,
+            tokenizer,
+            [prompts[i] for i in order],
+            max_new_tokens=max_new_tokens,
+            eos_ids=eot,
+            batch_size=batch_size,
+            progress=bar,
+        )
     answers = [""] * len(prompts)
     n_tokens = 0
     for i, ids in zip(order, gen):

@@ -6,9 +6,10 @@
 Each eval conversation's last assistant turn is the reference; everything before it (the data's own system and user
 turns, plus ``eval.k_shot`` train examples as user/assistant turns after the system turn) is the prompt, rendered by
 :func:`tunesmith.render.templates.render_prompt`. Generation is :func:`tunesmith.models.generation.generate_ids`
-(batched, left padding, greedy, stops at the template's end-of-turn token). ``eval_loss`` is the mean cross-entropy of
-the reference tokens (the reply and its end-of-turn token, labels from
-:func:`tunesmith.render.templates.render_conversation`) given the prompt; ``perplexity = exp(eval_loss)``.
+(batched, left padding, greedy, stops at the template's end-of-turn token). ``eval_loss`` is the one eval_loss of
+:mod:`tunesmith.evaluate.loss`: the mean token cross-entropy of the trained tokens of the eval conversations rendered
+and truncated exactly as ``tunesmith sft`` renders them (:func:`loss_rows`; k-shot demonstrations are not part of
+those rows, so every prompting variant of one model has the same eval_loss); ``perplexity = exp(eval_loss)``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from tunesmith.config.metric_names import GENERATION_METRICS, REFERENCE_METRICS
+from tunesmith.config.metric_names import REFERENCE_METRICS, generation_metrics
 from tunesmith.data.records import Conversation, Message
 from tunesmith.errors import DataError, Problem
-from tunesmith.evaluate.metrics import aggregate, extract_label, score_example
-from tunesmith.render.templates import IGNORE_INDEX, render_conversation, render_prompt
+from tunesmith.evaluate.loss import row_losses
+from tunesmith.evaluate.metrics import Scoring, aggregate, extract_label, score_example
+from tunesmith.render.rows import render_all
+from tunesmith.render.templates import Rendered, render_prompt
+from tunesmith.runtime.console import Progress
 
 
 @dataclass
@@ -37,12 +39,31 @@ class EvalExample:
         conversation: prompt turns plus the reference as the last assistant turn (earlier assistant turns ``weight=0``).
         reference: the reference answer text.
         prompt_ids: ``list[int][seq]``, the rendered prompt with the generation prompt.
+        source: the eval conversation as loaded (no demonstrations): what a custom metric sees and eval_loss scores.
     """
 
     id: str
     conversation: Conversation
     reference: str
     prompt_ids: list[int]
+    source: Conversation | None = None
+
+    @property
+    def user_text(self) -> str:
+        """The last user turn of the prompt (what "copy the prompt" copies)."""
+        return next((m.content for m in reversed(self.conversation.messages[:-1]) if m.role == "user"), "")
+
+    def as_dict(self) -> dict:
+        """What a custom metric gets as ``example``: id, prompt (last user turn), messages before the reference
+        (``[{role, content}]``), reference and the record's other fields (``meta``)."""
+        conv = self.source or self.conversation
+        return {
+            "id": self.id,
+            "prompt": self.user_text,
+            "messages": [{"role": m.role, "content": m.content} for m in conv.messages[:-1]],
+            "reference": self.reference,
+            "meta": dict(conv.meta),
+        }
 
 
 def _demo_turns(train_convs: list[Conversation], k: int, seed: int) -> list[Message]:
@@ -115,9 +136,8 @@ def build_examples(
         n_sys = next((i for i, m in enumerate(context) if m.role != "system"), len(context))
         turns = context[:n_sys] + demos + context[n_sys:] + [Message("assistant", last.content, name=last.name)]
         full = Conversation(turns, conv.source, dict(conv.meta), conv.kind)
-        out.append(
-            EvalExample(conv.source, full, last.content, render_prompt(tokenizer, full, chat_template=chat_template))
-        )
+        prompt = render_prompt(tokenizer, full, chat_template=chat_template)
+        out.append(EvalExample(conv.source, full, last.content, prompt, conv))
     return out
 
 
@@ -126,37 +146,65 @@ def ids_digest(ids: list[int]) -> str:
     return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
 
 
-@torch.no_grad()
-def reference_losses(
-    model, tokenizer, examples: list[EvalExample], *, batch_size: int = 8, eot_ids=None
-) -> list[tuple[float, int]]:
-    """Summed cross-entropy (nats) and token count of each example's reference given its prompt.
+def loss_rows(
+    tokenizer,
+    eval_convs: list[Conversation],
+    max_length: int,
+    *,
+    truncation: str = "keep_start",
+    generation_config=None,
+) -> list[Rendered | None]:
+    """The eval rows eval_loss is computed on, one per eval conversation: rendered, masked and truncated by
+    :func:`tunesmith.render.rows.render_all` exactly as ``tunesmith sft`` renders its eval set (None where the policy
+    or truncation left no trained token).
 
-    Args:
-        examples: the eval examples; only the last assistant turn (reply + end-of-turn token) carries labels.
-
-    Returns:
-        ``list[(nll_sum: float, tokens: int)]``, one per example (eval_loss of the set = sum nll / sum tokens).
+    Raises:
+        DataError: a conversation the template refuses; with ``truncation="error"``, conversations over max_length.
     """
-    rendered = [render_conversation(tokenizer, ex.conversation, eot_ids=eot_ids) for ex in examples]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(rendered), batch_size):
-        chunk = rendered[start : start + batch_size]
-        width = max(len(r.input_ids) for r in chunk)
-        ids = torch.tensor([r.input_ids + [pad] * (width - len(r.input_ids)) for r in chunk], device=device)
-        mask = torch.tensor([[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in chunk], device=device)
-        labels = torch.tensor([r.labels + [IGNORE_INDEX] * (width - len(r.labels)) for r in chunk], device=device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
-        )
-        for row in range(len(chunk)):
-            valid = shift_labels[row] != IGNORE_INDEX
-            out.append((float(nll[row][valid].sum()), int(valid.sum())))
+    rows, stats = render_all(
+        tokenizer, eval_convs, max_length, generation_config=generation_config, truncation=truncation
+    )
+    out: list[Rendered | None] = [None] * len(eval_convs)
+    for k, row in zip(stats.kept_index, rows):
+        out[k] = row
     return out
+
+
+def _generate(model, tokenizer, examples, eval_cfg, *, batch_size, eot_ids) -> tuple[list[str], int, float]:
+    """Greedy replies of every example (shortest prompts first), with progress; (predictions, new tokens, seconds)."""
+    import time
+
+    from tunesmith.models.generation import decode_reply, generate_ids
+
+    predictions, n_tokens = [""] * len(examples), 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
+    t0 = time.perf_counter()
+    with Progress("generate", len(examples)) as bar:
+        gen = generate_ids(
+            model,
+            tokenizer,
+            [examples[i].prompt_ids for i in order],
+            max_new_tokens=eval_cfg.max_new_tokens,
+            eos_ids=eot_ids,
+            batch_size=batch_size,
+            progress=bar,
+        )
+    for i, ids in zip(order, gen):
+        predictions[i] = decode_reply(tokenizer, ids)
+        n_tokens += len(ids)
+    return predictions, n_tokens, time.perf_counter() - t0
+
+
+def _losses(model, tokenizer, rows, batch_size: int) -> tuple[list[tuple[float, int]], float]:
+    """eval_loss terms of every row (``(0.0, 0)`` for a dropped row), with progress; (terms, seconds)."""
+    import time
+
+    kept = [r for r in rows if r is not None]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    t0 = time.perf_counter()
+    with Progress("eval_loss", len(kept), unit="rows") as bar:
+        terms = iter(row_losses(model, kept, pad_id=pad, batch_size=batch_size, progress=bar))
+    return [next(terms) if r is not None else (0.0, 0) for r in rows], time.perf_counter() - t0
 
 
 def evaluate_examples(
@@ -168,79 +216,74 @@ def evaluate_examples(
     batch_size: int = 8,
     eot_ids=None,
     json_schema: dict | None = None,
+    scoring: Scoring | None = None,
+    rows_for_loss: list[Rendered | None] | None = None,
 ) -> tuple[list[dict], dict, dict]:
-    """Generate, score and aggregate: the shared evaluation step.
+    """Generate, score and aggregate: the shared evaluation step (progress lines for generation and eval_loss).
 
     Args:
         model: a causal LM in eval mode.
         examples: from :func:`build_examples`.
-        eval_cfg: the ``eval`` section (metrics, regex, label_field, max_new_tokens).
-        json_schema: the loaded schema for the ``json_schema`` metric.
+        eval_cfg: the ``eval`` section (metrics, max_new_tokens and the scoring options).
+        json_schema: the loaded schema for the ``json_schema`` metric (when ``scoring`` is not given).
+        scoring: the metric options and custom metric functions (default: from ``eval_cfg``).
+        rows_for_loss: the eval_loss row of each example (:func:`loss_rows`); needed for eval_loss/perplexity.
 
     Returns:
-        (rows, task_metrics, timing): ``rows`` are ``predictions.jsonl`` lines (id, prompt, prediction, reference,
-        scores, and labels / reference_tokens / prompt_ids_sha256); ``task_metrics`` ``{metric: float}``; ``timing``
-        ``{"generated_tokens", "generation_seconds", "loss_seconds"}``.
+        (rows, task_metrics, timing): ``rows`` are ``predictions.jsonl`` lines (id, input, prompt, prediction,
+        reference, scores, and labels / answers / reference_nll / reference_tokens / prompt_ids_sha256);
+        ``task_metrics`` ``{metric: float}``; ``timing`` ``{"generated_tokens", "generation_seconds",
+        "loss_seconds"}``.
+
+    Raises:
+        TunesmithError: a custom metric that fails.
     """
-    import time
-
-    from tunesmith.models.generation import decode_reply, generate_ids
-
+    scoring = scoring or Scoring.from_eval(eval_cfg, json_schema)
     metrics = list(eval_cfg.metrics)
-    gen_metrics = [m for m in metrics if m in GENERATION_METRICS]
+    gen_metrics = generation_metrics(metrics)
     predictions, n_tokens, gen_s = [""] * len(examples), 0, 0.0
     if gen_metrics:
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
-        t0 = time.perf_counter()
-        gen = generate_ids(
-            model,
-            tokenizer,
-            [examples[i].prompt_ids for i in order],
-            max_new_tokens=eval_cfg.max_new_tokens,
-            eos_ids=eot_ids,
-            batch_size=batch_size,
+        predictions, n_tokens, gen_s = _generate(
+            model, tokenizer, examples, eval_cfg, batch_size=batch_size, eot_ids=eot_ids
         )
-        gen_s = time.perf_counter() - t0
-        for i, ids in zip(order, gen):
-            predictions[i] = decode_reply(tokenizer, ids)
-            n_tokens += len(ids)
     losses, loss_s = None, 0.0
     if any(m in REFERENCE_METRICS for m in metrics):
-        t0 = time.perf_counter()
-        losses = reference_losses(model, tokenizer, examples, batch_size=batch_size, eot_ids=eot_ids)
-        loss_s = time.perf_counter() - t0
-    rows = []
-    for i, ex in enumerate(examples):
-        scores = score_example(
-            predictions[i],
-            ex.reference,
-            gen_metrics,
-            json_schema=json_schema,
-            regex=eval_cfg.regex,
-            label_field=eval_cfg.label_field,
-        )
-        row = {
-            "id": ex.id,
-            "prompt": tokenizer.decode(ex.prompt_ids),
-            "prediction": predictions[i],
-            "reference": ex.reference,
-            "scores": scores,
-            "prompt_ids_sha256": ids_digest(ex.prompt_ids),
-            "prompt_tokens": len(ex.prompt_ids),
-        }
-        if losses is not None:
-            nll, toks = losses[i]
-            scores["eval_loss"] = nll / max(toks, 1)
-            scores["perplexity"] = math.exp(scores["eval_loss"])
-            row["reference_tokens"] = toks
-        if "label_accuracy" in metrics or "label_macro_f1" in metrics:
-            row["labels"] = {
-                "prediction": extract_label(predictions[i], eval_cfg.label_field),
-                "reference": extract_label(ex.reference, eval_cfg.label_field),
-            }
-        rows.append(row)
+        losses, loss_s = _losses(model, tokenizer, rows_for_loss or [None] * len(examples), batch_size)
+    rows = [
+        _row(tokenizer, ex, predictions[i], gen_metrics, scoring, losses[i] if losses else None, metrics)
+        for i, ex in enumerate(examples)
+    ]
     timing = {"generated_tokens": n_tokens, "generation_seconds": gen_s, "loss_seconds": loss_s}
     return rows, aggregate(rows, metrics), timing
+
+
+def _row(tokenizer, ex: EvalExample, prediction: str, gen_metrics, scoring: Scoring, loss, metrics) -> dict:
+    """One ``predictions.jsonl`` line."""
+    scores = score_example(prediction, ex.reference, gen_metrics, scoring, example=ex.as_dict())
+    row = {
+        "id": ex.id,
+        "input": ex.user_text,
+        "prompt": tokenizer.decode(ex.prompt_ids),
+        "prediction": prediction,
+        "reference": ex.reference,
+        "scores": scores,
+        "prompt_ids_sha256": ids_digest(ex.prompt_ids),
+        "prompt_tokens": len(ex.prompt_ids),
+    }
+    if loss is not None:
+        nll, toks = loss
+        row["reference_nll"], row["reference_tokens"] = nll, toks
+        if toks:
+            scores["eval_loss"] = nll / toks
+            scores["perplexity"] = math.exp(scores["eval_loss"])
+    if "label_accuracy" in metrics or "label_macro_f1" in metrics:
+        row["labels"] = {
+            "prediction": extract_label(prediction, scoring.label_field),
+            "reference": extract_label(ex.reference, scoring.label_field),
+        }
+    if "answer_match" in metrics:
+        row["answers"] = {"prediction": scoring.answer(prediction), "reference": scoring.answer(ex.reference)}
+    return row
 
 
 def load_schema(eval_cfg) -> dict | None:

@@ -1,6 +1,7 @@
 """Task metrics of generated answers, per example and aggregated (used by `tunesmith baseline` and `tunesmith eval`).
 
     tunesmith baseline configs/sft/decision-chatterbot-json.yaml    # scores generations with eval.metrics
+    tunesmith baseline configs/sft/gsm8k.yaml --set data.path=... --set data.eval_path=...   # answer_match
 
 Metrics computed from a generation and its reference (each per example, in [0, 1]):
 
@@ -9,23 +10,35 @@ Metrics computed from a generation and its reference (each per example, in [0, 1
 - ``json_valid``: the stripped prediction parses as JSON (Python's ``json``).
 - ``json_schema``: it parses and validates against ``eval.json_schema`` (``jsonschema``, the schema's own draft).
 - ``regex``: the stripped prediction matches ``eval.regex`` in full (``re.fullmatch``).
+- ``answer_match``: the final answer extracted from prediction and reference (:func:`extract_answer`:
+  ``eval.answer_regex`` or the extractor ``eval.answer_extractor``) is the same: numerically within
+  ``eval.answer_tolerance`` when both read as numbers (:func:`same_answer`), else as normalised text. An answer that
+  cannot be extracted from the prediction scores 0.
 - ``label_accuracy`` / ``label_macro_f1``: the label of the prediction equals the reference's label; the label is
   ``eval.label_field`` of the JSON object when set (``None`` when the prediction is no JSON object with that field),
   else the normalised whole answer. Macro-F1 is scikit-learn's ``f1_score(average="macro")`` over the reference
   labels (a predicted label outside them counts as wrong), a corpus-level figure with no per-example value.
 - ``rouge_l``: ROUGE-L F-measure (``rouge-score``, Lin 2004), ``chrf``: chrF (``sacrebleu``, Popović 2015) / 100,
   both sentence-level; the aggregate is their mean.
+- a custom metric ``package.module:function``: ``function(prediction, reference, example) -> float``, imported by
+  :func:`load_custom_metric` from the import path the user named in ``eval.metrics`` (never from a file path).
 
-``eval_loss`` and ``perplexity`` are computed from the references by :mod:`tunesmith.evaluate.generative`.
+``eval_loss`` and ``perplexity`` are computed from the references by :mod:`tunesmith.evaluate.loss`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
-from tunesmith.config.metric_names import REFERENCE_METRICS
+from tunesmith.config.metric_names import REFERENCE_METRICS, is_custom_metric
+from tunesmith.errors import ConfigError, Problem, TunesmithError
+from tunesmith.evaluate.loss import mean_token_loss, row_nll, row_tokens
 from tunesmith.evaluate.stats import macro_f1
 
 
@@ -73,6 +86,226 @@ def extract_label(text: str, field: str | None) -> str | None:
     return normalise(str(obj[field]))
 
 
+# --- answer extraction -------------------------------------------------------------------------------------------
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+"""A number as written in answers: optional minus, digits with thousands commas, optional decimals (``-1,234.5``)."""
+_CHOICE_ANSWER = re.compile(r"answer\s*(?:is|:)?\s*[:(\[]?\s*([A-J])\b", re.IGNORECASE)
+_CHOICE_LEAD = re.compile(r"\s*[(\[]?([A-J])(?:[)\].:]|\s*$)")
+_CHOICE_PAREN = re.compile(r"\(([A-J])\)")
+
+
+def last_number(text: str) -> str | None:
+    """The last number in ``text`` (``"so 3 + 4 = 7."`` -> ``"7"``), or None."""
+    found = NUMBER.findall(text)
+    return found[-1] if found else None
+
+
+def gsm8k_answer(text: str) -> str | None:
+    """GSM8K's final answer: the rest of the line after the last ``####`` (``"... #### 1,200"`` -> ``"1,200"``), else
+    :func:`last_number` of the whole text (a model that answers without the marker)."""
+    if "####" in text:
+        answer = text.rsplit("####", 1)[1].split("\n", 1)[0].strip()
+        if answer:
+            return answer
+    return last_number(text)
+
+
+def boxed_answer(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (braces balanced: ``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``), or
+    None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j].strip()
+    return None
+
+
+def choice_answer(text: str) -> str | None:
+    """A multiple-choice letter A-J: the last ``answer is X`` / ``answer: (X)``; else a letter leading the text
+    and followed by ``)``, ``]``, ``.``, ``:`` or nothing (``"B"``, ``"(B) ..."``, ``"B. ..."``; not the article in
+    ``"A cat"``); else the last parenthesised ``(X)``. Returned in upper case, or None."""
+    said = _CHOICE_ANSWER.findall(text)
+    if said:
+        return said[-1].upper()
+    lead = _CHOICE_LEAD.match(text)
+    if lead:
+        return lead.group(1)
+    paren = _CHOICE_PAREN.findall(text)
+    return paren[-1] if paren else None
+
+
+EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "gsm8k": gsm8k_answer,
+    "last_number": last_number,
+    "boxed": boxed_answer,
+    "choice": choice_answer,
+}
+"""``eval.answer_extractor`` name -> extractor (text -> answer or None)."""
+
+
+def extract_answer(text: str, *, extractor: str | None = None, regex: str | None = None) -> str | None:
+    """The final answer of a text: group 1 of the last match of ``regex`` (``re.DOTALL``), else the named extractor.
+
+    Args:
+        text: a prediction or a reference.
+        extractor: a name of :data:`EXTRACTORS` (used when ``regex`` is None).
+        regex: a pattern with at least one capture group.
+
+    Returns:
+        The answer text (stripped), or None when nothing could be extracted.
+    """
+    if regex is not None:
+        matches = list(re.finditer(regex, text, flags=re.DOTALL))
+        value = matches[-1].group(1) if matches else None
+        return value.strip() if value is not None else None
+    return EXTRACTORS[extractor or "last_number"](text)
+
+
+def as_number(answer: str) -> float | None:
+    """The number an answer states, ignoring ``$``, ``%``, thousands commas, spaces and a final full stop
+    (``"$1,200.50."`` -> 1200.5); None when it is not a plain number."""
+    text = answer.strip().replace(",", "").replace("$", "").replace("%", "").replace(" ", "").rstrip(".")
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def same_answer(prediction: str | None, reference: str | None, tolerance: float = 1e-6) -> bool:
+    """True when two extracted answers agree: numerically, ``|p - r| <= tolerance * max(1, |r|)``, when both read as
+    numbers (:func:`as_number`); else as normalised text without trailing punctuation. None never matches."""
+    if prediction is None or reference is None:
+        return False
+    p, r = as_number(prediction), as_number(reference)
+    if p is not None and r is not None:
+        return abs(p - r) <= tolerance * max(1.0, abs(r))
+    return normalise(prediction).rstrip(".!") == normalise(reference).rstrip(".!")
+
+
+# --- custom metrics ----------------------------------------------------------------------------------------------
+
+
+def load_custom_metric(name: str) -> Callable[[str, str, dict], float]:
+    """Import the function a custom metric names, ``package.module:function``, from the import path (never a file).
+
+    Raises:
+        ConfigError: a malformed name, a module that cannot be imported (with the import error), or an attribute that
+            is missing or not callable.
+    """
+    import importlib
+
+    where = f"eval.metrics: {name}"
+    if not is_custom_metric(name):
+        raise ConfigError("Not a custom metric", [Problem(where, "expected package.module:function", "fix the name")])
+    module_name, func_name = name.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import failure is the user's module's problem, reported as such
+        raise ConfigError(
+            "Cannot import a custom metric",
+            [
+                Problem(
+                    where,
+                    f"importing {module_name} failed: {type(exc).__name__}: {exc}",
+                    "install the package, or run with PYTHONPATH set to the folder holding it",
+                )
+            ],
+        ) from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ConfigError(
+            "Custom metric is not a function",
+            [
+                Problem(
+                    where,
+                    f"{module_name} has no callable {func_name!r}",
+                    "name a function (prediction, reference, example) -> float",
+                )
+            ],
+        )
+    return func
+
+
+def describe_custom_metric(name: str) -> dict:
+    """What the manifest records of a custom metric: its name, the file it was imported from and that file's SHA-256.
+
+    Raises:
+        ConfigError: as :func:`load_custom_metric`.
+    """
+    import hashlib
+    import inspect
+
+    func = load_custom_metric(name)
+    try:
+        path = inspect.getsourcefile(func)
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except (OSError, TypeError):
+        path, digest = None, None
+    return {"name": name, "module_file": path, "sha256": digest, "qualname": getattr(func, "__qualname__", None)}
+
+
+# --- scoring -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scoring:
+    """The options every metric may need (from the ``eval`` section), and the custom metric functions.
+
+    Attributes:
+        json_schema: the JSON Schema of ``json_schema``; regex: the full-match pattern of ``regex``.
+        label_field: the JSON field of ``label_accuracy`` (None: the whole answer).
+        answer_extractor / answer_regex / answer_tolerance: ``answer_match`` (see :func:`extract_answer`).
+        custom: custom metric name -> function (loaded by :func:`load_custom_metric`).
+    """
+
+    json_schema: dict | None = None
+    regex: str | None = None
+    label_field: str | None = None
+    answer_extractor: str | None = None
+    answer_regex: str | None = None
+    answer_tolerance: float = 1e-6
+    custom: dict[str, Callable] = field(default_factory=dict)
+
+    @classmethod
+    def from_eval(cls, eval_cfg, json_schema: dict | None = None, *, load_custom: bool = True) -> "Scoring":
+        """The scoring options of an ``eval`` section; custom metrics are imported when ``load_custom``.
+
+        Raises:
+            ConfigError: a custom metric that cannot be imported.
+        """
+        custom = {m: load_custom_metric(m) for m in eval_cfg.metrics if is_custom_metric(m)} if load_custom else {}
+        return cls(
+            json_schema=json_schema,
+            regex=eval_cfg.regex,
+            label_field=eval_cfg.label_field,
+            answer_extractor=getattr(eval_cfg, "answer_extractor", None),
+            answer_regex=getattr(eval_cfg, "answer_regex", None),
+            answer_tolerance=getattr(eval_cfg, "answer_tolerance", 1e-6),
+            custom=custom,
+        )
+
+    def options(self) -> dict:
+        """The options as JSON (``metrics.json`` ``scoring``; the report re-scores trivial answers with them)."""
+        return {
+            "json_schema": self.json_schema,
+            "regex": self.regex,
+            "label_field": self.label_field,
+            "answer_extractor": self.answer_extractor,
+            "answer_regex": self.answer_regex,
+            "answer_tolerance": self.answer_tolerance,
+        }
+
+    def answer(self, text: str) -> str | None:
+        """The answer ``answer_match`` compares (:func:`extract_answer` with these options)."""
+        return extract_answer(text, extractor=self.answer_extractor, regex=self.answer_regex)
+
+
 @lru_cache(maxsize=1)
 def _rouge():
     from rouge_score import rouge_scorer
@@ -93,50 +326,75 @@ def _chrf():
     return CHRF()
 
 
+def _label_accuracy(p: str, r: str, s: Scoring) -> float:
+    label = extract_label(p, s.label_field)
+    return float(label is not None and label == extract_label(r, s.label_field))
+
+
+SCORERS: dict[str, Callable[[str, str, Scoring], float]] = {
+    "exact_match": lambda p, r, s: float(normalise(p) == normalise(r)),
+    "contains": lambda p, r, s: float(normalise(r) in normalise(p)),
+    "json_valid": lambda p, r, s: float(parse_json(p) is not None),
+    "json_schema": lambda p, r, s: float((v := parse_json(p)) is not None and schema_valid(v, s.json_schema or {})),
+    "regex": lambda p, r, s: float(re.fullmatch(s.regex or "", p.strip(), flags=re.DOTALL) is not None),
+    "answer_match": lambda p, r, s: float(same_answer(s.answer(p), s.answer(r), s.answer_tolerance)),
+    "label_accuracy": _label_accuracy,
+    "rouge_l": lambda p, r, s: rouge_l(p, r),
+    "chrf": lambda p, r, s: float(_chrf().sentence_score(p, [r]).score) / 100.0,
+}
+"""Per-example built-in metrics: name -> (prediction, reference, scoring) -> score in [0, 1]."""
+
+
 def score_example(
     prediction: str,
     reference: str,
     metrics: list[str] | tuple[str, ...],
+    scoring: Scoring | None = None,
     *,
-    json_schema: dict | None = None,
-    regex: str | None = None,
-    label_field: str | None = None,
+    example: dict | None = None,
+    **options,
 ) -> dict[str, float]:
     """Per-example scores of one generated answer.
 
     Args:
         prediction: the generated text (end-of-turn token removed).
         reference: the reference answer.
-        metrics: metric names (see :data:`ALL_METRICS`); corpus-level and reference metrics are skipped here.
-        json_schema: the JSON Schema for ``json_schema``.
-        regex: the pattern for ``regex`` (must match the whole stripped prediction).
-        label_field: JSON field holding the label for ``label_accuracy`` (None: the whole answer).
+        metrics: metric names; corpus-level and reference metrics are skipped here.
+        scoring: the options (:class:`Scoring`); or give them as keywords (``json_schema=``, ``regex=``,
+            ``label_field=``, ``answer_extractor=``, ``answer_regex=``, ``answer_tolerance=``, ``custom=``).
+        example: what a custom metric gets as its third argument (id, prompt, reference, messages, meta).
 
     Returns:
-        ``{metric: float}``: 1.0/0.0 for the binary metrics, [0, 1] for ``rouge_l`` and ``chrf``.
+        ``{metric: float}``: 1.0/0.0 for the binary metrics, [0, 1] for ``rouge_l`` and ``chrf``, the custom
+        function's value for a custom metric.
+
+    Raises:
+        TunesmithError: a custom metric that raises or returns something that is not a number.
     """
+    s = scoring or Scoring(**options)
     out: dict[str, float] = {}
-    pred_n, ref_n = normalise(prediction), normalise(reference)
-    parsed = parse_json(prediction) if {"json_valid", "json_schema"} & set(metrics) else None
     for name in metrics:
-        if name == "exact_match":
-            out[name] = float(pred_n == ref_n)
-        elif name == "contains":
-            out[name] = float(ref_n in pred_n)
-        elif name == "json_valid":
-            out[name] = float(parsed is not None)
-        elif name == "json_schema":
-            out[name] = float(parsed is not None and schema_valid(parsed, json_schema or {}))
-        elif name == "regex":
-            out[name] = float(re.fullmatch(regex or "", prediction.strip(), flags=re.DOTALL) is not None)
-        elif name == "label_accuracy":
-            label = extract_label(prediction, label_field)
-            out[name] = float(label is not None and label == extract_label(reference, label_field))
-        elif name == "rouge_l":
-            out[name] = rouge_l(prediction, reference)
-        elif name == "chrf":
-            out[name] = float(_chrf().sentence_score(prediction, [reference]).score) / 100.0
+        if name in SCORERS:
+            out[name] = SCORERS[name](prediction, reference, s)
+        elif name in s.custom:
+            out[name] = _call_custom(name, s.custom[name], prediction, reference, example or {})
     return out
+
+
+def _call_custom(name: str, func, prediction: str, reference: str, example: dict) -> float:
+    where = f"eval.metrics: {name}" + (f" on {example['id']}" if example.get("id") else "")
+    try:
+        value = float(func(prediction, reference, example))
+    except Exception as exc:  # the user's function failed: report it with the example
+        raise TunesmithError(
+            "A custom metric failed",
+            [
+                Problem(
+                    where, f"{type(exc).__name__}: {exc}", "return a float for every (prediction, reference, example)"
+                )
+            ],
+        ) from None
+    return value
 
 
 def aggregate(rows: list[dict], metrics: list[str] | tuple[str, ...]) -> dict[str, float]:
@@ -144,23 +402,22 @@ def aggregate(rows: list[dict], metrics: list[str] | tuple[str, ...]) -> dict[st
 
     Args:
         rows: ``predictions.jsonl`` rows: ``{"scores": {metric: float}, "labels": {"prediction", "reference"},
-            "reference_tokens": int}``; ``labels`` is needed for ``label_macro_f1``, ``reference_tokens`` weights
-            ``eval_loss`` (a per-token mean over all reference tokens).
+            "reference_nll": float, "reference_tokens": int}``; ``labels`` is needed for ``label_macro_f1``,
+            ``reference_nll``/``reference_tokens`` (summed nats and trained tokens of the example's row) for
+            ``eval_loss``.
         metrics: the metric names to aggregate.
 
     Returns:
-        ``{metric: float}``: means of per-example scores; ``label_macro_f1`` from the labels; ``eval_loss`` weighted by
-        reference tokens and ``perplexity = exp(eval_loss)``.
+        ``{metric: float}``: means of per-example scores; ``label_macro_f1`` from the labels; ``eval_loss`` by
+        :func:`tunesmith.evaluate.loss.mean_token_loss` over every row (rows truncation dropped have 0 tokens) and
+        ``perplexity = exp(eval_loss)``.
     """
-    import math
-
     out: dict[str, float] = {}
     for name in metrics:
         if name == "label_macro_f1":
             out[name] = macro_f1([r["labels"]["reference"] for r in rows], [r["labels"]["prediction"] for r in rows])
         elif name in REFERENCE_METRICS:
-            tokens = sum(r.get("reference_tokens", 1) for r in rows)
-            loss = sum(r["scores"]["eval_loss"] * r.get("reference_tokens", 1) for r in rows) / max(tokens, 1)
+            loss = mean_token_loss([row_nll(r) for r in rows], [row_tokens(r) for r in rows])
             out[name] = loss if name == "eval_loss" else math.exp(loss)
         else:
             vals = [r["scores"][name] for r in rows if name in r["scores"]]

@@ -6,9 +6,13 @@
 The first run is the reference (normally the prompting baseline). For every metric the report shows each run's value
 with a percentile bootstrap 95% confidence interval (Efron & Tibshirani 1993; examples resampled with replacement,
 the same resamples for every run, so the interval of the difference to the reference is paired), per-example wins
-and losses against the reference, cost figures (parameters, generation tokens/second, peak memory) and a plain verdict
-against the targets (``eval.targets`` of the runs' config, or ``--target``). Any run dir following the shared
-contract (``metrics.json`` + ``predictions.jsonl``) works, e.g. ``tunesmith classify`` runs.
+and losses against the reference, trivial references (majority class and uniform guess for label tasks, "copy the
+prompt" and "empty answer" for generation; :mod:`tunesmith.evaluate.references`) with a flag on any prompting run
+below one, cost figures (parameters, generation tokens/second, peak memory) and a plain verdict against the targets
+(``eval.targets`` of the runs' config, or ``--target``); without targets, the best run per metric and whether its
+interval separates it from the next. Any run dir following the shared contract (``metrics.json`` +
+``predictions.jsonl``) works, e.g. ``tunesmith classify`` runs. An existing report is never overwritten without
+``--overwrite``: the report goes to the next free name (``report-2.html``, ...).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pathlib import Path
 
 from tunesmith.config.metric_names import CORPUS_METRICS, LOWER_IS_BETTER
 from tunesmith.errors import DataError, Problem, TunesmithError
+from tunesmith.evaluate.loss import mean_token_loss, row_nll, row_tokens
+from tunesmith.evaluate.references import below_reference_flags, best_lines, generation_references, label_references
 from tunesmith.evaluate.stats import N_RESAMPLES, macro_f1_resampler, percentile_ci, resample_indices
 
 N_BOOTSTRAP = N_RESAMPLES
@@ -122,25 +128,29 @@ def _statistic(run: Run, name: str):
         preds = [r.get("labels", {}).get("prediction", r.get("prediction")) for r in rows]
         return macro_f1_resampler(refs, preds)
     if name in LOWER_IS_BETTER:
-        w = np.array([r.get("reference_tokens", 1) for r in rows], dtype=float)
-        loss = np.array([r["scores"].get("eval_loss", float("nan")) for r in rows], dtype=float)
-        f = lambda idx: float((loss[idx] * w[idx]).sum() / w[idx].sum())  # noqa: E731
+        tokens = np.array([row_tokens(r) for r in rows], dtype=float)
+        nll = np.array([row_nll(r) for r in rows], dtype=float)
+        f = lambda idx: mean_token_loss(nll[idx], tokens[idx])
         return f if name == "eval_loss" else (lambda idx: math.exp(f(idx)))
     vals = np.array([r["scores"].get(name, float("nan")) for r in rows], dtype=float)
     return lambda idx: float(vals[idx].mean())
 
 
-def bootstrap(runs: list[Run], names: list[str], *, n: int = N_BOOTSTRAP, seed: int = 0, level: float = 0.95) -> None:
+def bootstrap(runs: list[Run], names: list[str], *, n: int = N_BOOTSTRAP, seed: int = 0, level: float = 0.95) -> dict:
     """Fill ``run.ci`` and ``run.delta_ci`` with percentile bootstrap intervals (:mod:`tunesmith.evaluate.stats`).
 
     The same ``n`` index resamples (size = number of examples) serve every run and metric, so ``delta_ci`` is the
     interval of the paired difference to the reference run ``runs[0]``. A metric some row lacks gets no interval.
+
+    Returns:
+        ``{(id(run), metric): FloatArray[n]}``, the bootstrap statistics (paired differences of any two runs).
     """
     import numpy as np
 
     size = len(runs[0].rows)
+    all_stats: dict = {}
     if size == 0:
-        return
+        return all_stats
     samples = resample_indices(size, n, seed)
     for name in names:
         stats = {}
@@ -154,10 +164,12 @@ def bootstrap(runs: list[Run], names: list[str], *, n: int = N_BOOTSTRAP, seed: 
                 del stats[id(run)]
                 continue
             run.ci[name] = percentile_ci(stats[id(run)], level)
+            all_stats[(id(run), name)] = stats[id(run)]
         ref = stats.get(id(runs[0]))
         for run in runs[1:]:
             if ref is not None and id(run) in stats:
                 run.delta_ci[name] = percentile_ci(stats[id(run)] - ref, level)
+    return all_stats
 
 
 def wins_losses(ref: Run, run: Run, name: str) -> tuple[int, int, int] | None:
@@ -172,6 +184,8 @@ def wins_losses(ref: Run, run: Run, name: str) -> tuple[int, int, int] | None:
     w = l = t = 0  # noqa: E741
     for a, b in zip(ref.rows, run.rows):
         if name not in a["scores"] or name not in b["scores"]:
+            if name in LOWER_IS_BETTER and not row_tokens(a) and not row_tokens(b):
+                continue  # a row truncation dropped has no eval_loss in either run
             return None
         d = sign * (b["scores"][name] - a["scores"][name])
         w, l, t = w + (d > 1e-12), l + (d < -1e-12), t + (abs(d) <= 1e-12)  # noqa: E741
@@ -206,7 +220,7 @@ def verdict(runs: list[Run], targets: dict[str, float]) -> tuple[list[str], str]
             )
         lines.append(f"{name} {sym} {target:g}: " + "; ".join(parts))
     if not targets:
-        return lines, "No targets set (eval.targets or --target): compare the numbers above."
+        return lines, "No targets set (eval.targets or --target): the best run per metric is listed above."
     ok = [
         r
         for r in runs
@@ -261,56 +275,29 @@ def build_report(paths: list[str | Path], targets: dict[str, float] | None = Non
     if targets is None:
         targets = next((r.metrics["targets"] for r in runs if r.metrics.get("targets")), {})
     targets = {k: float(v) for k, v in targets.items() if k in names}
-    bootstrap(runs, names, seed=seed)
+    stats = bootstrap(runs, names, seed=seed)
+    samples = resample_indices(len(runs[0].rows), N_BOOTSTRAP, seed) if runs[0].rows else None
+    references = (
+        label_references(runs[0], samples) + generation_references(runs[0], names, samples)
+        if samples is not None
+        else []
+    )
+    flags = below_reference_flags(runs, references)
     lines, overall = verdict(runs, targets)
+    if not targets:
+        lines += best_lines(runs, names, stats)
     wins = {(i, n): wins_losses(runs[0], run, n) for i, run in enumerate(runs) if i for n in names}
     return {
         "runs": runs,
         "metrics": names,
         "targets": targets,
-        "verdict_lines": lines,
+        "verdict_lines": flags + lines,
+        "flags": flags,
+        "references": references,
         "verdict": overall,
         "wins": wins,
         "same_prompts": [same_prompts(runs[0], r) for r in runs],
     }
-
-
-def console_table(rep: dict):
-    """The report as a ``rich.table.Table``: one row per metric, one column per run (value [95% CI]), and the target."""
-    from rich.table import Table
-
-    table = Table(title="decision report (95% bootstrap CI)")
-    table.add_column("metric")
-    for run in rep["runs"]:
-        table.add_column(run.name, overflow="fold")
-    table.add_column("target")
-    for name in rep["metrics"]:
-        cells = []
-        for i, run in enumerate(rep["runs"]):
-            v = run.metrics["task_metrics"][name]
-            ci = run.ci.get(name)
-            wl = rep["wins"].get((i, name))
-            cells.append(
-                f"{v:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + (f"\n+{wl[0]} / -{wl[1]}" if wl else "")
-            )
-        t = rep["targets"].get(name)
-        table.add_row(name, *cells, "" if t is None else f"{'≤' if name in LOWER_IS_BETTER else '≥'} {t:g}")
-    for key, label in (
-        ("parameters", "parameters"),
-        ("generation_tokens_per_second", "gen tokens/s"),
-        ("peak_memory_bytes", "peak memory"),
-    ):
-        vals = [run.metrics.get("cost", {}).get(key) for run in rep["runs"]]
-        table.add_row(label, *[_fmt_cost(key, v) for v in vals], "")
-    return table
-
-
-def _fmt_cost(key: str, v) -> str:
-    if v is None:
-        return "-"
-    if key == "peak_memory_bytes":
-        return f"{v / 2**20:,.0f} MiB"
-    return f"{v:,.0f}" if key == "parameters" else f"{v:.1f}"
 
 
 def write_report(
@@ -325,34 +312,33 @@ def write_report(
     """Build the report, print the console table and verdict, and write the HTML page (atomically).
 
     Args:
-        output: the HTML path (default ``<last run dir>/report.html``); an existing file needs ``overwrite``.
+        output: the HTML path (default ``<last run dir>/report.html``); when it exists and ``overwrite`` is off, the
+            next free name beside it (``report-2.html``, ``report-3.html``, ...) is used and named.
 
     Returns:
         The report dict of :func:`build_report` plus ``"html": Path``.
 
     Raises:
-        TunesmithError: the output exists without ``overwrite``; the errors of :func:`build_report`.
+        TunesmithError: the errors of :func:`build_report`.
     """
     from rich.console import Console
 
     from tunesmith.evaluate.report_html import render_html
-    from tunesmith.runtime.files import atomic_write_text
+    from tunesmith.evaluate.report_text import console_table
+    from tunesmith.runtime.files import atomic_write_text, free_name
 
     console = Console(stderr=True)
 
-    out = Path(output) if output else Path(paths[-1]) / "report.html"
-    if out.exists() and not overwrite:
-        raise TunesmithError(
-            "Report file exists",
-            [Problem(str(out), "it would be overwritten", "pass --overwrite or --output another path")],
-        )
+    asked = Path(output) if output else Path(paths[-1]) / "report.html"
+    out = asked if overwrite else free_name(asked)
     rep = build_report(paths, targets, seed=seed)
     atomic_write_text(out, render_html(rep))
     if echo:
         console.print(console_table(rep))
         for line in rep["verdict_lines"]:
             console.print("  " + line, highlight=False)
-        console.print(f"[bold]verdict:[/] {rep['verdict']}\n  report: {out}", highlight=False)
+        kept = f" ({asked} exists and is kept; --overwrite replaces it)" if out != asked else ""
+        console.print(f"[bold]verdict:[/] {rep['verdict']}\n  report: {out}{kept}", highlight=False)
     rep["html"] = out
     return rep
 

@@ -77,7 +77,9 @@ def wins_plot(rep: dict) -> str | None:
 
 def _table(rep: dict) -> str:
     runs = rep["runs"]
+    refs = rep.get("references", [])
     head = "".join(f"<th>{escape(r.name)}</th>" for r in runs)
+    head += "".join(f"<th class='ref'>reference: {escape(r.name)}</th>" for r in refs)
     body = []
     for name in rep["metrics"]:
         cells = []
@@ -92,6 +94,14 @@ def _table(rep: dict) -> str:
             txt += f"<br><small>Δ vs reference [{d[0]:+.3f}, {d[1]:+.3f}]</small>" if d else ""
             txt += f"<br><small>wins {wl[0]} / losses {wl[1]} / ties {wl[2]}</small>" if wl else ""
             cells.append(f"<td>{txt}</td>")
+        for ref in refs:
+            v, ci = ref.values.get(name), ref.ci.get(name)
+            txt = (
+                "-"
+                if v is None
+                else f"{v:.4f}" + (f"<br><small>95% CI [{ci[0]:.3f}, {ci[1]:.3f}]</small>" if ci else "")
+            )
+            cells.append(f"<td class='ref'>{txt}</td>")
         t = rep["targets"].get(name)
         target = "" if t is None else f"{'≤' if name in LOWER_IS_BETTER else '≥'} {t:g}"
         body.append(f"<tr><th>{escape(name)}</th>{''.join(cells)}<td>{target}</td></tr>")
@@ -103,15 +113,19 @@ def _table(rep: dict) -> str:
         ("peak_memory_bytes", "peak memory (process)"),
     ):
         vals = [r.metrics.get("cost", {}).get(key) for r in runs]
-        cost.append(f"<tr><th>{label}</th>" + "".join(f"<td>{_cost(key, v)}</td>" for v in vals) + "<td></td></tr>")
+        pad = "<td class='ref'></td>" * len(refs)
+        cost.append(
+            f"<tr><th>{label}</th>" + "".join(f"<td>{_cost(key, v)}</td>" for v in vals) + f"{pad}<td></td></tr>"
+        )
     prompts = (
         "<tr><th>same prompt ids as reference</th>"
         + "".join(f"<td>{'yes' if s else 'no'}</td>" for s in rep["same_prompts"])
+        + "<td class='ref'></td>" * len(refs)
         + "<td></td></tr>"
     )
     return (
         f"<table><tr><th>metric</th>{head}<th>target</th></tr>{''.join(body)}"
-        f"<tr><th colspan='{len(runs) + 2}'>cost</th></tr>{''.join(cost)}{prompts}</table>"
+        f"<tr><th colspan='{len(runs) + len(refs) + 2}'>cost</th></tr>{''.join(cost)}{prompts}</table>"
     )
 
 
@@ -161,13 +175,17 @@ STYLE = (
     "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
     "code{white-space:pre-wrap;font-size:85%}"
     ".verdict{font-size:120%;padding:.6em;background:#f4f4f4;border-left:4px solid #333}"
+    ".ref{color:#666;background:#fafafa}.flag{color:#a40000;font-weight:bold}"
 )
 
 
 def render_html(rep: dict) -> str:
     """The whole page: verdict, metric table (values, CIs, paired differences, wins/losses), cost, plots, examples."""
     runs = rep["runs"]
-    lines = "".join(f"<li>{escape(x)}</li>" for x in rep["verdict_lines"])
+    flags = set(rep.get("flags", []))
+    lines = "".join(
+        f"<li class='flag'>{escape(x)}</li>" if x in flags else f"<li>{escape(x)}</li>" for x in rep["verdict_lines"]
+    )
     wins = wins_plot(rep)
     sources = "".join(
         f"<li>{escape(r.name)}: <code>{escape(str(r.path))}</code> ({len(r.rows)} examples)</li>" for r in runs
@@ -177,7 +195,9 @@ def render_html(rep: dict) -> str:
         f"<style>{STYLE}</style></head><body>"
         f"<h1>Decision report</h1><p class='verdict'><b>Verdict:</b> {escape(rep['verdict'])}</p><ul>{lines}</ul>"
         f"<h2>Metrics</h2><p>Reference: {escape(runs[0].name)}. 95% percentile bootstrap intervals over examples, "
-        f"paired across runs.</p>{_table(rep)}"
+        "paired across runs. Grey columns are trivial references computed from the same examples (majority class and "
+        "uniform guess for labels; copying the prompt and the empty answer for generation, where they score above "
+        f"0).</p>{_table(rep)}"
         f"<img alt='metrics' src='data:image/png;base64,{metrics_plot(rep)}'>"
         + (
             f"<h2>Wins and losses per example</h2><img alt='wins and losses' src='data:image/png;base64,{wins}'>"

@@ -91,7 +91,8 @@ def run_export(
     max_new_tokens: int = 64,
     log=print,
 ) -> dict:
-    """Entry of ``tunesmith export``: merge (when an adapter is given), write the GGUF, verify it, write the report.
+    """Entry of ``tunesmith export``: merge (when an adapter is given), write the GGUF, verify it, write the report;
+    progress (steps done, elapsed, ETA) goes to stderr.
 
     Returns:
         The report (also written to ``<output stem>.consistency.json``): round-trip logit difference, greedy outputs,
@@ -112,35 +113,41 @@ def run_export(
             "Unknown export format",
             [Problem("--format", f"{fmt!r}", "use --format gguf (or `tunesmith merge` for safetensors)")],
         )
+    from tunesmith.runtime.console import Progress
+
     out = Path(output)
     outputs = [out, out.with_name(out.stem + ".consistency.json")] + ([out.parent / "Modelfile"] if modelfile else [])
     inputs = tuple(x for x in (model, adapter) if x)
     problems = [p for path in outputs for p in file_refusals(path, overwrite=overwrite, inputs=inputs)]
     if problems:
         raise TunesmithError(f"Refusing to write {out}", problems)
-    loaded = load_for_use(model, adapter)
-    merged, merge_stats = merge_loaded(loaded)
-    check_supported(merged.config)
-    tok = loaded.tokenizer
-    eot = template_eot_id(tok) if tok.chat_template else None
-    pre = source_pre_tokenizer(loaded.base_location) or guess_pre_tokenizer(tok)
-    go, system = (
-        ollama_template(tok) if modelfile else (None, None)
-    )  # refuse an unknown template before writing anything
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for path in outputs:
-        replace_file(path)
-    write_gguf(
-        merged,
-        tok,
-        out,
-        eos_id=eot if eot is not None else tok.eos_token_id,
-        chat_template=tok.chat_template,
-        pre=pre,
-        outtype=outtype,
-        name=Path(loaded.adapter_dir or loaded.base_name).name,
-    )
-    report = verify_gguf(merged, tok, loaded.generation_config, out, stop=stop_check, max_new_tokens=max_new_tokens)
+    with Progress("export", 3, unit="steps") as bar:
+        loaded = load_for_use(model, adapter)
+        merged, merge_stats = merge_loaded(loaded)
+        check_supported(merged.config)
+        bar.advance(step="loaded and merged")
+        tok = loaded.tokenizer
+        eot = template_eot_id(tok) if tok.chat_template else None
+        pre = source_pre_tokenizer(loaded.base_location) or guess_pre_tokenizer(tok)
+        go, system = (
+            ollama_template(tok) if modelfile else (None, None)
+        )  # refuse an unknown template before writing anything
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for path in outputs:
+            replace_file(path)
+        write_gguf(
+            merged,
+            tok,
+            out,
+            eos_id=eot if eot is not None else tok.eos_token_id,
+            chat_template=tok.chat_template,
+            pre=pre,
+            outtype=outtype,
+            name=Path(loaded.adapter_dir or loaded.base_name).name,
+        )
+        bar.advance(step=f"wrote {out.name}")
+        report = verify_gguf(merged, tok, loaded.generation_config, out, stop=stop_check, max_new_tokens=max_new_tokens)
+        bar.advance(step="reloaded and checked")
     report.update(
         source=loaded.base_name,
         adapter=str(loaded.adapter_dir) if loaded.adapter_dir else None,

@@ -86,8 +86,11 @@ def pad_batch(rows: list[dict], pad_id: int, side: str = "right") -> dict[str, t
 
 
 @torch.no_grad()
-def predict_proba(model, rows: list[dict], pad_id: int, *, batch_size: int = 32, side: str = "right") -> torch.Tensor:
-    """Class probabilities for encoded rows, batched (rows sorted by length to pad less).
+def predict_proba(
+    model, rows: list[dict], pad_id: int, *, batch_size: int = 32, side: str = "right", progress=None
+) -> torch.Tensor:
+    """Class probabilities for encoded rows, batched (rows sorted by length to pad less); ``progress`` (a
+    :class:`tunesmith.runtime.console.Progress`) is advanced by rows and tokens after each batch.
 
     Returns:
         ``FloatTensor[n, num_labels]`` (softmax of the pooled logits), in the order of ``rows``.
@@ -100,6 +103,8 @@ def predict_proba(model, rows: list[dict], pad_id: int, *, batch_size: int = 32,
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in pad_batch([rows[i] for i in idx], pad_id, side).items()}
         out[idx] = model(**batch).logits.float().softmax(-1).cpu()
+        if progress is not None:
+            progress.advance(len(idx), tokens=sum(len(rows[i]["input_ids"]) for i in idx))
     return out
 
 

@@ -17,6 +17,7 @@ def generate_ids(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    progress=None,
 ) -> list[list[int]]:
     """Generate continuations for token-id prompts, batched with left padding.
 
@@ -28,6 +29,7 @@ def generate_ids(
         eos_ids: token ids that end generation (the template's end-of-turn token among them).
         batch_size: prompts per forward batch.
         do_sample: sample instead of greedy decoding (temperature/top_p then apply).
+        progress: a :class:`tunesmith.runtime.console.Progress`, advanced by prompts and new tokens after each batch.
 
     Returns:
         ``list[list[int]]``: the new tokens of each prompt, cut after the first eos id (which is kept).
@@ -50,9 +52,13 @@ def generate_ids(
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        new = 0
         for row in gen[:, width:].tolist():
             cut = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
             out.append(row[:cut])
+            new += cut
+        if progress is not None:
+            progress.advance(len(chunk), tokens=new)
     return out
 
 

@@ -1,5 +1,6 @@
-"""The console every command prints progress and results to (stderr), its copy into a run's ``run.log``, and a
-wall-clock timer."""
+"""The console every command prints progress and results to (stderr), its copy into a run's ``run.log``, a
+wall-clock timer, and the one progress display of long steps (:class:`Progress`: a rich bar on a terminal, plain lines
+otherwise)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,162 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def eta_seconds(elapsed: float, done: float, remaining: float) -> float | None:
+    """Seconds left at the pace so far: ``elapsed / done * remaining`` (None before anything is done)."""
+    return elapsed / done * max(remaining, 0) if done > 0 else None
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "?"
+    value = int(round(value))
+    return f"{value // 60}m{value % 60:02d}s" if value >= 60 else f"{value}s"
+
+
+class Progress:
+    """Progress of one long step (generation, scoring, evaluation, training): how many items are done, tokens per
+    second and the ETA. On a terminal a rich bar; otherwise (CI, a pipe, a log file) plain lines on the console,
+    ``label: 40/100 examples (40%), 123.4 tokens/s, elapsed 12s, ETA 18s``, one each time another tenth is done or
+    ``interval`` seconds have passed, and one at the end. Lines also go to ``run.log`` when a run logs there.
+
+    Use::
+
+        with Progress("generate", total=len(prompts), unit="prompts") as bar:
+            for batch in batches:
+                ...
+                bar.advance(len(batch), tokens=new_tokens)
+
+    Args:
+        label: what is running (the line's prefix).
+        total: items to do (examples, rows, steps); 0 or None: unknown.
+        unit: the items' name.
+        done: items already done (a resumed run).
+        lines: force plain lines (True) or the bar (False); None: the bar only on a terminal.
+        auto_lines: print lines by themselves (True) or only on :meth:`print_line` (the training callback prints one
+            per log event).
+        interval: seconds after which a line is printed even if no tenth was completed.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        *,
+        unit: str = "examples",
+        done: int = 0,
+        lines: bool | None = None,
+        auto_lines: bool = True,
+        interval: float = 30.0,
+    ):
+        self.label, self.total, self.unit = label, int(total or 0), unit
+        self.done = self.start_done = done
+        self.tokens = 0
+        self.fields: dict[str, str] = {}
+        self.lines = (not console.is_terminal) if lines is None else lines
+        self.auto_lines, self.interval = auto_lines, interval
+        self.bar = self.task = None
+        self.started = self.last_line = 0.0
+        self.last_tenth = -1
+        self.printed_done: int | None = None
+
+    def __enter__(self) -> "Progress":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.finish(printed=exc[0] is None)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since :meth:`start`."""
+        return time.monotonic() - self.started
+
+    def eta(self) -> float | None:
+        """Seconds left at this run's pace (items done since the start, not counting a resume's earlier ones)."""
+        if not self.total:
+            return None
+        return eta_seconds(self.elapsed, self.done - self.start_done, self.total - self.done)
+
+    def start(self) -> None:
+        """Start the clock (and the bar on a terminal)."""
+        self.started = self.last_line = time.monotonic()
+        self.last_tenth = self._tenth()
+        if self.lines:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        self.bar = Bar(
+            TextColumn(f"[bold]{self.label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(self.unit),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task(self.label, total=self.total or None, completed=self.done, info="")
+
+    def advance(self, n: int = 1, *, tokens: int = 0, **fields) -> None:
+        """Count ``n`` more items and ``tokens`` more tokens; ``fields`` (e.g. ``loss="1.23"``) are shown too."""
+        self.update(self.done + n, tokens=tokens, **fields)
+
+    def update(self, done: int | None = None, *, tokens: int = 0, **fields) -> None:
+        """Set the items done (absolute) and show ``fields``; prints a line when another tenth is done or
+        ``interval`` seconds passed (plain-line mode with ``auto_lines``)."""
+        if done is not None:
+            self.done = done
+        self.tokens += tokens
+        self.fields.update({k: str(v) for k, v in fields.items()})
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, info=self._info())
+        elif self.lines and self.auto_lines:
+            tenth, now = self._tenth(), time.monotonic()
+            if tenth > self.last_tenth or now - self.last_line >= self.interval:
+                self.last_tenth = tenth
+                self.print_line()
+
+    def _tenth(self) -> int:
+        return int(10 * self.done / self.total) if self.total else 0
+
+    def _info(self) -> str:
+        parts = [f"{k} {v}" for k, v in self.fields.items()]
+        if self.tokens:
+            parts.append(f"{self.tokens / max(self.elapsed, 1e-9):.1f} tokens/s")
+        return ", ".join(parts)
+
+    def line(self) -> str:
+        """The plain progress line: ``label: done/total unit (pct%), fields, tokens/s, elapsed, ETA``."""
+        count = f"{self.done}/{self.total} {self.unit}" if self.total else f"{self.done} {self.unit}"
+        if self.total:
+            count += f" ({100 * self.done / self.total:.0f}%)"
+        info = self._info()
+        return (
+            f"{self.label}: {count}"
+            + (f", {info}" if info else "")
+            + (f", elapsed {_secs(self.elapsed)}, ETA {_secs(self.eta())}")
+        )
+
+    def print_line(self) -> None:
+        """Print :meth:`line` on the console (not markup-interpreted)."""
+        self.last_line, self.printed_done = time.monotonic(), self.done
+        console.print(self.line(), highlight=False, markup=False, soft_wrap=True)
+
+    def finish(self, *, printed: bool = True) -> None:
+        """Stop the bar; in plain-line mode print the last line unless it is already out (``printed``: the step
+        completed; an aborted step prints nothing more)."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, info=self._info())
+            self.bar.stop()
+            self.bar = None
+        elif self.lines and self.auto_lines and printed and self.printed_done != self.done:
+            self.print_line()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")

@@ -1,5 +1,5 @@
-"""Atomic artifact writes (a crash never leaves a half-written file or folder that looks complete), and failed writes
-turned into clear errors."""
+"""Atomic artifact writes (a crash never leaves a half-written file or folder that looks complete), failed writes
+turned into clear errors, and free names for outputs that must not replace an existing file."""
 
 from __future__ import annotations
 
@@ -121,3 +121,13 @@ def _newest_file(folder: Path) -> Path:
         return max(files, key=lambda p: p.stat().st_mtime_ns) if files else folder
     except OSError:
         return folder
+
+
+def free_name(path: Path) -> Path:
+    """``path`` when it does not exist, else the first free ``<stem>-2<suffix>``, ``<stem>-3<suffix>``, ..."""
+    k = 2
+    out = path
+    while out.exists():
+        out = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return out

@@ -2,82 +2,46 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-from tunesmith.runtime.console import console
+from tunesmith.runtime.console import Progress
 from tunesmith.runtime.files import atomic_write_jsonl
 
 
 class RichProgress(TrainerCallback):
-    """A rich progress bar with step count, last train loss, last eval_loss and ETA (replaces tqdm/log printing)."""
+    """Training progress through the one progress display (:class:`tunesmith.runtime.console.Progress`): a rich bar
+    with step count, last train loss, last eval_loss and ETA on a terminal; without one (CI, a log file) a plain line
+    ``train: 10/30 steps (33%), loss 1.2345, eval_loss 1.3456, elapsed 40s, ETA 1m20s`` per log event."""
 
     def __init__(self):
-        self.progress = None
-        self.task = None
-        self.loss = float("nan")
-        self.eval_loss = float("nan")
-        self.lines = False  # not a terminal (CI, a log file): one plain line per log event instead of a live bar
-        self.start = 0.0
-        self.start_step = 0
+        self.progress: Progress | None = None
 
     def on_train_begin(self, args, state, control, **kw):
-        """Start the bar at ``state.global_step`` (non-zero when resuming); only the main process shows one."""
+        """Start at ``state.global_step`` (non-zero when resuming); only the main process shows progress."""
         if not state.is_world_process_zero:
             return
-        if not console.is_terminal:
-            import time
-
-            self.lines, self.start, self.start_step = True, time.monotonic(), state.global_step
-            return
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("eval_loss {task.fields[eval]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        self.progress = Progress("train", state.max_steps, unit="steps", done=state.global_step, auto_lines=False)
         self.progress.start()
-        self.task = self.progress.add_task(
-            "train", total=state.max_steps, completed=state.global_step, loss="-", eval="-"
-        )
 
     def on_step_end(self, args, state, control, **kw):
-        """Advance the bar."""
+        """Advance to the current step."""
         if self.progress:
-            self.progress.update(self.task, completed=state.global_step)
+            self.progress.update(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kw):
-        """Show the latest ``loss`` and ``eval_loss`` (without a terminal: print a line ``step N/M loss .. elapsed ..
-        ETA ..``)."""
-        if self.lines and logs and ("loss" in logs or "eval_loss" in logs):
-            import time
-
-            elapsed = time.monotonic() - self.start
-            done = max(state.global_step - self.start_step, 1)  # steps run by this process (a resume starts later)
-            eta = elapsed / done * max(state.max_steps - state.global_step, 0)
-            parts = [f"step {state.global_step}/{state.max_steps}"] + [
-                f"{k} {logs[k]:.4f}" for k in ("loss", "eval_loss") if k in logs
-            ]
-            console.print("train: " + " ".join(parts) + f" elapsed {elapsed:.0f}s ETA {eta:.0f}s", highlight=False)
-        if self.progress and logs:
-            if "loss" in logs:
-                self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
-            if "eval_loss" in logs:
-                self.progress.update(self.task, eval=f"{logs['eval_loss']:.4f}")
+        """Show the latest ``loss`` and ``eval_loss`` (without a terminal: print the line)."""
+        if not self.progress or not logs or not ("loss" in logs or "eval_loss" in logs):
+            return
+        self.progress.update(state.global_step, **{k: f"{logs[k]:.4f}" for k in ("loss", "eval_loss") if k in logs})
+        if self.progress.lines:
+            self.progress.print_line()
 
     def on_train_end(self, args, state, control, **kw):
         """Stop the bar."""
         if self.progress:
-            self.progress.stop()
+            self.progress.finish()
             self.progress = None
 
 
@@ -129,16 +93,6 @@ def plot_loss_curve(
     plt.close(fig)
     tmp.replace(out)
     return out
-
-
-def perplexity(loss: float | None) -> float | None:
-    """exp(loss) for a mean token cross-entropy in nats; None stays None, overflow gives inf."""
-    if loss is None:
-        return None
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return float("inf")
 
 
 def mixed_precision(cfg) -> bool:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.config.load import config_inputs, dump_config
-from tunesmith.errors import ConfigError, DataError, Problem, TrainingStopped, TunesmithError
+from tunesmith.errors import ConfigError, Problem, TrainingStopped, TunesmithError
 from tunesmith.runtime.console import Timer, log_to_file
 from tunesmith.runtime.distributed import is_main_process, is_rank_zero
 from tunesmith.runtime.files import atomic_write_json, atomic_write_text, write_errors
@@ -34,6 +33,7 @@ from tunesmith.runtime.manifest import write_manifest
 from tunesmith.runtime.rundir import overwrite_refusals, prepare_run_dir
 from tunesmith.runtime.secrets import is_secret_key, redact_argv
 from tunesmith.train.checkpoints import RUN_STATE, check_same_run, latest_checkpoint, resolve_resume, resume_command
+from tunesmith.train.rundata import LOADERS, RunData
 
 INTEGRATION_PACKAGES = {
     "tensorboard": ("tensorboard", "tensorboardX"),
@@ -49,22 +49,6 @@ INTEGRATION_PACKAGES = {
 
 
 @dataclass
-class RunData:
-    """What a command trains and evaluates on, split and validated.
-
-    Attributes:
-        train / eval: the records (``Conversation``, ``LabelRecord`` or ``PreferencePair``) after the split and caps.
-        report: what loading read, kept and skipped (the loader's own report).
-        names: the label set in id order (classification only).
-    """
-
-    train: list
-    eval: list
-    report: object = None
-    names: list[str] | None = None
-
-
-@dataclass
 class Run:
     """A run folder claimed for one training command, and what :func:`start_run` checked and loaded for it.
 
@@ -75,6 +59,8 @@ class Run:
         checkpoint: the checkpoint folder to resume from, or None for a fresh run.
         data: the split data.
         state: what the main process measured before training (``run_state.json``; restored on resume).
+        after_training: what the decision order runs after training, for the plan printed before it:
+            ``[(description, estimated seconds or None)]`` (set by :mod:`tunesmith.pipeline`).
     """
 
     cfg: object
@@ -83,6 +69,7 @@ class Run:
     checkpoint: Path | None
     data: RunData
     state: dict = field(default_factory=dict)
+    after_training: list = field(default_factory=list)
 
     @property
     def resumed(self) -> bool:
@@ -172,52 +159,6 @@ class Run:
         return metrics
 
 
-def sft_data(cfg) -> RunData:
-    """What ``sft`` trains on: conversations, validated and split
-    (:func:`tunesmith.data.conversations.load_sft_data`)."""
-    from tunesmith.data.conversations import load_sft_data
-
-    train, evals, report = load_sft_data(cfg)
-    return RunData(train, evals, report)
-
-
-def classify_data(cfg) -> RunData:
-    """What ``classify`` trains on: label records read, cleaned, checked against the label set and split stratified.
-
-    Raises:
-        DataError: unreadable records (``file:line``), labels outside the set, or an empty train or eval set.
-    """
-    from tunesmith.data.labels import load_label_data
-
-    train, evals, names, report = load_label_data(cfg)
-    if not evals or not train:
-        part = "eval" if train else "training"
-        raise DataError(
-            f"The {part} set is empty",
-            [
-                Problem(
-                    "data",
-                    f"{len(train)} training and {len(evals)} eval records after cleaning and the split",
-                    "set data.eval_fraction > 0 (or data.eval_path) and check the label set",
-                )
-            ],
-        )
-    return RunData(train, evals, report, names)
-
-
-def dpo_data(cfg) -> RunData:
-    """What ``dpo`` trains on: preference pairs, validated and split
-    (:func:`tunesmith.data.preference.load_pair_data`)."""
-    from tunesmith.data.preference import load_pair_data
-
-    train, evals, report = load_pair_data(cfg)
-    return RunData(train, evals, report)
-
-
-LOADERS: dict[str, Callable[[object], RunData]] = {"sft": sft_data, "classify": classify_data, "dpo": dpo_data}
-"""Each training command's data loader, by command."""
-
-
 def check_secrets(cfg) -> None:
     """Refuse tokens/passwords inside the config (they would end up in config.yaml and checkpoints).
 
@@ -304,6 +245,10 @@ def start_run(cfg, kind: str, *, overwrite: bool = False, resume: str | bool | N
                 atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             log_to_file(run_dir / "run.log")
         logging.getLogger("tunesmith").info("tunesmith %s %s", kind, " ".join(redact_argv(sys.argv[1:])))
+        if data.eval_off:
+            from tunesmith.runtime.console import console
+
+            console.print(f"[yellow]warning:[/] {data.eval_off}", highlight=False, soft_wrap=True)
     return Run(cfg, kind, run_dir, checkpoint, data, state)
 
 

@@ -18,29 +18,39 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.config.metric_names import is_custom_metric
 from tunesmith.config.sft import RunConfig
 from tunesmith.errors import DataError, Problem
+from tunesmith.evaluate.loss import perplexity
+from tunesmith.evaluate.metrics import describe_custom_metric
 from tunesmith.models.adapters import apply_lora, count_parameters, lora_errors
-from tunesmith.models.generation import decode_reply, generate_ids
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
 from tunesmith.models.sources import resolve_model
 from tunesmith.render.checks import check_template, fix_generation_config
-from tunesmith.render.rows import TokenStats, render_all, resolve_max_length, to_dataset
-from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids, render_prompt
+from tunesmith.render.rows import TokenStats, render_all, resolve_max_length, to_dataset, truncation_warning
+from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids
 from tunesmith.runtime.console import console
 from tunesmith.runtime.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
-from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl
+from tunesmith.runtime.files import atomic_write_jsonl
 from tunesmith.train.callbacks import TokenCounter
 from tunesmith.train.common import (
     install_progress,
     library_args,
     mixed_precision,
-    perplexity,
     plot_loss_curve,
     run_train_loss,
     write_log_history,
 )
 from tunesmith.train.lifecycle import Run, start_run
+from tunesmith.train.rundata import eval_source
+from tunesmith.train.sft_eval import (
+    OneLossEvalMixin,
+    measure_before,
+    print_plan,
+    print_summary,
+    samples,
+    write_reload_check,
+)
 from tunesmith.train.speed.plan import (
     FastLossTrainerMixin,
     SpeedPlan,
@@ -109,10 +119,14 @@ class _CountingTrainerMixin:
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-def _make_trainer(model, tokenizer, args, train_ds, eval_ds, plan: SpeedPlan | None = None):
+def _make_trainer(model, tokenizer, args, train_ds, eval_ds, plan: SpeedPlan | None = None, eval_rows=None):
     from trl import SFTTrainer
 
-    cls = type("TunesmithSFTTrainer", (_CountingTrainerMixin, FastLossTrainerMixin, SFTTrainer), {})
+    cls = type(
+        "TunesmithSFTTrainer",
+        (_CountingTrainerMixin, OneLossEvalMixin, FastLossTrainerMixin, SFTTrainer),
+        {"tunesmith_eval_rows": list(eval_rows or [])},
+    )
     collator = None
     if plan is not None:  # packed rows and their collator
         train_ds, eval_ds, collator = build_datasets(plan, train_ds, eval_ds, args.max_length, tokenizer.pad_token_id)
@@ -129,15 +143,6 @@ def _make_trainer(model, tokenizer, args, train_ds, eval_ds, plan: SpeedPlan | N
         console.print(note)
     install_progress(trainer)
     return trainer
-
-
-def _samples(model, tokenizer, convs, eot, max_new_tokens: int) -> list[str]:
-    if not convs or not is_main_process() or params_sharded():  # main process only; not with sharded weights
-        return []
-    prompts = [render_prompt(tokenizer, c) for c in convs]
-    model.eval()
-    outs = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, eos_ids=eot)
-    return [decode_reply(tokenizer, o) for o in outs]
 
 
 def run_sft(
@@ -207,9 +212,29 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
                 console.print(f"[yellow]template warning:[/] {f.message}", highlight=False)
         fix_generation_config(model.generation_config, tokenizer)  # generation stops at the end-of-turn token
     eot = end_of_turn_ids(tokenizer, model.generation_config)
-    render = dict(generation_config=model.generation_config, skip_invalid=cfg.data.skip_invalid)
+    render = dict(
+        generation_config=model.generation_config, skip_invalid=cfg.data.skip_invalid, truncation=cfg.data.truncation
+    )
     train_rows, train_stats = render_all(tokenizer, run.data.train, max_length, **render)
     eval_rows, eval_stats = render_all(tokenizer, run.data.eval, max_length, **render)
+    warning = truncation_warning(train_stats, max_length, cfg.data.truncation)
+    if warning and is_main_process():
+        console.print(f"[bold yellow]truncation warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if run.data.eval and not eval_rows:
+        raise DataError(
+            "No eval row is left after truncation",
+            [
+                Problem(
+                    eval_source(cfg),
+                    f"all {eval_stats.examples} eval conversations are dropped at train.max_length={max_length} "
+                    f"(data.truncation={cfg.data.truncation}: {eval_stats.dropped_long} longer than max_length, "
+                    f"{eval_stats.dropped_empty} with no trained token left)",
+                    f"raise train.max_length (to {eval_stats.max_length_for(policy=cfg.data.truncation)} to keep "
+                    "95%), or set "
+                    "train.eval_strategy=no and eval.before_training=false to train without evaluation",
+                )
+            ],
+        )
     if not train_rows:
         raise DataError(
             "No training example has a trained token",
@@ -217,7 +242,7 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
                 Problem(
                     f"train.max_length={cfg.train.max_length}",
                     f"all {train_stats.examples} training conversations ({cfg.data.path or cfg.data.name}) "
-                    "lose every assistant token to truncation",
+                    f"lose every assistant token to truncation (data.truncation={cfg.data.truncation})",
                     "raise train.max_length or check the assistant turns",
                 )
             ],
@@ -254,17 +279,22 @@ def _run(cfg: RunConfig, run: Run) -> dict:
     run.write_manifest(
         tokenizer=p.tokenizer,
         records=run.data.train + run.data.eval,
-        extra={"model_source": dataclasses.asdict(p.source)},
+        extra={
+            "model_source": dataclasses.asdict(p.source),
+            "custom_metrics": [describe_custom_metric(m) for m in cfg.eval.metrics if is_custom_metric(m)],
+        },
     )
-    args = build_sft_config(cfg, run.run_dir, p.use_bf16, p.max_length, sft_overrides(p.plan, cfg.train))
+    overrides = sft_overrides(p.plan, cfg.train) | ({"eval_strategy": "no"} if not p.eval_rows else {})
+    args = build_sft_config(cfg, run.run_dir, p.use_bf16, p.max_length, overrides)
     train_ds, eval_ds = to_dataset(p.train_rows), to_dataset(p.eval_rows) if p.eval_rows else None
     with lora_errors(cfg.lora):  # TRL refuses some target modules (lm_head) only here
-        trainer = _make_trainer(p.model, p.tokenizer, args, train_ds, eval_ds, p.plan)
+        trainer = _make_trainer(p.model, p.tokenizer, args, train_ds, eval_ds, p.plan, p.eval_rows)
     sample_convs = run.data.eval[: cfg.eval.num_samples]
-    _before(cfg, run, trainer, p, sample_convs)
+    measure_before(cfg, run, trainer, p, sample_convs)
+    print_plan(cfg, run, trainer, p)
     result, seconds = run.train(trainer)
     after = trainer.evaluate() if p.eval_rows else {}
-    samples_after = _samples(p.model, p.tokenizer, sample_convs, p.eot, cfg.eval.max_new_tokens)
+    samples_after = samples(p.model, p.tokenizer, sample_convs, p.eot, cfg.eval.max_new_tokens, "samples after")
     # all processes (FSDP/ZeRO-3 gather); the main process writes. PEFT's save skips generation_config.json, which
     # carries the end-of-turn id among eos_token_id: written into the folder before its atomic rename.
     save_trained_model(
@@ -277,7 +307,7 @@ def _run(cfg: RunConfig, run: Run) -> dict:
         return metrics
     if not params_sharded():
         # without accelerate's bf16 autocast wrapper: a fresh process reloads the adapter in fp32
-        _write_reload_check(
+        write_reload_check(
             run.run_dir,
             trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False),
             p.tokenizer,
@@ -300,7 +330,7 @@ def _run(cfg: RunConfig, run: Run) -> dict:
         ],
     )
     run.finish(metrics)
-    _summary(run.run_dir, metrics)
+    print_summary(run.run_dir, metrics)
     return metrics
 
 
@@ -355,40 +385,3 @@ def _metrics(cfg: RunConfig, run: Run, trainer, p: _Prepared, after: dict, resul
             "eval": p.eval_stats.summary(),
         },
     }
-
-
-def _write_reload_check(run_dir: Path, model, tokenizer, convs) -> None:
-    """Record the trained model's last-position logits (first 512 vocab entries) on a fixed probe prompt, so a
-    reload of the saved adapter/model can be checked against the model as it was at the end of training."""
-    ids = render_prompt(tokenizer, convs[0])
-    model.eval()
-    with torch.no_grad():
-        logits = (
-            model(input_ids=torch.tensor([ids], device=next(model.parameters()).device))
-            .logits[0, -1, :512]
-            .float()
-            .cpu()
-        )
-    atomic_write_json(run_dir / "reload_check.json", {"input_ids": ids, "logits_last_first512": logits.tolist()})
-
-
-def _before(cfg: RunConfig, run: Run, trainer, p: _Prepared, sample_convs) -> None:
-    """Measure eval_loss and samples before training (every process evaluates; the main one keeps them in
-    ``run_state.json``). A resumed run already has them."""
-    if run.resumed:
-        return
-    before, samples = {}, []
-    if cfg.eval.before_training and p.eval_rows:
-        before = {k: v for k, v in trainer.evaluate(metric_key_prefix="eval").items() if isinstance(v, (int, float))}
-        samples = _samples(p.model, p.tokenizer, sample_convs, p.eot, cfg.eval.max_new_tokens)
-    run.remember(before=before, samples_before=samples)
-
-
-def _summary(run_dir: Path, m: dict) -> None:
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    console.print(
-        f"\n[bold green]done[/] in {m['train_seconds']:.0f}s: "
-        f"eval_loss {fmt(m['eval_loss_before'])} -> {fmt(m['eval_loss'])}, "
-        f"perplexity {fmt(m['perplexity_before'])} -> {fmt(m['perplexity'])}; {m['tokens_per_second']:.0f} tokens/s; "
-        f"trainable {m['trainable_parameters']:,} of {m['total_parameters']:,} parameters\n  artifacts: {run_dir}/"
-    )

@@ -23,7 +23,7 @@ from rich.text import Text
 from tunesmith.data.conversations import LoadReport, load_conversations
 from tunesmith.data.records import Conversation
 from tunesmith.render.checks import Finding, check_template
-from tunesmith.render.rows import TokenStats, render_all, resolve_max_length
+from tunesmith.render.rows import TokenStats, render_all, resolve_max_length, truncation_warning
 from tunesmith.render.templates import IGNORE_INDEX, apply_chat_template_option
 from tunesmith.runtime.console import console as errors
 
@@ -95,11 +95,30 @@ def run_check(cfg, *, skip_invalid: bool = False) -> int:
     chat = [c for c in p.convs if c.kind not in ("text", "completion")]
     if chat and not p.tokenizer.chat_template:
         apply_chat_template_option(p.tokenizer, None)  # raises the clear "no chat template" error
+    policy = getattr(cfg.data, "truncation", "keep_start")
     rows, stats = render_all(
-        p.tokenizer, p.convs, p.max_length, generation_config=p.generation_config, skip_invalid=True, log_skipped=False
+        p.tokenizer,
+        p.convs,
+        p.max_length,
+        generation_config=p.generation_config,
+        skip_invalid=True,
+        log_skipped=False,
+        truncation="drop" if policy == "drop" else "keep_start",  # `error` is reported below, after the table
     )
     problems = p.load.skipped + stats.invalid
     _print_report(cfg, p, stats, findings, problems)
+    warning = truncation_warning(stats, p.max_length, policy)
+    if warning:
+        console.print(f"[bold yellow]truncation warning:[/] {warning}", highlight=False)
+    if policy == "error" and stats.truncated:
+        console.print(
+            f"[bold red]error:[/] {stats.truncated} example(s) are longer than max_length {p.max_length} and "
+            f"data.truncation=error: `tunesmith sft` would stop (first: {', '.join(stats.long_sources[:3])}). "
+            f"Raise train.max_length (to {stats.max_length_for(policy='error')} to keep 95%) or choose "
+            "data.truncation=drop or keep_start.",
+            highlight=False,
+        )
+        return 2
     bad = len({x.where for x in problems})
     if bad and not skip_invalid:
         first = problems[0]
@@ -131,7 +150,13 @@ def _print_report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], 
         "tokens / trained tokens (share)", f"{s['tokens']} / {s['trained_tokens']} ({s['trained_token_share']:.1%})"
     )
     t.add_row("max_length", p.max_length_note)
-    t.add_row("truncated examples", f"{s['truncated']} (trained tokens lost: {s['trained_tokens_lost_to_truncation']})")
+    t.add_row(
+        f"longer than max_length (data.truncation={getattr(cfg.data, 'truncation', 'keep_start')})",
+        f"{s['truncated']} of {s['examples'] - s['invalid']} ({s['truncated_share']:.1%}); trained tokens lost: "
+        f"{s['trained_tokens_lost_to_truncation']} ({s['trained_tokens_lost_share']:.1%}); max_length keeping 95%: "
+        f"{s['max_length_keeping_95pct']}",
+    )
+    t.add_row("dropped: longer than max_length (data.truncation=drop)", str(s["dropped_too_long"]))
     t.add_row("dropped: no trained token after truncation", str(s["dropped_all_masked"]))
     roles = Counter(m.role for c in p.convs for m in c.messages if c.kind not in ("text", "completion"))
     kinds = Counter(c.kind for c in p.convs)

@@ -198,7 +198,8 @@ def generate_records(
     top_p: float = 1.0,
     system: str | None = None,
 ) -> list[dict]:
-    """Generate a reply for every record, batched with left padding; greedy when ``temperature == 0``.
+    """Generate a reply for every record, batched with left padding; greedy when ``temperature == 0``. Progress
+    (prompts done, tokens/s, ETA) goes to stderr.
 
     Args:
         loaded: :class:`tunesmith.models.loading.Loaded`.
@@ -214,20 +215,23 @@ def generate_records(
     from tunesmith.models.generation import decode_reply, generate_ids
     from tunesmith.models.loading import stop_ids
     from tunesmith.render.templates import render_prompt
+    from tunesmith.runtime.console import Progress
 
     eos = stop_ids(loaded)
     prompts = [render_prompt(loaded.tokenizer, Conversation(with_system(r.messages, system), r.id)) for r in records]
-    outs = generate_ids(
-        loaded.model,
-        loaded.tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        eos_ids=eos,
-        batch_size=batch_size,
-        do_sample=temperature > 0,
-        temperature=temperature or 1.0,
-        top_p=top_p,
-    )
+    with Progress("generate", len(prompts), unit="prompts") as bar:
+        outs = generate_ids(
+            loaded.model,
+            loaded.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            eos_ids=eos,
+            batch_size=batch_size,
+            do_sample=temperature > 0,
+            temperature=temperature or 1.0,
+            top_p=top_p,
+            progress=bar,
+        )
     return [
         {
             "id": r.id,

@@ -146,7 +146,8 @@ def read_inputs(source: str, labels_cfg) -> list[LabelRecord]:
 
 
 def run_predict(run_dir: str, source: str, *, output: str | None = None, batch_size: int = 32) -> list[dict]:
-    """Classify every example of ``source`` with the run's model and write JSONL (stdout or ``output``).
+    """Classify every example of ``source`` with the run's model and write JSONL (stdout or ``output``); progress
+    (examples done, tokens/s, ETA) goes to stderr.
 
     Returns:
         The rows written: ``{"id", "text", "label", "probabilities": {label: float}}``.
@@ -172,7 +173,12 @@ def run_predict(run_dir: str, source: str, *, output: str | None = None, batch_s
         )
     rows, _ = encode(tokenizer, records, None, cfg.train.max_length)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    probs = predict_proba(model, rows, model.config.pad_token_id, batch_size=batch_size) if rows else None
+    from tunesmith.runtime.console import Progress
+
+    probs = None
+    if rows:
+        with Progress("predict", len(rows)) as bar:
+            probs = predict_proba(model, rows, model.config.pad_token_id, batch_size=batch_size, progress=bar)
     out = [
         {
             "id": r.id,
