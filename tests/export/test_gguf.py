@@ -218,7 +218,7 @@ def test_export_refuses_non_llama_and_existing_output(exported, tmp_path):
     with pytest.raises(ModelError) as exc:
         check_supported(cfg)
     assert [p.where for p in exc.value.problems] == ["config.model_type", "config.attention_bias"]
-    with pytest.raises(TunesmithError, match="Output exists"):
+    with pytest.raises(TunesmithError, match="Refusing to write"):
         run_export(str(tmp / "base"), output=str(tmp / "out" / "tiny.gguf"))
     with pytest.raises(TunesmithError, match="Unknown export format"):
         run_export(str(tmp / "base"), output=str(tmp_path / "a.bin"), fmt="onnx")

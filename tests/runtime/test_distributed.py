@@ -195,7 +195,10 @@ def test_artifacts_written_once_by_the_main_process(setup, runs):
     # each exactly once (run.log is appended to by rank 0, not replaced)
     assert sorted(name for _, name in finals) == sorted(ARTIFACTS - {"run.log"})
     assert {rank for rank, _ in finals} == {"0"}
-    assert {p.name for p in run.iterdir()} == ARTIFACTS | {"checkpoints"}  # no stray temporary files
+    assert {p.name for p in run.iterdir()} == ARTIFACTS | {
+        "checkpoints",
+        ".tunesmith-run.json",
+    }  # no stray temporary files
     err = runs["two"].stderr
     assert err.count("done in ") == 1 and err.count("tunesmith sft model=") == 1
     assert (run / "run.log").read_text().count("done in ") == 1  # the main process's console, once
