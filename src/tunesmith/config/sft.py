@@ -127,7 +127,8 @@ class EvalSection(BaseModel):
     metrics: list[str] = Field(default_factory=lambda: ["exact_match", "rouge_l", "chrf", "eval_loss", "perplexity"])
     (
         "Task metrics of `tunesmith baseline`/`eval`/`report`: exact_match, contains, json_valid, json_schema, regex, "
-        "label_accuracy, label_macro_f1, rouge_l, chrf (from generations), eval_loss, perplexity (from the references)."
+        "label_accuracy, label_macro_f1, rouge_l, chrf, tool_call_ast, tool_name_accuracy, tool_call_valid_json (from "
+        "generations), eval_loss, perplexity (from the references)."
     )
     json_schema: dict | str | None = None
     (

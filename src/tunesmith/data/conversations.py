@@ -46,7 +46,7 @@ class LoadReport:
 
 
 def load_file(
-    path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None
+    path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None, *, answers: str | Path | None = None
 ) -> tuple[list[Conversation], LoadReport]:
     """Read a data file (any :mod:`tunesmith.data.readers` type) and convert every record of format ``fmt``.
 
@@ -54,6 +54,8 @@ def load_file(
         path: data file or saved dataset folder.
         fmt: one of :data:`tunesmith.data.formats.FORMATS`, or ``auto`` (detected from the first record).
         columns: ``data.columns`` mapping (canonical field -> column name).
+        answers: for ``bfcl``, the ``possible_answer`` file (default: ``possible_answer/<name>`` beside ``path`` when
+            it exists); its ground truth becomes each record's reference call.
 
     Returns:
         (valid conversations, report); ``report.skipped`` lists every invalid record's problems
@@ -88,7 +90,7 @@ def load_file(
                     Problem(
                         records[0][0] if records else str(path),
                         f"no known format matches the record keys {keys}",
-                        "set data.format (messages, sharegpt, alpaca, prompt_completion, text, oasst) and "
+                        "set data.format (messages, sharegpt, alpaca, prompt_completion, text, oasst, bfcl) and "
                         "data.columns, e.g. --set data.columns.output=response",
                     )
                 ],
@@ -103,6 +105,9 @@ def load_file(
             ],
         )
     report.format = fmt
+    if fmt == "bfcl":
+        records, probs = _with_answers(path, records, answers)
+        problems += probs
     convs = []
     for where, obj in records:
         conv, probs = to_conversation(obj, fmt, where, columns)
@@ -115,11 +120,59 @@ def load_file(
     return convs, report
 
 
+def _with_answers(path, records, answers) -> tuple[list, list[Problem]]:
+    """BFCL question records with the ground truth of their answer file merged in (none when there is no file)."""
+    from tunesmith.data.tool_formats import answers_path_for, attach_bfcl_answers
+
+    found = Path(answers) if answers else answers_path_for(path)
+    if not found.is_file():
+        if answers:
+            raise DataError(
+                "BFCL answer file not found",
+                [Problem(f"data.answers_path={answers}", "no such file", "point it at the possible_answer file")],
+            )
+        return records, []
+    rows, problems = read_records(found)
+    records, more = attach_bfcl_answers(records, rows, str(found))
+    return records, problems + more
+
+
+def file_tools(spec) -> list[dict] | None:
+    """The ``data.tools`` of a config: a list of function specs, or the path of a JSON file holding one.
+
+    Returns:
+        OpenAI-shaped specs, or None when ``spec`` is None.
+
+    Raises:
+        DataError: an unreadable file, or specs that are not function specs (with the problem).
+    """
+    import json
+
+    from tunesmith.data.tool_formats import normalise_tools
+
+    if spec is None:
+        return None
+    where = f"data.tools={spec}" if isinstance(spec, str) else "data.tools"
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(Path(spec).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                "Cannot read the tools file",
+                [Problem(where, getattr(exc, "strerror", None) or str(exc), "give a JSON file with a list of specs")],
+            ) from None
+        spec = spec.get("tools", spec) if isinstance(spec, dict) else spec
+    tools, problems = normalise_tools(spec, where, "data.tools")
+    if problems:
+        raise DataError("Invalid data.tools", problems)
+    return tools
+
+
 def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conversation], LoadReport]:
     """Load the records ``data_cfg`` names (``path`` first, else bundled ``name``), validated.
 
     Args:
-        data_cfg: a :class:`tunesmith.config.sft.DataSection` (uses path, name, format, columns,
+        data_cfg: a :class:`tunesmith.config.sft.DataSection` (uses path, name, format, columns, answers_path, tools,
             skip_invalid, system_prompt).
         log_skipped: log a warning per skipped problem (``tunesmith.data.conversations`` logger).
 
@@ -132,7 +185,7 @@ def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conv
             ``skip_invalid``); an unknown format or bundled name.
     """
     if data_cfg.path:
-        convs, report = load_file(data_cfg.path, data_cfg.format, dict(data_cfg.columns))
+        convs, report = load_file(data_cfg.path, data_cfg.format, dict(data_cfg.columns), answers=data_cfg.answers_path)
         if report.skipped and not data_cfg.skip_invalid:
             bad = len({p.where for p in report.skipped})
             raise DataError(
@@ -145,6 +198,10 @@ def load_conversations(data_cfg, *, log_skipped: bool = True) -> tuple[list[Conv
         report = LoadReport(rows_read=len(convs), kept=len(convs), format="messages")
     for p in report.skipped if log_skipped else []:
         log.warning("skipped %s: %s", p.where, p.reason)
+    tools = file_tools(data_cfg.tools)
+    for c in convs if tools else []:
+        if c.kind not in ("text", "completion") and not c.tools:
+            c.tools = tools
     if data_cfg.system_prompt:
         for c in convs:
             if c.kind not in ("text", "completion") and c.messages[0].role != "system":
@@ -164,7 +221,10 @@ def load_sft_data(cfg) -> tuple[list, list, LoadReport]:
     try:
         convs, report = load_conversations(cfg.data)
         if cfg.data.eval_path:
-            train, (evals, _) = convs, load_conversations(cfg.data.model_copy(update={"path": cfg.data.eval_path}))
+            train, (evals, _) = (
+                convs,
+                load_conversations(cfg.data.model_copy(update={"path": cfg.data.eval_path, "answers_path": None})),
+            )
         else:
             train, evals = split(convs, cfg.data.eval_fraction, cfg.data.split_seed)
     except OSError as exc:
