@@ -9,9 +9,10 @@ and eager on CPU included; flash-attention varlen on GPU).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tunesmith.errors import DataError, Problem, TemplateError
+from tunesmith.render.features import MissingFeatures, needed, template_features
 from tunesmith.render.templates import IGNORE_INDEX, Rendered, end_of_turn_ids, render_conversation
 
 log = logging.getLogger("tunesmith.render.rows")
@@ -79,6 +80,33 @@ def truncate(r: Rendered, max_length: int) -> tuple[Rendered, int]:
     return Rendered(r.input_ids[:max_length], r.labels[:max_length], r.source), lost
 
 
+def render_examples(
+    tokenizer, conv, *, eot_ids=None, chat_template: str | None = None, train_reasoning: bool | None = None
+) -> list[Rendered]:
+    """The training examples of one conversation: one, except with ``train_reasoning=True`` under a template that
+    drops the reasoning of past turns (Qwen3): then each trained turn whose reasoning was dropped becomes its own
+    example ending at that turn (where the template renders it), and is masked in the full one.
+
+    Returns:
+        ``list[Rendered]`` (:func:`tunesmith.render.templates.render_conversation` of each).
+    """
+    kw = dict(eot_ids=eot_ids, chat_template=chat_template, train_reasoning=train_reasoning)
+    r = render_conversation(tokenizer, conv, **kw)
+    turns = [i for i in r.dropped_reasoning if conv.messages[i].weight != 0]
+    if train_reasoning is not True or not turns or conv.kind != "messages":
+        return [r]
+    masked = [replace(m, weight=0) if i in turns else m for i, m in enumerate(conv.messages)]
+    out = [render_conversation(tokenizer, replace(conv, messages=masked), **kw)]
+    for i in turns:
+        head = [
+            replace(m, weight=0) if m.role == "assistant" and k < i else m for k, m in enumerate(conv.messages[: i + 1])
+        ]
+        out.append(
+            render_conversation(tokenizer, replace(conv, messages=head, source=f"{conv.source} (turn {i})"), **kw)
+        )
+    return out
+
+
 def render_all(
     tokenizer,
     convs,
@@ -88,6 +116,7 @@ def render_all(
     generation_config=None,
     skip_invalid: bool = False,
     log_skipped: bool = True,
+    train_reasoning: bool | None = None,
 ) -> tuple[list[Rendered], TokenStats]:
     """Render every conversation, truncate to ``max_length`` tokens, drop examples with no trained token left.
 
@@ -103,26 +132,33 @@ def render_all(
         generation_config: its eos ids count as end-of-turn tokens.
         skip_invalid: skip (and count in ``stats.invalid``) records the template refuses, instead of raising.
         log_skipped: log a warning per skipped record (``tunesmith.render.rows`` logger).
+        train_reasoning: ``data.train_reasoning`` (see :func:`render_examples`).
 
     Returns:
         (kept examples, :class:`TokenStats`).
 
     Raises:
         DataError: listing every record the template refuses (``file:line``), unless ``skip_invalid``.
-        TemplateError: when there is no chat template at all.
+        TemplateError: when there is no chat template at all, or it cannot render the data's tools, tool calls or tool
+            results (every record needing them counted).
     """
     eot = end_of_turn_ids(tokenizer, generation_config)
-    stats, kept = TokenStats(), []
+    stats, kept, unsupported = TokenStats(), [], []
     for conv in convs:
         stats.examples += 1
         try:
-            r = render_conversation(tokenizer, conv, eot_ids=eot, chat_template=chat_template)
+            examples = render_examples(
+                tokenizer, conv, eot_ids=eot, chat_template=chat_template, train_reasoning=train_reasoning
+            )
+        except MissingFeatures:
+            unsupported.append(conv)
+            continue
         except TemplateError as exc:
             if exc.problems and exc.problems[0].where == "model.chat_template":
                 raise
             stats.invalid += [Problem(p.where, p.reason, p.fix) for p in exc.problems]
             continue
-        except Exception as exc:  # noqa: BLE001 - jinja2 errors raised by the template itself
+        except Exception as exc:  # jinja2 errors raised by the template itself
             stats.invalid.append(
                 Problem(
                     conv.source or "conversation",
@@ -132,18 +168,10 @@ def render_all(
                 )
             )
             continue
-        was_long = len(r.input_ids) > max_length
-        r, lost = truncate(r, max_length)
-        stats.trained_tokens_lost += lost
-        stats.truncated += was_long
-        if r.num_trained == 0:
-            stats.dropped_empty += 1
-            continue
-        kept.append(r)
-        stats.kept += 1
-        stats.tokens += len(r.input_ids)
-        stats.trained_tokens += r.num_trained
-        stats.lengths.append(len(r.input_ids))
+        for r in examples:
+            _keep(r, max_length, stats, kept)
+    if unsupported:
+        raise _unsupported(tokenizer, chat_template, unsupported, train_reasoning)
     if stats.invalid and not skip_invalid:
         raise DataError(
             f"{len(stats.invalid)} record(s) cannot be rendered by the chat template; nothing was trained "
@@ -153,6 +181,29 @@ def render_all(
     for p in stats.invalid if log_skipped else []:
         log.warning("skipped %s: %s", p.where, p.reason)
     return kept, stats
+
+
+def _keep(r: Rendered, max_length: int, stats: TokenStats, kept: list[Rendered]) -> None:
+    """Truncate one example and keep it when a trained token is left, counting into ``stats``."""
+    was_long = len(r.input_ids) > max_length
+    r, lost = truncate(r, max_length)
+    stats.trained_tokens_lost += lost
+    stats.truncated += was_long
+    if r.num_trained == 0:
+        stats.dropped_empty += 1
+        return
+    kept.append(r)
+    stats.kept += 1
+    stats.tokens += len(r.input_ids)
+    stats.trained_tokens += r.num_trained
+    stats.lengths.append(len(r.input_ids))
+
+
+def _unsupported(tokenizer, chat_template, failed, train_reasoning) -> TemplateError:
+    """One error for every record whose tools / calls / results / reasoning the template cannot render."""
+    have = template_features(tokenizer, chat_template)
+    missing = sorted({f for conv in failed for f in needed(conv, train_reasoning) if not getattr(have, f)})
+    return MissingFeatures.of(missing, len(failed), failed[0].source or "conversation")
 
 
 def resolve_max_length(configured: int, tokenizer, model_config=None) -> tuple[int, str]:
