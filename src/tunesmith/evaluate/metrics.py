@@ -16,6 +16,10 @@ Metrics computed from a generation and its reference (each per example, in [0, 1
 - ``rouge_l``: ROUGE-L F-measure (``rouge-score``, Lin 2004), ``chrf``: chrF (``sacrebleu``, Popović 2015) / 100,
   both sentence-level; the aggregate is their mean.
 
+- ``tool_call_ast``, ``tool_name_accuracy``, ``tool_call_valid_json``: the reply's tool calls, parsed in the chat
+  template's layout (:mod:`tunesmith.render.tool_calls`), against the expected calls: BFCL's AST check, the called
+  function names, well-formed call blocks (:mod:`tunesmith.evaluate.tool_metrics`).
+
 ``eval_loss`` and ``perplexity`` are computed from the references by :mod:`tunesmith.evaluate.generative`.
 """
 
@@ -25,8 +29,10 @@ import json
 import re
 from functools import lru_cache
 
-from tunesmith.config.metric_names import REFERENCE_METRICS
+from tunesmith.config.metric_names import REFERENCE_METRICS, TOOL_METRICS
 from tunesmith.evaluate.stats import macro_f1
+from tunesmith.evaluate.tool_metrics import ast_check, tool_scores
+from tunesmith.render.tool_calls import parse_reply
 
 
 def normalise(text: str) -> str:
@@ -101,6 +107,9 @@ def score_example(
     json_schema: dict | None = None,
     regex: str | None = None,
     label_field: str | None = None,
+    expected_calls: list[dict] | None = None,
+    tools: list[dict] | None = None,
+    call_fmt: str = "hermes",
 ) -> dict[str, float]:
     """Per-example scores of one generated answer.
 
@@ -111,11 +120,17 @@ def score_example(
         json_schema: the JSON Schema for ``json_schema``.
         regex: the pattern for ``regex`` (must match the whole stripped prediction).
         label_field: JSON field holding the label for ``label_accuracy`` (None: the whole answer).
+        expected_calls: for the tool metrics, the expected calls in BFCL's ground-truth shape ``[{function: {param:
+            [acceptable values]}}]`` (None or ``[]``: no call expected).
+        tools: the example's tool specs (the AST check reads parameter types and required parameters).
+        call_fmt: the template's call layout (:func:`tunesmith.render.tool_calls.call_format`).
 
     Returns:
         ``{metric: float}``: 1.0/0.0 for the binary metrics, [0, 1] for ``rouge_l`` and ``chrf``.
     """
     out: dict[str, float] = {}
+    if set(TOOL_METRICS) & set(metrics):
+        out.update(tool_scores(parse_reply(prediction, call_fmt), expected_calls or [], tools, metrics))
     pred_n, ref_n = normalise(prediction), normalise(reference)
     parsed = parse_json(prediction) if {"json_valid", "json_schema"} & set(metrics) else None
     for name in metrics:
@@ -137,6 +152,14 @@ def score_example(
         elif name == "chrf":
             out[name] = float(_chrf().sentence_score(prediction, [reference]).score) / 100.0
     return out
+
+
+def tool_call_error(prediction: str, expected_calls: list[dict] | None, tools, call_fmt: str = "hermes") -> str | None:
+    """Why a reply fails ``tool_call_ast`` (None when it passes), for ``predictions.jsonl``."""
+    parsed = parse_reply(prediction, call_fmt)
+    if parsed.invalid:
+        return f"malformed tool call: {parsed.invalid[0][:80]!r}"
+    return ast_check(parsed.calls, expected_calls or [], tools)
 
 
 def aggregate(rows: list[dict], metrics: list[str] | tuple[str, ...]) -> dict[str, float]:
