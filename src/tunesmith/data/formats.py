@@ -138,7 +138,7 @@ def _content(content, where: str, label: str) -> tuple[str | None, str | None, l
     )
 
 
-def _message(m: dict, where: str, label: str) -> tuple[Message, list[Problem]]:
+def message_from(m: dict, where: str, label: str) -> tuple[Message, list[Problem]]:
     """One OpenAI-style message: content (string or typed parts), weight, name, tool_calls, tool_call_id, reasoning."""
     role = str(m.get("role"))
     calls_raw = m.get("tool_calls")
@@ -184,7 +184,7 @@ def _from_messages(
         if not isinstance(m, dict):
             problems.append(Problem(where, f"{label} is not an object", "each message is {role, content}"))
             continue
-        msg, probs = _message(m, where, label)
+        msg, probs = message_from(m, where, label)
         msgs.append(msg)
         problems += probs
     tools, probs = normalise_tools(_col(record, "tools", columns), where)

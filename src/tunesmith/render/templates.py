@@ -345,10 +345,14 @@ def render_prompt(tokenizer, conv: Conversation, *, chat_template: str | None = 
     last assistant turn (what the model sees at inference), as ``list[int][seq]``.
 
     The last assistant turn, if present, is dropped; the rest is rendered with
-    ``add_generation_prompt=True``.  A plain ``completion`` record gives its prompt tokens.
+    ``add_generation_prompt=True`` (and ``tools=conv.tools``).  A plain ``completion`` record gives its prompt tokens.
+
+    Raises:
+        MissingFeatures: the template does not render the conversation's tools, tool calls or tool results.
     """
     if conv.kind in ("text", "completion"):
         return _encode_plain(tokenizer, conv.messages[0].content) if conv.kind == "completion" else []
+    require_features(tokenizer, conv, chat_template, None)  # never drop the conversation's tools silently
     msgs = conv.to_template()
     if msgs and msgs[-1]["role"] == "assistant":
         msgs = msgs[:-1]
