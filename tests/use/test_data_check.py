@@ -7,6 +7,7 @@ import re
 
 from typer.testing import CliRunner
 
+from conftest import SHARED_DATA, needs_shared
 from tunesmith.cli import app
 
 runner = CliRunner()
@@ -50,3 +51,88 @@ def test_data_preview_marks_trained_tokens(tmp_path, embedded_source):
 def test_data_check_missing_file_is_clean_error(tmp_path):
     res = runner.invoke(app, ["data", "check", "--set", f"data.path={tmp_path / 'nope.jsonl'}"])
     assert res.exit_code == 2 and "file not found" in res.output
+
+
+GLAIVE = [
+    {
+        "conversations": [
+            {"from": "human", "value": "Weather in Oslo?"},
+            {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "Oslo"}}'},
+            {"from": "observation", "value": '{"temp": 3}'},
+            {"from": "gpt", "value": "It is 3 degrees."},
+        ],
+        "tools": json.dumps(
+            [{"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {}}}]
+        ),
+    }
+]
+
+
+def test_data_check_refuses_a_template_that_drops_tools_and_offers_the_tool_template(tmp_path, embedded_source):
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps(GLAIVE))
+    res = runner.invoke(app, ["data", "check", "--set", f"data.path={p}"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2, res.output
+    assert (
+        "does not render assistant tool calls, tool specs" in res.output
+        and "model.chat_template=chatml-tools" in res.output
+    )
+    res = runner.invoke(
+        app,
+        ["data", "check", "--set", f"data.path={p}", "--set", "model.chat_template=chatml-tools"],
+        env={"COLUMNS": "200"},
+    )
+    assert res.exit_code == 0, res.output
+    assert "1 records declare tools; 1 calls in 1 assistant turns (trained); 1 tool results (masked)" in res.output
+
+
+def test_data_preview_shows_tool_calls_trained_and_results_masked(tmp_path, embedded_source):
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps(GLAIVE))
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "preview",
+            "--set",
+            f"data.path={p}",
+            "--set",
+            "model.chat_template=chatml-tools",
+            "-n",
+            "1",
+            "--plain",
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert '[[<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>]]' in out
+    assert (
+        '<|im_start|>user\n<tool_response>\n{"temp": 3}\n</tool_response><|im_end|>\n<|im_start|>assistant\n[[' in out
+    )
+    assert "[[It is 3 degrees.<|im_end|>]]" in out and out.count("[[") == 3  # legend + the two replies
+
+
+@needs_shared("glaive_toolcall_en_demo", "reason_tool_use_demo")
+def test_data_check_passes_on_the_tool_calling_sets():
+    for path, counts in (
+        ("glaive_toolcall_en_demo/glaive_toolcall_en_demo.json", "158 records declare tools; 179 calls in 179"),
+        ("reason_tool_use_demo/reason_tool_use_demo_50.jsonl", "40 records declare tools; 58 calls in 43"),
+    ):
+        res = runner.invoke(
+            app,
+            [
+                "data",
+                "check",
+                "--set",
+                f"data.path={SHARED_DATA / path}",
+                "--set",
+                "model.chat_template=chatml-tools",
+                "--set",
+                "train.max_length=4096",
+            ],
+            env={"COLUMNS": "250"},
+        )
+        assert res.exit_code == 0, res.output
+        assert counts in res.output
+    assert "88 turns with reasoning" in res.output and "reasoning the template renders is trained" in res.output
