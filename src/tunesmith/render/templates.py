@@ -173,6 +173,8 @@ class _Reply:
     train: bool
     masked: tuple[int, int] | None = None
     """Characters inside the reply (absolute offsets) masked although the reply is trained: its reasoning."""
+    dropped: bool = False
+    """The full rendering leaves out this turn's reasoning (a template that drops past reasoning)."""
 
 
 def _inconsistent(conv: Conversation, name: str, turn: int, text: str, full_text: str) -> TemplateError:
@@ -209,7 +211,7 @@ def _locate_reply(tokenizer, conv: Conversation, i: int, full_text: str, *, chat
         raise _inconsistent(conv, "reply", i, through_text, full_text)
     last = max(k for k, x in enumerate(conv.messages) if x.role == "assistant")
     train = m.weight != 0 and (conv.kind != "prompt_completion" or i == last)
-    reply = _Reply(len(prompt_text), len(through_text if kept else bare_text), train)
+    reply = _Reply(len(prompt_text), len(through_text if kept else bare_text), train, dropped=not kept)
     if kept and train_reasoning is False and bare_text != through_text:
         a, b = through_text[reply.start :], bare_text[reply.start :]
         head = _diverge(a, b)
@@ -279,10 +281,10 @@ def render_conversation(
     full_text = _render_text(
         tokenizer, conv.to_template(), add_generation_prompt=False, chat_template=chat_template, tools=conv.tools
     )
+    turns = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
     replies = [
         _locate_reply(tokenizer, conv, i, full_text, chat_template=chat_template, train_reasoning=train_reasoning)
-        for i, m in enumerate(conv.messages)
-        if m.role == "assistant"
+        for i in turns
     ]
     ids: list[int] = []
     labels: list[int] = []
@@ -298,11 +300,7 @@ def render_conversation(
         labels += reply_labels
         pos = reply.end
     tail = _encode(tokenizer, full_text[pos:])
-    dropped = [
-        i
-        for i, m in enumerate(conv.messages)
-        if m.role == "assistant" and m.reasoning_content and m.reasoning_content not in full_text
-    ]
+    dropped = [i for i, reply in zip(turns, replies) if reply.dropped]
     return Rendered(ids + tail, labels + [IGNORE_INDEX] * len(tail), conv.source, dropped)
 
 
