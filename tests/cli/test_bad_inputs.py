@@ -3,7 +3,7 @@ exit with code 2, print no traceback, name the location (file:line, field path o
 that looks complete (no metrics.json, no adapter/).
 
 Files live in tests/bad_inputs/; large or environment-specific inputs (a 10 MB line, 100,000 nested brackets, a
-read-only folder, a full disk) are built in the test.  All but five cases (``needs="model"``) fail before the model
+read-only folder, a full disk) are built in the test.  All but six cases (``needs="model"``) fail before the model
 loads (preflight: config, output folder, data), in about a second each.
 """
 
@@ -230,6 +230,27 @@ CASES = [
     Case("malformed-json-file", _data("malformed.json"), _at("malformed.json", 3)),
     Case("json-without-records", _data("not_records.json"), lambda c: [f"{BAD / 'not_records.json'}:1", "data.format"]),
     Case("eval-file-malformed", _eval_path_bad, _at("malformed.jsonl", 2)),
+    Case(
+        "tool-call-arguments-not-json",
+        _data("tool_call_bad_arguments.jsonl"),
+        lambda c: [f"{BAD / 'tool_call_bad_arguments.jsonl'}:2", "arguments is a string but not JSON"],
+    ),
+    Case(
+        "glaive-tools-not-json",
+        _data("glaive_tools_not_json.json"),
+        lambda c: [f"{BAD / 'glaive_tools_not_json.json'}:23", "tools is a string but not JSON"],
+    ),
+    Case(
+        "bfcl-question-malformed",
+        _data("bfcl_question_malformed.json"),
+        lambda c: [f"{BAD / 'bfcl_question_malformed.json'}:2", "question is not a list of turns"],
+    ),
+    Case(
+        "template-would-drop-tools",
+        lambda c: c.sft("--skip-invalid", data=BAD / "tool_call_bad_arguments.jsonl"),
+        lambda c: ["model.chat_template", "does not render assistant tool calls", "chatml-tools"],
+        needs="model",
+    ),
     Case("truncates-to-nothing", _long_system, lambda c: ["train.max_length=16"], needs="model"),
     Case("model-max-length-1e30", _model_max_1e30, lambda c: ["train.max_length=16"], needs="model"),
     # --- classification data (tunesmith classify) ---
