@@ -136,3 +136,43 @@ def test_data_check_passes_on_the_tool_calling_sets():
         assert res.exit_code == 0, res.output
         assert counts in res.output
     assert "88 turns with reasoning" in res.output and "reasoning the template renders is trained" in res.output
+
+
+def test_data_check_says_when_the_template_drops_reasoning(tmp_path, embedded_source):
+    p = tmp_path / "r.jsonl"
+    rec = {
+        "messages": [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": [{"type": "reasoning", "value": "Add."}, {"type": "text", "value": "4"}]},
+        ]
+    }
+    p.write_text(json.dumps(rec) + "\n")
+    res = runner.invoke(app, ["data", "check", "--set", f"data.path={p}"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "1 assistant turns carry reasoning that the chat template does not render: it is not trained" in res.output
+    res = runner.invoke(
+        app, ["data", "check", "--set", f"data.path={p}", "--set", "data.train_reasoning=true"], env={"COLUMNS": "200"}
+    )
+    assert res.exit_code == 2 and "does not render reasoning" in res.output and "chatml-tools" in res.output
+    res = runner.invoke(
+        app,
+        ["data", "preview", "--set", f"data.path={p}", "--set", "model.chat_template=chatml-tools", "--plain"],
+        env={"COLUMNS": "200"},
+    )
+    assert "[[<think>\nAdd.\n</think>\n\n4<|im_end|>]]" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "preview",
+            "--set",
+            f"data.path={p}",
+            "--set",
+            "model.chat_template=chatml-tools",
+            "--set",
+            "data.train_reasoning=false",
+            "--plain",
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert "<think>\nAdd.\n</think>\n\n[[4<|im_end|>]]" in res.output
