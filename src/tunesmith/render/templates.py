@@ -216,9 +216,8 @@ def _locate_reply(tokenizer, conv: Conversation, i: int, full_text: str, *, chat
         a, b = through_text[reply.start :], bare_text[reply.start :]
         head = _diverge(a, b)
         stop = len(a) - _diverge(a[head:][::-1], b[head:][::-1])
-        while (
-            head > 0 and a[head - 1] == a[stop - 1]
-        ):  # the leftmost of equal alignments: "<think>..." not "think>...<"
+        # of the equal alignments of the inserted text, take the leftmost: "<think>...\n\n", not "think>...\n\n<"
+        while head > 0 and a[head - 1] == a[stop - 1]:
             head, stop = head - 1, stop - 1
         reply.masked = (reply.start + head, reply.start + stop)
     return reply
