@@ -243,6 +243,27 @@ CASES = [
     Case("malformed-json-file", _data("malformed.json"), _at("malformed.json", 3)),
     Case("json-without-records", _data("not_records.json"), lambda c: [f"{BAD / 'not_records.json'}:1", "data.format"]),
     Case("eval-file-malformed", _eval_path_bad, _at("malformed.jsonl", 2)),
+    Case(
+        "tool-call-arguments-not-json",
+        _data("tool_call_bad_arguments.jsonl"),
+        lambda c: [f"{BAD / 'tool_call_bad_arguments.jsonl'}:2", "arguments is a string but not JSON"],
+    ),
+    Case(
+        "glaive-tools-not-json",
+        _data("glaive_tools_not_json.json"),
+        lambda c: [f"{BAD / 'glaive_tools_not_json.json'}:23", "tools is a string but not JSON"],
+    ),
+    Case(
+        "bfcl-question-malformed",
+        _data("bfcl_question_malformed.json"),
+        lambda c: [f"{BAD / 'bfcl_question_malformed.json'}:2", "question is not a list of turns"],
+    ),
+    Case(
+        "template-would-drop-tools",
+        lambda c: c.sft("--skip-invalid", data=BAD / "tool_call_bad_arguments.jsonl"),
+        lambda c: ["model.chat_template", "does not render assistant tool calls", "chatml-tools"],
+        needs="model",
+    ),
     Case("truncates-to-nothing", _long_system, lambda c: ["train.max_length=16"], needs="model"),
     Case("model-max-length-1e30", _model_max_1e30, lambda c: ["train.max_length=16"], needs="model"),
     # --- classification data (tunesmith classify) ---

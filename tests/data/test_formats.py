@@ -64,10 +64,11 @@ def test_sharegpt_json_roles_and_element_lines(tmp_path):
     assert turns(b) == [
         ("system", "Be terse."),
         ("user", "Weather?"),
-        ("assistant", '{"name": "w"}'),
+        ("assistant", ""),
         ("tool", "sunny"),
         ("assistant", "Sunny."),
     ]
+    assert b.messages[2].tool_calls[0].name == "w" and b.messages[2].tool_calls[0].arguments == {}
 
 
 def test_alpaca_with_response_column_and_system_column(tmp_path):
@@ -186,7 +187,8 @@ def test_typed_content_parts(tmp_path):
     )
     convs, rep = load_file(p)
     assert turns(convs[0]) == [("user", "Hi there"), ("assistant", "Hello")]
-    assert rep.skipped[0].where == f"{p}:2" and "reasoning" in rep.skipped[0].reason
+    assert turns(convs[1]) == [("user", "Q"), ("assistant", "A")] and convs[1].messages[1].reasoning_content == "hmm"
+    assert rep.skipped == []
 
 
 def test_oasst_tree_follows_best_ranked_reply(tmp_path):
@@ -228,5 +230,9 @@ def test_real_files_load(tmp_path):
         and rep.kept == 255
         and {m.role for c in convs for m in c.messages} == {"user", "assistant", "tool"}
     )
+    assert sum(len(m.tool_calls or []) for c in convs for m in c.messages) == 179
+    assert sum(1 for c in convs if c.tools) == 158
     convs, rep = load_file(SHARED_DATA / "reason_tool_use_demo" / "reason_tool_use_demo_50.jsonl")
-    assert rep.kept == 0 and rep.skipped_records == 42 and "reasoning" in rep.skipped[0].reason
+    assert rep.kept == 42 and rep.skipped == []
+    assert sum(1 for c in convs for m in c.messages if m.reasoning_content) == 88
+    assert sum(len(m.tool_calls or []) for c in convs for m in c.messages) == 58

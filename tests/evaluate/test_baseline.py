@@ -288,3 +288,81 @@ def test_custom_metric_runs_in_baseline_and_is_recorded_in_the_manifest(decision
         code=2,
     )
     assert "Cannot import a custom metric" in res.output and not (tmp_path / "x").exists()
+
+
+def _bfcl_files(root):
+    """Four BFCL-shaped questions (two functions) and their possible_answer file."""
+    fns = {
+        "get_weather": {"type": "dict", "required": ["city"], "properties": {"city": {"type": "string"}}},
+        "add": {"type": "dict", "required": ["a", "b"], "properties": {"a": {"type": "float"}, "b": {"type": "float"}}},
+    }
+    qs, ans = [], []
+    for k, (fn, question, truth) in enumerate(
+        [
+            ("get_weather", "Weather in Oslo?", {"city": ["Oslo"]}),
+            ("add", "Add 2 and 3.", {"a": [2.0], "b": [3.0]}),
+            ("get_weather", "Is it raining in Rome?", {"city": ["Rome", "Roma"]}),
+            ("add", "What is 1.5 plus 4?", {"a": [1.5], "b": [4.0]}),
+        ]
+    ):
+        qs.append(
+            {
+                "id": f"live_simple_{k}",
+                "question": [[{"role": "user", "content": question}]],
+                "function": [{"name": fn, "description": fn, "parameters": fns[fn]}],
+            }
+        )
+        ans.append({"id": f"live_simple_{k}", "ground_truth": [{fn: truth}]})
+    (root / "possible_answer").mkdir()
+    q = root / "BFCL_v4_live_simple.json"
+    q.write_text("\n".join(json.dumps(x) for x in qs))
+    (root / "possible_answer" / q.name).write_text("\n".join(json.dumps(x) for x in ans) + "\n")
+    return q
+
+
+def test_bfcl_examples_reference_calls_and_k_shot_tools(tmp_path, smol_tokenizer):
+    from tunesmith.data.conversations import load_file
+    from tunesmith.render.templates import resolve_chat_template
+
+    convs, _ = load_file(_bfcl_files(tmp_path))
+    template = resolve_chat_template("chatml-tools")
+    (ex,) = build_examples(smol_tokenizer, convs[2:3], chat_template=template)
+    assert ex.reference == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+    assert ex.expected_calls == [{"get_weather": {"city": ["Rome", "Roma"]}}]  # the whole ground truth is the reference
+    (shot,) = build_examples(smol_tokenizer, convs[2:3], convs[1:2], k_shot=1, chat_template=template)
+    assert [t["function"]["name"] for t in shot.conversation.tools] == ["get_weather", "add"]  # own first, then demo's
+    assert [m.role for m in shot.conversation.messages] == ["user", "assistant", "user", "assistant"]
+    assert shot.conversation.messages[1].tool_calls[0].name == "add" and shot.conversation.messages[1].weight == 0
+    text = smol_tokenizer.decode(shot.prompt_ids)
+    assert text.endswith("Is it raining in Rome?<|im_end|>\n<|im_start|>assistant\n") and '"name": "add"' in text
+
+
+def test_bfcl_baseline_cli_scores_tool_calls(tmp_path, tiny_llama_dir):
+    """`tunesmith baseline` on BFCL data (zero- and 1-shot) writes the tool metrics and each reply's parsed calls and
+    AST verdict; `tunesmith report` compares them."""
+    q = _bfcl_files(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "model": {"name": str(tiny_llama_dir), "chat_template": "chatml-tools"},
+                "data": {"name": None, "path": str(q), "format": "bfcl", "eval_fraction": 0.5},
+                "train": {"output_dir": str(tmp_path / "run")},
+                "eval": {
+                    "max_new_tokens": 4,
+                    "k_shot": 1,
+                    "metrics": ["tool_call_ast", "tool_name_accuracy", "tool_call_valid_json", "eval_loss"],
+                },
+            }
+        )
+    )
+    _cli("baseline", str(cfg))
+    for sub in ("run-baseline", "run-baseline-1shot"):
+        m = json.loads((tmp_path / sub / "metrics.json").read_text())
+        assert m["eval_examples"] == 2 and m["task_metrics"]["tool_call_ast"] == 0.0  # a random model calls nothing
+        assert m["task_metrics"]["tool_call_valid_json"] == 0.0 and m["task_metrics"]["eval_loss"] > 0
+        rows = _rows(tmp_path / sub)
+        assert all(r["tool_calls"] == [] and r["tool_call_error"] == "0 call(s), expected 1" for r in rows)
+        assert all(r["reference"].startswith("<tool_call>\n{") for r in rows)
+    res = _cli("report", str(tmp_path / "run-baseline"), str(tmp_path / "run-baseline-1shot"))
+    assert "tool_call_ast" in res.output

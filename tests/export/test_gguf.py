@@ -268,3 +268,30 @@ def test_export_cli_shows_progress_without_a_terminal(exported, tmp_path):
     ]
     assert "step loaded and merged" in lines[0] and "step wrote p.gguf" in lines[1] and "ETA 0s" in lines[2]
     assert (tmp_path / "p.gguf").is_file()
+
+
+def test_export_with_the_tool_template_checks_a_tool_conversation(tmp_path):
+    """A model trained with chatml-tools: the GGUF carries that template, the saved and GGUF tokenizers render the tool
+    conversation (tools=, a call, a result) token for token as training did, and the call text parses back."""
+    from gguf import GGUFReader
+
+    from tunesmith.export.consistency import fixed_conversations, tool_parse_check
+    from tunesmith.export.gguf import run_export
+    from tunesmith.render.templates import resolve_chat_template
+
+    template = resolve_chat_template("chatml-tools")
+    tok = tiny_bpe_tokenizer(template)
+    assert [c.source for c in fixed_conversations(tok)][-1] == "consistency#tools"
+    assert "consistency#tools" not in [c.source for c in fixed_conversations(tiny_bpe_tokenizer("{{ 'x' }}"))]
+    base = build_tiny_llama(tok, tmp_path / "base")
+    report = run_export(
+        str(base), output=str(tmp_path / "t.gguf"), modelfile=True, stop_check=False, max_new_tokens=4, log=print
+    )
+    checks = {c["name"]: c for c in report["consistency"]["checks"]}
+    assert all(c["ok"] for c in checks.values()), checks
+    assert checks["ids_gguf"]["detail"].startswith("6 conversations") and "tool_call_parse" in checks
+    f = GGUFReader(str(tmp_path / "t.gguf")).fields["tokenizer.chat_template"].contents()
+    assert f == template and "<tool_call>" in f
+    broken = tiny_bpe_tokenizer(template.replace('{"name": ', '{"function": '))
+    bad = tool_parse_check(broken, fixed_conversations(broken))
+    assert not bad.ok and "consistency#tools" in bad.detail

@@ -206,3 +206,107 @@ def test_chat_cli_reads_piped_stdin(tiny_llama_dir):
         "> again",
         "assistant",
     ]
+
+
+@pytest.fixture(scope="module")
+def tools_model_dir(smol_tokenizer, tmp_path_factory):
+    """The tiny Llama saved with the built-in chatml-tools template."""
+    import copy
+
+    from conftest import build_tiny_llama
+    from tunesmith.render.templates import resolve_chat_template
+
+    tok = copy.deepcopy(smol_tokenizer)
+    tok.chat_template = resolve_chat_template("chatml-tools")
+    return build_tiny_llama(tok, tmp_path_factory.mktemp("tiny-tools"))
+
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def test_chat_session_with_tools_shows_and_keeps_parsed_calls(tools_model_dir):
+    from tunesmith.data.records import Message
+    from tunesmith.models.loading import load_for_use
+    from tunesmith.use.chat import ChatSession, chat_loop
+
+    session = ChatSession(load_for_use(str(tools_model_dir)), tools=[{"type": "function", "function": WEATHER}])
+    session.history.append(Message("user", "Paris?"))
+    shown = []
+    session._remember(
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', shown.append
+    )
+    assert shown == ['tool call: get_weather({"city": "Paris"})\n']
+    last = session.history[-1]
+    assert last.content == "" and [(c.name, c.arguments) for c in last.tool_calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    out = []
+    session.max_new_tokens = 2
+    assert chat_loop(session, iter(["/tool 21 degrees"]), out.append) == 1
+    assert [m.role for m in session.history] == ["user", "assistant", "tool", "assistant"]
+    text = session.loaded.tokenizer.decode(session.prompt_ids())  # the prompt of that last reply
+    assert '<tools>\n{"type": "function", "function": {"name": "get_weather"' in text  # the tools are in the prompt
+    assert text.endswith(
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\n<tool_response>\n21 degrees\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert session.history[2].content == "21 degrees"
+
+
+def test_chat_and_generate_refuse_tools_the_template_cannot_render(tmp_path, tiny_llama_dir):
+    spec = tmp_path / "tools.json"
+    spec.write_text(json.dumps([WEATHER]))
+    base = [sys.executable, "-m", "tunesmith"]
+    chat = subprocess.run(
+        base + ["chat", "--model", str(tiny_llama_dir), "--tools", str(spec)],
+        input="hi\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert chat.returncode == 2 and "chatml-tools" in chat.stderr and "Traceback" not in chat.stderr
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps({"prompt": "Weather in Oslo?", "tools": [WEATHER]}) + "\n")
+    gen = subprocess.run(
+        base + ["generate", str(src), "--model", str(tiny_llama_dir)], capture_output=True, text=True, timeout=300
+    )
+    assert gen.returncode == 2 and "does not render" in gen.stderr and "chatml-tools" in gen.stderr
+
+
+def test_generate_with_tools_parses_calls(tmp_path, tools_model_dir):
+    from tunesmith.models.loading import load_for_use
+    from tunesmith.use.generate import generate_records, read_prompts
+
+    src = tmp_path / "p.jsonl"
+    rows = [
+        {"prompt": "Weather in Oslo?", "tools": [WEATHER]},
+        {
+            "messages": [
+                {"role": "user", "content": "Oslo?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}],
+                },
+                {"role": "tool", "content": "3"},
+            ]
+        },
+        {"prompt": "Hi"},
+    ]
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    recs = read_prompts(str(src))
+    assert (
+        recs[0].tools[0]["function"]["name"] == "get_weather"
+        and recs[1].messages[1].tool_calls[0].name == "get_weather"
+    )
+    out = generate_records(
+        load_for_use(str(tools_model_dir)), recs, max_new_tokens=3, tools=[{"type": "function", "function": WEATHER}]
+    )
+    assert [("tool_calls" in r) for r in out] == [True, True, True]  # every record has tools (its own or --tools)
+    assert all(r["tool_calls"] == [] for r in out)  # a random model writes no call
+    out = generate_records(load_for_use(str(tools_model_dir)), recs[2:], max_new_tokens=3)
+    assert "tool_calls" not in out[0]

@@ -8,6 +8,9 @@ import typer
 from tunesmith.cli._options import AdapterOpt, ModelOpt, Opt, handles_errors, log
 
 MaxNewOpt = typer.Option(256, "--max-new-tokens", min=1, help="Tokens per reply at most.")
+ToolsOpt = typer.Option(
+    None, "--tools", help="JSON file with a list of tool (function) specs the model may call; parsed calls are shown."
+)
 SeedOpt = typer.Option(0, "--seed", help="Sampling seed.")
 
 
@@ -20,13 +23,21 @@ def chat(
     top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
     max_new_tokens: int = MaxNewOpt,
     seed: int = SeedOpt,
+    tools: Opt[str] = ToolsOpt,
 ):
-    """Interactive chat through the chat template, tokens streamed; /reset, /system TEXT, /exit. Reads stdin when \
-piped."""
+    """Interactive chat through the chat template, tokens streamed; /reset, /system TEXT, /tool RESULT, /exit. Reads \
+stdin when piped."""
     from tunesmith.use.chat import run_chat
 
     run_chat(
-        model, adapter, system=system, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+        model,
+        adapter,
+        system=system,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        tools=tools,
     )
 
 
@@ -47,6 +58,7 @@ def generate(
     ),
     system: Opt[str] = typer.Option(None, "--system", help="System prompt for records without one."),
     seed: int = SeedOpt,
+    tools: Opt[str] = ToolsOpt,
 ):
     """Batched generation: one JSON line per prompt (id, prompt, prediction, reference, finish_reason), greedy by \
 default."""
@@ -63,6 +75,7 @@ default."""
         temperature=temperature,
         top_p=top_p,
         system=system,
+        tools=tools,
         seed=seed,
         log=log,
     )

@@ -138,7 +138,10 @@ class ModelSection(Section):
         "flash-attention 2 on CUDA when the flash_attn package is installed, else sdpa (for causal LMs)."
     )
     chat_template: str | None = None
-    """Override the model's chat template: a built-in name (`chatml`, `llama3`) or a path to a Jinja file."""
+    (
+        "Override the model's chat template: a built-in name (`chatml`, `llama3`, `chatml-tools`: ChatML with tool "
+        "specs, <tool_call> calls and <tool_response> results) or a path to a Jinja file."
+    )
     trust_remote_code: bool = False
     """Allow model repositories to run their own Python code. Off by default for safety."""
     allow_pickle: bool = False
@@ -157,10 +160,12 @@ class DataSection(Section):
     )
     path: str | None = None
     """A data file (JSONL, JSON, CSV, Parquet) or a saved Hugging Face dataset directory."""
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst", "label"] = "auto"
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst", "bfcl", "label"] = (
+        "auto"
+    )
     (
         "Record format; `auto` detects it from the keys of the first record (messages, sharegpt conversations, alpaca "
-        "instruction/output, prompt/completion, text, oasst message trees)."
+        "instruction/output, prompt/completion, text, oasst message trees, bfcl question/function)."
     )
     columns: dict[str, str] = Field(default_factory=dict)
     (
@@ -181,6 +186,23 @@ class DataSection(Section):
     """Skip invalid records (each logged and counted) instead of stopping before training."""
     system_prompt: str | None = None
     """A system message added to every conversation that has none."""
+    tools: str | list[dict] | None = None
+    (
+        "Tool (function) specs for every conversation that declares none: a list of JSON-schema function specs, or "
+        "the path of a JSON file holding one. Rendered through the chat template (`tools=`)."
+    )
+    answers_path: str | None = None
+    (
+        "For `format: bfcl`: the BFCL possible_answer file whose ground truth is each question's reference call. "
+        "Default: possible_answer/<file name> beside `path`, when it exists."
+    )
+    train_reasoning: bool | None = None
+    (
+        "Train the assistant's reasoning (`reasoning_content`). None (default) does what the template does at "
+        "inference: reasoning it renders is trained, reasoning it drops from past turns is not seen. False masks all "
+        "reasoning (kept as context). True also trains the reasoning a template drops from past turns, each such turn "
+        "then being its own example."
+    )
 
 
 class LoraSection(Section):

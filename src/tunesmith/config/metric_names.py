@@ -18,8 +18,14 @@ GENERATION_METRICS = (
     "label_macro_f1",
     "rouge_l",
     "chrf",
+    "tool_call_ast",
+    "tool_name_accuracy",
+    "tool_call_valid_json",
 )
 """Metrics computed from generated answers."""
+TOOL_METRICS = ("tool_call_ast", "tool_name_accuracy", "tool_call_valid_json")
+"""Function-calling metrics: the reply's tool calls parsed in the chat template's layout, checked against the
+reference calls (BFCL ``possible_answer`` ground truth or the reference turn's own calls)."""
 REFERENCE_METRICS = ("eval_loss", "perplexity")
 """Metrics computed from the reference answers' token likelihood (no generation)."""
 ALL_METRICS = GENERATION_METRICS + REFERENCE_METRICS

@@ -133,10 +133,11 @@ class EvalSection(Section):
     metrics: list[str] = Field(default_factory=lambda: ["exact_match", "rouge_l", "chrf", "eval_loss", "perplexity"])
     (
         "Task metrics of `tunesmith baseline`/`eval`/`report`: exact_match, contains, json_valid, json_schema, regex, "
-        "answer_match, label_accuracy, label_macro_f1, rouge_l, chrf (from generations), eval_loss, perplexity (mean "
-        "token cross-entropy of the trained tokens of the eval rows, truncated as training truncates them), and custom "
-        "metrics named by import path, `package.module:function` (called as function(prediction, reference, example) "
-        "-> float; imported only when an evaluation runs, recorded in the manifest)."
+        "answer_match, label_accuracy, label_macro_f1, rouge_l, chrf, tool_call_ast, tool_name_accuracy, "
+        "tool_call_valid_json (from generations), eval_loss, perplexity (mean token cross-entropy of the trained "
+        "tokens of the eval rows, truncated as training truncates them), and custom metrics named by import path, "
+        "`package.module:function` (called as function(prediction, reference, example) -> float; imported only when "
+        "an evaluation runs, recorded in the manifest)."
     )
     json_schema: dict | str | None = None
     (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunesmith.data.bundled import load_bundled
 from tunesmith.data.formats import FORMATS, detect_format, to_conversation
-from tunesmith.data.readers import read_and_convert
+from tunesmith.data.readers import read_and_convert, read_records
 from tunesmith.data.records import Conversation, Message
 from tunesmith.data.split import split
 from tunesmith.errors import DataError, Problem
@@ -46,7 +46,12 @@ class LoadReport:
 
 
 def load_file(
-    path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None, *, field: str = "data.path"
+    path: str | Path,
+    fmt: str = "auto",
+    columns: dict[str, str] | None = None,
+    *,
+    field: str = "data.path",
+    answers: str | Path | None = None,
 ) -> tuple[list[Conversation], LoadReport]:
     """Read a data file (any :mod:`tunesmith.data.readers` type) and convert every record of format ``fmt``.
 
@@ -55,6 +60,8 @@ def load_file(
         fmt: one of :data:`tunesmith.data.formats.FORMATS`, or ``auto`` (detected from the first record).
         columns: ``data.columns`` mapping (canonical field -> column name).
         field: the config field that named ``path`` (``data.path`` or ``data.eval_path``), for messages.
+        answers: for ``bfcl``, the ``possible_answer`` file (default: ``possible_answer/<name>`` beside ``path`` when
+            it exists); its ground truth becomes each record's reference call.
 
     Returns:
         (valid conversations, report); ``report.skipped`` lists every invalid record's problems
@@ -71,8 +78,60 @@ def load_file(
         detect=lambda r: detect_format(r, columns),
         convert=lambda obj, f, where: to_conversation(obj, f, where, columns),
         field=field,
+        prepare=lambda records, f: _with_answers(path, records, answers, f),
     )
     return convs, LoadReport(rows_read=read, kept=len(convs), skipped=problems, format=fmt)
+
+
+def _with_answers(path, records, answers, fmt: str) -> tuple[list, list[Problem]]:
+    """BFCL question records with the ground truth of their answer file merged in (none when there is no file, or
+    when ``fmt`` is not ``bfcl``)."""
+    if fmt != "bfcl":
+        return records, []
+    from tunesmith.data.tool_formats import answers_path_for, attach_bfcl_answers
+
+    found = Path(answers) if answers else answers_path_for(path)
+    if not found.is_file():
+        if answers:
+            raise DataError(
+                "BFCL answer file not found",
+                [Problem(f"data.answers_path={answers}", "no such file", "point it at the possible_answer file")],
+            )
+        return records, []
+    rows, problems = read_records(found)
+    records, more = attach_bfcl_answers(records, rows, str(found))
+    return records, problems + more
+
+
+def file_tools(spec) -> list[dict] | None:
+    """The ``data.tools`` of a config: a list of function specs, or the path of a JSON file holding one.
+
+    Returns:
+        OpenAI-shaped specs, or None when ``spec`` is None.
+
+    Raises:
+        DataError: an unreadable file, or specs that are not function specs (with the problem).
+    """
+    import json
+
+    from tunesmith.data.tool_formats import normalise_tools
+
+    if spec is None:
+        return None
+    where = f"data.tools={spec}" if isinstance(spec, str) else "data.tools"
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(Path(spec).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                "Cannot read the tools file",
+                [Problem(where, getattr(exc, "strerror", None) or str(exc), "give a JSON file with a list of specs")],
+            ) from None
+        spec = spec.get("tools", spec) if isinstance(spec, dict) else spec
+    tools, problems = normalise_tools(spec, where, "data.tools")
+    if problems:
+        raise DataError("Invalid data.tools", problems)
+    return tools
 
 
 def load_conversations(
@@ -81,7 +140,7 @@ def load_conversations(
     """Load the records ``data_cfg`` names (``path`` first, else bundled ``name``), validated.
 
     Args:
-        data_cfg: a :class:`tunesmith.config.sft.DataSection` (uses path, name, format, columns,
+        data_cfg: a :class:`tunesmith.config.sft.DataSection` (uses path, name, format, columns, answers_path, tools,
             skip_invalid, system_prompt).
         log_skipped: log a warning per skipped problem (``tunesmith.data.conversations`` logger).
         field: the config field ``data_cfg.path`` came from (``data.eval_path`` for the eval file), for messages.
@@ -95,7 +154,9 @@ def load_conversations(
             ``skip_invalid``); an unknown format or bundled name.
     """
     if data_cfg.path:
-        convs, report = load_file(data_cfg.path, data_cfg.format, dict(data_cfg.columns), field=field)
+        convs, report = load_file(
+            data_cfg.path, data_cfg.format, dict(data_cfg.columns), field=field, answers=data_cfg.answers_path
+        )
         if report.skipped and not data_cfg.skip_invalid:
             bad = len({p.where for p in report.skipped})
             raise DataError(
@@ -108,6 +169,10 @@ def load_conversations(
         report = LoadReport(rows_read=len(convs), kept=len(convs), format="messages")
     for p in report.skipped if log_skipped else []:
         log.warning("skipped %s: %s", p.where, p.reason)
+    tools = file_tools(data_cfg.tools)
+    for c in convs if tools else []:
+        if c.kind not in ("text", "completion") and not c.tools:
+            c.tools = tools
     if data_cfg.system_prompt:
         for c in convs:
             if c.kind not in ("text", "completion") and c.messages[0].role != "system":
@@ -127,7 +192,7 @@ def load_sft_data(cfg) -> tuple[list, list, LoadReport]:
     try:
         convs, report = load_conversations(cfg.data)
         if cfg.data.eval_path:
-            eval_cfg = cfg.data.model_copy(update={"path": cfg.data.eval_path})
+            eval_cfg = cfg.data.model_copy(update={"path": cfg.data.eval_path, "answers_path": None})
             train, (evals, _) = convs, load_conversations(eval_cfg, field="data.eval_path")
         else:
             train, evals = split(convs, cfg.data.eval_fraction, cfg.data.split_seed)

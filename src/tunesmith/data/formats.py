@@ -2,11 +2,13 @@
 
 Formats (``data.format``; ``auto`` detects from the record's keys):
 
-- ``messages``: OpenAI chat fine-tuning JSONL, ``{"messages": [{"role", "content", "weight"?, "name"?}]}``.
-  Content may also be a list of typed parts; ``text`` parts are joined, any other part type
-  (``reasoning``, ``tool_call``, ``image_url``, ...) is reported, never silently dropped.
-- ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system"|..., "value": "..."}]}``
-  (roles mapped by :data:`SHAREGPT_ROLES`); an optional record-level ``system`` string.
+- ``messages``: OpenAI chat fine-tuning JSONL, ``{"messages": [{"role", "content", "weight"?, "name"?}], "tools"?}``,
+  with assistant ``tool_calls`` and ``reasoning_content``, and ``tool`` turns with ``tool_call_id``/``name``.
+  Content may also be a list of typed parts (``text``, ``reasoning``, ``tool_call``: ``reason_tool_use_demo``);
+  any other part type (``image_url``, ...) is reported, never silently dropped.
+- ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system"|..., "value": "..."}], "tools"?}``
+  (roles mapped by :data:`SHAREGPT_ROLES`; glaive's ``function_call`` turns are assistant tool calls, its
+  ``observation`` turns tool results, ``tools`` may be a JSON string); an optional record-level ``system`` string.
 - ``alpaca``: ``{"instruction", "input"?, "output"}`` (``response`` accepted for ``output``);
   the user turn is the instruction, plus a blank line and the input when the input is non-empty.
 - ``prompt_completion``: ``{"prompt", "completion"}``.  Plain strings give a ``completion``
@@ -15,6 +17,10 @@ Formats (``data.format``; ``auto`` detects from the record's keys):
 - ``text``: ``{"text"}``, language-modelling loss on every token (EOS appended once).
 - ``oasst``: an OpenAssistant message tree (``prompt`` with nested ``replies``), linearised along
   the best-ranked reply (``rank == 0``, else the first non-deleted one).
+- ``bfcl``: a Berkeley Function Calling Leaderboard question record (``question`` + ``function``); the reference is
+  the ground-truth call of its ``possible_answer`` file (:mod:`tunesmith.data.tool_formats`).
+
+Tool schemas, tool calls and reasoning are read by :mod:`tunesmith.data.tool_formats`.
 
 ``data.columns`` maps a canonical field to your column name, e.g. ``{output: response, system: sys}``.
 A ``system`` column, when present, adds a system turn to conversations that have none.
@@ -23,9 +29,16 @@ A ``system`` column, when present, adds a system turn to conversations that have
 from __future__ import annotations
 
 from tunesmith.data.records import ROLES, TOO_LONG_FIX, Conversation, Message, too_long
+from tunesmith.data.tool_formats import (
+    REASONING_PARTS,
+    from_bfcl,
+    normalise_tools,
+    parse_tool_calls,
+    typed_parts,
+)
 from tunesmith.errors import Problem
 
-FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst")
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text", "oasst", "bfcl")
 """Formats :func:`to_conversation` understands."""
 
 SHAREGPT_ROLES = {
@@ -79,6 +92,8 @@ def detect_format(record, columns: dict[str, str] | None = None) -> str | None:
         return "alpaca"
     if "message_tree_id" in record and isinstance(record.get("prompt"), dict):
         return "oasst"
+    if "question" in record and "function" in record:
+        return "bfcl"
     if has("text"):
         return "text"
     return None
@@ -109,25 +124,46 @@ def to_conversation(
     return (conv if not problems else None), problems
 
 
-def _text(content, where: str, label: str) -> tuple[str | None, list[Problem]]:
-    """Content as a string: a string, or a list of typed parts whose ``text`` parts are joined."""
+def _content(content, where: str, label: str) -> tuple[str | None, str | None, list, list[Problem]]:
+    """(text, reasoning, tool calls, problems) of a message's content: a string, or a list of typed parts."""
     if isinstance(content, str):
-        return content, []
+        return content, None, [], []
     if isinstance(content, list) and content and all(isinstance(p, dict) for p in content):
-        kinds = [p.get("type") for p in content]
-        other = sorted({str(k) for k in kinds if k != "text"})
-        if other:
-            return None, [
-                Problem(
-                    where,
-                    f"{label} has content parts of type {', '.join(other)}; tunesmith trains text only",
-                    "keep only {type: text} parts (or flatten them into the content string), or use --skip-invalid",
-                )
-            ]
-        parts = [p.get("text", p.get("value")) for p in content]
-        if all(isinstance(t, str) for t in parts):
-            return "".join(parts), []
-    return None, [Problem(where, f"{label} is {type(content).__name__}, not a string", "write the content as a string")]
+        return typed_parts(content, where, label)
+    return (
+        None,
+        None,
+        [],
+        [Problem(where, f"{label} is {type(content).__name__}, not a string", "write the content as a string")],
+    )
+
+
+def message_from(m: dict, where: str, label: str) -> tuple[Message, list[Problem]]:
+    """One OpenAI-style message: content (string or typed parts), weight, name, tool_calls, tool_call_id, reasoning."""
+    role = str(m.get("role"))
+    calls_raw = m.get("tool_calls")
+    no_content = m.get("content") is None and bool(calls_raw)  # OpenAI writes content null beside tool_calls
+    content, reasoning, calls, problems = _content("" if no_content else m.get("content"), where, f"{label}.content")
+    if calls_raw is not None:
+        more, probs = parse_tool_calls(calls_raw, where, f"{label}.tool_calls")
+        calls, problems = calls + more, problems + probs
+    for key in REASONING_PARTS:
+        if isinstance(m.get(key), str) and m[key].strip():
+            reasoning = m[key] if reasoning is None else f"{m[key]}\n\n{reasoning}"
+    weight = m.get("weight")
+    if weight is not None and weight not in (0, 1):
+        problems.append(Problem(where, f"{label}.weight is {weight!r}", "weight is 0 (masked) or 1 (trained)"))
+    call_id = m.get("tool_call_id")
+    msg = Message(
+        role,
+        content or "",
+        weight,
+        m.get("name"),
+        tool_calls=calls or None,
+        tool_call_id=str(call_id) if call_id is not None else None,
+        reasoning_content=reasoning,
+    )
+    return msg, problems
 
 
 def _from_messages(
@@ -148,14 +184,12 @@ def _from_messages(
         if not isinstance(m, dict):
             problems.append(Problem(where, f"{label} is not an object", "each message is {role, content}"))
             continue
-        content, probs = _text(m.get("content"), where, f"{label}.content")
+        msg, probs = message_from(m, where, label)
+        msgs.append(msg)
         problems += probs
-        weight = m.get("weight")
-        if weight is not None and weight not in (0, 1):
-            problems.append(Problem(where, f"{label}.weight is {weight!r}", "weight is 0 (masked) or 1 (trained)"))
-        msgs.append(Message(str(m.get("role")), content or "", weight, m.get("name")))
-    conv = Conversation(msgs, where, _meta(record, columns, key))
-    return _with_system(conv, record, columns), problems
+    tools, probs = normalise_tools(_col(record, "tools", columns), where)
+    conv = Conversation(msgs, where, _meta(record, columns, key, "tools"), tools=tools)
+    return _with_system(conv, record, columns), problems + probs
 
 
 def _from_sharegpt(record: dict, where: str, columns: dict) -> tuple[Conversation | None, list[Problem]]:
@@ -184,11 +218,19 @@ def _from_sharegpt(record: dict, where: str, columns: dict) -> tuple[Conversatio
                 )
             )
             role = str(who)
-        content, probs = _text(m.get("value", m.get("content")), where, f"conversations[{k}].value")
+        value, label = m.get("value", m.get("content")), f"conversations[{k}].value"
+        if str(who).lower() == "function_call":
+            calls, probs = parse_tool_calls(value, where, label)
+            msgs.append(Message("assistant", "", m.get("weight"), tool_calls=calls or None))
+        else:
+            content, reasoning, calls, probs = _content(value, where, label)
+            msgs.append(
+                Message(role, content or "", m.get("weight"), tool_calls=calls or None, reasoning_content=reasoning)
+            )
         problems += probs
-        msgs.append(Message(role, content or "", m.get("weight")))
-    conv = Conversation(msgs, where, _meta(record, columns, "conversations"))
-    return _with_system(conv, record, columns), problems
+    tools, probs = normalise_tools(_col(record, "tools", columns), where)
+    conv = Conversation(msgs, where, _meta(record, columns, "conversations", "tools"), tools=tools)
+    return _with_system(conv, record, columns), problems + probs
 
 
 def _from_alpaca(record: dict, where: str, columns: dict) -> tuple[Conversation | None, list[Problem]]:
@@ -263,6 +305,7 @@ _CONVERTERS = {
     "prompt_completion": _from_prompt_completion,
     "text": _from_text,
     "oasst": _from_oasst,
+    "bfcl": from_bfcl,
 }
 
 
@@ -287,9 +330,10 @@ def validate(conv: Conversation) -> list[Problem]:
 
     Returns:
         Problems (empty when valid): a message longer than :data:`~tunesmith.data.records.MAX_TEXT_CHARS`, unknown
-        role, empty content, no assistant turn, every assistant turn weighted 0. Consecutive same-role turns are
-        checked later by rendering through the chat template (:func:`tunesmith.render.rows.render_all`), since only
-        some templates refuse them.
+        role, empty content (an assistant turn may be only tool calls), tool calls outside assistant turns or naming
+        an undeclared tool, a tool result after no call, no assistant turn, every assistant turn weighted 0.
+        Consecutive same-role turns are checked later by rendering through the chat template
+        (:func:`tunesmith.render.rows.render_all`), since only some templates refuse them.
     """
     where = conv.source
     problems = [
@@ -305,11 +349,30 @@ def validate(conv: Conversation) -> list[Problem]:
             if conv.messages[0].content.strip()
             else [Problem(where, "text is empty", "remove the record or give it text")]
         )
+    declared = {t["function"]["name"] for t in conv.tools or []}
     for k, m in enumerate(conv.messages):
         if m.role not in ROLES:
             problems.append(Problem(where, f"turn {k} has unknown role {m.role!r}", f"use one of {', '.join(ROLES)}"))
-        if not m.content.strip():
+        if not m.content.strip() and not m.tool_calls:
             problems.append(Problem(where, f"turn {k} ({m.role}) has empty content", "remove the turn or give it text"))
+        if m.tool_calls and m.role != "assistant":
+            problems.append(Problem(where, f"turn {k} ({m.role}) has tool calls", "only assistant turns call tools"))
+        for c in m.tool_calls or []:
+            if declared and c.name not in declared:
+                problems.append(
+                    Problem(
+                        where,
+                        f"turn {k} calls {c.name!r}, which is not among the conversation's tools "
+                        f"({', '.join(sorted(declared))})",
+                        "add its spec to tools, or fix the call's name",
+                    )
+                )
+        if m.role == "tool" and not (k and (conv.messages[k - 1].tool_calls or conv.messages[k - 1].role == "tool")):
+            problems.append(
+                Problem(
+                    where, f"turn {k} is a tool result that follows no tool call", "put it after the call it answers"
+                )
+            )
     assistants = [m for m in conv.messages if m.role == "assistant"]
     if not assistants:
         problems.append(

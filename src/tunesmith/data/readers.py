@@ -341,6 +341,7 @@ def read_and_convert(
     convert,
     what: str = "data",
     field: str = "data.path",
+    prepare=None,
 ) -> tuple[list, list[Problem], str, int]:
     """The one loader of a data file: read every record (:func:`read_records`), settle the format (``auto``: detected
     from the first record), convert each record, and collect every problem instead of stopping at the first.
@@ -353,6 +354,8 @@ def read_and_convert(
         convert: ``(record, fmt, where) -> (item | None, problems)``; an item with problems is not kept.
         what: how to call the data in messages (``data``, ``preference data``).
         field: the config field that named ``path`` (``data.path`` or ``data.eval_path``), for messages.
+        prepare: ``(records, fmt) -> (records, problems)`` run on all records once the format is settled, before
+            conversion (BFCL questions get their answer file's ground truth here); None for none.
 
     Returns:
         (items, problems of unreadable and invalid records with ``path:line``, the format used, records read).
@@ -390,6 +393,9 @@ def read_and_convert(
             f"Unsupported {what} format",
             [Problem("data.format", f"{fmt!r} is not a {what} format", f"use one of {', '.join(formats)} (or auto)")],
         )
+    if prepare is not None:
+        records, more = prepare(records, fmt)
+        problems += more
     items = []
     for where, obj in records:
         item, probs = convert(obj, fmt, where)

@@ -30,27 +30,64 @@ TOO_LONG_FIX = "split the text into several records, or remove it (training keep
 
 
 @dataclass
+class ToolCall:
+    """One function call an assistant turn makes.
+
+    Attributes:
+        name: the function name (one of the conversation's ``tools`` when it declares any).
+        arguments: the arguments as a JSON object (``dict``; a JSON string in the source is parsed).
+        id: the call id a ``tool`` message answers (OpenAI ``tool_calls[].id``), when the source gives one.
+    """
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+    def to_template(self) -> dict[str, Any]:
+        """The OpenAI / transformers shape ``{"type": "function", "function": {"name", "arguments"}}`` (+ ``id``)."""
+        out: dict[str, Any] = {"type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+        if self.id:
+            out["id"] = self.id
+        return out
+
+
+@dataclass
 class Message:
     """One turn of a conversation.
 
     Attributes:
         role: ``system``, ``user``, ``assistant`` or ``tool``.
-        content: the text of the turn.
+        content: the text of the turn (may be empty for an assistant turn that only calls tools).
         weight: for assistant turns, 1 (trained, default) or 0 (kept as context, masked from the loss),
             as in OpenAI's fine-tuning format.
-        name: optional speaker name (OpenAI ``name`` field); passed to the template when set.
+        name: optional speaker name (OpenAI ``name`` field), or the function name of a ``tool`` result; passed to the
+            template when set.
+        tool_calls: for assistant turns, the function calls it makes (trained like its text).
+        tool_call_id: for ``tool`` turns, the id of the call this result answers.
+        reasoning_content: for assistant turns, the thinking before the reply (OpenAI/TRL/Qwen3
+            ``reasoning_content``); trained or masked by ``data.train_reasoning``.
     """
 
     role: str
     content: str
     weight: int | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
 
-    def to_template(self) -> dict[str, Any]:
-        """Return the dict passed to ``tokenizer.apply_chat_template`` (role, content, and name if set)."""
+    def to_template(self, *, reasoning: bool = True) -> dict[str, Any]:
+        """Return the dict passed to ``tokenizer.apply_chat_template``: role, content, and name, tool_calls,
+        tool_call_id and reasoning_content when set (``reasoning=False`` leaves the reasoning out)."""
         out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.name:
             out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_template() for c in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        if reasoning and self.reasoning_content:
+            out["reasoning_content"] = self.reasoning_content
         return out
 
 
@@ -62,6 +99,8 @@ class Conversation:
         messages: the turns, in order.
         source: where it came from, ``"path:line"`` (physical line, 1-based) or ``"name#index"``.
         meta: extra fields kept from the record (e.g. a category label), never trained on.
+        tools: the JSON-schema function specs the assistant may call, each ``{"type": "function", "function": {name,
+            description, parameters}}`` (passed to the template as ``tools=``), or None.
         kind: ``messages`` (assistant-only loss through the chat template), ``prompt_completion``
             (chat template, loss on the last assistant turn only), ``completion`` (plain prompt and
             completion strings in ``messages[0]``/``messages[-1]``, no chat template, loss on the
@@ -72,10 +111,16 @@ class Conversation:
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     kind: str = "messages"
+    tools: list[dict[str, Any]] | None = None
 
     def to_template(self) -> list[dict[str, Any]]:
         """Return the messages as the list of dicts ``apply_chat_template`` takes."""
         return [m.to_template() for m in self.messages]
+
+    @property
+    def has_tool_data(self) -> bool:
+        """True when the conversation declares tools, calls one, or holds a tool result."""
+        return bool(self.tools) or any(m.tool_calls or m.role == "tool" for m in self.messages)
 
 
 @dataclass

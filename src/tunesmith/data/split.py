@@ -41,12 +41,32 @@ def fingerprint(records: list) -> str:
 
 def _record_bytes(r) -> bytes:
     if isinstance(r, Conversation):
-        return b"".join(f"{m.role}\x00{m.content}\x00{m.weight}\x01".encode() for m in r.messages) + b"\x02"
+        return b"".join(_message_bytes(m) for m in r.messages) + _tools_bytes(r.tools) + b"\x02"
     if isinstance(r, LabelRecord):
         return f"{r.text}\x00{r.text_pair}\x00{r.label}\x01".encode()
     if isinstance(r, PreferencePair):
         return json.dumps(r.to_trl(), sort_keys=True, ensure_ascii=False).encode()
     raise TypeError(f"cannot fingerprint {type(r).__name__}")
+
+
+def _message_bytes(m) -> bytes:
+    """Role, content, weight; plus tool calls, tool_call_id and reasoning when the message has them (so the fingerprint
+    of plain conversations is unchanged)."""
+    extra = {
+        k: v
+        for k, v in (
+            ("tool_calls", [c.to_template() for c in m.tool_calls or []]),
+            ("tool_call_id", m.tool_call_id),
+            ("reasoning_content", m.reasoning_content),
+        )
+        if v
+    }
+    tail = json.dumps(extra, sort_keys=True, ensure_ascii=False) if extra else ""
+    return f"{m.role}\x00{m.content}\x00{m.weight}{tail}\x01".encode()
+
+
+def _tools_bytes(tools) -> bytes:
+    return json.dumps(tools, sort_keys=True, ensure_ascii=False).encode() if tools else b""
 
 
 def stratified_split(

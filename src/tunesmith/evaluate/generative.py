@@ -17,16 +17,18 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tunesmith.config.metric_names import REFERENCE_METRICS, generation_metrics
+from tunesmith.config.metric_names import REFERENCE_METRICS, TOOL_METRICS, generation_metrics
 from tunesmith.data.records import Conversation, Message
 from tunesmith.errors import DataError, Problem
 from tunesmith.evaluate.loss import row_losses
-from tunesmith.evaluate.metrics import Scoring, aggregate, extract_label, score_example
+from tunesmith.evaluate.metrics import Scoring, aggregate, extract_label, score_example, tool_call_error
+from tunesmith.evaluate.tool_metrics import expected_from_calls
 from tunesmith.render.rows import render_all
 from tunesmith.render.templates import Rendered, render_prompt
+from tunesmith.render.tool_calls import call_format, format_calls, parse_reply
 from tunesmith.runtime.console import Progress
 
 
@@ -37,9 +39,11 @@ class EvalExample:
     Attributes:
         id: the record's source (``file:line`` or the bundled id).
         conversation: prompt turns plus the reference as the last assistant turn (earlier assistant turns ``weight=0``).
-        reference: the reference answer text.
+        reference: the reference answer text (a reference call written in the template's call layout).
         prompt_ids: ``list[int][seq]``, the rendered prompt with the generation prompt.
         source: the eval conversation as loaded (no demonstrations): what a custom metric sees and eval_loss scores.
+        expected_calls: the reference calls in BFCL's ground-truth shape ``[{function: {param: [acceptable
+            values]}}]``: the record's ``meta["ground_truth"]`` (BFCL) or the reference turn's calls; ``[]`` for none.
     """
 
     id: str
@@ -47,6 +51,7 @@ class EvalExample:
     reference: str
     prompt_ids: list[int]
     source: Conversation | None = None
+    expected_calls: list[dict] = field(default_factory=list)
 
     @property
     def user_text(self) -> str:
@@ -66,16 +71,28 @@ class EvalExample:
         }
 
 
-def _demo_turns(train_convs: list[Conversation], k: int, seed: int) -> list[Message]:
-    """User/assistant turns of ``k`` train conversations chosen with ``random.Random(seed)`` (system turns dropped)."""
+def _demo_turns(train_convs: list[Conversation], k: int, seed: int) -> tuple[list[Message], list[dict]]:
+    """Turns of ``k`` train conversations chosen with ``random.Random(seed)`` (system turns dropped, every turn masked),
+    and the tool specs those turns call."""
     usable = [c for c in train_convs if c.kind in ("messages", "prompt_completion")]
     if k > len(usable):
         raise DataError(
             "Not enough train examples for k-shot",
             [Problem("eval.k_shot", f"k={k} but the train split has {len(usable)} conversations", "lower eval.k_shot")],
         )
-    picked = random.Random(seed).sample(range(len(usable)), k)
-    return [Message(m.role, m.content, weight=0) for i in picked for m in usable[i].messages if m.role != "system"]
+    picked = [usable[i] for i in random.Random(seed).sample(range(len(usable)), k)]
+    turns = [replace(m, weight=0) for c in picked for m in c.messages if m.role != "system"]
+    return turns, [t for c in picked for t in c.tools or []]
+
+
+def _merge_tools(own: list[dict] | None, demo: list[dict]) -> list[dict] | None:
+    """The example's own tool specs, then the demonstrations' (one per function name)."""
+    out, seen = [], set()
+    for t in (own or []) + demo:
+        if t["function"]["name"] not in seen:
+            seen.add(t["function"]["name"])
+            out.append(t)
+    return out or None
 
 
 def build_examples(
@@ -93,7 +110,8 @@ def build_examples(
         tokenizer: the config's tokenizer (its chat template renders every prompt).
         eval_convs: eval conversations; each must end with an assistant turn (the reference).
         train_convs: source of the k-shot demonstrations.
-        k_shot: number of demonstrations, inserted after the leading system turns.
+        k_shot: number of demonstrations, inserted after the leading system turns; the tool specs they call are
+            added after the example's own.
         seed: ``random.Random`` seed choosing them (the same demonstrations for every example).
 
     Returns:
@@ -102,7 +120,8 @@ def build_examples(
     Raises:
         DataError: a conversation without a final assistant turn (or plain ``text``), or too few train examples for k.
     """
-    demos = _demo_turns(train_convs or [], k_shot, seed) if k_shot else []
+    demos, demo_tools = _demo_turns(train_convs or [], k_shot, seed) if k_shot else ([], [])
+    fmt = call_format(chat_template or tokenizer.chat_template)
     out = []
     for conv in eval_convs:
         if conv.kind == "text" or not conv.messages or conv.messages[-1].role != "assistant":
@@ -130,14 +149,17 @@ def build_examples(
                 ],
             )
         *context, last = conv.messages
-        context = [
-            Message(m.role, m.content, weight=0 if m.role == "assistant" else m.weight, name=m.name) for m in context
-        ]
+        context = [replace(m, weight=0) if m.role == "assistant" else m for m in context]
         n_sys = next((i for i, m in enumerate(context) if m.role != "system"), len(context))
-        turns = context[:n_sys] + demos + context[n_sys:] + [Message("assistant", last.content, name=last.name)]
-        full = Conversation(turns, conv.source, dict(conv.meta), conv.kind)
+        turns = context[:n_sys] + demos + context[n_sys:] + [replace(last, weight=None)]
+        tools = _merge_tools(conv.tools, demo_tools) if demos else conv.tools
+        full = Conversation(turns, conv.source, dict(conv.meta), conv.kind, tools=tools)
+        reference = last.content
+        if last.tool_calls:
+            reference = (f"{last.content}\n" if last.content else "") + format_calls(last.tool_calls, fmt)
+        expected = conv.meta.get("ground_truth") or expected_from_calls(last.tool_calls)
         prompt = render_prompt(tokenizer, full, chat_template=chat_template)
-        out.append(EvalExample(conv.source, full, last.content, prompt, conv))
+        out.append(EvalExample(conv.source, full, reference, prompt, conv, expected))
     return out
 
 
@@ -259,7 +281,17 @@ def evaluate_examples(
 
 def _row(tokenizer, ex: EvalExample, prediction: str, gen_metrics, scoring: Scoring, loss, metrics) -> dict:
     """One ``predictions.jsonl`` line."""
-    scores = score_example(prediction, ex.reference, gen_metrics, scoring, example=ex.as_dict())
+    fmt = call_format(tokenizer.chat_template)
+    scores = score_example(
+        prediction,
+        ex.reference,
+        gen_metrics,
+        scoring,
+        example=ex.as_dict(),
+        expected_calls=ex.expected_calls,
+        tools=ex.conversation.tools,
+        call_fmt=fmt,
+    )
     row = {
         "id": ex.id,
         "input": ex.user_text,
@@ -281,6 +313,9 @@ def _row(tokenizer, ex: EvalExample, prediction: str, gen_metrics, scoring: Scor
             "prediction": extract_label(prediction, scoring.label_field),
             "reference": extract_label(ex.reference, scoring.label_field),
         }
+    if set(TOOL_METRICS) & set(metrics):
+        row["tool_calls"] = parse_reply(prediction, fmt).to_json()
+        row["tool_call_error"] = tool_call_error(prediction, ex.expected_calls, ex.conversation.tools, fmt)
     if "answer_match" in metrics:
         row["answers"] = {"prediction": scoring.answer(prediction), "reference": scoring.answer(ex.reference)}
     return row

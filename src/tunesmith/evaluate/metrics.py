@@ -23,6 +23,10 @@ Metrics computed from a generation and its reference (each per example, in [0, 1
 - a custom metric ``package.module:function``: ``function(prediction, reference, example) -> float``, imported by
   :func:`load_custom_metric` from the import path the user named in ``eval.metrics`` (never from a file path).
 
+- ``tool_call_ast``, ``tool_name_accuracy``, ``tool_call_valid_json``: the reply's tool calls, parsed in the chat
+  template's layout (:mod:`tunesmith.render.tool_calls`), against the expected calls: BFCL's AST check, the called
+  function names, well-formed call blocks (:mod:`tunesmith.evaluate.tool_metrics`).
+
 ``eval_loss`` and ``perplexity`` are computed from the references by :mod:`tunesmith.evaluate.loss`.
 """
 
@@ -36,10 +40,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from tunesmith.config.metric_names import REFERENCE_METRICS, is_custom_metric
+from tunesmith.config.metric_names import REFERENCE_METRICS, TOOL_METRICS, is_custom_metric
 from tunesmith.errors import ConfigError, Problem, TunesmithError
 from tunesmith.evaluate.loss import mean_token_loss, row_nll, row_tokens
 from tunesmith.evaluate.stats import macro_f1
+from tunesmith.evaluate.tool_metrics import ast_check, tool_scores
+from tunesmith.render.tool_calls import parse_reply
 
 
 def normalise(text: str) -> str:
@@ -352,6 +358,9 @@ def score_example(
     scoring: Scoring | None = None,
     *,
     example: dict | None = None,
+    expected_calls: list[dict] | None = None,
+    tools: list[dict] | None = None,
+    call_fmt: str = "hermes",
     **options,
 ) -> dict[str, float]:
     """Per-example scores of one generated answer.
@@ -363,6 +372,10 @@ def score_example(
         scoring: the options (:class:`Scoring`); or give them as keywords (``json_schema=``, ``regex=``,
             ``label_field=``, ``answer_extractor=``, ``answer_regex=``, ``answer_tolerance=``, ``custom=``).
         example: what a custom metric gets as its third argument (id, prompt, reference, messages, meta).
+        expected_calls: for the tool metrics, the expected calls in BFCL's ground-truth shape ``[{function: {param:
+            [acceptable values]}}]`` (None or ``[]``: no call expected).
+        tools: the example's tool specs (the AST check reads parameter types and required parameters).
+        call_fmt: the template's call layout (:func:`tunesmith.render.tool_calls.call_format`).
 
     Returns:
         ``{metric: float}``: 1.0/0.0 for the binary metrics, [0, 1] for ``rouge_l`` and ``chrf``, the custom
@@ -378,7 +391,17 @@ def score_example(
             out[name] = SCORERS[name](prediction, reference, s)
         elif name in s.custom:
             out[name] = _call_custom(name, s.custom[name], prediction, reference, example or {})
+    if set(TOOL_METRICS) & set(metrics):
+        out.update(tool_scores(parse_reply(prediction, call_fmt), expected_calls or [], tools, metrics))
     return out
+
+
+def tool_call_error(prediction: str, expected_calls: list[dict] | None, tools, call_fmt: str = "hermes") -> str | None:
+    """Why a reply fails ``tool_call_ast`` (None when it passes), for ``predictions.jsonl``."""
+    parsed = parse_reply(prediction, call_fmt)
+    if parsed.invalid:
+        return f"malformed tool call: {parsed.invalid[0][:80]!r}"
+    return ast_check(parsed.calls, expected_calls or [], tools)
 
 
 def _call_custom(name: str, func, prediction: str, reference: str, example: dict) -> float:

@@ -10,7 +10,10 @@ answers badly or never stops.  On a fixed set of conversations this compares the
 3. the GGUF: the tokenizer and ``tokenizer.chat_template`` transformers reads back from the GGUF file;
 
 for the full conversation and for the generation prompt, and checks that the end-of-turn token is an EOS id
-in the saved ``generation_config.json`` and in the GGUF metadata.  A "does it stop" smoke test then runs
+in the saved ``generation_config.json`` and in the GGUF metadata.  When the template renders tools, the fixed set
+includes a conversation with tool specs, a tool call and a tool result (rendered with ``tools=``), and the call as the
+template writes it must parse back (:mod:`tunesmith.render.tool_calls`) to the same name and arguments.
+A "does it stop" smoke test then runs
 greedy generation on short prompts and passes when every reply ends with an EOS id the GGUF declares,
 within ``max_new_tokens``.
 
@@ -21,9 +24,9 @@ Run it::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from tunesmith.data.records import Conversation, Message
+from tunesmith.data.records import Conversation, Message, ToolCall
 
 CONVERSATIONS: list[list[tuple[str, str]]] = [
     [("user", "Hello!"), ("assistant", "Hi! How can I help you today?")],
@@ -44,9 +47,46 @@ STOP_PROMPTS = ["Hello!", "What is the capital of France?", "Say one word."]
 """User turns for the "does it stop" smoke test."""
 
 
-def fixed_conversations() -> list[Conversation]:
-    """:data:`CONVERSATIONS` as :class:`Conversation` objects (source ``consistency#k``)."""
-    return [Conversation([Message(r, c) for r, c in conv], f"consistency#{k}") for k, conv in enumerate(CONVERSATIONS)]
+TOOL_SPEC = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+        },
+    },
+}
+"""The tool of the fixed tool conversation."""
+
+
+def tool_conversation() -> Conversation:
+    """A conversation with tool specs, an assistant tool call (non-ASCII argument), a tool result and the answer."""
+    return Conversation(
+        [
+            Message("user", "What's the weather in Zürich, in celsius?"),
+            Message("assistant", "", tool_calls=[ToolCall("get_weather", {"city": "Zürich", "unit": "celsius"})]),
+            Message("tool", '{"temperature": 14, "sky": "cloudy"}'),
+            Message("assistant", "It is 14 °C and cloudy in Zürich."),
+        ],
+        "consistency#tools",
+        tools=[TOOL_SPEC],
+    )
+
+
+def fixed_conversations(tokenizer=None) -> list[Conversation]:
+    """:data:`CONVERSATIONS` as :class:`Conversation` objects (source ``consistency#k``), plus
+    :func:`tool_conversation` when ``tokenizer``'s chat template renders tool specs, calls and results."""
+    convs = [Conversation([Message(r, c) for r, c in conv], f"consistency#{k}") for k, conv in enumerate(CONVERSATIONS)]
+    if tokenizer is not None and tokenizer.chat_template:
+        from tunesmith.render.features import template_features
+
+        f = template_features(tokenizer)
+        if f.tools and f.tool_calls and f.tool_results:
+            convs.append(tool_conversation())
+    return convs
 
 
 @dataclass
@@ -98,8 +138,10 @@ def serving_ids(tokenizer, convs: list[Conversation]) -> list[tuple[list[int], l
     out = []
     for c in convs:
         msgs = c.to_template()
-        full = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=False)
-        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=True, add_generation_prompt=True, return_dict=False)
+        full = tokenizer.apply_chat_template(msgs, tools=c.tools, tokenize=True, return_dict=False)
+        prompt = tokenizer.apply_chat_template(
+            msgs[:-1], tools=c.tools, tokenize=True, add_generation_prompt=True, return_dict=False
+        )
         out.append((list(full), list(prompt)))
     return out
 
@@ -190,8 +232,40 @@ def render_go_template(template: str, messages: list[dict], system: str | None =
     return prefix + "".join(parts) + tail
 
 
+def tool_parse_check(tokenizer, convs: list[Conversation]) -> Check | None:
+    """The tool calls of each conversation, as the chat template writes them in the trained reply, parse back
+    (:func:`tunesmith.render.tool_calls.parse_reply`, the parser of generate, chat and eval) to the same calls.
+
+    Returns:
+        The check, or None when no conversation holds a tool call.
+    """
+    from tunesmith.render.templates import IGNORE_INDEX, render_conversation
+    from tunesmith.render.tool_calls import call_format, parse_reply
+
+    fmt, checked = call_format(tokenizer.chat_template), 0
+    for conv in convs:
+        for k, m in enumerate(conv.messages):
+            if not m.tool_calls:
+                continue
+            weights = [
+                replace(x, weight=0 if i != k and x.role == "assistant" else x.weight)
+                for i, x in enumerate(conv.messages)
+            ]
+            r = render_conversation(tokenizer, replace(conv, messages=weights[: k + 1]))
+            text = tokenizer.decode([t for t in r.labels if t != IGNORE_INDEX], skip_special_tokens=True)
+            got = parse_reply(text, fmt)
+            checked += 1
+            if got.calls != [replace(c, id=None) for c in m.tool_calls]:
+                return Check("tool_call_parse", False, f"{conv.source}: the reply {text!r} parses to {got.to_json()}")
+    if not checked:
+        return None
+    return Check("tool_call_parse", True, f"{checked} tool-call turn(s): the template's call text parses back ({fmt})")
+
+
 def modelfile_check(tokenizer, go_template: str, system: str | None, convs: list[Conversation]) -> Check:
-    """The Modelfile's TEMPLATE (+ SYSTEM) gives the same generation-prompt text as the chat template on ``convs``."""
+    """The Modelfile's TEMPLATE (+ SYSTEM) gives the same generation-prompt text as the chat template on ``convs``
+    (conversations with tools are left out: Ollama renders tool specs and calls with its own Go JSON encoding)."""
+    convs = [c for c in convs if not c.tools]
     for conv in convs:
         msgs = conv.to_template()[:-1]
         want = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)

@@ -165,7 +165,7 @@ def run_export(
             modelfile_text(out.name, go, system, tok.convert_ids_to_tokens(eot) if eot is not None else tok.eos_token),
         )
         report["modelfile"] = str(out.parent / "Modelfile")
-        report["consistency"]["checks"].append(asdict(modelfile_check(tok, go, system, fixed_conversations())))
+        report["consistency"]["checks"].append(asdict(modelfile_check(tok, go, system, fixed_conversations(tok))))
         report["consistency"]["ok"] = all(c["ok"] for c in report["consistency"]["checks"])
     report_path = out.with_name(out.stem + ".consistency.json")
     atomic_write_json(report_path, report)
@@ -195,6 +195,9 @@ _FIXES = {
     "eot_in_gguf": "set tokenizer.ggml.eos_token_id (or eot_token_id) to the end-of-turn id",
     "greedy_round_trip": "the GGUF does not reproduce the model; use --outtype f32",
     "modelfile_template": "edit the Modelfile's TEMPLATE by hand so it renders like the chat template",
+    "tool_call_parse": (
+        "the template writes tool calls in a layout tunesmith cannot parse; train with model.chat_template=chatml-tools"
+    ),
     "stops": (
         "the model does not end its replies: train longer, check that the end-of-turn token is trained, or pass "
         "--no-stop-check for an untrained model"
@@ -223,6 +226,7 @@ def verify_gguf(
         reference_ids,
         serving_ids,
         stop_check,
+        tool_parse_check,
     )
     from tunesmith.export.gguf_io import load_gguf, read_metadata
     from tunesmith.models.generation import generate_ids
@@ -248,7 +252,7 @@ def verify_gguf(
             f"identical token by token; max |logit diff| {logit_diff:.2e} on {len(probes)} probes",
         )
     )
-    convs = fixed_conversations()
+    convs = fixed_conversations(tokenizer)
     if tokenizer.chat_template:
         ref = reference_ids(tokenizer, convs)
         with tempfile.TemporaryDirectory() as tmp:
@@ -271,6 +275,8 @@ def verify_gguf(
         report.checks.append(
             eot_check("eot_in_gguf", eot, stop_ids, "the GGUF (tokenizer.ggml.eos_token_id/eot_token_id)")
         )
+        parsed = tool_parse_check(tokenizer, convs)
+        report.checks += [parsed] if parsed else []
     if stop:
         report.checks.append(stop_check(g_model, g_tok, stop_ids, max_new_tokens=max_new_tokens))
     return {

@@ -67,11 +67,18 @@ TEMPLATE_FIX = "fix the template, or choose another with model.chat_template (a 
 
 
 def render_text(
-    tokenizer, messages, *, add_generation_prompt: bool, chat_template: str | None = None, where: str | None = None
+    tokenizer,
+    messages,
+    *,
+    add_generation_prompt: bool,
+    chat_template: str | None = None,
+    tools: list[dict] | None = None,
+    where: str | None = None,
 ) -> str:
     """Render ``messages`` through the chat template (``tokenize=False``), guarded.
 
     Args:
+        tools: the conversation's tool specs, passed to the template as ``tools`` (None or ``[]``: none).
         where: the record being rendered (``file:line``); None for tunesmith's own probe conversations.
 
     Raises:
@@ -83,11 +90,15 @@ def render_text(
     import jinja2
 
     source = "the chat template passed in" if chat_template else template_source(tokenizer)
-    size = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+    size = len(repr(messages)) + (len(repr(tools)) if tools else 0)  # texts, tool calls and tool specs
     try:
         with _time_limit(TEMPLATE_SECONDS):
             text = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+                messages,
+                tools=tools or None,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                chat_template=chat_template,
             )
     except _Timeout:
         raise _broken(
@@ -112,7 +123,7 @@ def render_text(
         raise _broken(
             source,
             f"it rendered {len(text) if isinstance(text, str) else type(text).__name__} characters "
-            f"from {size} characters of messages (a runaway loop?)",
+            f"from {size} characters of messages and tools (a runaway loop?)",
         )
     return text
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import math
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tunesmith.errors import ConversationRefused, DataError, Problem, TemplateError
+from tunesmith.render.features import MissingFeatures, needed, template_features
 from tunesmith.render.guard import TEMPLATE_FIX, template_source
 from tunesmith.render.templates import IGNORE_INDEX, Rendered, end_of_turn_ids, render_conversation
 
@@ -171,6 +172,33 @@ def truncate(r: Rendered, max_length: int) -> tuple[Rendered, int]:
     return Rendered(r.input_ids[:max_length], r.labels[:max_length], r.source), lost
 
 
+def render_examples(
+    tokenizer, conv, *, eot_ids=None, chat_template: str | None = None, train_reasoning: bool | None = None
+) -> list[Rendered]:
+    """The training examples of one conversation: one, except with ``train_reasoning=True`` under a template that
+    drops the reasoning of past turns (Qwen3): then each trained turn whose reasoning was dropped becomes its own
+    example ending at that turn (where the template renders it), and is masked in the full one.
+
+    Returns:
+        ``list[Rendered]`` (:func:`tunesmith.render.templates.render_conversation` of each).
+    """
+    kw = dict(eot_ids=eot_ids, chat_template=chat_template, train_reasoning=train_reasoning)
+    r = render_conversation(tokenizer, conv, **kw)
+    turns = [i for i in r.dropped_reasoning if conv.messages[i].weight != 0]
+    if train_reasoning is not True or not turns or conv.kind != "messages":
+        return [r]
+    masked = [replace(m, weight=0) if i in turns else m for i, m in enumerate(conv.messages)]
+    out = [render_conversation(tokenizer, replace(conv, messages=masked), **kw)]
+    for i in turns:
+        head = [
+            replace(m, weight=0) if m.role == "assistant" and k < i else m for k, m in enumerate(conv.messages[: i + 1])
+        ]
+        out.append(
+            render_conversation(tokenizer, replace(conv, messages=head, source=f"{conv.source} (turn {i})"), **kw)
+        )
+    return out
+
+
 def render_all(
     tokenizer,
     convs,
@@ -181,6 +209,7 @@ def render_all(
     skip_invalid: bool = False,
     log_skipped: bool = True,
     truncation: str = "keep_start",
+    train_reasoning: bool | None = None,
 ) -> tuple[list[Rendered], TokenStats]:
     """Render every conversation, apply the truncation policy at ``max_length`` tokens, drop examples with no trained
     token left.
@@ -198,6 +227,7 @@ def render_all(
         skip_invalid: skip (and count in ``stats.invalid``) records the template refuses, instead of raising.
         log_skipped: log a warning per skipped record (``tunesmith.render.rows`` logger).
         truncation: ``data.truncation``: ``keep_start`` (cut), ``drop`` (leave out) or ``error`` (raise).
+        train_reasoning: ``data.train_reasoning`` (see :func:`render_examples`).
 
     Returns:
         (kept examples, :class:`TokenStats`; ``stats.kept_index[k]`` is the input index of kept row ``k``).
@@ -205,14 +235,20 @@ def render_all(
     Raises:
         DataError: listing every record the template refuses (``file:line``), unless ``skip_invalid``; with
             ``truncation="error"``, listing the examples longer than ``max_length``.
-        TemplateError: when there is no chat template at all, or it is broken (a syntax error, a runaway loop).
+        TemplateError: when there is no chat template at all, or it is broken (a syntax error, a runaway loop), or it
+            cannot render the data's tools, tool calls or tool results (every record needing them counted).
     """
     eot = end_of_turn_ids(tokenizer, generation_config)
-    stats, kept, refused = TokenStats(policy=truncation), [], 0
-    for conv in convs:
+    stats, kept, refused, unsupported = TokenStats(policy=truncation), [], 0, []
+    for index, conv in enumerate(convs):
         stats.examples += 1
         try:
-            r = render_conversation(tokenizer, conv, eot_ids=eot, chat_template=chat_template)
+            examples = render_examples(
+                tokenizer, conv, eot_ids=eot, chat_template=chat_template, train_reasoning=train_reasoning
+            )
+        except MissingFeatures:
+            unsupported.append(conv)
+            continue
         except ConversationRefused as exc:  # this record; a broken template (TemplateError) stops everything
             stats.invalid += [Problem(p.where, p.reason, p.fix) for p in exc.problems]
             refused += 1
@@ -228,18 +264,10 @@ def render_all(
                 )
             )
             continue
-        r = _apply_policy(r, max_length, truncation, stats)
-        if r is None:
-            continue
-        if r.num_trained == 0:
-            stats.dropped_empty += 1
-            continue
-        kept.append(r)
-        stats.kept_index.append(stats.examples - 1)
-        stats.kept += 1
-        stats.tokens += len(r.input_ids)
-        stats.trained_tokens += r.num_trained
-        stats.lengths.append(len(r.input_ids))
+        for r in examples:
+            _keep(r, max_length, truncation, stats, kept, index)
+    if unsupported:
+        raise _unsupported(tokenizer, chat_template, unsupported, train_reasoning)
     if refused and refused == stats.examples and refused > 1:
         raise refuses_everything(tokenizer, chat_template, refused, stats.invalid[0])
     if truncation == "error" and stats.truncated:
@@ -301,6 +329,30 @@ def _too_long_error(stats: TokenStats, max_length: int) -> DataError:
         )
     )
     return DataError("Conversations longer than max_length (data.truncation=error)", problems)
+
+
+def _keep(r: Rendered, max_length: int, policy: str, stats: TokenStats, kept: list[Rendered], index: int) -> None:
+    """Apply the truncation policy to one example and keep it when a trained token is left, counting into ``stats``
+    (``index``: the conversation it came from)."""
+    r = _apply_policy(r, max_length, policy, stats)
+    if r is None:
+        return
+    if r.num_trained == 0:
+        stats.dropped_empty += 1
+        return
+    kept.append(r)
+    stats.kept_index.append(index)
+    stats.kept += 1
+    stats.tokens += len(r.input_ids)
+    stats.trained_tokens += r.num_trained
+    stats.lengths.append(len(r.input_ids))
+
+
+def _unsupported(tokenizer, chat_template, failed, train_reasoning) -> TemplateError:
+    """One error for every record whose tools / calls / results / reasoning the template cannot render."""
+    have = template_features(tokenizer, chat_template)
+    missing = sorted({f for conv in failed for f in needed(conv, train_reasoning) if not getattr(have, f)})
+    return MissingFeatures.of(missing, len(failed), failed[0].source or "conversation")
 
 
 def resolve_max_length(configured: int, tokenizer, model_config=None) -> tuple[int, str]:

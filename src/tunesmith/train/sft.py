@@ -213,7 +213,10 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
         fix_generation_config(model.generation_config, tokenizer)  # generation stops at the end-of-turn token
     eot = end_of_turn_ids(tokenizer, model.generation_config)
     render = dict(
-        generation_config=model.generation_config, skip_invalid=cfg.data.skip_invalid, truncation=cfg.data.truncation
+        generation_config=model.generation_config,
+        skip_invalid=cfg.data.skip_invalid,
+        train_reasoning=cfg.data.train_reasoning,
+        truncation=cfg.data.truncation,
     )
     train_rows, train_stats = render_all(tokenizer, run.data.train, max_length, **render)
     eval_rows, eval_stats = render_all(tokenizer, run.data.eval, max_length, **render)

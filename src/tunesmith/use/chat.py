@@ -6,7 +6,13 @@ Run it::
     printf 'Hi\\n/reset\\nWho are you?\\n/exit\\n' | tunesmith chat --model smollm2-135m-instruct --temperature 0
 
 Commands typed at the prompt: ``/reset`` forgets the history (keeps the system prompt), ``/system TEXT``
-sets a new system prompt and resets, ``/exit`` (or end of input, Ctrl-D) leaves.  When stdin is not a
+sets a new system prompt and resets, ``/tool RESULT`` answers the model's last tool call with RESULT (a ``tool`` turn)
+and lets it reply, ``/exit`` (or end of input, Ctrl-D) leaves.  With ``--tools FILE`` the tool specs are rendered
+into every prompt and each reply's calls, parsed in the template's layout (:mod:`tunesmith.render.tool_calls`), are
+shown as ``tool call: name({arguments})``::
+
+    tunesmith chat --model runs/tools-glaive --tools tools.json --temperature 0
+  When stdin is not a
 terminal, lines are read from it one turn each (so the loop can be scripted and tested).
 Tokens are printed as they are generated (``transformers.TextStreamer``); generation stops at the
 template's end-of-turn token.  The oldest turns are dropped when the history outgrows the context.
@@ -14,6 +20,7 @@ template's end-of-turn token.  The oldest turns are dropped when the history out
 
 from __future__ import annotations
 
+import json
 import sys
 
 from tunesmith.data.records import Conversation, Message
@@ -42,6 +49,7 @@ class ChatSession:
         temperature: 0 for greedy decoding, else the sampling temperature.
         top_p: nucleus sampling mass (with ``temperature > 0``).
         max_new_tokens: budget per reply, in tokens.
+        tools: tool specs rendered into every prompt (OpenAI shape), or None.
     """
 
     def __init__(
@@ -52,13 +60,16 @@ class ChatSession:
         temperature: float = 0.7,
         top_p: float = 0.9,
         max_new_tokens: int = 256,
+        tools: list[dict] | None = None,
     ):
         from tunesmith.models.loading import stop_ids
+        from tunesmith.render.tool_calls import call_format
 
-        self.loaded, self.system = loaded, system
+        self.loaded, self.system, self.tools = loaded, system, tools
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.history: list[Message] = []
         self.eos = sorted(stop_ids(loaded))
+        self.call_format = call_format(loaded.tokenizer.chat_template)
 
     def reset(self, system: str | None = None) -> None:
         """Forget the history; a given ``system`` replaces the system prompt."""
@@ -67,27 +78,47 @@ class ChatSession:
             self.system = system
 
     def prompt_ids(self) -> list[int]:
-        """Token ids of system + history through the generation prompt; the oldest user/assistant pairs are dropped
-        while the prompt plus ``max_new_tokens`` exceeds the model's context."""
+        """Token ids of system + history through the generation prompt (tools rendered); the oldest exchanges (a user
+        turn and what follows it up to the next user turn) are dropped while the prompt plus ``max_new_tokens``
+        exceeds the model's context."""
         from tunesmith.render.templates import render_prompt
 
         limit = int(getattr(self.loaded.model.config, "max_position_embeddings", 2048)) - self.max_new_tokens
         while True:
             msgs = ([Message("system", self.system)] if self.system else []) + self.history
-            ids = render_prompt(self.loaded.tokenizer, Conversation(msgs))
+            ids = render_prompt(self.loaded.tokenizer, Conversation(msgs, tools=self.tools))
             if len(ids) <= limit or len(self.history) <= 1:
                 return ids[-limit:] if limit > 0 else ids
-            self.history = self.history[2:]
+            self.history = self.history[1:]
+            while len(self.history) > 1 and self.history[0].role != "user":
+                self.history = self.history[1:]
 
-    def reply(self, user_text: str, write=None) -> str:
-        """Add a user turn, generate the assistant reply (streamed to ``write`` when given), add it to the history.
+    def _remember(self, text: str, write) -> None:
+        """Add the reply to the history: with tools, its parsed calls as ``tool_calls`` (shown through ``write``)."""
+        from tunesmith.render.tool_calls import parse_reply
+
+        parsed = parse_reply(text, self.call_format) if self.tools else None
+        if parsed is None or not parsed.calls or parsed.invalid:
+            self.history.append(Message("assistant", text))
+        else:
+            self.history.append(
+                Message("assistant", parsed.content, tool_calls=parsed.calls, reasoning_content=parsed.reasoning)
+            )
+        for call in parsed.calls if parsed and write else []:
+            write(f"tool call: {call.name}({json.dumps(call.arguments, ensure_ascii=False)})\n")
+        for bad in parsed.invalid if parsed and write else []:
+            write(f"malformed tool call: {bad[:200]}\n")
+
+    def reply(self, user_text: str, write=None, *, role: str = "user") -> str:
+        """Add a user turn (or, with ``role="tool"``, a tool result), generate the assistant reply (streamed to
+        ``write`` when given), add it to the history.
 
         Returns:
             The reply text (special tokens removed).
         """
         import torch
 
-        self.history.append(Message("user", user_text))
+        self.history.append(Message(role, user_text))
         ids = self.prompt_ids()
         model, tok = self.loaded.model, self.loaded.tokenizer
         kwargs = dict(
@@ -109,14 +140,15 @@ class ChatSession:
                 **kwargs,
             )
         text = tok.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
-        self.history.append(Message("assistant", text))
+        self._remember(text, write)
         return text
 
 
 def chat_loop(session: ChatSession, lines, write, *, interactive: bool = False) -> int:
     """Run the chat over ``lines`` (an iterator of user inputs); returns the number of replies.
 
-    ``/exit`` or the end of ``lines`` ends it; ``/reset`` and ``/system TEXT`` are handled as commands.
+    ``/exit`` or the end of ``lines`` ends it; ``/reset``, ``/system TEXT`` and ``/tool RESULT`` are handled as
+    commands.
     """
     replies = 0
     for raw in lines:
@@ -133,10 +165,12 @@ def chat_loop(session: ChatSession, lines, write, *, interactive: bool = False) 
             session.reset(line[len("/system ") :].strip())
             write("(system prompt set, history cleared)\n")
             continue
+        role = "tool" if line.startswith("/tool ") else "user"
+        text = line[len("/tool ") :].strip() if role == "tool" else line
         if not interactive:
             write(f"> {line}\n")
         write("assistant: ")
-        session.reply(line, write)
+        session.reply(text, write, role=role)
         replies += 1
     return replies
 
@@ -158,25 +192,38 @@ def run_chat(
     top_p: float = 0.9,
     max_new_tokens: int = 256,
     seed: int = 0,
+    tools: str | None = None,
 ) -> int:
     """Entry of ``tunesmith chat``: load the model and chat on the terminal (or over piped stdin).
+
+    Args:
+        tools: a JSON file of tool specs (``--tools``); the model's calls are parsed and shown.
 
     Returns:
         The number of replies generated.
 
     Raises:
-        ModelError: bad model/adapter.
+        ModelError: bad model/adapter; DataError: an unreadable tools file; MissingFeatures: the model's chat template
+            renders no tools (the fix names model.chat_template=chatml-tools).
     """
     import torch
     from rich.console import Console
 
+    from tunesmith.data.conversations import file_tools
     from tunesmith.models.loading import load_for_use
 
     console = Console(highlight=False)
+    specs = file_tools(tools)
     torch.manual_seed(seed)
     loaded = load_for_use(model, adapter)
     interactive = sys.stdin.isatty()
-    session = ChatSession(loaded, system=system, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    session = ChatSession(
+        loaded, system=system, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, tools=specs
+    )
+    if specs:  # a template without tool support fails now, not after the first question
+        from tunesmith.render.features import require_features
+
+        require_features(loaded.tokenizer, Conversation([], tools=specs), None, None)
     if interactive:
         console.print(
             f"[dim]chat with {loaded.base_name}"

@@ -10,7 +10,6 @@ and return exit code 2 when the data has errors that would stop training.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from rich.text import Text
 from tunesmith.data.conversations import LoadReport, load_conversations
 from tunesmith.data.records import Conversation
 from tunesmith.render.checks import Finding, check_template
+from tunesmith.render.features import MissingFeatures, template_features
 from tunesmith.render.rows import TokenStats, render_all, resolve_max_length, truncation_warning
 from tunesmith.render.templates import IGNORE_INDEX, apply_chat_template_option
 from tunesmith.runtime.console import console as errors
@@ -75,10 +75,41 @@ def _reason_key(reason: str) -> str:
 
 
 def _duplicates(convs: list[Conversation]) -> int:
-    seen = Counter(
-        hashlib.sha256("\x01".join(f"{m.role}\x00{m.content}" for m in c.messages).encode()).hexdigest() for c in convs
-    )
+    from tunesmith.data.split import fingerprint
+
+    seen = Counter(fingerprint([c]) for c in convs)
     return sum(v - 1 for v in seen.values())
+
+
+def _tool_counts(convs: list[Conversation]) -> dict[str, int]:
+    """Records declaring tools, assistant turns calling tools (and calls), tool results, turns with reasoning."""
+    msgs = [m for c in convs for m in c.messages]
+    return {
+        "tools": sum(1 for c in convs if c.tools),
+        "calling turns": sum(1 for m in msgs if m.tool_calls),
+        "calls": sum(len(m.tool_calls or []) for m in msgs),
+        "tool results": sum(1 for m in msgs if m.role == "tool"),
+        "reasoning": sum(1 for m in msgs if m.reasoning_content),
+    }
+
+
+def _tool_findings(p: Prepared, counts: dict[str, int], train_reasoning) -> list[Finding]:
+    """What the template does with the data's tools and reasoning (errors are raised by rendering)."""
+    if not counts["reasoning"] or train_reasoning is True:
+        return []
+    if not template_features(p.tokenizer).reasoning:
+        return [
+            Finding(
+                "warning",
+                "reasoning_dropped",
+                f"{counts['reasoning']} assistant turns carry reasoning that the chat template does not render: it is "
+                "not trained (as at inference, where this template drops it); model.chat_template=chatml-tools "
+                "renders it as <think>...</think>",
+            )
+        ]
+    if train_reasoning is False:
+        return [Finding("info", "reasoning_masked", "reasoning is rendered and masked (data.train_reasoning: false)")]
+    return [Finding("info", "reasoning_trained", "reasoning the template renders is trained (data.train_reasoning)")]
 
 
 def run_check(cfg, *, skip_invalid: bool = False) -> int:
@@ -96,17 +127,24 @@ def run_check(cfg, *, skip_invalid: bool = False) -> int:
     if chat and not p.tokenizer.chat_template:
         apply_chat_template_option(p.tokenizer, None)  # raises the clear "no chat template" error
     policy = getattr(cfg.data, "truncation", "keep_start")
-    rows, stats = render_all(
-        p.tokenizer,
-        p.convs,
-        p.max_length,
-        generation_config=p.generation_config,
-        skip_invalid=True,
-        log_skipped=False,
-        truncation="drop" if policy == "drop" else "keep_start",  # `error` is reported below, after the table
-    )
+    counts = _tool_counts(p.convs)
+    findings = _tool_findings(p, counts, cfg.data.train_reasoning) + findings
+    try:
+        rows, stats = render_all(
+            p.tokenizer,
+            p.convs,
+            p.max_length,
+            generation_config=p.generation_config,
+            skip_invalid=True,
+            log_skipped=False,
+            truncation="drop" if policy == "drop" else "keep_start",  # `error` is reported below, after the table
+            train_reasoning=cfg.data.train_reasoning,
+        )
+    except MissingFeatures as exc:
+        console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False)
+        return 2
     problems = p.load.skipped + stats.invalid
-    _print_report(cfg, p, stats, findings, problems)
+    _print_report(cfg, p, stats, findings, problems, counts)
     warning = truncation_warning(stats, p.max_length, policy)
     if warning:
         console.print(f"[bold yellow]truncation warning:[/] {warning}", highlight=False)
@@ -134,7 +172,7 @@ def run_check(cfg, *, skip_invalid: bool = False) -> int:
     return 0
 
 
-def _print_report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], problems) -> None:
+def _print_report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], problems, counts) -> None:
     s = stats.summary()
     bad = len({x.where for x in problems})
     src = cfg.data.path or f"bundled:{cfg.data.name}"
@@ -163,11 +201,12 @@ def _print_report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], 
     t.add_row("role counts", ", ".join(f"{r} {n}" for r, n in roles.most_common()) or "-")
     t.add_row("record kinds", ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "-")
     t.add_row("duplicate records", str(_duplicates(p.convs)))
-    with_tools = sum(1 for c in p.convs if c.meta.get("tools") not in (None, "", "[]", []))
-    if with_tools:
+    if any(counts.values()):
         t.add_row(
-            "records with a `tools` field",
-            f"{with_tools} (kept as metadata; tool schemas are not rendered into the prompt)",
+            "tools / tool calls / reasoning",
+            f"{counts['tools']} records declare tools; {counts['calls']} calls in {counts['calling turns']} assistant "
+            f"turns (trained); {counts['tool results']} tool results (masked); {counts['reasoning']} turns with "
+            "reasoning",
         )
     console.print(t)
     if problems:
@@ -202,6 +241,7 @@ def run_preview(cfg, n: int, *, plain: bool | None = None) -> int:
         generation_config=p.generation_config,
         skip_invalid=True,
         log_skipped=False,
+        train_reasoning=cfg.data.train_reasoning,
     )
     for x in stats.invalid:
         console.print(f"[yellow]skipped[/] {x.where}: {x.reason}", highlight=False)

@@ -6,11 +6,15 @@ Run it::
     printf 'What is 2+2?\\nName a colour.\\n' | tunesmith generate - --model smollm2-135m-instruct
 
 Input, one record per line: JSONL objects with ``prompt`` (a string, or a list of messages) or
-``messages`` (OpenAI chat; a trailing assistant turn is dropped and becomes ``reference``), an optional
-``id`` and ``reference``/``completion``; or plain text lines (each is one user turn).  A ``.json``
-file holding a list of such objects works too.  Output, one line per input, in input order::
+``messages`` (OpenAI chat, tool calls and tool results included; a trailing assistant turn is dropped and becomes
+``reference``), optional ``tools`` (function specs), ``id`` and ``reference``/``completion``; or plain text lines (each
+is one user turn).  A ``.json`` file holding a list of such objects works too.  ``--tools FILE`` gives tool specs to
+every record without its own.  Output, one line per input, in input order::
 
-    {"id", "prompt", "prediction", "reference", "finish_reason": "stop"|"length", "new_tokens"}
+    {"id", "prompt", "prediction", "reference", "finish_reason": "stop"|"length", "new_tokens", "tool_calls"?}
+
+``tool_calls`` (``[{"name", "arguments"}]``, parsed in the chat template's call layout by
+:mod:`tunesmith.render.tool_calls`) is there when the record has tools or the reply holds a call.
 
 Every prompt is rendered through the chat template with the generation prompt; generation stops at the
 template's end-of-turn token (added to the generation config's eos ids when missing).
@@ -37,11 +41,13 @@ class PromptRecord:
         id: the input's ``id``, else ``"<file>:<line>"``.
         messages: the conversation up to the reply to generate (system/user/assistant turns).
         reference: the expected reply when the input gave one, else None.
+        tools: the function specs the model may call (rendered through the chat template), or None.
     """
 
     id: str
     messages: list[Message]
     reference: str | None = None
+    tools: list[dict] | None = None
 
     @property
     def prompt(self) -> str:
@@ -63,13 +69,13 @@ def _messages(value, where: str) -> list[Message]:
                 )
             ],
         )
+    from tunesmith.data.formats import message_from
+
     out = []
     for k, m in enumerate(value):
-        if (
-            not isinstance(m, dict)
-            or not isinstance(m.get("content"), str)
-            or m.get("role") not in ("system", "user", "assistant", "tool")
-        ):
+        content = m.get("content") if isinstance(m, dict) else None
+        ok_content = isinstance(content, (str, list)) or (content is None and bool(m.get("tool_calls")))
+        if not isinstance(m, dict) or not ok_content or m.get("role") not in ("system", "user", "assistant", "tool"):
             raise DataError(
                 "Bad prompt record",
                 [
@@ -80,7 +86,10 @@ def _messages(value, where: str) -> list[Message]:
                     )
                 ],
             )
-        out.append(Message(m["role"], m["content"]))
+        msg, problems = message_from(m, f"{where} (message {k})", f"messages[{k}]")
+        if problems:
+            raise DataError("Bad prompt record", problems)
+        out.append(msg)
     return out
 
 
@@ -97,7 +106,12 @@ def parse_record(obj, where: str) -> PromptRecord:
             "Bad prompt record",
             [Problem(where, "a JSON object needs a prompt or messages field", 'e.g. {"id": 1, "prompt": "Hello"}')],
         )
+    from tunesmith.data.tool_formats import normalise_tools
+
     msgs = _messages(obj.get("messages", obj.get("prompt")), where)
+    tools, problems = normalise_tools(obj.get("tools"), where)
+    if problems:
+        raise DataError("Bad prompt record", problems)
     reference = obj.get("reference", obj.get("completion"))
     if msgs[-1].role == "assistant":
         reference = reference if reference is not None else msgs[-1].content
@@ -107,7 +121,7 @@ def parse_record(obj, where: str) -> PromptRecord:
             "Bad prompt record",
             [Problem(where, "nothing is left to prompt with after the final assistant turn", "add a user turn")],
         )
-    return PromptRecord(str(obj.get("id", where)), msgs, reference if isinstance(reference, str) else None)
+    return PromptRecord(str(obj.get("id", where)), msgs, reference if isinstance(reference, str) else None, tools)
 
 
 def read_prompts(source: str) -> list[PromptRecord]:
@@ -197,6 +211,7 @@ def generate_records(
     temperature: float = 0.0,
     top_p: float = 1.0,
     system: str | None = None,
+    tools: list[dict] | None = None,
 ) -> list[dict]:
     """Generate a reply for every record, batched with left padding; greedy when ``temperature == 0``. Progress
     (prompts done, tokens/s, ETA) goes to stderr.
@@ -208,17 +223,21 @@ def generate_records(
         batch_size: prompts per ``generate`` call.
         temperature, top_p: sampling settings (used only when ``temperature > 0``).
         system: system prompt for records without one.
+        tools: tool specs for records without their own.
 
     Returns:
-        One dict per record: ``{"id", "prompt", "prediction", "reference", "finish_reason", "new_tokens"}``.
+        One dict per record: ``{"id", "prompt", "prediction", "reference", "finish_reason", "new_tokens"}``, plus
+        ``tool_calls`` (``[{"name", "arguments"}]``) when the record has tools or the reply holds a call.
     """
     from tunesmith.models.generation import decode_reply, generate_ids
     from tunesmith.models.loading import stop_ids
     from tunesmith.render.templates import render_prompt
+    from tunesmith.render.tool_calls import call_format, parse_reply
     from tunesmith.runtime.console import Progress
 
     eos = stop_ids(loaded)
-    prompts = [render_prompt(loaded.tokenizer, Conversation(with_system(r.messages, system), r.id)) for r in records]
+    convs = [Conversation(with_system(r.messages, system), r.id, tools=r.tools or tools) for r in records]
+    prompts = [render_prompt(loaded.tokenizer, c) for c in convs]
     with Progress("generate", len(prompts), unit="prompts") as bar:
         outs = generate_ids(
             loaded.model,
@@ -232,17 +251,23 @@ def generate_records(
             top_p=top_p,
             progress=bar,
         )
-    return [
-        {
+    fmt = call_format(loaded.tokenizer.chat_template)
+    rows = []
+    for r, c, o in zip(records, convs, outs):
+        text = decode_reply(loaded.tokenizer, o)
+        row = {
             "id": r.id,
             "prompt": r.prompt,
-            "prediction": decode_reply(loaded.tokenizer, o),
+            "prediction": text,
             "reference": r.reference,
             "finish_reason": "stop" if o and o[-1] in eos else "length",
             "new_tokens": len(o),
         }
-        for r, o in zip(records, outs)
-    ]
+        parsed = parse_reply(text, fmt)
+        if c.tools or parsed.attempted:
+            row["tool_calls"] = parsed.to_json()
+        rows.append(row)
+    return rows
 
 
 def run_generate(
@@ -257,6 +282,7 @@ def run_generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     system: str | None = None,
+    tools: str | None = None,
     seed: int = 0,
     log=None,
 ) -> list[dict]:
@@ -271,16 +297,19 @@ def run_generate(
     """
     import torch
 
+    from tunesmith.data.conversations import file_tools
     from tunesmith.errors import TunesmithError
     from tunesmith.models.loading import load_for_use
     from tunesmith.runtime.files import atomic_write_jsonl, write_errors
     from tunesmith.runtime.rundir import file_refusals
 
-    inputs = tuple(x for x in (source, model, adapter) if x and x != "-")
+    inputs = tuple(x for x in (source, model, adapter, tools) if x and x != "-")
     problems = file_refusals(Path(output), overwrite=overwrite, inputs=inputs) if output else []
     if problems:
         raise TunesmithError(f"Refusing to write {output}", problems)
+
     records = read_prompts(source)
+    specs = file_tools(tools)
     torch.manual_seed(seed)
     loaded = load_for_use(model, adapter)
     start = time.perf_counter()
@@ -292,6 +321,7 @@ def run_generate(
         temperature=temperature,
         top_p=top_p,
         system=system,
+        tools=specs,
     )
     seconds = time.perf_counter() - start
     if output:
