@@ -1,5 +1,5 @@
-"""The console every command prints progress and results to (stderr), its copy into a run's ``run.log``, and a
-wall-clock timer."""
+"""The console every command prints progress and results to (stderr), its copy into a run's ``run.log``, the filter
+that keeps the libraries' own deprecation warnings off it, and a wall-clock timer."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -25,6 +26,33 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+QUIET_WARNING_PACKAGES = ("transformers", "trl", "peft", "accelerate", "datasets", "torch", "huggingface_hub")
+"""Packages whose own ``FutureWarning``/``DeprecationWarning`` (deprecations inside the library, e.g. transformers'
+``is_gradient_checkpointing``) go to the log instead of the console: the user cannot act on them."""
+
+
+def _from_package(filename: str) -> bool:
+    parts = Path(filename).parts
+    return any(p in parts for p in QUIET_WARNING_PACKAGES) and "tunesmith" not in parts
+
+
+def quiet_library_warnings() -> None:
+    """Send :data:`QUIET_WARNING_PACKAGES`' deprecation warnings to the ``tunesmith.warnings`` logger (INFO: into
+    ``run.log`` during a run, not shown on the console); every other warning is shown as before. Idempotent."""
+    shown = warnings.showwarning
+    if getattr(shown, "tunesmith_quiet", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (FutureWarning, DeprecationWarning)) and _from_package(str(filename)):
+            logging.getLogger("tunesmith.warnings").info("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    show.tunesmith_quiet = True
+    warnings.showwarning = show
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
