@@ -59,3 +59,27 @@ def test_share_leaves_symlinks_alone(tmp_path):
     with umask(0o022):
         share(folder)
     assert mode(target) == 0o600 and mode(folder) == 0o755
+
+
+def test_library_deprecations_go_to_the_log_not_the_console(caplog):
+    """A FutureWarning raised inside transformers is logged (INFO, tunesmith.warnings: into run.log during a run);
+    one raised elsewhere is still shown (passed on to the display that was there before)."""
+    import logging
+    import warnings
+
+    from tunesmith.runtime.console import quiet_library_warnings
+
+    saved, shown = warnings.showwarning, []
+    warnings.showwarning = lambda message, *args, **kw: shown.append(str(message))
+    try:
+        quiet_library_warnings()
+        quiet_library_warnings()  # idempotent
+        with caplog.at_level(logging.INFO, logger="tunesmith.warnings"):
+            lib = "/x/site-packages/transformers/training_args.py"
+            warnings.showwarning("`gradient_checkpointing` is deprecated", FutureWarning, lib, 1)
+            warnings.showwarning("mine is deprecated", FutureWarning, "/x/myproject/code.py", 2)
+            warnings.showwarning("a real problem", UserWarning, lib, 3)
+        assert "gradient_checkpointing" in caplog.text and "mine" not in caplog.text
+        assert shown == ["mine is deprecated", "a real problem"]
+    finally:
+        warnings.showwarning = saved
