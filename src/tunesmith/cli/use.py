@@ -7,7 +7,20 @@ import typer
 
 from tunesmith.cli._options import AdapterOpt, ModelOpt, Opt, handles_errors, log
 
-MaxNewOpt = typer.Option(256, "--max-new-tokens", min=1, help="Tokens per reply at most.")
+MaxNewOpt = typer.Option(
+    None,
+    "--max-new-tokens",
+    min=1,
+    help="Tokens per reply at most (default: the trained model's, else 256).",
+    show_default=False,
+)
+SystemOpt = typer.Option(
+    None,
+    "--system",
+    help="System prompt for conversations without one (default: the one the model was trained with, else the "
+    "template's).",
+    show_default=False,
+)
 SeedOpt = typer.Option(0, "--seed", help="Sampling seed.")
 
 
@@ -15,10 +28,12 @@ SeedOpt = typer.Option(0, "--seed", help="Sampling seed.")
 def chat(
     model: Opt[str] = ModelOpt,
     adapter: Opt[str] = AdapterOpt,
-    system: Opt[str] = typer.Option(None, "--system", help="System prompt (default: the template's)."),
-    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="Sampling temperature; 0 = greedy."),
-    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
-    max_new_tokens: int = MaxNewOpt,
+    system: Opt[str] = SystemOpt,
+    temperature: Opt[float] = typer.Option(
+        None, "--temperature", min=0.0, help="Sample at this temperature (default: greedy).", show_default=False
+    ),
+    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature)."),
+    max_new_tokens: Opt[int] = MaxNewOpt,
     seed: int = SeedOpt,
 ):
     """Interactive chat through the chat template, tokens streamed; /reset, /system TEXT, /exit. Reads stdin when \
@@ -40,12 +55,12 @@ def generate(
     output: Opt[str] = typer.Option(None, "--output", "-o", help="Write JSONL here (atomically) instead of stdout."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per batch (left padding)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens per reply at most."),
+    max_new_tokens: Opt[int] = MaxNewOpt,
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (default); > 0 samples."),
     top_p: float = typer.Option(
         1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0)."
     ),
-    system: Opt[str] = typer.Option(None, "--system", help="System prompt for records without one."),
+    system: Opt[str] = SystemOpt,
     seed: int = SeedOpt,
 ):
     """Batched generation: one JSON line per prompt (id, prompt, prediction, reference, finish_reason), greedy by \

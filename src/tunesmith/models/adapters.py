@@ -109,16 +109,39 @@ def require_adapter(path: str | Path, where: str) -> Path:
     return found
 
 
+COMPANION_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "serving.json")
+"""Files saved beside an adapter's weights: the tokenizer (with its chat template), the generation config and the
+serving contract (:mod:`tunesmith.models.serving`)."""
+
+
+def adapter_home(adapter_dir: Path) -> Path:
+    """The folder holding an adapter's companion files (:data:`COMPANION_FILES`) and model card.
+
+    A named adapter is saved one level down (``adapter/<name>/adapter_config.json``) while the trainer writes the
+    tokenizer, ``generation_config.json`` and ``serving.json`` into ``adapter/``: then that folder is the home.
+
+    Returns:
+        ``adapter_dir`` itself, or its parent for a named adapter whose companions sit there.
+    """
+    adapter_dir = Path(adapter_dir)
+    if any((adapter_dir / n).is_file() for n in COMPANION_FILES):
+        return adapter_dir
+    parent = adapter_dir.parent
+    if not (parent / "adapter_config.json").is_file() and any((parent / n).is_file() for n in COMPANION_FILES):
+        return parent
+    return adapter_dir
+
+
 def adapter_base_name(adapter_dir: Path) -> str:
-    """The base model of an adapter: the run's ``config.yaml`` ``model.name`` when the adapter sits in a run folder,
-    else ``adapter_config.json``'s ``base_model_name_or_path``.
+    """The base model of an adapter: the run's ``config.yaml`` ``model.name`` when the adapter sits in a run folder
+    (``<run>/adapter`` or, named, ``<run>/adapter/<name>``), else ``adapter_config.json``'s ``base_model_name_or_path``.
 
     Raises:
         ModelError: when neither names a base (pass ``--model``).
     """
     import yaml
 
-    run_cfg = adapter_dir.parent / "config.yaml"
+    run_cfg = adapter_home(adapter_dir).parent / "config.yaml"
     if run_cfg.is_file():
         name = ((yaml.safe_load(run_cfg.read_text()) or {}).get("model") or {}).get("name")
         if name:
@@ -192,3 +215,72 @@ def untie_output_embeddings(model) -> None:
     text_cfg = getattr(model.config, "get_text_config", lambda: None)()
     if text_cfg is not None:
         text_cfg.tie_word_embeddings = False
+
+
+def prepare_base_for_adapter(base, adapter_dir: Path, notes: list[str], untie: bool) -> bool:
+    """Resize ``base`` to the adapter's vocabulary and untie the embeddings the adapter trains, noting each step in
+    ``notes``.
+
+    Returns:
+        True when ``lm_head`` was untied.
+
+    Raises:
+        ModelError: the adapter trains tied embeddings and ``untie`` is False.
+    """
+    shapes = adapter_tensor_shapes(adapter_dir)
+    vocab = adapter_vocab_size(shapes)
+    rows = base.get_input_embeddings().weight.shape[0]
+    if vocab is not None and vocab != rows:
+        base.resize_token_embeddings(vocab, mean_resizing=False)
+        notes.append(
+            f"resized the base embeddings from {rows} to {vocab} rows (the adapter was trained with added tokens)"
+        )
+    trained = adapter_trains_embeddings(shapes)
+    tied = (
+        base.get_output_embeddings() is not None
+        and base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    )
+    if not (trained and tied):
+        return False
+    if not untie:
+        raise ModelError(
+            "The adapter trains tied embeddings",
+            [
+                Problem(
+                    str(adapter_dir),
+                    f"the base ties lm_head to embed_tokens and the adapter changes them ({trained[0]}, ...)",
+                    "allow untying (the merged checkpoint then stores lm_head and embed_tokens separately), "
+                    "or train without embed_tokens/lm_head",
+                )
+            ],
+        )
+    untie_output_embeddings(base)
+    notes.append(
+        "untied lm_head from embed_tokens (the adapter trains "
+        + ", ".join(sorted({n for k in trained for n in EMBEDDING_NAMES if n in k}))
+        + ")"
+    )
+    return True
+
+
+def attach_adapter(base, adapter_dir: Path):
+    """``peft.PeftModel.from_pretrained(base, adapter_dir)`` for inference.
+
+    Raises:
+        ModelError: the adapter does not fit ``base`` (naming the fix: the base it was trained on).
+    """
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    except Exception as exc:  # noqa: BLE001 - a mismatched adapter is a user input problem
+        raise ModelError(
+            "The adapter does not fit the base model",
+            [
+                Problem(
+                    str(adapter_dir),
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                    "pass the base it was trained on with --model (see adapter_config.json base_model_name_or_path)",
+                )
+            ],
+        ) from None

@@ -2,21 +2,25 @@
 
 Run it::
 
-    tunesmith chat --model runs/sft --system "You answer in one sentence."
-    printf 'Hi\\n/reset\\nWho are you?\\n/exit\\n' | tunesmith chat --model smollm2-135m-instruct --temperature 0
+    tunesmith chat --model runs/sft                       # the system prompt it was trained with, greedy
+    tunesmith chat --model runs/sft --system "You answer in one sentence." --temperature 0.7
+    printf 'Hi\\n/reset\\nWho are you?\\n/exit\\n' | tunesmith chat --model smollm2-135m-instruct
 
 Commands typed at the prompt: ``/reset`` forgets the history (keeps the system prompt), ``/system TEXT``
 sets a new system prompt and resets, ``/exit`` (or end of input, Ctrl-D) leaves.  When stdin is not a
 terminal, lines are read from it one turn each (so the loop can be scripted and tested).
 Tokens are printed as they are generated (``transformers.TextStreamer``); generation stops at the
 template's end-of-turn token.  The oldest turns are dropped when the history outgrows the context.
+Served as trained: the system prompt, chat template and generation defaults come from the model's serving contract
+(:mod:`tunesmith.models.serving`); ``--system`` replaces the system prompt. Replies are greedy unless
+``--temperature`` is given.
 """
 
 from __future__ import annotations
 
 import sys
 
-from tunesmith.data.records import Conversation, Message
+from tunesmith.data.records import Message
 
 
 def make_streamer(tokenizer, write):
@@ -38,10 +42,11 @@ class ChatSession:
 
     Args:
         loaded: :class:`tunesmith.models.loading.Loaded`.
-        system: system prompt, or None for the template's default.
-        temperature: 0 for greedy decoding, else the sampling temperature.
+        system: system prompt; None serves the one the model was trained with (its serving contract), else the
+            template's default.
+        temperature: None or 0 for greedy decoding (the default), else the sampling temperature.
         top_p: nucleus sampling mass (with ``temperature > 0``).
-        max_new_tokens: budget per reply, in tokens.
+        max_new_tokens: budget per reply, in tokens; None takes the serving contract's default (else 256).
     """
 
     def __init__(
@@ -49,14 +54,15 @@ class ChatSession:
         loaded,
         *,
         system: str | None = None,
-        temperature: float = 0.7,
+        temperature: float | None = None,
         top_p: float = 0.9,
-        max_new_tokens: int = 256,
+        max_new_tokens: int | None = None,
     ):
         from tunesmith.models.loading import stop_ids
 
-        self.loaded, self.system = loaded, system
-        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.loaded, self.system = loaded, loaded.system_prompt(system)
+        self.temperature, self.top_p = temperature or 0.0, top_p
+        self.max_new_tokens = max_new_tokens or getattr(loaded.generation_config, "max_new_tokens", None) or 256
         self.history: list[Message] = []
         self.eos = sorted(stop_ids(loaded))
 
@@ -69,12 +75,11 @@ class ChatSession:
     def prompt_ids(self) -> list[int]:
         """Token ids of system + history through the generation prompt; the oldest user/assistant pairs are dropped
         while the prompt plus ``max_new_tokens`` exceeds the model's context."""
-        from tunesmith.render.templates import render_prompt
+        from tunesmith.models.serving import serving_prompt_ids
 
         limit = int(getattr(self.loaded.model.config, "max_position_embeddings", 2048)) - self.max_new_tokens
         while True:
-            msgs = ([Message("system", self.system)] if self.system else []) + self.history
-            ids = render_prompt(self.loaded.tokenizer, Conversation(msgs))
+            ids = serving_prompt_ids(self.loaded.tokenizer, self.history, self.system or None, "chat")
             if len(ids) <= limit or len(self.history) <= 1:
                 return ids[-limit:] if limit > 0 else ids
             self.history = self.history[2:]
@@ -154,9 +159,9 @@ def run_chat(
     adapter: str | None = None,
     *,
     system: str | None = None,
-    temperature: float = 0.7,
+    temperature: float | None = None,
     top_p: float = 0.9,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     seed: int = 0,
 ) -> int:
     """Entry of ``tunesmith chat``: load the model and chat on the terminal (or over piped stdin).
@@ -181,6 +186,8 @@ def run_chat(
         console.print(
             f"[dim]chat with {loaded.base_name}"
             + (f" + {loaded.adapter_dir}" if loaded.adapter_dir else "")
+            + (f"; system prompt {session.system!r}" if session.system else "")
+            + ("; greedy" if not session.temperature else f"; temperature {session.temperature}")
             + "; /reset clears the history, /system TEXT sets the system prompt, /exit leaves[/]"
         )
 

@@ -12,8 +12,10 @@ file holding a list of such objects works too.  Output, one line per input, in i
 
     {"id", "prompt", "prediction", "reference", "finish_reason": "stop"|"length", "new_tokens"}
 
-Every prompt is rendered through the chat template with the generation prompt; generation stops at the
-template's end-of-turn token (added to the generation config's eos ids when missing).
+Every prompt is rendered through the chat template with the generation prompt, as the model was trained: records
+without a system turn get the system prompt of its serving contract (:mod:`tunesmith.models.serving`), or ``--system``
+when given. Generation stops at the template's end-of-turn token (added to the generation config's eos ids when
+missing).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.records import Conversation, Message
+from tunesmith.data.records import Message
 from tunesmith.errors import DataError, Problem
 
 
@@ -156,18 +158,25 @@ def _collect(items) -> list[PromptRecord]:
     return out
 
 
-def with_system(messages: list[Message], system: str | None) -> list[Message]:
-    """Prepend a system turn (replacing none the record has) when ``system`` is given."""
-    if system is None or (messages and messages[0].role == "system"):
-        return list(messages)
-    return [Message("system", system)] + list(messages)
+def record_prompt_ids(loaded, records: list[PromptRecord], system: str | None = None) -> list[list[int]]:
+    """Prompt ids of each record as served: the trained system prompt (or ``system``) added to records without one,
+    rendered through the chat template with the generation prompt
+    (:func:`tunesmith.models.serving.serving_prompt_ids`).
+
+    Returns:
+        ``list[list[int]]``, one per record.
+    """
+    from tunesmith.models.serving import serving_prompt_ids
+
+    system = loaded.system_prompt(system) or None
+    return [serving_prompt_ids(loaded.tokenizer, r.messages, system, r.id) for r in records]
 
 
 def generate_records(
     loaded,
     records: list[PromptRecord],
     *,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
     temperature: float = 0.0,
     top_p: float = 1.0,
@@ -178,20 +187,20 @@ def generate_records(
     Args:
         loaded: :class:`tunesmith.models.loading.Loaded`.
         records: the prompts, in output order.
-        max_new_tokens: budget per reply, in tokens.
+        max_new_tokens: budget per reply, in tokens; None takes the serving contract's default (else 128).
         batch_size: prompts per ``generate`` call.
         temperature, top_p: sampling settings (used only when ``temperature > 0``).
-        system: system prompt for records without one.
+        system: system prompt for records without one; None serves the one the model was trained with.
 
     Returns:
         One dict per record: ``{"id", "prompt", "prediction", "reference", "finish_reason", "new_tokens"}``.
     """
     from tunesmith.models.generation import decode_reply, generate_ids
     from tunesmith.models.loading import stop_ids
-    from tunesmith.render.templates import render_prompt
 
     eos = stop_ids(loaded)
-    prompts = [render_prompt(loaded.tokenizer, Conversation(with_system(r.messages, system), r.id)) for r in records]
+    prompts = record_prompt_ids(loaded, records, system)
+    max_new_tokens = max_new_tokens or getattr(loaded.generation_config, "max_new_tokens", None) or 128
     outs = generate_ids(
         loaded.model,
         loaded.tokenizer,
@@ -223,7 +232,7 @@ def run_generate(
     adapter: str | None = None,
     output: str | None = None,
     overwrite: bool = False,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
     temperature: float = 0.0,
     top_p: float = 1.0,
