@@ -110,15 +110,21 @@ def export(
     adapter: Opt[str] = AdapterOpt,
     fmt: str = typer.Option("gguf", "--format", help="Export format: gguf."),
     output: str = typer.Option(..., "--output", "-o", help="The .gguf file to write."),
-    outtype: str = typer.Option("f32", "--outtype", help="Tensor type: f32 (exact) or f16."),
+    outtype: str = typer.Option(
+        "f32",
+        "--outtype",
+        help="Tensor type: f32 (exact), f16, q8_0, or a llama.cpp type such as q4_k_m (llama-quantize).",
+    ),
     modelfile: bool = typer.Option(False, "--modelfile", help="Also write an Ollama Modelfile next to the GGUF."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace existing output files (the GGUF, its .consistency.json, the Modelfile)."
+    ),
     stop_check: bool = typer.Option(
         True, "--stop-check/--no-stop-check", help="Run the 'does it stop' smoke test (off for untrained models)."
     ),
 ):
-    """Export to GGUF (llama models), reload it, and check greedy outputs and template consistency (report: \
-<name>.consistency.json)."""
+    """Export to GGUF (Llama, Mistral, Qwen2), reload it, and check greedy outputs and train = serve consistency \
+(report: <name>.consistency.json)."""
     from tunesmith.export.gguf import run_export
 
     run_export(

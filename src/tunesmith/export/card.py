@@ -56,7 +56,7 @@ def _front_matter(base: str, library: str, kind: str, cfg: dict) -> dict:
         "license": known.get("license", "other"),
         "tags": tags,
         "datasets": [dataset] if dataset else [],
-        "pipeline_tag": "text-generation",
+        "pipeline_tag": "text-classification" if kind == "classify" else "text-generation",
     }
 
 
@@ -68,7 +68,11 @@ def _metrics_rows(run_dir: Path, metrics: dict) -> list[str]:
     for key in ("reward_accuracy", "win_rate"):
         if key in metrics:
             rows.append(f"| {key} | - | {_fmt(metrics[key])} |")
-    evaluated = _read_json(run_dir / "eval" / "metrics.json")
+    evaluated = _read_json(run_dir / "eval" / "metrics.json") or {
+        "task_metrics": {
+            k: v for k, v in (metrics.get("task_metrics") or {}).items() if k not in ("eval_loss", "perplexity")
+        }
+    }
     baselines = {p.name: _read_json(p / "metrics.json") for p in sorted(run_dir.glob("baseline*")) if p.is_dir()}
     for name, task in (evaluated.get("task_metrics") or {}).items():
         base = next(
@@ -112,10 +116,16 @@ def render_model_card(
         "",
         "## Intended use",
         "",
-        "Serve it as it was trained: through its own chat template, with the system prompt below for conversations "
-        "that bring none, stopping at the end-of-turn token. `tunesmith chat`, `tunesmith generate` and the exported "
-        "GGUF/Ollama Modelfile apply these from `serving.json`. It was trained and evaluated only on the data below; "
-        "measure it on your own examples before relying on it elsewhere.",
+        (
+            "A classifier of the labels in the data below: `tunesmith predict --model RUN` gives labels and "
+            "probabilities. "
+            if kind == "classify"
+            else "Serve it as it was trained: through its own chat template, with the system prompt below for "
+            "conversations that bring none, stopping at the end-of-turn token. `tunesmith chat`, `tunesmith generate` "
+            "and the exported GGUF/Ollama Modelfile apply these from `serving.json`. "
+        )
+        + "It was trained and evaluated only on the data below; measure it on your own examples before relying on it "
+        "elsewhere.",
         "",
     ]
     if contract is not None:
