@@ -190,7 +190,8 @@ def run_export(
     system = loaded.system_prompt() or system
     out.parent.mkdir(parents=True, exist_ok=True)
     eos = eot if eot is not None else tok.eos_token_id
-    name = Path(loaded.home or loaded.adapter_dir or loaded.base_name).name
+    home = Path(loaded.home or loaded.base_name)
+    name = home.parent.name if home.name in ("adapter", "model") else home.name  # general.name: the run's name
     _write(merged, tok, out, outtype=outtype, eos_id=eos, chat_template=tok.chat_template, pre=pre, name=name)
     report = verify_gguf(
         merged,
