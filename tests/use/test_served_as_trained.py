@@ -1,8 +1,9 @@
 """Train = serve: a GSM8K-style adapter trained with a system prompt (and a named adapter) is served with exactly the
 prompt ids it was trained on by every path: chat, generate, eval, merge, the GGUF and the Ollama Modelfile.
 
-One `tunesmith sft` run on a tiny random Llama (SmolLM2's tokenizer and template), then each serving path renders the
-run's own eval prompts, saved with the adapter in serving.json, and must give the ids training rendered.
+One `tunesmith sft` run on a tiny random Llama (a 325-token byte-level BPE with SmolLM2's chat template, so the GGUF
+reads fast), then each serving path renders the run's own eval prompts, saved with the adapter in serving.json, and
+must give the ids training rendered.
 
     .venv/bin/python -m pytest -q tests/use/test_served_as_trained.py
 """
@@ -14,6 +15,8 @@ import sys
 
 import pytest
 import yaml
+
+from conftest import build_tiny_llama, tiny_bpe_tokenizer
 
 SYSTEM = "Solve the problem step by step. End with #### <number>."
 PROBLEMS = [
@@ -36,10 +39,11 @@ def _cli(*args, timeout=900, **kw):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_llama_dir):
+def run(tmp_path_factory, smol_tokenizer):
     """`tunesmith sft` on GSM8K-style conversations (no system turn in the data) with data.system_prompt and
     lora.adapter_name=myada; 2 steps."""
     tmp = tmp_path_factory.mktemp("served")
+    tiny_llama_dir = build_tiny_llama(tiny_bpe_tokenizer(smol_tokenizer.chat_template), tmp / "base")
     data = tmp / "gsm.jsonl"
     data.write_text(
         "".join(
@@ -56,7 +60,7 @@ def run(tmp_path_factory, tiny_llama_dir):
         "lora.adapter_name": "myada",
         "train.output_dir": out,
         "train.max_steps": 2,
-        "train.max_length": 128,
+        "train.max_length": 384,
         "train.per_device_train_batch_size": 2,
         "eval.num_samples": 1,
         "eval.max_new_tokens": 8,
@@ -127,9 +131,10 @@ def test_chat_generate_eval_and_merge_render_the_training_prompt_ids(run, tmp_pa
 
 
 def test_gguf_and_modelfile_render_the_training_prompt_ids(run, tmp_path):
+    from transformers import AutoTokenizer
+
     from tunesmith.export.consistency import render_go_template
     from tunesmith.export.gguf import run_export
-    from tunesmith.export.gguf_io import load_gguf
 
     run_dir, _ = run
     report = run_export(
@@ -141,11 +146,11 @@ def test_gguf_and_modelfile_render_the_training_prompt_ids(run, tmp_path):
     assert checks["greedy_round_trip"]["ok"] and report["system_prompt"] == SYSTEM
     modelfile = (tmp_path / "Modelfile").read_text()
     assert f'SYSTEM """{SYSTEM}"""' in modelfile and "PARAMETER temperature 0" in modelfile
-    _, g_tok = load_gguf(tmp_path / "m.gguf")
+    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")  # the GGUF's tokenizer gave the same ids (probe_ids_gguf)
     go = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
     for probe in _probes(run_dir):
         text = render_go_template(go, probe["messages"], SYSTEM)  # what Ollama renders
-        assert g_tok(text, add_special_tokens=False)["input_ids"] == probe["prompt_ids"]  # what llama.cpp tokenises
+        assert tok(text, add_special_tokens=False)["input_ids"] == probe["prompt_ids"]
 
 
 def test_chat_and_generate_from_the_command_line(run, tmp_path):
