@@ -2,15 +2,16 @@
 minutes on 2 cores). Skipped unless llama-server and llama-quantize are on PATH or in $TUNESMITH_HOME/llama.cpp/bin
 (scripts/build-llama-cpp.sh puts them there).
 
-SmolLM2-135M-Instruct (embedded) + a random LoRA adapter with a serving contract (a system prompt), merged and exported
-as f32, q8_0 and q4_k_m. For each file llama-server is started with the GGUF's own chat template (--jinja) and asked:
+SmolLM2-135M-Instruct (embedded) + a random LoRA adapter with a serving contract (a system prompt), merged and written
+by the export's own writers as f32, q8_0 and q4_k_m (llama-quantize). For each file llama-server is started with the
+GGUF's own chat template (--jinja) and asked:
 
 - token ids: /tokenize on the chat-template renderings (fixed conversations and the contract's eval prompts) must
   give transformers' ids;
 - chat template: /apply-template on those conversations (with the trained system prompt) must give the text
   transformers' apply_chat_template renders;
-- greedy replies: /completion (temperature 0) from the training prompt ids must give transformers' greedy tokens:
-  all of them for f32, the share that agrees for the quantised files.
+- greedy replies: /completion (temperature 0) from the training prompt ids must give the merged model's greedy tokens
+  (transformers, fp32): all of them for f32, the share that agrees for the quantised files.
 
 The figures are written to $TUNESMITH_RUNTIME_REPORT (default: runtime-check.json in the test's folder) and printed.
 
@@ -35,13 +36,11 @@ pytestmark = pytest.mark.runtime
 SYSTEM = "You answer in one short sentence."
 QUESTIONS = [
     "What is the capital of France?",
-    "Name a colour of the sky.",
     "Write a Python function that adds two numbers.",
-    "Say hello in Spanish.",
     "How many legs does a spider have?",
     "Café, naïve, 東京: spell them back.",
 ]
-MAX_NEW = 40
+MAX_NEW = 32
 
 
 def _tool(name: str) -> str | None:
@@ -86,17 +85,23 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, embedded_source, smol_tokenizer):
+def exported(tmp_path_factory, embedded_source):
+    """SmolLM2 + a random LoRA adapter with a serving contract, merged once and written by the export's own writers:
+    f32 and q8_0 (write_gguf), q4_k_m (llama_quantize on the f32 file). Returns (folder, {type: path}, contract,
+    merged model, tokenizer)."""
+    from transformers import GenerationConfig
+
     from tunesmith.data.records import Conversation, Message
-    from tunesmith.export.gguf import run_export
+    from tunesmith.export.gguf import guess_pre_tokenizer
+    from tunesmith.export.gguf_io import llama_quantize, source_pre_tokenizer, write_gguf
+    from tunesmith.export.merge import merge_loaded
+    from tunesmith.models.loading import load_for_use
     from tunesmith.models.serving import build_contract, contract_files, training_prompts
 
     if not (_tool("llama-server") and _tool("llama-quantize")):
         pytest.skip("llama.cpp is not built (make test-runtime builds it)")
     tmp = tmp_path_factory.mktemp("llamacpp")
     _, tok = make_adapter(embedded_source.location, None, tmp / "adapter", scale=0.01)
-    from transformers import GenerationConfig
-
     convs = [
         Conversation([Message("system", SYSTEM), Message("user", q), Message("assistant", "-")], f"q#{k}")
         for k, q in enumerate(QUESTIONS)
@@ -111,42 +116,31 @@ def exported(tmp_path_factory, embedded_source, smol_tokenizer):
     )
     for name, text in contract_files(contract, GenerationConfig(eos_token_id=2, bos_token_id=1)).items():
         (tmp / "adapter" / name).write_text(text)
-    files = {}
-    for outtype in ("f32", "q8_0", "q4_k_m"):
-        out = tmp / f"smol-{outtype}.gguf"
-        report = run_export(
-            embedded_source.location,
-            str(tmp / "adapter"),
-            output=str(out),
-            outtype=outtype,
-            stop_check=False,
-            max_new_tokens=MAX_NEW,
-            log=lambda s: None,
-        )
-        files[outtype] = (out, report)
-    return tmp, files, contract
+    loaded = load_for_use(embedded_source.location, str(tmp / "adapter"))
+    merged, _ = merge_loaded(loaded)
+    tok = loaded.tokenizer
+    pre = source_pre_tokenizer(loaded.base_location) or guess_pre_tokenizer(tok)
+    meta = dict(eos_id=2, chat_template=tok.chat_template, pre=pre, name="smol-runtime-check")
+    files = {t: write_gguf(merged, tok, tmp / f"smol-{t}.gguf", outtype=t, **meta) for t in ("f32", "q8_0")}
+    files["q4_k_m"] = llama_quantize(files["f32"], tmp / "smol-q4_k_m.gguf", "q4_k_m")
+    return tmp, files, loaded.serving, merged, tok
 
 
-def test_llama_cpp_reads_tokens_template_and_replies(exported, smol_tokenizer):
-    import torch
-
+def test_llama_cpp_reads_tokens_template_and_replies(exported):
     from tunesmith.export.consistency import fixed_conversations
-    from tunesmith.export.gguf_io import load_gguf
     from tunesmith.models.generation import generate_ids
     from tunesmith.models.serving import with_system
 
-    tmp, files, contract = exported
-    f32_model, tok = load_gguf(files["f32"][0])
+    tmp, files, contract, merged, tok = exported
     convs = [c.to_template() for c in fixed_conversations()]
     served = [[m.to_template() for m in with_system(c.messages, SYSTEM)] for c in contract.probe_conversations()]
     texts = [tok.apply_chat_template(m, tokenize=False) for m in convs]
     texts += [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in served]
     prompts = [p["prompt_ids"] for p in contract.probes]
-    torch.manual_seed(0)
-    want = generate_ids(f32_model, tok, prompts, max_new_tokens=MAX_NEW, eos_ids={2}, batch_size=1)
+    want = generate_ids(merged, tok, prompts, max_new_tokens=MAX_NEW, eos_ids={2}, batch_size=1)
     want = [w[:-1] if w and w[-1] == 2 else w for w in want]
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "llama_server": _tool("llama-server"), "files": {}}
-    for outtype, (path, report) in files.items():
+    for outtype, path in files.items():
         server = Server(path)
         try:
             ids_ok = sum(
@@ -181,7 +175,6 @@ def test_llama_cpp_reads_tokens_template_and_replies(exported, smol_tokenizer):
             "chat_template_identical": f"{tpl_ok}/{len(served)}",
             "greedy_replies_identical": f"{same}/{len(want)}",
             "greedy_tokens_agreeing_before_first_difference": f"{agree}/{tokens}",
-            "tunesmith_report_greedy_identical": report["round_trip"]["greedy_identical"],
         }
     out = Path(os.environ.get("TUNESMITH_RUNTIME_REPORT") or tmp / "runtime-check.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
