@@ -110,7 +110,7 @@ def test_modelfile(exported):
         in text
     )
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
-    assert text.rstrip().endswith('PARAMETER stop "<|im_end|>"')
+    assert text.rstrip().endswith('PARAMETER stop "<|im_end|>"\nPARAMETER temperature 0')  # greedy, as served
 
 
 def test_modelfile_check_on_llama3_and_a_broken_template(smol_tokenizer):
