@@ -10,6 +10,7 @@ must give the ids training rendered.
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -32,9 +33,16 @@ PROBLEMS = [
 
 
 def _cli(*args, timeout=900, **kw):
+    """Run the CLI as a user does, under umask 022."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, timeout=timeout, env=env, **kw
+        [sys.executable, "-m", "tunesmith", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        preexec_fn=lambda: os.umask(0o022),
+        **kw,
     )
 
 
@@ -83,6 +91,8 @@ def test_the_contract_is_saved_with_the_named_adapter(run):
     assert contract["end_of_turn"] == {"token": "<|im_end|>", "id": 2}
     assert contract["generation"] == {"do_sample": False, "max_new_tokens": 8}
     assert len(contract["probes"]) == 4 and all(p["messages"][0]["role"] == "user" for p in contract["probes"])
+    for path in [adapter, adapter / "myada", *adapter.rglob("*"), *run_dir.glob("*.json*")]:  # umask 022
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
     gen = json.loads((adapter / "generation_config.json").read_text())
     assert gen["do_sample"] is False and gen["max_new_tokens"] == 8
     assert "FutureWarning" not in proc.stderr  # the libraries' deprecations go to run.log
