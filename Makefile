@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunesmith-installed
 
-.PHONY: install demo test lint test-fast test-slow bench bench-quick clean
+.PHONY: install demo test lint test-fast test-slow test-runtime bench bench-quick clean
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ test-fast: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# the exported GGUF in real llama.cpp: token ids, greedy replies, llama-server's chat template, quantized files.
+# Not in `make test` or CI: the first run builds llama-server/llama-quantize/llama-tokenize from the llama-cpp-python
+# source package (about 30 minutes on 2 cores) into $(LLAMA_CPP) unless they are on PATH.
+LLAMA_CPP ?= $(or $(TUNESMITH_HOME),$(HOME)/.cache/tunesmith)/llama.cpp
+test-runtime: install
+	@command -v llama-server >/dev/null && command -v llama-quantize >/dev/null || PYTHON=$(BIN)/python scripts/build-llama-cpp.sh $(LLAMA_CPP)
+	PATH="$$PATH:$(LLAMA_CPP)/bin" TUNESMITH_RUNTIME_REPORT=$${TUNESMITH_RUNTIME_REPORT:-runtime-check.json} \
+		$(BIN)/python -m pytest -q -s -m runtime tests/export/test_llama_cpp.py
 
 bench: install
 	$(BIN)/python bench/bench_sft.py --mode full

@@ -271,3 +271,37 @@ def to_json_text(value, *, ascii_only: bool) -> str:
         return json.dumps(value, ensure_ascii=ascii_only, allow_nan=True)
     finally:
         sys.set_int_max_str_digits(limit)
+
+
+def tiny_bpe_tokenizer(chat_template: str):
+    """A byte-level BPE tokenizer with 325 tokens (ids 0-2: <|endoftext|>, <|im_start|>, <|im_end|>) and the given chat
+    template. Reading a GGUF with SmolLM2's 49,152 tokens takes gguf's reader 10-30 s, so the fast tests use this one;
+    tests/use/test_embedded.py (slow) exports the real SmolLM2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(
+        [
+            "Hello there, how are you? The capital of France is Paris. system user assistant You are a "
+            "helpful AI assistant"
+        ]
+        * 20,
+        trainer,
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
+    tok.chat_template = chat_template
+    return tok

@@ -11,7 +11,7 @@ Top to bottom, one run::
     baselines = prompting baseline(s)          # <run>/baseline[-Kshot]: the instruction-tuned model, same eval set
     metrics = train(cfg, run)                  # tunesmith.train.<kind>: checkpoints, graceful stop, metrics.json last
     evaluated = the trained model, scored      # <run>/eval (SFT: same prompts and metrics) or the run itself (classify)
-    report(baselines + evaluated)              # <run>/report.html: CIs, wins/losses, cost, verdict
+    report(baselines + evaluated)              # <run>/report.html, decision.json: CIs, wins/losses, cost, verdict
 
 Only the main process runs the baseline, the evaluation and the report; every process trains. The recipes
 never call evaluation or the report themselves: this module is the one place the stages meet.
@@ -69,7 +69,7 @@ def run(
         metrics = _train(kind, cfg, the_run)
         if baselines and is_main_process():
             evaluated = _evaluate(kind, cfg, the_run)
-            _report([*baselines, evaluated], the_run.run_dir / "report.html")
+            _report([*baselines, evaluated], the_run)
     return metrics
 
 
@@ -128,7 +128,15 @@ def _evaluate(kind: str, cfg, the_run: Run) -> Path:
     )
 
 
-def _report(run_dirs: list[Path], output: Path) -> None:
+def _report(run_dirs: list[Path], the_run: Run) -> None:
+    """``<run>/report.html``; the verdict goes to ``<run>/decision.json`` and into the trained model's card."""
     from tunesmith.evaluate.report import write_report
+    from tunesmith.export.card import DECISION_FILE
+    from tunesmith.runtime.files import atomic_write_json
+    from tunesmith.train.common import write_adapter_card
 
-    write_report(run_dirs, output, overwrite=True)
+    rep = write_report(run_dirs, the_run.run_dir / "report.html", overwrite=True)
+    decision = {"verdict": rep["verdict"], "verdict_lines": rep["verdict_lines"], "report": "report.html"}
+    atomic_write_json(the_run.run_dir / DECISION_FILE, decision)
+    for name in ("adapter", "model"):
+        write_adapter_card(the_run, the_run.run_dir / name)

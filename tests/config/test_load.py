@@ -21,6 +21,14 @@ def test_defaults_run_embedded_model_on_chatterbot():
     assert cfg.train.packing is True and cfg.train.gradient_checkpointing is False
 
 
+def test_override_keeps_a_hash_in_text():
+    """YAML would read ' #...' as a comment: a GSM8K system prompt must survive --set whole."""
+    text = "End with #### <number>."
+    assert parse_override(f"data.system_prompt={text}") == (["data", "system_prompt"], text)
+    assert parse_override('data.system_prompt="a # b"')[1] == "a # b"
+    assert load_config(None, [f"data.system_prompt={text}"]).data.system_prompt == text
+
+
 def test_override_parses_yaml_values():
     assert parse_override("train.learning_rate=1e-4") == (["train", "learning_rate"], 1e-4)
     assert parse_override("train.packing=false") == (["train", "packing"], False)

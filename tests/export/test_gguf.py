@@ -9,42 +9,8 @@ import json
 import pytest
 import torch
 
-from conftest import build_tiny_llama, logits, make_adapter
+from conftest import build_tiny_llama, logits, make_adapter, tiny_bpe_tokenizer
 from tunesmith.errors import ModelError
-
-
-def tiny_bpe_tokenizer(chat_template: str):
-    """A byte-level BPE tokenizer with 325 tokens (ids 0-2: <|endoftext|>, <|im_start|>, <|im_end|>) and the given chat
-    template. Reading a GGUF with SmolLM2's 49,152 tokens takes gguf's reader 10-30 s, so the fast tests use this one;
-    tests/use/test_embedded.py (slow) exports the real SmolLM2."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tk.train_from_iterator(
-        [
-            "Hello there, how are you? The capital of France is Paris. system user assistant You are a "
-            "helpful AI assistant"
-        ]
-        * 20,
-        trainer,
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|im_end|>",
-    )
-    tok.chat_template = chat_template
-    return tok
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +38,7 @@ def test_permute_matches_transformers_reverse():
     """Our q/k permutation is undone exactly by transformers' GGUF loader (LlamaTensorProcessor)."""
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-    from tunesmith.export.gguf_io import permute_qk
+    from tunesmith.export.architectures import permute_qk
 
     w = torch.arange(12 * 8 * 5, dtype=torch.float32).reshape(12 * 8 // 2 * 2, 5)  # 96 rows: 12 heads x head_dim 8
     proc = LlamaTensorProcessor(config={"num_attention_heads": 12, "num_key_value_heads": 4})
@@ -144,7 +110,7 @@ def test_modelfile(exported):
         in text
     )
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
-    assert text.rstrip().endswith('PARAMETER stop "<|im_end|>"')
+    assert text.rstrip().endswith('PARAMETER stop "<|im_end|>"\nPARAMETER temperature 0')  # greedy, as served
 
 
 def test_modelfile_check_on_llama3_and_a_broken_template(smol_tokenizer):
@@ -209,15 +175,22 @@ def test_export_refuses_non_llama_and_existing_output(exported, tmp_path):
     from transformers import AutoConfig
 
     from tunesmith.errors import TunesmithError
+    from tunesmith.export.architectures import check_supported
     from tunesmith.export.gguf import run_export
-    from tunesmith.export.gguf_io import check_supported
 
     tmp, _, _, _ = exported
     cfg = AutoConfig.from_pretrained(tmp / "base")
-    cfg.model_type, cfg.attention_bias = "qwen2", True
+    cfg.model_type, cfg.attention_bias = "phi3", True
     with pytest.raises(ModelError) as exc:
         check_supported(cfg)
     assert [p.where for p in exc.value.problems] == ["config.model_type", "config.attention_bias"]
+    assert "ARCHITECTURES" in exc.value.problems[0].fix  # a new family is a table entry
+    cfg.model_type = "llama"  # llama carries no biases
+    with pytest.raises(ModelError) as exc:
+        check_supported(cfg)
+    assert [p.where for p in exc.value.problems] == ["config.attention_bias"]
+    cfg.model_type = "qwen2"  # qwen2's q/k/v biases are exported
+    check_supported(cfg)
     with pytest.raises(TunesmithError, match="Refusing to write"):
         run_export(str(tmp / "base"), output=str(tmp / "out" / "tiny.gguf"))
     with pytest.raises(TunesmithError, match="Unknown export format"):

@@ -20,6 +20,7 @@ import typer
 
 from tunesmith.cli import data, evaluate, info, train, use
 from tunesmith.cli._options import fields_epilog
+from tunesmith.runtime.console import quiet_library_warnings
 
 COMMANDS: dict[str, tuple] = {
     "sft": (train.sft, {"epilog": fields_epilog()}),
@@ -61,7 +62,8 @@ app.add_typer(data_app, name="data")
 
 
 def main() -> None:
-    """Console entry point (``tunesmith``)."""
+    """Console entry point (``tunesmith``); the libraries' own deprecation warnings go to the log, not the console."""
+    quiet_library_warnings()
     app(prog_name="tunesmith")
 
 

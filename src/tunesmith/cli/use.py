@@ -7,7 +7,20 @@ import typer
 
 from tunesmith.cli._options import AdapterOpt, ModelOpt, Opt, handles_errors, log
 
-MaxNewOpt = typer.Option(256, "--max-new-tokens", min=1, help="Tokens per reply at most.")
+MaxNewOpt = typer.Option(
+    None,
+    "--max-new-tokens",
+    min=1,
+    help="Tokens per reply at most (default: the trained model's, else 256).",
+    show_default=False,
+)
+SystemOpt = typer.Option(
+    None,
+    "--system",
+    help="System prompt for conversations without one (default: the one the model was trained with, else the "
+    "template's).",
+    show_default=False,
+)
 ToolsOpt = typer.Option(
     None, "--tools", help="JSON file with a list of tool (function) specs the model may call; parsed calls are shown."
 )
@@ -18,10 +31,12 @@ SeedOpt = typer.Option(0, "--seed", help="Sampling seed.")
 def chat(
     model: Opt[str] = ModelOpt,
     adapter: Opt[str] = AdapterOpt,
-    system: Opt[str] = typer.Option(None, "--system", help="System prompt (default: the template's)."),
-    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="Sampling temperature; 0 = greedy."),
-    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
-    max_new_tokens: int = MaxNewOpt,
+    system: Opt[str] = SystemOpt,
+    temperature: Opt[float] = typer.Option(
+        None, "--temperature", min=0.0, help="Sample at this temperature (default: greedy).", show_default=False
+    ),
+    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature)."),
+    max_new_tokens: Opt[int] = MaxNewOpt,
     seed: int = SeedOpt,
     tools: Opt[str] = ToolsOpt,
 ):
@@ -51,12 +66,12 @@ def generate(
     output: Opt[str] = typer.Option(None, "--output", "-o", help="Write JSONL here (atomically) instead of stdout."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per batch (left padding)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens per reply at most."),
+    max_new_tokens: Opt[int] = MaxNewOpt,
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (default); > 0 samples."),
     top_p: float = typer.Option(
         1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0)."
     ),
-    system: Opt[str] = typer.Option(None, "--system", help="System prompt for records without one."),
+    system: Opt[str] = SystemOpt,
     seed: int = SeedOpt,
     tools: Opt[str] = ToolsOpt,
 ):
@@ -108,15 +123,21 @@ def export(
     adapter: Opt[str] = AdapterOpt,
     fmt: str = typer.Option("gguf", "--format", help="Export format: gguf."),
     output: str = typer.Option(..., "--output", "-o", help="The .gguf file to write."),
-    outtype: str = typer.Option("f32", "--outtype", help="Tensor type: f32 (exact) or f16."),
+    outtype: str = typer.Option(
+        "f32",
+        "--outtype",
+        help="Tensor type: f32 (exact), f16, q8_0, or a llama.cpp type such as q4_k_m (llama-quantize).",
+    ),
     modelfile: bool = typer.Option(False, "--modelfile", help="Also write an Ollama Modelfile next to the GGUF."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output file."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace existing output files (the GGUF, its .consistency.json, the Modelfile)."
+    ),
     stop_check: bool = typer.Option(
         True, "--stop-check/--no-stop-check", help="Run the 'does it stop' smoke test (off for untrained models)."
     ),
 ):
-    """Export to GGUF (llama models), reload it, and check greedy outputs and template consistency (report: \
-<name>.consistency.json)."""
+    """Export to GGUF (Llama, Mistral, Qwen2), reload it, and check greedy outputs and train = serve consistency \
+(report: <name>.consistency.json)."""
     from tunesmith.export.gguf import run_export
 
     run_export(

@@ -16,7 +16,8 @@ from tunesmith.errors import ConfigError, Problem
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"train.learning_rate=1e-4"`` into (["train", "learning_rate"], 1e-4).
 
-    The value is parsed as YAML, so numbers, booleans, lists and null work.
+    The value is parsed as YAML, so numbers, booleans, lists and null work; an unquoted text keeps a `` #`` in it
+    (YAML would cut it off as a comment).
 
     Raises:
         ConfigError: when the text has no ``=`` or an empty key.
@@ -31,6 +32,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = load_yaml(raw, f"--set {text}") if raw.strip() else raw
     except ConfigError:  # not YAML (or a number too long to read): the text itself
         value = raw
+    if isinstance(value, str) and not raw.strip().startswith(("'", '"')) and value != raw.strip():
+        value = raw.strip()  # YAML drops " # ..." as a comment: "End with #### <number>." is text, kept whole
     if raw.strip().lower() in ("no", "yes", "on", "off", "y", "n"):
         # YAML 1.1 reads `no` as False; keep the word
         # (eval_strategy=no; pydantic reads it as a bool where one is expected)

@@ -23,7 +23,7 @@ from tunesmith.errors import Problem
 from tunesmith.evaluate.generative import build_examples, evaluate_examples, load_schema, loss_rows
 from tunesmith.evaluate.metrics import Scoring, describe_custom_metric
 from tunesmith.models.adapters import require_adapter
-from tunesmith.models.loading import load_for_use
+from tunesmith.models.loading import load_for_use, serving_contract
 from tunesmith.runtime.console import console
 from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from tunesmith.runtime.manifest import write_manifest
@@ -56,6 +56,25 @@ def _load(cfg: RunConfig, *, adapter: str | Path | None = None, model_dir: str |
         adapter_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
         model = model.merge_and_unload()  # the served model: base weights + B@A, no adapter overhead per token
     return (str(model_dir) if model_dir else loaded.base_name), model.eval(), loaded.tokenizer, adapter_params
+
+
+def _trained_system_prompt(cfg: RunConfig, contract) -> RunConfig:
+    """The config with the system prompt the evaluated model was trained with (its serving contract) when the config
+    sets none; a config that sets another one keeps it, with a note."""
+    trained = contract.system_prompt if contract is not None else None
+    if trained is None or cfg.data.system_prompt == trained:
+        return cfg
+    if cfg.data.system_prompt is not None:
+        console.print(
+            f"[yellow]note:[/] data.system_prompt {cfg.data.system_prompt!r} differs from the one the model was "
+            f"trained with ({trained!r}); evaluating with the config's",
+            highlight=False,
+        )
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.system_prompt = trained
+    console.print(f"system prompt from the model's serving contract: {trained!r}", highlight=False)
+    return cfg
 
 
 def _data(cfg: RunConfig):
@@ -106,6 +125,10 @@ def evaluate_run(
 
     schema = load_schema(cfg.eval)
     scoring = Scoring.from_eval(cfg.eval, schema)  # a custom metric that cannot be imported fails before any work
+    if data is None and (adapter or model_dir):
+        cfg = _trained_system_prompt(
+            cfg, serving_contract(str(model_dir) if model_dir else None, adapter and str(adapter))
+        )
     train, evals = data or _data(cfg)
     if model_dir:
         resolve_model(str(model_dir))  # a missing folder fails before the run dir is created

@@ -9,11 +9,14 @@ answers badly or never stops.  On a fixed set of conversations this compares the
 2. the saved tokenizer: ``AutoTokenizer.from_pretrained(saved_dir).apply_chat_template(...)`` (plain transformers);
 3. the GGUF: the tokenizer and ``tokenizer.chat_template`` transformers reads back from the GGUF file;
 
-for the full conversation and for the generation prompt, and checks that the end-of-turn token is an EOS id
-in the saved ``generation_config.json`` and in the GGUF metadata.  When the template renders tools, the fixed set
-includes a conversation with tool specs, a tool call and a tool result (rendered with ``tools=``), and the call as the
-template writes it must parse back (:mod:`tunesmith.render.tool_calls`) to the same name and arguments.
-A "does it stop" smoke test then runs
+for the full conversation and for the generation prompt.  When the template renders tools, the fixed set includes a
+conversation with tool specs, a tool call and a tool result (rendered with ``tools=``), and the call as the template
+writes it must parse back (:mod:`tunesmith.render.tool_calls`) to the same name and arguments.  On the run's own eval
+prompts (the serving contract's probes, :mod:`tunesmith.models.serving`) the prompt ids training rendered are compared
+with each serving rendering: the loaded tokenizer (what ``chat``, ``generate`` and ``eval`` use), the saved tokenizer,
+the GGUF's tokenizer and the Ollama Modelfile (TEMPLATE + SYSTEM, rendered and encoded); the trained system prompt is
+added as serving adds it.  It also checks that the end-of-turn token is an EOS id
+in the saved ``generation_config.json`` and in the GGUF metadata.  A "does it stop" smoke test then runs
 greedy generation on short prompts and passes when every reply ends with an EOS id the GGUF declares,
 within ``max_new_tokens``.
 
@@ -183,12 +186,20 @@ def eot_check(name: str, eot: int | None, eos_ids: set[int], where: str) -> Chec
     )
 
 
-def stop_check(model, tokenizer, stop: set[int], *, max_new_tokens: int = 64, name: str = "stops") -> Check:
-    """The "does it stop" smoke test: greedy replies to :data:`STOP_PROMPTS` must each end with an id of ``stop``
-    within ``max_new_tokens`` tokens (rendered with ``tokenizer``'s chat template)."""
+def stop_check(
+    model,
+    tokenizer,
+    stop: set[int],
+    *,
+    max_new_tokens: int = 64,
+    name: str = "stops",
+    prompts: list[list[int]] | None = None,
+) -> Check:
+    """The "does it stop" smoke test: greedy replies to ``prompts`` (prompt ids; default :data:`STOP_PROMPTS` through
+    ``tokenizer``'s chat template) must each end with an id of ``stop`` within ``max_new_tokens`` tokens."""
     from tunesmith.models.generation import generate_ids
 
-    prompts = [
+    prompts = prompts or [
         list(
             tokenizer.apply_chat_template(
                 [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=False
@@ -263,12 +274,16 @@ def tool_parse_check(tokenizer, convs: list[Conversation]) -> Check | None:
 
 
 def modelfile_check(tokenizer, go_template: str, system: str | None, convs: list[Conversation]) -> Check:
-    """The Modelfile's TEMPLATE (+ SYSTEM) gives the same generation-prompt text as the chat template on ``convs``
-    (conversations with tools are left out: Ollama renders tool specs and calls with its own Go JSON encoding)."""
+    """The Modelfile's TEMPLATE (+ SYSTEM) gives the same generation-prompt text as the chat template on ``convs``, each
+    served with ``system`` when it has no system turn (as Ollama adds SYSTEM, and tunesmith the trained prompt).
+    Conversations with tools are left out: Ollama renders tool specs and calls with its own Go JSON encoding."""
+    from tunesmith.models.serving import with_system
+
     convs = [c for c in convs if not c.tools]
     for conv in convs:
         msgs = conv.to_template()[:-1]
-        want = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        served = [m.to_template() for m in with_system(conv.messages[:-1], system)]
+        want = tokenizer.apply_chat_template(served, tokenize=False, add_generation_prompt=True)
         got = render_go_template(go_template, msgs, system)
         if got != want:
             k = _first_diff(list(want), list(got))
@@ -282,4 +297,52 @@ def modelfile_check(tokenizer, go_template: str, system: str | None, convs: list
         "modelfile_template",
         True,
         f"{len(convs)} conversations: the Modelfile TEMPLATE renders the chat template's generation prompt text",
+    )
+
+
+def probe_ids_check(name: str, contract, tokenizer, *, where: str) -> Check:
+    """The run's own eval prompts (the serving contract's probes), rendered as ``where`` serves them (the trained system
+    prompt added, :func:`tunesmith.models.serving.serving_prompt_ids` through ``tokenizer``), must give exactly the
+    prompt ids training rendered.
+
+    Returns:
+        A :class:`Check`; the detail names the first differing probe, position and tokens.
+    """
+    from tunesmith.models.serving import serving_prompt_ids
+
+    probes = contract.probes
+    for probe, conv in zip(probes, contract.probe_conversations()):
+        got = serving_prompt_ids(tokenizer, conv.messages, contract.system_prompt, conv.source)
+        want = probe["prompt_ids"]
+        if got != want:
+            k = _first_diff(want, got)
+            a, b = tokenizer.convert_ids_to_tokens(want[k : k + 3]), tokenizer.convert_ids_to_tokens(got[k : k + 3])
+            return Check(
+                name,
+                False,
+                f"{where}: eval prompt {conv.source}: token {k} differs: training {a} vs {b} "
+                f"(lengths {len(want)} vs {len(got)})",
+            )
+    return Check(name, True, f"{where}: {len(probes)} of the run's eval prompts render the training prompt ids")
+
+
+def modelfile_probe_check(contract, tokenizer, go_template: str, system: str | None) -> Check:
+    """The Modelfile's TEMPLATE and SYSTEM, rendered on the run's eval prompts and encoded, give the prompt ids
+    training rendered (Ollama renders the text; llama.cpp tokenises it)."""
+    probes = contract.probes
+    for probe, conv in zip(probes, contract.probe_conversations()):
+        text = render_go_template(go_template, conv.to_template(), system)
+        got = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if got != probe["prompt_ids"]:
+            k = _first_diff(probe["prompt_ids"], got)
+            return Check(
+                "modelfile_eval_prompts",
+                False,
+                f"{conv.source}: the Modelfile renders token {k} as {tokenizer.convert_ids_to_tokens(got[k : k + 3])} "
+                f"where training has {tokenizer.convert_ids_to_tokens(probe['prompt_ids'][k : k + 3])}",
+            )
+    return Check(
+        "modelfile_eval_prompts",
+        True,
+        f"{len(probes)} of the run's eval prompts: the Modelfile (TEMPLATE + SYSTEM) renders the training prompt ids",
     )

@@ -16,7 +16,9 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from tunesmith.data.records import Message
 from tunesmith.errors import Problem, TunesmithError
+from tunesmith.export.architectures import check_supported
 from tunesmith.export.merge import ExportCheckError, max_diff, merge_loaded, probe_ids, probe_logits
 
 
@@ -53,19 +55,26 @@ def ollama_template(tokenizer) -> tuple[str, str | None]:
     return go, default.strip() if default else None
 
 
-def modelfile_text(gguf_name: str, go_template: str, system: str | None, eot_token: str) -> str:
-    """An Ollama Modelfile: ``FROM`` the GGUF, ``TEMPLATE``, ``SYSTEM`` (the template's default system prompt, if any)
-    and ``PARAMETER stop`` at the end-of-turn token."""
+def modelfile_text(gguf_name: str, go_template: str, system: str | None, eot_token: str, contract=None) -> str:
+    """An Ollama Modelfile: ``FROM`` the GGUF, ``TEMPLATE``, ``SYSTEM`` (the trained system prompt, else the
+    template's default, if any), ``PARAMETER stop`` at the end-of-turn token, and the serving contract's generation
+    defaults (greedy: ``temperature 0``; ``num_predict``)."""
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{go_template}"""']
     if system:
         lines.append(f'SYSTEM """{system}"""')
     lines.append(f'PARAMETER stop "{eot_token}"')
+    gen = contract.generation if contract is not None else {}
+    if not gen.get("do_sample", False):
+        lines.append("PARAMETER temperature 0")
+    if gen.get("max_new_tokens"):
+        lines.append(f"PARAMETER num_predict {int(gen['max_new_tokens'])}")
     return "\n".join(lines) + "\n"
 
 
-def guess_pre_tokenizer(tokenizer) -> str:
+def guess_pre_tokenizer(tokenizer) -> str | None:
     """``tokenizer.ggml.pre`` for a tokenizer: the name whose split regex (transformers' GGUF table) its pre-tokenizer
-    uses, else ``default`` (GPT-2 byte-level splitting). The consistency check verifies the choice."""
+    uses, else None (the family's default, :mod:`tunesmith.export.architectures`). The consistency check verifies the
+    choice."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
     spec = (
@@ -75,7 +84,38 @@ def guess_pre_tokenizer(tokenizer) -> str:
     for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items():
         if json.dumps(regex)[1:-1] in text:
             return name
-    return "default"
+    return None
+
+
+def _check_outtype(outtype: str) -> None:
+    """Refuse an unknown ``--outtype``, and a llama.cpp type when ``llama-quantize`` is missing (before any work)."""
+    from tunesmith.export.gguf_io import LLAMA_QUANTIZE_TYPES, OUTTYPES, find_llama_quantize, llama_quantize
+
+    if outtype not in OUTTYPES + LLAMA_QUANTIZE_TYPES:
+        raise TunesmithError(
+            "Unknown GGUF tensor type",
+            [
+                Problem(
+                    "--outtype",
+                    f"{outtype!r}",
+                    f"use {', '.join(OUTTYPES)} (written here) or {', '.join(LLAMA_QUANTIZE_TYPES)} (llama-quantize)",
+                )
+            ],
+        )
+    if outtype in LLAMA_QUANTIZE_TYPES and find_llama_quantize() is None:
+        llama_quantize(Path("-"), Path("-"), outtype)  # raises the error that names llama-quantize
+
+
+def _write(merged, tok, out: Path, *, outtype: str, **meta) -> None:
+    """The GGUF file in ``outtype``: written directly (f32/f16/q8_0) or quantised from an f32 file by llama-quantize."""
+    from tunesmith.export.gguf_io import OUTTYPES, llama_quantize, write_gguf
+
+    if outtype in OUTTYPES:
+        write_gguf(merged, tok, out, outtype=outtype, **meta)
+        return
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        f32 = write_gguf(merged, tok, Path(tmp) / "f32.gguf", outtype="f32", **meta)
+        llama_quantize(f32, out, outtype)
 
 
 def run_export(
@@ -94,15 +134,23 @@ def run_export(
     """Entry of ``tunesmith export``: merge (when an adapter is given), write the GGUF, verify it, write the report;
     progress (steps done, elapsed, ETA) goes to stderr.
 
+    Served as trained: the system prompt, chat template and end-of-turn token come from the model's serving contract
+    (:mod:`tunesmith.models.serving`), and the Modelfile's SYSTEM and PARAMETERs from it too.
+
+    Args:
+        outtype: ``f32``, ``f16``, ``q8_0`` (written by the ``gguf`` package) or a llama.cpp type such as ``q4_k_m``
+            (``llama-quantize`` on an f32 file).
+        overwrite: replace the GGUF, its ``.consistency.json`` and the ``Modelfile`` when they exist.
+
     Returns:
-        The report (also written to ``<output stem>.consistency.json``): round-trip logit difference, greedy outputs,
+        The report (also written to ``<output stem>.consistency.json``): round-trip logit difference, greedy agreement,
         consistency checks.
 
     Raises:
-        TunesmithError: unknown format or existing output; ModelError: unsupported model; ExportCheckError: the file
-        was written but a check failed (each failure listed).
+        TunesmithError: unknown format or type, an existing output file; ModelError: unsupported model, missing
+        ``llama-quantize``; ExportCheckError: the file was written but a check failed (each failure listed).
     """
-    from tunesmith.export.gguf_io import check_supported, source_pre_tokenizer, write_gguf
+    from tunesmith.export.gguf_io import source_pre_tokenizer
     from tunesmith.models.loading import load_for_use
     from tunesmith.render.checks import template_eot_id
     from tunesmith.runtime.files import atomic_write_json, atomic_write_text
@@ -116,61 +164,77 @@ def run_export(
     from tunesmith.runtime.console import Progress
 
     out = Path(output)
-    outputs = [out, out.with_name(out.stem + ".consistency.json")] + ([out.parent / "Modelfile"] if modelfile else [])
+    report_path = out.with_name(out.stem + ".consistency.json")
+    outputs = [out, report_path] + ([out.parent / "Modelfile"] if modelfile else [])
     inputs = tuple(x for x in (model, adapter) if x)
     problems = [p for path in outputs for p in file_refusals(path, overwrite=overwrite, inputs=inputs)]
     if problems:
         raise TunesmithError(f"Refusing to write {out}", problems)
+    _check_outtype(outtype)
     with Progress("export", 3, unit="steps") as bar:
         loaded = load_for_use(model, adapter)
         merged, merge_stats = merge_loaded(loaded)
         check_supported(merged.config)
         bar.advance(step="loaded and merged")
-        tok = loaded.tokenizer
+        tok, contract = loaded.tokenizer, loaded.serving
         eot = template_eot_id(tok) if tok.chat_template else None
         pre = source_pre_tokenizer(loaded.base_location) or guess_pre_tokenizer(tok)
-        go, system = (
-            ollama_template(tok) if modelfile else (None, None)
-        )  # refuse an unknown template before writing anything
+        go, system = ollama_template(tok) if modelfile else (None, None)  # refuse an unknown template before writing
+        system = loaded.system_prompt() or system
         out.parent.mkdir(parents=True, exist_ok=True)
         for path in outputs:
             replace_file(path)
-        write_gguf(
+        eos = eot if eot is not None else tok.eos_token_id
+        home = Path(loaded.home or loaded.base_name)
+        name = home.parent.name if home.name in ("adapter", "model") else home.name  # general.name: the run's name
+        _write(merged, tok, out, outtype=outtype, eos_id=eos, chat_template=tok.chat_template, pre=pre, name=name)
+        bar.advance(step=f"wrote {out.name}")
+        report = verify_gguf(
             merged,
             tok,
+            loaded.generation_config,
             out,
-            eos_id=eot if eot is not None else tok.eos_token_id,
-            chat_template=tok.chat_template,
-            pre=pre,
-            outtype=outtype,
-            name=Path(loaded.adapter_dir or loaded.base_name).name,
+            contract=contract,
+            exact=outtype in ("f32", "f16"),
+            stop=stop_check,
+            max_new_tokens=max_new_tokens,
         )
-        bar.advance(step=f"wrote {out.name}")
-        report = verify_gguf(merged, tok, loaded.generation_config, out, stop=stop_check, max_new_tokens=max_new_tokens)
         bar.advance(step="reloaded and checked")
     report.update(
         source=loaded.base_name,
         adapter=str(loaded.adapter_dir) if loaded.adapter_dir else None,
         outtype=outtype,
         pre_tokenizer=pre,
+        system_prompt=system,
+        serving_contract=str(loaded.home / "serving.json") if contract is not None else None,
         merge=merge_stats,
         bytes=out.stat().st_size,
         notes=loaded.notes,
     )
     if modelfile:
-        from tunesmith.export.consistency import fixed_conversations, modelfile_check
+        from tunesmith.export.consistency import fixed_conversations, modelfile_check, modelfile_probe_check
 
-        atomic_write_text(
-            out.parent / "Modelfile",
-            modelfile_text(out.name, go, system, tok.convert_ids_to_tokens(eot) if eot is not None else tok.eos_token),
-        )
+        eot_text = tok.convert_ids_to_tokens(eot) if eot is not None else tok.eos_token
+        atomic_write_text(out.parent / "Modelfile", modelfile_text(out.name, go, system, eot_text, contract))
         report["modelfile"] = str(out.parent / "Modelfile")
-        report["consistency"]["checks"].append(asdict(modelfile_check(tok, go, system, fixed_conversations(tok))))
-        report["consistency"]["ok"] = all(c["ok"] for c in report["consistency"]["checks"])
-    report_path = out.with_name(out.stem + ".consistency.json")
+        checks = report["consistency"]["checks"]
+        checks.append(asdict(modelfile_check(tok, go, system, fixed_conversations(tok))))
+        if contract is not None and contract.probes:
+            checks.append(asdict(modelfile_probe_check(contract, tok, go, system)))
+        report["consistency"]["ok"] = all(c["ok"] for c in checks)
     atomic_write_json(report_path, report)
+    return _conclude(report, out, report_path, outtype, log)
+
+
+def _conclude(report: dict, out: Path, report_path: Path, outtype: str, log) -> dict:
+    """Print every check and the greedy agreement; raise when a check failed."""
     for c in report["consistency"]["checks"]:
         log(f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}")
+    rt = report["round_trip"]
+    log(
+        f"{outtype}: {rt['greedy_identical']} greedy replies identical to the source model "
+        f"(share {rt['greedy_identical_share']:.2f}); max |logit diff| {rt['max_abs_logit_diff']:.2e}"
+    )
     failed = [c for c in report["consistency"]["checks"] if not c["ok"]]
     if failed:
         raise ExportCheckError(
@@ -194,6 +258,13 @@ _FIXES = {
     "eot_in_generation_config": "add the end-of-turn id to generation_config.json eos_token_id",
     "eot_in_gguf": "set tokenizer.ggml.eos_token_id (or eot_token_id) to the end-of-turn id",
     "greedy_round_trip": "the GGUF does not reproduce the model; use --outtype f32",
+    "probe_ids_loaded": (
+        "the model as loaded for chat/generate renders the run's eval prompts differently from training: check the "
+        "saved tokenizer, chat template and serving.json"
+    ),
+    "probe_ids_saved_tokenizer": "save the tokenizer with the chat template you trained with (model.chat_template)",
+    "probe_ids_gguf": "the GGUF tokenizer or template renders the run's eval prompts differently from training",
+    "modelfile_eval_prompts": "edit the Modelfile's TEMPLATE/SYSTEM so it renders like training",
     "modelfile_template": "edit the Modelfile's TEMPLATE by hand so it renders like the chat template",
     "tool_call_parse": (
         "the template writes tool calls in a layout tunesmith cannot parse; train with model.chat_template=chatml-tools"
@@ -206,13 +277,26 @@ _FIXES = {
 
 
 def verify_gguf(
-    model, tokenizer, generation_config, path: Path, *, stop: bool = True, max_new_tokens: int = 64
+    model,
+    tokenizer,
+    generation_config,
+    path: Path,
+    *,
+    contract=None,
+    exact: bool = True,
+    stop: bool = True,
+    max_new_tokens: int = 64,
 ) -> dict:
-    """Reload ``path`` with transformers and compare it with ``model``/``tokenizer``: logits, greedy outputs and the
+    """Reload ``path`` with transformers and compare it with ``model``/``tokenizer``: logits, greedy replies and the
     template consistency checks (:mod:`tunesmith.export.consistency`).
 
+    Greedy replies are compared on :data:`~tunesmith.export.consistency.STOP_PROMPTS` and the run's own eval prompts
+    (the serving contract's probes), each rendered as served (the trained system prompt added). ``exact`` (f32/f16)
+    requires every reply to be identical; a quantised file reports the share that is.
+
     Returns:
-        ``{"round_trip": {"max_abs_logit_diff", "greedy": [...]}, "consistency": {"ok", "checks"}}``.
+        ``{"round_trip": {"max_abs_logit_diff", "greedy_identical", "greedy_identical_share", "greedy": [...]},
+        "consistency": {"ok", "checks"}}``.
     """
     from transformers import AutoTokenizer
 
@@ -223,6 +307,7 @@ def verify_gguf(
         compare_ids,
         eot_check,
         fixed_conversations,
+        probe_ids_check,
         reference_ids,
         serving_ids,
         stop_check,
@@ -230,42 +315,56 @@ def verify_gguf(
     )
     from tunesmith.export.gguf_io import load_gguf, read_metadata
     from tunesmith.models.generation import generate_ids
+    from tunesmith.models.serving import serving_prompt_ids
     from tunesmith.render.checks import eos_ids, template_eot_id
 
     g_model, g_tok = load_gguf(path)
     meta = read_metadata(path)
     probes = probe_ids(tokenizer)
     logit_diff = max_diff(probe_logits(model, probes), probe_logits(g_model, probes))
-    prompts = [[{"role": "user", "content": p}] for p in STOP_PROMPTS]
-    enc = lambda t: [
-        list(t.apply_chat_template(m, tokenize=True, add_generation_prompt=True, return_dict=False)) for m in prompts
-    ]  # noqa: E731
+    system = contract.system_prompt if contract is not None else None
+    convs = [[Message("user", p)] for p in STOP_PROMPTS]
+    convs += [c.messages for c in contract.probe_conversations()] if contract is not None else []
+    served = lambda t: [serving_prompt_ids(t, m, system) for m in convs] if t.chat_template else [probes[0]]
     stop_ids = {int(meta[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id") if k in meta}
-    want = generate_ids(model, tokenizer, enc(tokenizer), max_new_tokens=max_new_tokens, eos_ids=stop_ids, batch_size=1)
-    got = generate_ids(g_model, g_tok, enc(g_tok), max_new_tokens=max_new_tokens, eos_ids=stop_ids, batch_size=1)
+    gen = dict(max_new_tokens=max_new_tokens, eos_ids=stop_ids, batch_size=1)
+    want = generate_ids(model, tokenizer, served(tokenizer), **gen)
+    got = generate_ids(g_model, g_tok, served(g_tok), **gen)
+    same = sum(a == b for a, b in zip(want, got))
     report = ConsistencyReport()
-    report.checks.append(
-        Check(
-            "greedy_round_trip",
-            want == got,
-            f"{sum(a == b for a, b in zip(want, got))}/{len(want)} greedy replies "
-            f"identical token by token; max |logit diff| {logit_diff:.2e} on {len(probes)} probes",
+    if exact:
+        report.checks.append(
+            Check(
+                "greedy_round_trip",
+                want == got,
+                f"{same}/{len(want)} greedy replies identical token by token; max |logit diff| {logit_diff:.2e} on "
+                f"{len(probes)} probes",
+            )
         )
-    )
     convs = fixed_conversations(tokenizer)
     if tokenizer.chat_template:
-        ref = reference_ids(tokenizer, convs)
+        fixed = convs
+        ref = reference_ids(tokenizer, fixed)
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.save_pretrained(tmp)
             saved = AutoTokenizer.from_pretrained(tmp)
-        report.checks.append(compare_ids("ids_saved_tokenizer", tokenizer, ref, serving_ids(saved, convs), convs))
-        report.checks.append(compare_ids("ids_gguf", tokenizer, ref, serving_ids(g_tok, convs), convs))
-        same = meta.get("tokenizer.chat_template") == tokenizer.chat_template
+        report.checks.append(compare_ids("ids_saved_tokenizer", tokenizer, ref, serving_ids(saved, fixed), fixed))
+        report.checks.append(compare_ids("ids_gguf", tokenizer, ref, serving_ids(g_tok, fixed), fixed))
+        for name, tok, where in (
+            ("probe_ids_loaded", tokenizer, "chat/generate/eval"),
+            ("probe_ids_saved_tokenizer", saved, "the saved tokenizer"),
+            ("probe_ids_gguf", g_tok, "the GGUF"),
+        ):
+            if contract is not None and contract.probes:  # the run's own eval prompts, saved at training
+                report.checks.append(probe_ids_check(name, contract, tok, where=where))
+        same_tpl = meta.get("tokenizer.chat_template") == tokenizer.chat_template
         report.checks.append(
             Check(
                 "template_gguf",
-                same,
-                "tokenizer.chat_template in the GGUF " + ("equals" if same else "differs from") + " the tokenizer's",
+                same_tpl,
+                "tokenizer.chat_template in the GGUF "
+                + ("equals" if same_tpl else "differs from")
+                + " the tokenizer's",
             )
         )
         eot = template_eot_id(tokenizer)
@@ -278,8 +377,14 @@ def verify_gguf(
         parsed = tool_parse_check(tokenizer, convs)
         report.checks += [parsed] if parsed else []
     if stop:
-        report.checks.append(stop_check(g_model, g_tok, stop_ids, max_new_tokens=max_new_tokens))
+        prompts = served(g_tok)[: len(STOP_PROMPTS)]
+        report.checks.append(stop_check(g_model, g_tok, stop_ids, max_new_tokens=max_new_tokens, prompts=prompts))
     return {
-        "round_trip": {"max_abs_logit_diff": logit_diff, "greedy": [g_tok.decode(o) for o in got]},
+        "round_trip": {
+            "max_abs_logit_diff": logit_diff,
+            "greedy_identical": f"{same}/{len(want)}",
+            "greedy_identical_share": same / max(len(want), 1),
+            "greedy": [g_tok.decode(o) for o in got],
+        },
         "consistency": report.to_json(),
     }

@@ -1,12 +1,12 @@
-"""Write a llama-architecture model as a GGUF file with the ``gguf`` library, read it back, and write an Ollama
-Modelfile.
+"""Write a model as a GGUF file with the ``gguf`` library (f32, f16, q8_0; other types through llama.cpp's
+``llama-quantize``) and read it back.
 
-Used by ``tunesmith export --format gguf`` (see :mod:`tunesmith.export.gguf`).  Tensor names follow llama.cpp
-(``gguf.get_tensor_name_map``: ``token_embd``, ``blk.N.attn_q``, ..., ``output_norm``, ``output``); the
-q/k projection rows are permuted as llama.cpp's ``convert_hf_to_gguf.py`` (``LlamaModel.permute``) does,
-and transformers' GGUF loader undoes it (``LlamaTensorProcessor._reverse_permute_weights``).  Metadata:
-``llama.*`` hyperparameters, ``tokenizer.ggml.*`` (BPE ``gpt2`` model: tokens, token types, merges,
-bos/eos/unk/pad ids) and ``tokenizer.chat_template``.
+Used by ``tunesmith export --format gguf`` (see :mod:`tunesmith.export.gguf`).  The families, their tensor names and
+hyperparameters are a table (:mod:`tunesmith.export.architectures`).  Metadata: ``<arch>.*`` hyperparameters,
+``tokenizer.ggml.*`` (BPE ``gpt2`` model: tokens, token types, merges, bos/eos/unk/pad ids) and
+``tokenizer.chat_template``.  ``q8_0`` is quantised by ``gguf.quants`` (blocks of 32 weights with one f16 scale, as
+llama.cpp's ``convert_hf_to_gguf.py --outtype q8_0``); 1-D tensors (norms, biases) stay f32, and a matrix whose rows
+are not a multiple of 32 falls back to f16, as there.
 """
 
 from __future__ import annotations
@@ -21,57 +21,27 @@ import torch
 
 from tunesmith.errors import ModelError, Problem
 
-OUTTYPES = ("f32", "f16")
-"""Tensor types written: f32 (exact round trip) or f16 (matrices in half precision, norms stay f32)."""
+OUTTYPES = ("f32", "f16", "q8_0")
+"""Tensor types the ``gguf`` package writes: f32 (exact round trip), f16 (matrices in half precision, norms stay f32),
+q8_0 (matrices in 8-bit blocks)."""
 
-
-def permute_qk(w: torch.Tensor, n_head: int, n_head_kv: int | None = None) -> torch.Tensor:
-    """llama.cpp's q/k row permutation (rotary pairs interleaved instead of split in halves).
-
-    Args:
-        w: ``[n_head * head_dim, hidden]`` projection weight.
-        n_head: query heads; ``n_head_kv`` replaces it for k when given and different.
-
-    Returns:
-        The permuted tensor, same shape. Source: llama.cpp ``convert_hf_to_gguf.py`` ``LlamaModel.permute``.
-    """
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def check_supported(config) -> None:
-    """Refuse models this writer does not cover (only plain llama: no biases, default RoPE).
-
-    Raises:
-        ModelError: naming the config field and the fix.
-    """
-    problems = []
-    if getattr(config, "model_type", None) != "llama":
-        problems.append(
-            Problem(
-                "config.model_type",
-                f"{getattr(config, 'model_type', None)!r} is not llama",
-                "GGUF export covers llama-architecture models; use llama.cpp's convert_hf_to_gguf.py on the "
-                "merged folder",
-            )
-        )
-    for name in ("attention_bias", "mlp_bias"):
-        if getattr(config, name, False):
-            problems.append(
-                Problem(f"config.{name}", "biases are not exported", "use llama.cpp's convert_hf_to_gguf.py")
-            )
-    rope = getattr(config, "rope_parameters", None) or {}
-    if (rope.get("rope_type") or "default") != "default":
-        problems.append(
-            Problem(
-                "config.rope_parameters",
-                f"RoPE scaling {rope.get('rope_type')!r} is not exported",
-                "use llama.cpp's convert_hf_to_gguf.py",
-            )
-        )
-    if problems:
-        raise ModelError("Cannot export this model to GGUF", problems)
+LLAMA_QUANTIZE_TYPES = (
+    "q4_0",
+    "q4_1",
+    "q5_0",
+    "q5_1",
+    "q2_k",
+    "q3_k_s",
+    "q3_k_m",
+    "q3_k_l",
+    "q4_k_s",
+    "q4_k_m",
+    "q5_k_s",
+    "q5_k_m",
+    "q6_k",
+)
+"""Types written by llama.cpp's ``llama-quantize`` from an f32 file (it must be on PATH, or built with
+``scripts/build-llama-cpp.sh``)."""
 
 
 def _token_types(tokenizer, n: int) -> list[int]:
@@ -139,55 +109,19 @@ def add_tokenizer(writer, tokenizer, vocab_size: int, *, pre: str, eos_id: int, 
         writer.add_chat_template(chat_template)
 
 
-def _add_hparams(writer, config, outtype: str, name: str) -> None:
+def _tensor(arr: np.ndarray, outtype: str):
+    """``(data, raw_dtype or None)`` of one tensor in ``outtype`` (see the module doc for the f32/f16 fallbacks)."""
     import gguf
 
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    rope = getattr(config, "rope_parameters", None) or {}
-    writer.add_name(name)
-    writer.add_context_length(int(config.max_position_embeddings))
-    writer.add_embedding_length(int(config.hidden_size))
-    writer.add_block_count(int(config.num_hidden_layers))
-    writer.add_feed_forward_length(int(config.intermediate_size))
-    writer.add_head_count(int(config.num_attention_heads))
-    writer.add_head_count_kv(int(config.num_key_value_heads))
-    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_rope_dimension_count(int(head_dim))
-    writer.add_vocab_size(int(config.vocab_size))
-    writer.add_file_type(int(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16))
+    if arr.ndim < 2 or outtype == "f32":
+        return arr, None
+    if outtype == "q8_0" and arr.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
+        return gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    return arr.astype(np.float16), None
 
 
-def gguf_tensors(model, outtype: str = "f32"):
-    """Yield ``(gguf_name, numpy array)`` for every weight of a llama model, q/k permuted, tied ``lm_head`` skipped.
-
-    Raises:
-        ModelError: a weight with no llama.cpp name.
-    """
-    import gguf
-
-    cfg = model.config
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
-    tied = (
-        model.get_output_embeddings() is not None
-        and model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    )
-    for hf_name, t in model.state_dict().items():
-        if hf_name == "lm_head.weight" and tied:
-            continue
-        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            raise ModelError(
-                "Cannot export this model to GGUF",
-                [Problem(hf_name, "no llama.cpp tensor name for this weight", "export covers plain llama models")],
-            )
-        t = t.detach().to(torch.float32).cpu()
-        if hf_name.endswith("self_attn.q_proj.weight"):
-            t = permute_qk(t, cfg.num_attention_heads)
-        elif hf_name.endswith("self_attn.k_proj.weight"):
-            t = permute_qk(t, cfg.num_attention_heads, cfg.num_key_value_heads)
-        arr = t.numpy()
-        yield new, (arr.astype(np.float16) if outtype == "f16" and arr.ndim > 1 else arr)
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
+"""``--outtype`` -> ``gguf.LlamaFileType`` member (``general.file_type``)."""
 
 
 def write_gguf(
@@ -197,43 +131,118 @@ def write_gguf(
     *,
     eos_id: int,
     chat_template: str | None,
-    pre: str = "default",
+    pre: str | None = None,
     outtype: str = "f32",
     name: str = "tunesmith-export",
 ) -> Path:
-    """Write ``model`` (a plain, merged llama ``PreTrainedModel``) and its tokenizer to ``path`` atomically.
+    """Write ``model`` (a plain, merged ``PreTrainedModel`` of a family in
+    :data:`tunesmith.export.architectures.ARCHITECTURES`) and its tokenizer to ``path`` atomically, with the umask's
+    file mode.
+
+    Args:
+        outtype: one of :data:`OUTTYPES`.
+        pre: ``tokenizer.ggml.pre``; None takes the family's default.
 
     Returns:
         ``path``.
 
     Raises:
-        ModelError: an unsupported architecture or tokenizer (:func:`check_supported`).
+        ModelError: an unknown ``outtype``, an unsupported architecture or tokenizer.
     """
     import gguf
+
+    from tunesmith.export.architectures import add_hparams, architecture, gguf_tensors
+    from tunesmith.runtime.files import share
 
     if outtype not in OUTTYPES:
         raise ModelError(
             "Unknown GGUF tensor type", [Problem("--outtype", f"{outtype!r}", f"use one of {', '.join(OUTTYPES)}")]
         )
-    check_supported(model.config)
+    arch = architecture(model.config)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        writer = gguf.GGUFWriter(tmp, "llama")
-        _add_hparams(writer, model.config, outtype, name)
+        writer = gguf.GGUFWriter(tmp, arch.arch_name)
+        add_hparams(writer, model.config, name)
+        writer.add_file_type(int(getattr(gguf.LlamaFileType, FILE_TYPES[outtype])))
         add_tokenizer(
-            writer, tokenizer, int(model.config.vocab_size), pre=pre, eos_id=eos_id, chat_template=chat_template
+            writer,
+            tokenizer,
+            int(model.config.vocab_size),
+            pre=pre or arch.pre,
+            eos_id=eos_id,
+            chat_template=chat_template,
         )
-        for gname, arr in gguf_tensors(model, outtype):
-            writer.add_tensor(gname, arr)
+        for gname, arr in gguf_tensors(model):
+            data, raw = _tensor(arr, outtype)
+            writer.add_tensor(gname, data, raw_dtype=raw)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        share(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def find_llama_quantize() -> str | None:
+    """Path of llama.cpp's ``llama-quantize``: on PATH, else in ``$TUNESMITH_HOME/llama.cpp/bin`` (where
+    ``scripts/build-llama-cpp.sh`` puts it), else None."""
+    import shutil
+
+    from tunesmith.runtime.paths import tunesmith_home
+
+    found = shutil.which("llama-quantize")
+    built = tunesmith_home() / "llama.cpp" / "bin" / "llama-quantize"
+    return found or (str(built) if built.is_file() and os.access(built, os.X_OK) else None)
+
+
+def llama_quantize(source: Path, path: Path, qtype: str) -> Path:
+    """Quantise the f32 GGUF ``source`` into ``path`` (atomically, umask file mode) with llama.cpp's ``llama-quantize``.
+
+    Args:
+        qtype: one of :data:`LLAMA_QUANTIZE_TYPES` (e.g. ``q4_k_m``).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ModelError: ``llama-quantize`` is not installed (naming it and how to get it), or it failed (its last output).
+    """
+    import subprocess
+
+    from tunesmith.runtime.files import share
+
+    exe = find_llama_quantize()
+    if exe is None:
+        raise ModelError(
+            f"--outtype {qtype} needs llama.cpp's llama-quantize",
+            [
+                Problem(
+                    "llama-quantize",
+                    "not on PATH (nor built under $TUNESMITH_HOME/llama.cpp/bin)",
+                    "install llama.cpp, or build it with scripts/build-llama-cpp.sh (about 30 minutes on 2 cores); "
+                    "or use --outtype q8_0, which needs no llama.cpp",
+                )
+            ],
+        )
+    tmp = path.with_name(f".{path.name}.quantize")
+    try:
+        proc = subprocess.run(
+            [exe, str(source), str(tmp), qtype.upper()], capture_output=True, text=True, timeout=3600, check=False
+        )
+        if proc.returncode != 0 or not tmp.is_file():
+            raise ModelError(
+                "llama-quantize failed",
+                [Problem(exe, (proc.stderr or proc.stdout).strip()[-500:], "see llama.cpp's message above")],
+            )
+        share(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -8,8 +8,9 @@ Run it::
 ``merge`` folds the adapter into the base in fp32 (``peft`` ``merge_and_unload``), checks that the merged
 model's logits equal base + adapter on fixed probe conversations (max |difference| <= 1e-4), and saves a
 plain checkpoint: ``model.safetensors``, ``config.json``, the tokenizer with its chat template and a
-``generation_config.json`` whose ``eos_token_id`` includes the template's end-of-turn id, plus
-``merge_check.json`` (the measured difference, before and after a reload from disk).
+``generation_config.json`` whose ``eos_token_id`` includes the template's end-of-turn id, the serving contract
+(``serving.json``), a model card (``README.md``) and ``tunesmith_merge.json`` (the measured differences, before and
+after a reload from disk).
 ``export --format gguf`` writes one GGUF file (see :mod:`tunesmith.export.gguf_io`), reloads it with
 transformers, checks the same greedy outputs and close logits on a fixed prompt set, and runs the
 template consistency check (:mod:`tunesmith.export.consistency`); the report goes to ``<name>.consistency.json``.
@@ -130,7 +131,7 @@ def run_merge(
     """Entry of ``tunesmith merge``.
 
     Returns:
-        The merge report (also ``<output>/merge_check.json``): base, adapter, max logit differences, notes.
+        The merge report (also ``<output>/tunesmith_merge.json``): base, adapter, max logit differences, notes.
 
     Raises:
         TunesmithError: output exists without ``overwrite``, or ``--overwrite`` may not replace it (see
@@ -175,6 +176,7 @@ def run_merge(
 
     def save(tmp: Path) -> None:
         save_merged(merged, loaded.tokenizer, tmp)
+        _serving_and_card(loaded, tmp, stats, out.name)
         report["max_abs_logit_diff_reloaded"] = _reload_diff(tmp, probes, reference)  # same fp32 weights: expect 0
         if report["max_abs_logit_diff_reloaded"] > MERGE_ATOL:
             raise ExportCheckError(
@@ -204,6 +206,24 @@ def run_merge(
         + f"); reloaded from disk vs in memory {report['max_abs_logit_diff_reloaded']:.2e}; wrote {out}"
     )
     return report
+
+
+def _serving_and_card(loaded, folder: Path, stats: dict, title: str) -> None:
+    """Copy the serving contract into the merged folder (``export`` reads it there) and write its model card."""
+    from tunesmith.export.card import write_model_card
+    from tunesmith.models.serving import SERVING_FILE
+    from tunesmith.runtime.files import atomic_write_json
+
+    if loaded.serving is not None:
+        atomic_write_json(folder / SERVING_FILE, loaded.serving.to_json())
+    run_dir = loaded.home.parent if loaded.home is not None and (loaded.home.parent / "config.yaml").is_file() else None
+    fp64 = stats.get("max_abs_logit_diff_fp64")
+    note = f"This folder is the adapter `{loaded.adapter_dir}` merged into its base in " + (
+        f"float64 (max |logit difference| {fp64:.2e} against base + adapter), saved in fp32."
+        if fp64 is not None
+        else "fp32."
+    )
+    write_model_card(folder, run_dir, base=loaded.base_name, library="transformers", note=note, title=title)
 
 
 def _reload_diff(folder: Path, probes, reference) -> float:

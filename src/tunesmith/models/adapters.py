@@ -139,6 +139,29 @@ def require_adapter(path: str | Path, where: str, *, generative: bool = True) ->
     return found
 
 
+COMPANION_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "serving.json")
+"""Files saved beside an adapter's weights: the tokenizer (with its chat template), the generation config and the
+serving contract (:mod:`tunesmith.models.serving`)."""
+
+
+def adapter_home(adapter_dir: Path) -> Path:
+    """The folder holding an adapter's companion files (:data:`COMPANION_FILES`) and model card.
+
+    A named adapter is saved one level down (``adapter/<name>/adapter_config.json``) while the trainer writes the
+    tokenizer, ``generation_config.json`` and ``serving.json`` into ``adapter/``: then that folder is the home.
+
+    Returns:
+        ``adapter_dir`` itself, or its parent for a named adapter whose companions sit there.
+    """
+    adapter_dir = Path(adapter_dir)
+    if any((adapter_dir / n).is_file() for n in COMPANION_FILES):
+        return adapter_dir
+    parent = adapter_dir.parent
+    if not (parent / "adapter_config.json").is_file() and any((parent / n).is_file() for n in COMPANION_FILES):
+        return parent
+    return adapter_dir
+
+
 def adapter_task(folder: Path) -> str | None:
     """The ``task_type`` in ``adapter_config.json`` (``CAUSAL_LM``, ``SEQ_CLS``...), or None when unreadable."""
     try:
@@ -170,15 +193,15 @@ def check_generative(folder: Path, where: str) -> None:
 
 
 def adapter_base_name(adapter_dir: Path) -> str:
-    """The base model of an adapter: the run's ``config.yaml`` ``model.name`` when the adapter sits in a run folder,
-    else ``adapter_config.json``'s ``base_model_name_or_path``.
+    """The base model of an adapter: the run's ``config.yaml`` ``model.name`` when the adapter sits in a run folder
+    (``<run>/adapter`` or, named, ``<run>/adapter/<name>``), else ``adapter_config.json``'s ``base_model_name_or_path``.
 
     Raises:
         ModelError: when neither names a base (pass ``--model``).
     """
     import yaml
 
-    run_cfg = adapter_dir.parent / "config.yaml"
+    run_cfg = adapter_home(adapter_dir).parent / "config.yaml"
     if run_cfg.is_file():
         name = ((yaml.safe_load(run_cfg.read_text()) or {}).get("model") or {}).get("name")
         if name:

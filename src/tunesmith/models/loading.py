@@ -1,6 +1,6 @@
 """Load a model for use: a base (embedded name, hub id, folder, .gguf) plus an optional LoRA adapter.
 
-Used by ``tunesmith chat``, ``generate``, ``merge`` and ``export``::
+Used by ``tunesmith chat``, ``generate``, ``eval``, ``merge`` and ``export``::
 
     tunesmith generate prompts.jsonl --model runs/sft          # a run folder: its adapter/ on its base
     tunesmith chat --model smollm2-135m-instruct --adapter runs/sft/adapter
@@ -13,6 +13,8 @@ stock base is resized to that vocabulary size before the adapter loads (no manua
 Tied embeddings: when the adapter trains ``embed_tokens`` or ``lm_head`` (LoRA on them,
 ``modules_to_save`` or a saved full matrix) on a model whose output layer shares the input
 embedding matrix, the two are untied first, so each keeps exactly the weights the adapter forward uses.
+The serving contract (``serving.json``, :mod:`tunesmith.models.serving`) saved with the adapter or model is read here
+and only here: the system prompt, chat template, end-of-turn id and generation defaults it was trained with.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import torch
 from tunesmith.errors import ModelError, Problem
 from tunesmith.models.adapters import (
     adapter_base_name,
+    adapter_home,
     check_generative,
     find_adapter,
     fit_base_to_adapter,
     require_adapter,
 )
+from tunesmith.models.serving import ServingContract, apply_generation_defaults, read_contract
 from tunesmith.models.sources import ModelSource, resolve_model
 from tunesmith.render.rows import MAX_SANE_LENGTH
 from tunesmith.runtime.hardware import is_installed
@@ -50,6 +54,8 @@ class Loaded:
         notes: what was done on the way (resize, untie, end-of-turn id added), one sentence each.
         untied: True when ``lm_head`` was given its own copy of the tied input embedding (see
             :func:`tunesmith.models.adapters.untie_output_embeddings`).
+        serving: the serving contract saved with the adapter or model (:mod:`tunesmith.models.serving`), or None.
+        home: the folder the tokenizer, generation config and contract came from (adapter home or model folder).
     """
 
     model: object
@@ -60,14 +66,28 @@ class Loaded:
     adapter_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     untied: bool = False
+    serving: ServingContract | None = None
+    home: Path | None = None
+
+    def system_prompt(self, override: str | None = None) -> str | None:
+        """The system prompt to serve with: ``override`` (a user's ``--system``) when given, else the trained one from
+        the serving contract (None without a contract: the template's own default applies)."""
+        return self.serving.system_for(override) if self.serving is not None else override
 
 
-def _tokenizer_dir(adapter_dir: Path | None) -> Path | None:
-    if adapter_dir is not None and any(
-        (adapter_dir / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")
-    ):
-        return adapter_dir
+def _tokenizer_dir(home: Path | None) -> Path | None:
+    if home is not None and any((home / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+        return home
     return None
+
+
+def _home(source: ModelSource, adapter_dir: Path | None) -> Path | None:
+    """Where the tokenizer, generation config and serving contract of what is loaded live: the adapter's home, else
+    the model folder."""
+    if adapter_dir is not None:
+        return adapter_home(adapter_dir)
+    loc = Path(source.location)
+    return loc if loc.is_dir() else None
 
 
 def load_for_use(
@@ -88,7 +108,7 @@ def load_for_use(
     Args:
         model: embedded name, hub id, checkpoint folder, ``.gguf`` file, or a ``tunesmith sft`` run/adapter folder
             (then the adapter is taken from it); None with an adapter: the adapter's base.
-        adapter: a PEFT adapter folder or a run folder holding ``adapter/``.
+        adapter: a PEFT adapter folder or a run folder holding ``adapter/`` (a named adapter one level down too).
         dtype: weights dtype (fp32 for exact merge checks).
         chat_template: ``model.chat_template`` option (built-in name or .jinja path) overriding the saved template.
         untie: untie tied embeddings when the adapter trains them (see module doc); False refuses such an adapter.
@@ -97,11 +117,12 @@ def load_for_use(
         allow_pickle, attn_implementation, trust_remote_code, revision: the ``model.*`` options of a run config.
 
     Returns:
-        :class:`Loaded`.
+        :class:`Loaded`; its ``serving`` is the contract saved with the adapter or model folder (the tokenizer's chat
+        template and the generation defaults follow it unless ``chat_template``/``tokenizer_from`` say otherwise).
 
     Raises:
-        ModelError: nothing to load, a missing adapter, an adapter that trains tied embeddings with ``untie=False``,
-            or an adapter that does not fit its base.
+        ModelError: nothing to load, an unreadable ``serving.json``, a missing adapter, an adapter that trains tied
+            embeddings with ``untie=False``, or an adapter that does not fit its base.
     """
     from tunesmith.render.checks import fix_generation_config
     from tunesmith.render.templates import apply_chat_template_option
@@ -115,15 +136,21 @@ def load_for_use(
             [Problem("--model", "neither --model nor --adapter was given", "pass --model NAME_OR_PATH")],
         )
     source = resolve_model(model)
+    home = _home(source, adapter_dir)
+    serving = read_contract(home)
     notes: list[str] = []
     remote = dict(trust_remote_code=trust_remote_code, revision=revision)
-    tok_dir = _tokenizer_dir(adapter_dir)
+    tok_dir = _tokenizer_dir(home if adapter_dir is not None else None)
     if tokenizer_from is not None:
         tokenizer = load_tokenizer(resolve_model(tokenizer_from), **remote)
     elif tok_dir is not None:
         tokenizer = load_tokenizer(ModelSource(str(tok_dir), str(tok_dir), "local"))
     else:
         tokenizer = load_tokenizer(source, **remote)
+    if chat_template is None and tokenizer_from is None and serving is not None and serving.chat_template:
+        if tokenizer.chat_template != serving.chat_template:
+            notes.append("chat template taken from serving.json (the saved tokenizer carried another)")
+        tokenizer.chat_template = serving.chat_template
     apply_chat_template_option(
         tokenizer, chat_template, require=tokenizer_from is not None and chat_template is not None
     )
@@ -134,7 +161,9 @@ def load_for_use(
     if adapter_dir is not None:
         untied = fit_base_to_adapter(base, adapter_dir, notes, untie)
         base = _attach_adapter(base, adapter_dir)
-    gen = _generation_config(base, adapter_dir)
+    gen = _generation_config(base, home if adapter_dir is not None else None)
+    if serving is not None:
+        apply_generation_defaults(gen, serving)
     if tokenizer.chat_template:
         added = fix_generation_config(gen, tokenizer)
         if added is not None:
@@ -143,7 +172,21 @@ def load_for_use(
                 "generation_config.eos_token_id"
             )
     base.generation_config = gen
-    return Loaded(base.eval(), tokenizer, gen, source.name, source.location, adapter_dir, notes, untied)
+    return Loaded(base.eval(), tokenizer, gen, source.name, source.location, adapter_dir, notes, untied, serving, home)
+
+
+def serving_contract(model: str | None = None, adapter: str | None = None) -> ServingContract | None:
+    """The serving contract :func:`load_for_use` applies for these arguments, read without loading any weights (an
+    adapter's home, else a model folder's ``serving.json``), or None.
+
+    Raises:
+        ModelError: a missing adapter, an unreadable ``serving.json``.
+    """
+    adapter_dir = _resolve_adapter(model, adapter)
+    if adapter_dir is not None:
+        return read_contract(adapter_home(adapter_dir))
+    folder = Path(model).expanduser() if model else None
+    return read_contract(folder) if folder is not None and folder.is_dir() else None
 
 
 def _resolve_adapter(model: str | None, adapter: str | None) -> Path | None:

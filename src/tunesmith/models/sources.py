@@ -31,6 +31,11 @@ EMBEDDED: dict[str, tuple[str, str]] = {
 }
 """Embedded model name -> (Python package that ships the GGUF file, file name inside it)."""
 
+EMBEDDED_CARDS: dict[str, dict[str, str]] = {
+    "smollm2-135m-instruct": {"hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"},
+}
+"""Embedded model name -> its Hugging Face id and license, for model cards."""
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 

@@ -1,6 +1,6 @@
-"""The console every command prints progress and results to (stderr), its copy into a run's ``run.log``, a
-wall-clock timer, and the one progress display of long steps (:class:`Progress`: a rich bar on a terminal, plain lines
-otherwise)."""
+"""The console every command prints progress and results to (stderr), its copy into a run's ``run.log``, the filter
+that keeps the libraries' own deprecation warnings off it, a wall-clock timer, and the one progress display of long
+steps (:class:`Progress`: a rich bar on a terminal, plain lines otherwise)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -182,6 +183,33 @@ class Progress:
             self.bar = None
         elif self.lines and self.auto_lines and printed and self.printed_done != self.done:
             self.print_line()
+
+
+QUIET_WARNING_PACKAGES = ("transformers", "trl", "peft", "accelerate", "datasets", "torch", "huggingface_hub")
+"""Packages whose own ``FutureWarning``/``DeprecationWarning`` (deprecations inside the library, e.g. transformers'
+``is_gradient_checkpointing``) go to the log instead of the console: the user cannot act on them."""
+
+
+def _from_package(filename: str) -> bool:
+    parts = Path(filename).parts
+    return any(p in parts for p in QUIET_WARNING_PACKAGES) and "tunesmith" not in parts
+
+
+def quiet_library_warnings() -> None:
+    """Send :data:`QUIET_WARNING_PACKAGES`' deprecation warnings to the ``tunesmith.warnings`` logger (INFO: into
+    ``run.log`` during a run, not shown on the console); every other warning is shown as before. Idempotent."""
+    shown = warnings.showwarning
+    if getattr(shown, "tunesmith_quiet", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (FutureWarning, DeprecationWarning)) and _from_package(str(filename)):
+            logging.getLogger("tunesmith.warnings").info("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    show.tunesmith_quiet = True
+    warnings.showwarning = show
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from tunesmith.runtime.files import share
+
 T = TypeVar("T")
 
 _LAUNCH_ENV = ("WORLD_SIZE", "LOCAL_RANK")
@@ -261,6 +263,7 @@ def save_trained_model(trainer, final: str | Path, extra_files: dict[str, str] |
         (tmp / "training_args.bin").unlink(missing_ok=True)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        share(tmp)  # the umask's modes, not the owner-only ones safetensors writes
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

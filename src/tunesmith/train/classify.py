@@ -39,6 +39,7 @@ from tunesmith.train.common import (
     mixed_precision,
     plot_loss_curve,
     run_train_loss,
+    write_adapter_card,
     write_log_history,
 )
 from tunesmith.train.lifecycle import Run, start_run
@@ -269,6 +270,7 @@ def _run(cfg: ClassifyConfig, run: Run) -> dict:
         cost=cost,
     )
     run.finish(metrics)
+    write_adapter_card(run, run.run_dir / ("adapter" if (run.run_dir / "adapter").is_dir() else "model"))
     console.print(
         f"\n[bold green]done[/] in {seconds:.0f}s: accuracy {metrics['accuracy']:.4f}, "
         f"macro-F1 {metrics['macro_f1']:.4f} on {len(eval_recs)} eval examples"

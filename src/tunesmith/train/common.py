@@ -142,3 +142,48 @@ def run_train_loss(log_history: list[dict]) -> float | None:
     own steps)."""
     losses = [e["loss"] for e in log_history if "loss" in e]
     return sum(losses) / len(losses) if losses else None
+
+
+def serving_files(run, tokenizer, generation_config, records: list) -> dict[str, str]:
+    """What a recipe saves beside its trained weights so every serving path uses what training used:
+    ``serving.json`` (:mod:`tunesmith.models.serving`) and ``generation_config.json`` with its generation defaults.
+
+    Args:
+        run: the :class:`tunesmith.train.lifecycle.Run` (its config's ``data.system_prompt``, ``eval.max_new_tokens``;
+            the data fingerprint from ``manifest.json``).
+        tokenizer / generation_config: as trained (chat template installed, end-of-turn id among the eos ids).
+        records: the run's eval records (conversations or preference pairs), as trained; their prompts become the
+            contract's probes (:func:`tunesmith.models.serving.training_prompts`).
+
+    Returns:
+        File name -> text, for :func:`tunesmith.runtime.distributed.save_trained_model`'s ``extra_files``.
+    """
+    import json
+
+    from tunesmith.models.serving import build_contract, contract_files, training_prompts
+
+    manifest = run.run_dir / "manifest.json"
+    fingerprint = json.loads(manifest.read_text()).get("dataset_fingerprint") if manifest.is_file() else None
+    contract = build_contract(
+        tokenizer,
+        generation_config,
+        system_prompt=run.cfg.data.system_prompt,
+        prompts=training_prompts(records),
+        max_new_tokens=run.cfg.eval.max_new_tokens,
+        trained_with={"command": run.kind, "model": run.cfg.model.name, "dataset_fingerprint": fingerprint},
+    )
+    return contract_files(contract, generation_config)
+
+
+def write_adapter_card(run, folder: Path) -> None:
+    """Write the model card (``README.md``) of the trained adapter or model ``folder`` from the run's files (main
+    process only; the card reads ``metrics.json``, so call it after :meth:`Run.finish`)."""
+    from tunesmith.export.card import write_model_card
+    from tunesmith.models.adapters import adapter_home, find_adapter
+    from tunesmith.runtime.distributed import is_main_process
+
+    if not is_main_process() or not folder.is_dir():
+        return
+    adapter = find_adapter(folder)
+    home = adapter_home(adapter) if adapter is not None else folder
+    write_model_card(home, run.run_dir, base=str(run.cfg.model.name), library="peft" if adapter else "transformers")

@@ -38,6 +38,8 @@ from tunesmith.train.common import (
     mixed_precision,
     plot_loss_curve,
     run_train_loss,
+    serving_files,
+    write_adapter_card,
     write_log_history,
 )
 from tunesmith.train.lifecycle import Run, start_run
@@ -253,11 +255,12 @@ def _run(cfg: DPORunConfig, run: Run) -> dict:
     save_trained_model(
         trainer,
         run.run_dir / ("adapter" if _is_peft(trainer.model) else "model"),
-        extra_files={"generation_config.json": gen_config.to_json_string()},
+        extra_files=serving_files(run, tokenizer, gen_config, eval_pairs or train_pairs),
     )
     write_log_history(run.run_dir, trainer.state.log_history)
     plot_loss_curve(run.run_dir, trainer.state.log_history)
     run.finish(metrics)
+    write_adapter_card(run, run.run_dir / ("adapter" if _is_peft(trainer.model) else "model"))
     _summary(run.run_dir, metrics)
     return metrics
 

@@ -39,6 +39,8 @@ from tunesmith.train.common import (
     mixed_precision,
     plot_loss_curve,
     run_train_loss,
+    serving_files,
+    write_adapter_card,
     write_log_history,
 )
 from tunesmith.train.lifecycle import Run, start_run
@@ -298,12 +300,12 @@ def _run(cfg: RunConfig, run: Run) -> dict:
     result, seconds = run.train(trainer)
     after = trainer.evaluate() if p.eval_rows else {}
     samples_after = samples(p.model, p.tokenizer, sample_convs, p.eot, cfg.eval.max_new_tokens, "samples after")
-    # all processes (FSDP/ZeRO-3 gather); the main process writes. PEFT's save skips generation_config.json, which
-    # carries the end-of-turn id among eos_token_id: written into the folder before its atomic rename.
+    # all processes (FSDP/ZeRO-3 gather); the main process writes. PEFT's save skips generation_config.json (the
+    # end-of-turn id among eos_token_id): written with serving.json into the folder before its atomic rename.
     save_trained_model(
         trainer,
         run.run_dir / ("adapter" if cfg.lora.enabled else "model"),
-        extra_files={"generation_config.json": p.gen_config.to_json_string()},
+        extra_files=serving_files(run, p.tokenizer, p.gen_config, run.data.eval or run.data.train),
     )
     metrics = _metrics(cfg, run, trainer, p, after, result, seconds)
     if not is_main_process():  # only the main process writes artifacts and prints the summary
@@ -333,6 +335,7 @@ def _run(cfg: RunConfig, run: Run) -> dict:
         ],
     )
     run.finish(metrics)
+    write_adapter_card(run, run.run_dir / ("adapter" if cfg.lora.enabled else "model"))
     print_summary(run.run_dir, metrics)
     return metrics
 

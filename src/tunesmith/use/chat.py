@@ -2,8 +2,9 @@
 
 Run it::
 
-    tunesmith chat --model runs/sft --system "You answer in one sentence."
-    printf 'Hi\\n/reset\\nWho are you?\\n/exit\\n' | tunesmith chat --model smollm2-135m-instruct --temperature 0
+    tunesmith chat --model runs/sft                       # the system prompt it was trained with, greedy
+    tunesmith chat --model runs/sft --system "You answer in one sentence." --temperature 0.7
+    printf 'Hi\\n/reset\\nWho are you?\\n/exit\\n' | tunesmith chat --model smollm2-135m-instruct
 
 Commands typed at the prompt: ``/reset`` forgets the history (keeps the system prompt), ``/system TEXT``
 sets a new system prompt and resets, ``/tool RESULT`` answers the model's last tool call with RESULT (a ``tool`` turn)
@@ -16,6 +17,9 @@ shown as ``tool call: name({arguments})``::
 terminal, lines are read from it one turn each (so the loop can be scripted and tested).
 Tokens are printed as they are generated (``transformers.TextStreamer``); generation stops at the
 template's end-of-turn token.  The oldest turns are dropped when the history outgrows the context.
+Served as trained: the system prompt, chat template and generation defaults come from the model's serving contract
+(:mod:`tunesmith.models.serving`); ``--system`` replaces the system prompt. Replies are greedy unless
+``--temperature`` is given.
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ class ChatSession:
 
     Args:
         loaded: :class:`tunesmith.models.loading.Loaded`.
-        system: system prompt, or None for the template's default.
-        temperature: 0 for greedy decoding, else the sampling temperature.
+        system: system prompt; None serves the one the model was trained with (its serving contract), else the
+            template's default.
+        temperature: None or 0 for greedy decoding (the default), else the sampling temperature.
         top_p: nucleus sampling mass (with ``temperature > 0``).
-        max_new_tokens: budget per reply, in tokens.
+        max_new_tokens: budget per reply, in tokens; None takes the serving contract's default (else 256).
         tools: tool specs rendered into every prompt (OpenAI shape), or None.
     """
 
@@ -57,16 +62,17 @@ class ChatSession:
         loaded,
         *,
         system: str | None = None,
-        temperature: float = 0.7,
+        temperature: float | None = None,
         top_p: float = 0.9,
-        max_new_tokens: int = 256,
+        max_new_tokens: int | None = None,
         tools: list[dict] | None = None,
     ):
         from tunesmith.models.loading import stop_ids
         from tunesmith.render.tool_calls import call_format
 
-        self.loaded, self.system, self.tools = loaded, system, tools
-        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.loaded, self.system, self.tools = loaded, loaded.system_prompt(system), tools
+        self.temperature, self.top_p = temperature or 0.0, top_p
+        self.max_new_tokens = max_new_tokens or getattr(loaded.generation_config, "max_new_tokens", None) or 256
         self.history: list[Message] = []
         self.eos = sorted(stop_ids(loaded))
         self.call_format = call_format(loaded.tokenizer.chat_template)
@@ -81,12 +87,11 @@ class ChatSession:
         """Token ids of system + history through the generation prompt (tools rendered); the oldest exchanges (a user
         turn and what follows it up to the next user turn) are dropped while the prompt plus ``max_new_tokens``
         exceeds the model's context."""
-        from tunesmith.render.templates import render_prompt
+        from tunesmith.models.serving import serving_prompt_ids
 
         limit = int(getattr(self.loaded.model.config, "max_position_embeddings", 2048)) - self.max_new_tokens
         while True:
-            msgs = ([Message("system", self.system)] if self.system else []) + self.history
-            ids = render_prompt(self.loaded.tokenizer, Conversation(msgs, tools=self.tools))
+            ids = serving_prompt_ids(self.loaded.tokenizer, self.history, self.system or None, "chat", tools=self.tools)
             if len(ids) <= limit or len(self.history) <= 1:
                 return ids[-limit:] if limit > 0 else ids
             self.history = self.history[1:]
@@ -188,9 +193,9 @@ def run_chat(
     adapter: str | None = None,
     *,
     system: str | None = None,
-    temperature: float = 0.7,
+    temperature: float | None = None,
     top_p: float = 0.9,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     seed: int = 0,
     tools: str | None = None,
 ) -> int:
@@ -228,6 +233,8 @@ def run_chat(
         console.print(
             f"[dim]chat with {loaded.base_name}"
             + (f" + {loaded.adapter_dir}" if loaded.adapter_dir else "")
+            + (f"; system prompt {session.system!r}" if session.system else "")
+            + ("; greedy" if not session.temperature else f"; temperature {session.temperature}")
             + "; /reset clears the history, /system TEXT sets the system prompt, /exit leaves[/]"
         )
 

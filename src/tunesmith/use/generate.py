@@ -16,8 +16,10 @@ every record without its own.  Output, one line per input, in input order::
 ``tool_calls`` (``[{"name", "arguments"}]``, parsed in the chat template's call layout by
 :mod:`tunesmith.render.tool_calls`) is there when the record has tools or the reply holds a call.
 
-Every prompt is rendered through the chat template with the generation prompt; generation stops at the
-template's end-of-turn token (added to the generation config's eos ids when missing).
+Every prompt is rendered through the chat template with the generation prompt, as the model was trained: records
+without a system turn get the system prompt of its serving contract (:mod:`tunesmith.models.serving`), or ``--system``
+when given. Generation stops at the template's end-of-turn token (added to the generation config's eos ids when
+missing).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.readers import bad_text, read_text_input
-from tunesmith.data.records import Conversation, Message
+from tunesmith.data.records import Message
 from tunesmith.errors import DataError, Problem
 
 
@@ -195,18 +197,27 @@ def _collect(items) -> list[PromptRecord]:
     return out
 
 
-def with_system(messages: list[Message], system: str | None) -> list[Message]:
-    """Prepend a system turn (replacing none the record has) when ``system`` is given."""
-    if system is None or (messages and messages[0].role == "system"):
-        return list(messages)
-    return [Message("system", system)] + list(messages)
+def record_prompt_ids(
+    loaded, records: list[PromptRecord], system: str | None = None, tools: list[dict] | None = None
+) -> list[list[int]]:
+    """Prompt ids of each record as served: the trained system prompt (or ``system``) added to records without one,
+    rendered through the chat template with the generation prompt and the record's tool specs (else ``tools``)
+    (:func:`tunesmith.models.serving.serving_prompt_ids`).
+
+    Returns:
+        ``list[list[int]]``, one per record.
+    """
+    from tunesmith.models.serving import serving_prompt_ids
+
+    system = loaded.system_prompt(system) or None
+    return [serving_prompt_ids(loaded.tokenizer, r.messages, system, r.id, tools=r.tools or tools) for r in records]
 
 
 def generate_records(
     loaded,
     records: list[PromptRecord],
     *,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
     temperature: float = 0.0,
     top_p: float = 1.0,
@@ -219,10 +230,10 @@ def generate_records(
     Args:
         loaded: :class:`tunesmith.models.loading.Loaded`.
         records: the prompts, in output order.
-        max_new_tokens: budget per reply, in tokens.
+        max_new_tokens: budget per reply, in tokens; None takes the serving contract's default (else 128).
         batch_size: prompts per ``generate`` call.
         temperature, top_p: sampling settings (used only when ``temperature > 0``).
-        system: system prompt for records without one.
+        system: system prompt for records without one; None serves the one the model was trained with.
         tools: tool specs for records without their own.
 
     Returns:
@@ -231,13 +242,12 @@ def generate_records(
     """
     from tunesmith.models.generation import decode_reply, generate_ids
     from tunesmith.models.loading import stop_ids
-    from tunesmith.render.templates import render_prompt
     from tunesmith.render.tool_calls import call_format, parse_reply
     from tunesmith.runtime.console import Progress
 
     eos = stop_ids(loaded)
-    convs = [Conversation(with_system(r.messages, system), r.id, tools=r.tools or tools) for r in records]
-    prompts = [render_prompt(loaded.tokenizer, c) for c in convs]
+    prompts = record_prompt_ids(loaded, records, system, tools)
+    max_new_tokens = max_new_tokens or getattr(loaded.generation_config, "max_new_tokens", None) or 128
     with Progress("generate", len(prompts), unit="prompts") as bar:
         outs = generate_ids(
             loaded.model,
@@ -253,7 +263,7 @@ def generate_records(
         )
     fmt = call_format(loaded.tokenizer.chat_template)
     rows = []
-    for r, c, o in zip(records, convs, outs):
+    for r, o in zip(records, outs):
         text = decode_reply(loaded.tokenizer, o)
         row = {
             "id": r.id,
@@ -264,7 +274,7 @@ def generate_records(
             "new_tokens": len(o),
         }
         parsed = parse_reply(text, fmt)
-        if c.tools or parsed.attempted:
+        if r.tools or tools or parsed.attempted:
             row["tool_calls"] = parsed.to_json()
         rows.append(row)
     return rows
@@ -277,7 +287,7 @@ def run_generate(
     adapter: str | None = None,
     output: str | None = None,
     overwrite: bool = False,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
     temperature: float = 0.0,
     top_p: float = 1.0,
