@@ -322,7 +322,7 @@ def _bfcl_files(root):
 
 def test_bfcl_examples_reference_calls_and_k_shot_tools(tmp_path, smol_tokenizer):
     from tunesmith.data.conversations import load_file
-    from tunesmith.render.templates import resolve_chat_template
+    from tunesmith.render.chat_templates import resolve_chat_template
 
     convs, _ = load_file(_bfcl_files(tmp_path))
     template = resolve_chat_template("chatml-tools")

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from tunesmith.data.bundled import SCHEMA
-from tunesmith.evaluate.metrics import aggregate, extract_label, macro_f1, normalise, score_example
+from tunesmith.evaluate.answers import normalise
+from tunesmith.evaluate.metrics import aggregate, extract_label, macro_f1, score_example
 
 
 def one(pred, ref, metric, **kw):
@@ -95,7 +96,7 @@ def test_config_rejects_bad_metric_setup():
 
 
 def test_gsm8k_extractor_takes_the_text_after_the_last_marker_else_the_last_number():
-    from tunesmith.evaluate.metrics import gsm8k_answer
+    from tunesmith.evaluate.answers import gsm8k_answer
 
     ref = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nSo 48+24 = <<48+24=72>>72 clips.\n#### 72"
     assert gsm8k_answer(ref) == "72"
@@ -106,7 +107,7 @@ def test_gsm8k_extractor_takes_the_text_after_the_last_marker_else_the_last_numb
 
 
 def test_last_number_boxed_and_choice_extractors():
-    from tunesmith.evaluate.metrics import boxed_answer, choice_answer, last_number
+    from tunesmith.evaluate.answers import boxed_answer, choice_answer, last_number
 
     assert last_number("from 3 to -4.5, total $1,234.") == "1,234"
     assert last_number("x = .5") == ".5" and last_number("none") is None
@@ -119,7 +120,7 @@ def test_last_number_boxed_and_choice_extractors():
 
 
 def test_answer_regex_takes_group_1_of_the_last_match():
-    from tunesmith.evaluate.metrics import extract_answer
+    from tunesmith.evaluate.answers import extract_answer
 
     regex = r"Answer:\s*(\w+)"
     assert extract_answer("Answer: cat ... Answer: Dog", regex=regex) == "Dog"
@@ -129,7 +130,7 @@ def test_answer_regex_takes_group_1_of_the_last_match():
 
 
 def test_answer_match_numeric_tolerance():
-    from tunesmith.evaluate.metrics import as_number, same_answer
+    from tunesmith.evaluate.answers import as_number, same_answer
 
     assert as_number("$1,200.50.") == 1200.5 and as_number("45%") == 45.0 and as_number("12 apples") is None
     assert same_answer("1,200", "1200") and same_answer("72.0", "72") and same_answer("$18", "18")

@@ -121,7 +121,7 @@ def test_modelfile_check_on_llama3_and_a_broken_template(smol_tokenizer):
 
     from tunesmith.export.consistency import fixed_conversations, modelfile_check, render_go_template
     from tunesmith.export.gguf import ollama_template
-    from tunesmith.render.templates import resolve_chat_template
+    from tunesmith.render.chat_templates import resolve_chat_template
 
     convs = fixed_conversations()
     go, system = ollama_template(smol_tokenizer)
@@ -250,7 +250,7 @@ def test_export_with_the_tool_template_checks_a_tool_conversation(tmp_path):
 
     from tunesmith.export.consistency import fixed_conversations, tool_parse_check
     from tunesmith.export.gguf import run_export
-    from tunesmith.render.templates import resolve_chat_template
+    from tunesmith.render.chat_templates import resolve_chat_template
 
     template = resolve_chat_template("chatml-tools")
     tok = tiny_bpe_tokenizer(template)

@@ -9,15 +9,10 @@ import pytest
 from conftest import FIXTURES
 from tunesmith.data.records import Conversation, Message
 from tunesmith.errors import DataError, TemplateError
+from tunesmith.render.chat_templates import apply_chat_template_option, resolve_chat_template
 from tunesmith.render.checks import check_template, default_system_prompt, fix_generation_config, template_eot_id
 from tunesmith.render.rows import render_all, resolve_max_length, truncate
-from tunesmith.render.templates import (
-    IGNORE_INDEX,
-    apply_chat_template_option,
-    render_conversation,
-    render_prompt,
-    resolve_chat_template,
-)
+from tunesmith.render.templates import IGNORE_INDEX, render_conversation, render_prompt
 
 M = IGNORE_INDEX
 CHATML = (FIXTURES / "smollm2_chatml.jinja").read_text()

@@ -9,9 +9,10 @@ import pytest
 
 from conftest import FIXTURES
 from tunesmith.data.records import Conversation, Message, ToolCall
+from tunesmith.render.chat_templates import resolve_chat_template
 from tunesmith.render.features import MissingFeatures, template_features
 from tunesmith.render.rows import render_all, render_examples
-from tunesmith.render.templates import IGNORE_INDEX, render_conversation, render_prompt, resolve_chat_template
+from tunesmith.render.templates import IGNORE_INDEX, render_conversation, render_prompt
 
 M = IGNORE_INDEX
 TOOLS_TPL = resolve_chat_template("chatml-tools")

@@ -93,7 +93,8 @@ def test_end_of_turn_added_to_generation_config(tmp_path, smol_tokenizer):
     from transformers import AutoTokenizer
 
     from conftest import build_tiny_llama
-    from tunesmith.models.loading import load_for_use, stop_ids
+    from tunesmith.models.generation import stop_ids
+    from tunesmith.models.loading import load_for_use
 
     tok = AutoTokenizer.from_pretrained(build_tiny_llama(smol_tokenizer, tmp_path / "a"))
     tok.eos_token = "<|endoftext|>"
@@ -214,7 +215,7 @@ def tools_model_dir(smol_tokenizer, tmp_path_factory):
     import copy
 
     from conftest import build_tiny_llama
-    from tunesmith.render.templates import resolve_chat_template
+    from tunesmith.render.chat_templates import resolve_chat_template
 
     tok = copy.deepcopy(smol_tokenizer)
     tok.chat_template = resolve_chat_template("chatml-tools")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tunesmith.data.bundled import load_bundled
 from tunesmith.data.formats import FORMATS, detect_format, to_conversation
-from tunesmith.data.readers import read_and_convert, read_records
+from tunesmith.data.loader import read_and_convert
+from tunesmith.data.readers import read_records
 from tunesmith.data.records import Conversation, Message
 from tunesmith.data.split import split
 from tunesmith.errors import DataError, Problem

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tunesmith.config.dpo import DPORunConfig
 from tunesmith.data.bundled import load_bundled
+from tunesmith.data.loader import read_and_convert
 from tunesmith.data.preference_formats import PREFERENCE_FORMATS, detect_preference_format, to_pair
-from tunesmith.data.readers import read_and_convert
 from tunesmith.data.records import Message, PreferencePair
 from tunesmith.data.split import split
 from tunesmith.errors import DataError, Problem

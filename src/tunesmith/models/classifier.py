@@ -11,7 +11,8 @@ import torch
 
 from tunesmith.data.records import LabelRecord
 from tunesmith.errors import ModelError, Problem
-from tunesmith.models.loading import from_pretrained, hub_error
+from tunesmith.models.loading import from_pretrained
+from tunesmith.models.sources import hub_error
 
 PAIR_SEPARATOR = "\n\n"
 """Joins text and text pair into one sequence (decoder tokenizers have no pair template)."""

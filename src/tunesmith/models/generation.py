@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from tunesmith.models.loading import Loaded
+
 
 @torch.no_grad()
 def generate_ids(
@@ -65,3 +67,11 @@ def generate_ids(
 def decode_reply(tokenizer, ids: list[int], eos_ids: set[int] | None = None) -> str:
     """Decode generated ids to text without the end-of-turn token and other special tokens."""
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def stop_ids(loaded: Loaded) -> set[int]:
+    """Token ids generation stops at: :func:`tunesmith.render.templates.end_of_turn_ids` of the tokenizer and generation
+    config."""
+    from tunesmith.render.templates import end_of_turn_ids
+
+    return end_of_turn_ids(loaded.tokenizer, loaded.generation_config)

@@ -34,7 +34,7 @@ from tunesmith.models.adapters import (
     require_adapter,
 )
 from tunesmith.models.serving import ServingContract, apply_generation_defaults, read_contract
-from tunesmith.models.sources import ModelSource, resolve_model
+from tunesmith.models.sources import ModelSource, hub_error, resolve_model
 from tunesmith.render.rows import MAX_SANE_LENGTH
 from tunesmith.runtime.hardware import is_installed
 
@@ -124,8 +124,8 @@ def load_for_use(
         ModelError: nothing to load, an unreadable ``serving.json``, a missing adapter, an adapter that trains tied
             embeddings with ``untie=False``, or an adapter that does not fit its base.
     """
+    from tunesmith.render.chat_templates import apply_chat_template_option
     from tunesmith.render.checks import fix_generation_config
-    from tunesmith.render.templates import apply_chat_template_option
 
     adapter_dir = _resolve_adapter(model, adapter)
     if adapter_dir is not None and (model is None or find_adapter(model) == adapter_dir):
@@ -258,29 +258,6 @@ def _generation_config(model, adapter_dir: Path | None):
         return GenerationConfig.from_pretrained(str(adapter_dir))
     gen = getattr(model, "generation_config", None)
     return copy.deepcopy(gen) if gen is not None else GenerationConfig.from_model_config(model.config)
-
-
-def stop_ids(loaded: Loaded) -> set[int]:
-    """Token ids generation stops at: :func:`tunesmith.render.templates.end_of_turn_ids` of the tokenizer and generation
-    config."""
-    from tunesmith.render.templates import end_of_turn_ids
-
-    return end_of_turn_ids(loaded.tokenizer, loaded.generation_config)
-
-
-def hub_error(source: ModelSource, exc: Exception) -> ModelError:
-    """The load failure of ``source`` as a :class:`ModelError` naming the model, the cause and the offline fix."""
-    return ModelError(
-        "Cannot load model",
-        [
-            Problem(
-                f"model.name={source.name}",
-                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                "for a hub id, download it once on a connected machine (`hf download ID`) so it is in the local cache; "
-                "otherwise pass a local checkpoint folder, a .gguf file, or an embedded name from `tunesmith models`",
-            )
-        ],
-    )
 
 
 def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False, revision: str | None = None):

@@ -242,3 +242,18 @@ def list_models() -> list[dict]:
             size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
             rows.append({"name": d.name, "kind": "cached checkpoint", "path": str(d), "bytes": size})
     return rows
+
+
+def hub_error(source: ModelSource, exc: Exception) -> ModelError:
+    """The load failure of ``source`` as a :class:`ModelError` naming the model, the cause and the offline fix."""
+    return ModelError(
+        "Cannot load model",
+        [
+            Problem(
+                f"model.name={source.name}",
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                "for a hub id, download it once on a connected machine (`hf download ID`) so it is in the local cache; "
+                "otherwise pass a local checkpoint folder, a .gguf file, or an embedded name from `tunesmith models`",
+            )
+        ],
+    )

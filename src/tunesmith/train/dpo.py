@@ -26,9 +26,10 @@ from tunesmith.evaluate.preference import pair_logps, start_generations, write_d
 from tunesmith.models.adapters import count_parameters, lora_errors, require_adapter, to_peft_config
 from tunesmith.models.loading import load_adapter, load_causal_lm, load_tokenizer
 from tunesmith.models.sources import resolve_model
+from tunesmith.render.chat_templates import apply_chat_template_option
 from tunesmith.render.checks import fix_generation_config
 from tunesmith.render.guard import template_errors
-from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids
+from tunesmith.render.templates import end_of_turn_ids
 from tunesmith.runtime.console import console
 from tunesmith.runtime.distributed import save_trained_model
 from tunesmith.runtime.memory import reset_peak_memory

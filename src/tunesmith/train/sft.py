@@ -26,9 +26,10 @@ from tunesmith.evaluate.metrics import describe_custom_metric
 from tunesmith.models.adapters import apply_lora, count_parameters, lora_errors
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
 from tunesmith.models.sources import resolve_model
+from tunesmith.render.chat_templates import apply_chat_template_option
 from tunesmith.render.checks import check_template, fix_generation_config
 from tunesmith.render.rows import TokenStats, render_all, resolve_max_length, to_dataset, truncation_warning
-from tunesmith.render.templates import apply_chat_template_option, end_of_turn_ids
+from tunesmith.render.templates import end_of_turn_ids
 from tunesmith.runtime.console import console
 from tunesmith.runtime.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
 from tunesmith.runtime.files import atomic_write_jsonl

@@ -67,7 +67,7 @@ class ChatSession:
         max_new_tokens: int | None = None,
         tools: list[dict] | None = None,
     ):
-        from tunesmith.models.loading import stop_ids
+        from tunesmith.models.generation import stop_ids
         from tunesmith.render.tool_calls import call_format
 
         self.loaded, self.system, self.tools = loaded, loaded.system_prompt(system), tools

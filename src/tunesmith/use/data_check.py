@@ -21,10 +21,11 @@ from rich.text import Text
 
 from tunesmith.data.conversations import LoadReport, load_conversations
 from tunesmith.data.records import Conversation
+from tunesmith.render.chat_templates import apply_chat_template_option
 from tunesmith.render.checks import Finding, check_template
 from tunesmith.render.features import MissingFeatures, template_features
 from tunesmith.render.rows import TokenStats, render_all, resolve_max_length, truncation_warning
-from tunesmith.render.templates import IGNORE_INDEX, apply_chat_template_option
+from tunesmith.render.templates import IGNORE_INDEX
 from tunesmith.runtime.console import console as errors
 
 console = Console()

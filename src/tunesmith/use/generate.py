@@ -240,8 +240,7 @@ def generate_records(
         One dict per record: ``{"id", "prompt", "prediction", "reference", "finish_reason", "new_tokens"}``, plus
         ``tool_calls`` (``[{"name", "arguments"}]``) when the record has tools or the reply holds a call.
     """
-    from tunesmith.models.generation import decode_reply, generate_ids
-    from tunesmith.models.loading import stop_ids
+    from tunesmith.models.generation import decode_reply, generate_ids, stop_ids
     from tunesmith.render.tool_calls import call_format, parse_reply
     from tunesmith.runtime.console import Progress
 
