@@ -1,9 +1,12 @@
-"""Run directories: refuse to mix runs, write artifacts atomically, record a reproducible manifest."""
+"""Run directories: refuse to mix runs, the run lock, write errors as clear messages, and which checkpoint is the
+newest complete one (what ``--resume latest`` and ``tunesmith ui`` read)."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,4 +176,54 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    try:  # an exited child its parent has not reaped yet (a zombie) still answers kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def lock_holder(run_dir: str | Path) -> int | None:
+    """The id of the live process holding ``run_dir``'s :data:`LOCK` (the process training that run), or None when
+    nobody holds it (no lock, or one left by a process that has ended)."""
+    try:
+        pid = int((Path(run_dir) / LOCK).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 and _alive(pid) else None
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+"""Files every resumable checkpoint holds besides the weights (``rng_state.pth`` is ``rng_state_<rank>.pth`` in a
+checkpoint written by several processes)."""
+
+
+def checkpoint_step(path: Path) -> int:
+    """Global step of a ``checkpoint-N`` folder (N), or -1 for another name."""
+    m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def is_complete(ckpt: Path) -> bool:
+    """True when ``ckpt`` holds weights plus every file of :data:`CHECKPOINT_FILES` and a readable trainer state."""
+    if not ckpt.is_dir() or not all((ckpt / f).is_file() for f in CHECKPOINT_FILES if f != "rng_state.pth"):
+        return False
+    if not (ckpt / "rng_state.pth").is_file() and not any(ckpt.glob("rng_state_*.pth")):
+        return False
+    if not any(ckpt.rglob("*.safetensors")):
+        return False
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
     return True
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The complete ``checkpoint-N`` under ``run_dir/checkpoints`` with the largest N, or None."""
+    root = Path(run_dir) / "checkpoints"
+    found = (
+        sorted((p for p in root.glob("checkpoint-*") if checkpoint_step(p) >= 0), key=checkpoint_step, reverse=True)
+        if root.is_dir()
+        else []
+    )
+    return next((p for p in found if is_complete(p)), None)

@@ -80,14 +80,42 @@ def _duplicates(convs: list[Conversation]) -> int:
     return sum(v - 1 for v in seen.values())
 
 
-def run_check(cfg, *, skip_invalid: bool = False) -> int:
-    """Print the data report for ``cfg``; return the exit code (0 ok, 2 when training would stop).
+@dataclass
+class CheckReport:
+    """The data check as data (what ``tunesmith data check`` prints and ``tunesmith ui`` shows).
 
-    Report: rows read/kept/skipped with reasons, tokens per example (min/median/p95/max), trained
-    token share, truncation losses, role counts, duplicates, template findings.
+    Attributes:
+        title: the source and detected format.
+        rows: (what, value) pairs: counts, token lengths, trained share, truncation, roles, duplicates.
+        problems: every invalid record's :class:`~tunesmith.errors.Problem` (``where`` is ``file:line``).
+        reasons: (count, reason, first at, fix) per kind of problem, most frequent first.
+        findings: template findings (warnings and notes).
+        exit_code: 0, or 2 when ``tunesmith sft`` would stop (invalid records without skip_invalid, nothing trained).
+        message: why the exit code is 2, or None.
+    """
+
+    title: str
+    rows: list[tuple[str, str]]
+    problems: list
+    reasons: list[tuple[int, str, str, str]]
+    findings: list[Finding]
+    exit_code: int = 0
+    message: str | None = None
+
+
+def check_data(cfg, *, skip_invalid: bool = False, prepared: Prepared | None = None) -> CheckReport:
+    """Check ``cfg``'s data exactly as ``tunesmith sft`` will train on it.
+
+    Args:
+        skip_invalid: count invalid records as skipped (exit code 0) instead of as errors.
+        prepared: what :func:`prepare` returned for ``cfg`` (loaded here when None).
+
+    Returns:
+        :class:`CheckReport`: rows read/kept/skipped, tokens per example (min/median/p95/max), trained token share,
+        truncation losses, role counts, duplicates, template findings, every problem with its ``file:line``.
     """
     skip_invalid = skip_invalid or cfg.data.skip_invalid
-    p = prepare(cfg)
+    p = prepared or prepare(cfg)
     findings = check_template(p.tokenizer, p.generation_config) if p.tokenizer.chat_template else []
     if cfg.data.system_prompt:  # every conversation gets a system turn, so the template's default never shows
         findings = [f for f in findings if f.code != "default_system_prompt"]
@@ -98,62 +126,110 @@ def run_check(cfg, *, skip_invalid: bool = False) -> int:
         p.tokenizer, p.convs, p.max_length, generation_config=p.generation_config, skip_invalid=True, log_skipped=False
     )
     problems = p.load.skipped + stats.invalid
-    _print_report(cfg, p, stats, findings, problems)
+    rep = _report(cfg, p, stats, findings, problems)
     bad = len({x.where for x in problems})
     if bad and not skip_invalid:
-        console.print(
-            f"[bold red]error:[/] {bad} invalid record(s): `tunesmith sft` would stop before training. "
+        rep.exit_code = 2
+        rep.message = (
+            f"{bad} invalid record(s): `tunesmith sft` would stop before training. "
             "Fix them, or pass --skip-invalid to skip them."
         )
-        return 2
-    if not rows:
-        console.print("[bold red]error:[/] no example has a trained token left; nothing would be trained.")
-        return 2
-    return 0
+    elif not rows:
+        rep.exit_code, rep.message = 2, "no example has a trained token left; nothing would be trained."
+    return rep
 
 
-def _print_report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], problems) -> None:
+def run_check(cfg, *, skip_invalid: bool = False) -> int:
+    """Print the data report for ``cfg`` (:func:`check_data`); return the exit code (0 ok, 2 when training would
+    stop)."""
+    rep = check_data(cfg, skip_invalid=skip_invalid)
+    t = Table(title=rep.title, show_header=False)
+    t.add_column("what")
+    t.add_column("value", overflow="fold")
+    for what, value in rep.rows:
+        t.add_row(what, value)
+    console.print(t)
+    if rep.problems:
+        r = Table(title=f"skipped records: {len({x.where for x in rep.problems})} ({len(rep.problems)} problems)")
+        for col in ("count", "reason", "first at", "fix"):
+            r.add_column(col, overflow="fold")
+        for n, reason, where, fix in rep.reasons:
+            r.add_row(str(n), reason, where, fix)
+        console.print(r)
+    for f in rep.findings:
+        color = "yellow" if f.level == "warning" else "cyan"
+        console.print(f"[{color}]template {f.level}:[/] {f.message}", highlight=False)
+    if rep.message:
+        console.print(f"[bold red]error:[/] {escape(rep.message)}")
+    return rep.exit_code
+
+
+def _report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], problems) -> CheckReport:
     s = stats.summary()
     bad = len({x.where for x in problems})
     src = cfg.data.path or f"bundled:{cfg.data.name}"
-    t = Table(title=f"data check: {src} (format {p.load.format})", show_header=False)
-    t.add_column("what")
-    t.add_column("value", overflow="fold")
-    t.add_row("rows read / kept / skipped", f"{p.load.rows_read} / {s['kept']} / {bad}")
-    t.add_row(
-        "tokens per example (min / median / p95 / max)",
-        f"{s['length_min']} / {s['length_median']} / {s['length_p95']} / {s['length_max']}",
-    )
-    t.add_row(
-        "tokens / trained tokens (share)", f"{s['tokens']} / {s['trained_tokens']} ({s['trained_token_share']:.1%})"
-    )
-    t.add_row("max_length", p.max_length_note)
-    t.add_row("truncated examples", f"{s['truncated']} (trained tokens lost: {s['trained_tokens_lost_to_truncation']})")
-    t.add_row("dropped: no trained token after truncation", str(s["dropped_all_masked"]))
+    rows = [
+        ("rows read / kept / skipped", f"{p.load.rows_read} / {s['kept']} / {bad}"),
+        (
+            "tokens per example (min / median / p95 / max)",
+            f"{s['length_min']} / {s['length_median']} / {s['length_p95']} / {s['length_max']}",
+        ),
+        ("tokens / trained tokens (share)", f"{s['tokens']} / {s['trained_tokens']} ({s['trained_token_share']:.1%})"),
+        ("max_length", p.max_length_note),
+        ("truncated examples", f"{s['truncated']} (trained tokens lost: {s['trained_tokens_lost_to_truncation']})"),
+        ("dropped: no trained token after truncation", str(s["dropped_all_masked"])),
+    ]
     roles = Counter(m.role for c in p.convs for m in c.messages if c.kind not in ("text", "completion"))
     kinds = Counter(c.kind for c in p.convs)
-    t.add_row("role counts", ", ".join(f"{r} {n}" for r, n in roles.most_common()) or "-")
-    t.add_row("record kinds", ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "-")
-    t.add_row("duplicate records", str(_duplicates(p.convs)))
+    rows.append(("role counts", ", ".join(f"{r} {n}" for r, n in roles.most_common()) or "-"))
+    rows.append(("record kinds", ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "-"))
+    rows.append(("duplicate records", str(_duplicates(p.convs))))
     with_tools = sum(1 for c in p.convs if c.meta.get("tools") not in (None, "", "[]", []))
     if with_tools:
-        t.add_row(
-            "records with a `tools` field",
-            f"{with_tools} (kept as metadata; tool schemas are not rendered into the prompt)",
+        rows.append(
+            (
+                "records with a `tools` field",
+                f"{with_tools} (kept as metadata; tool schemas are not rendered into the prompt)",
+            )
         )
-    console.print(t)
-    if problems:
-        reasons = Counter(_reason_key(x.reason) for x in problems)
-        r = Table(title=f"skipped records: {bad} ({len(problems)} problems)")
-        for col in ("count", "reason", "first at", "fix"):
-            r.add_column(col, overflow="fold")
-        for reason, n in reasons.most_common(12):
-            first = next(x for x in problems if _reason_key(x.reason) == reason)
-            r.add_row(str(n), reason, first.where, first.fix)
-        console.print(r)
-    for f in findings:
-        color = "yellow" if f.level == "warning" else "cyan"
-        console.print(f"[{color}]template {f.level}:[/] {f.message}", highlight=False)
+    reasons = []
+    for reason, n in Counter(_reason_key(x.reason) for x in problems).most_common(12):
+        first = next(x for x in problems if _reason_key(x.reason) == reason)
+        reasons.append((n, reason, first.where, first.fix))
+    return CheckReport(f"data check: {src} (format {p.load.format})", rows, list(problems), reasons, findings)
+
+
+@dataclass
+class PreviewExample:
+    """One rendered example: where it came from, its length, and its text as (piece, trained) runs."""
+
+    source: str
+    tokens: int
+    trained: int
+    spans: list[tuple[str, bool]]
+
+
+def preview_examples(cfg, n: int, *, prepared: Prepared | None = None) -> tuple[list[PreviewExample], list, int]:
+    """Render the first ``n`` examples that keep a trained token, as :func:`tunesmith.render.rows.render_all` does for
+    training.
+
+    Returns:
+        (examples, problems of the records that did not render, the max_length used).
+    """
+    p = prepared or prepare(cfg)
+    rows, stats = render_all(
+        p.tokenizer,
+        p.convs[: max(n, 0) * 2 + 4],
+        p.max_length,
+        generation_config=p.generation_config,
+        skip_invalid=True,
+        log_skipped=False,
+    )
+    examples = [
+        PreviewExample(r.source, len(r.input_ids), r.num_trained, mask_spans(p.tokenizer, r.input_ids, r.labels))
+        for r in rows[:n]
+    ]
+    return examples, list(stats.invalid), p.max_length
 
 
 def run_preview(cfg, n: int, *, plain: bool | None = None) -> int:
@@ -165,19 +241,11 @@ def run_preview(cfg, n: int, *, plain: bool | None = None) -> int:
     Returns:
         The exit code (2 when no example renders).
     """
-    p = prepare(cfg)
+    examples, invalid, max_length = preview_examples(cfg, n)
     plain = (not console.is_terminal) if plain is None else plain
-    rows, stats = render_all(
-        p.tokenizer,
-        p.convs[: max(n, 0) * 2 + 4],
-        p.max_length,
-        generation_config=p.generation_config,
-        skip_invalid=True,
-        log_skipped=False,
-    )
-    for x in stats.invalid:
+    for x in invalid:
         console.print(f"[yellow]skipped[/] {x.where}: {x.reason}", highlight=False)
-    if not rows:
+    if not examples:
         console.print("[bold red]error:[/] no example could be rendered with a trained token")
         return 2
     legend = (
@@ -185,23 +253,31 @@ def run_preview(cfg, n: int, *, plain: bool | None = None) -> int:
         if plain
         else "[bold green]trained tokens highlighted[/], [dim]masked tokens dimmed[/]"
     )
-    console.print(f"legend: {legend}; max_length={p.max_length}")
-    for k, r in enumerate(rows[:n]):
-        console.rule(f"example {k + 1}: {r.source} — {len(r.input_ids)} tokens, {r.num_trained} trained", style="dim")
-        console.print(_spans(p.tokenizer, r.input_ids, r.labels, plain), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"legend: {legend}; max_length={max_length}")
+    for k, ex in enumerate(examples):
+        console.rule(f"example {k + 1}: {ex.source} — {ex.tokens} tokens, {ex.trained} trained", style="dim")
+        text = Text()
+        for piece, trained in ex.spans:
+            if plain:
+                text.append(f"[[{piece}]]" if trained else piece)
+            else:
+                text.append(piece, style="bold black on green" if trained else "dim")
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
-def _spans(tok, ids: list[int], labels: list[int], plain: bool) -> Text:
-    """Group runs of trained / masked tokens and decode each run (keeps multi-byte characters whole)."""
-    out, start = Text(), 0
+def mask_spans(tok, ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
+    """Group runs of trained / masked tokens and decode each run (keeps multi-byte characters whole).
+
+    Args:
+        ids: ``input_ids`` of one row; labels: its labels (``-100`` = masked).
+
+    Returns:
+        ``[(text, trained)]`` in order; joined, the texts are the decoded row.
+    """
+    out, start = [], 0
     for k in range(1, len(ids) + 1):
         if k == len(ids) or (labels[k] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
-            trained = labels[start] != IGNORE_INDEX
-            piece = tok.decode(ids[start:k], skip_special_tokens=False)
-            if plain:
-                out.append(f"[[{piece}]]" if trained else piece)
-            else:
-                out.append(piece, style="bold black on green" if trained else "dim")
+            out.append((tok.decode(ids[start:k], skip_special_tokens=False), labels[start] != IGNORE_INDEX))
             start = k
     return out
