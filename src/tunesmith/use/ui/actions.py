@@ -190,7 +190,7 @@ class RunView:
     yaml: str = ""
 
 
-def run_view(ws: Workspace, value: str | None, *, log_bytes: int = 4000, log_lines: int = 12) -> RunView:
+def run_view(ws: Workspace, value: str | None, *, log_bytes: int = 4000, log_lines: int = 6) -> RunView:
     """Read the run's state, progress and log from its folder (and the log of the last process started for it,
     which holds errors printed before the run folder was claimed)."""
     if not value:

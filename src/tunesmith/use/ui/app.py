@@ -38,7 +38,6 @@ def launch_options(ws: Workspace, max_upload_bytes: int) -> dict:
     )
     return dict(
         allowed_paths=[str(ws.root)],
-        blocked_paths=[str(ws.state_dir / "configs")],
         max_file_size=max_upload_bytes,
         share=False,
         ssr_mode=False,
@@ -152,25 +151,28 @@ def _train_tab(ws: Workspace) -> gr.Dropdown:
                            x_title="optimizer step", y_title="loss (nats per trained token)", height=320,
                            color_map={"loss": "#1f77b4", "eval_loss": "#d62728"},
                            scale=3)  # fmt: skip
-        log = gr.Textbox(label="run.log", lines=11, max_lines=11, autoscroll=True, elem_id="train-log", scale=2)
+        log = gr.Textbox(label="run.log (newest lines)", lines=14, max_lines=14, autoscroll=True, elem_id="train-log",
+                         scale=2)  # fmt: skip
     with gr.Row():
         yaml_box = gr.Code(label="the form's YAML (Start writes it to .tunesmith-ui/configs/; the CLI runs it as is)",
                            language="yaml", elem_id="train-yaml", max_lines=14)  # fmt: skip
         run_yaml = gr.Code(label="config.yaml of the run folder (every field, resolved)", language="yaml",
                            elem_id="train-run-yaml", max_lines=14)  # fmt: skip
-    groups, boxes, extra = _config_form()
+    groups, boxes, sections, extra = _config_form()
     keys = list(boxes)
 
     def texts_of(k, values):
         return {key: v for (kk, key), v in zip(keys, values) if kk == k}
 
     def marks(k, result):
+        """Field updates (problem text, red border) then section updates (a section with a problem opens)."""
         out = []
         for kk, key in keys:
             errors = result.fields.get(key) if kk == k else None
             out.append(gr.update(info=_info(_field(kk, key), errors), elem_classes=["ts-error"] if errors else [])
                        if kk == k else gr.update())  # fmt: skip
-        return out
+        bad = {key.split(".")[0] for key in result.fields}
+        return out + [gr.update(open=True) if kk == k and sec in bad else gr.update() for kk, sec in sections]
 
     def on_validate(k, ex, *values):
         _, result = actions.check_form(ws, k, texts_of(k, values), ex)
@@ -199,8 +201,9 @@ def _train_tab(ws: Workspace) -> gr.Dropdown:
 
     form = [boxes[k] for k in keys]
     kind.change(lambda k: [gr.update(visible=k == kk) for kk in TRAIN_KINDS], kind, [groups[k] for k in TRAIN_KINDS])
-    validate.click(on_validate, [kind, extra, *form], [message, yaml_box, *form])
-    start.click(on_start, [kind, extra, overwrite, *form], [message, yaml_box, run, *form])
+    folds = list(sections.values())
+    validate.click(on_validate, [kind, extra, *form], [message, yaml_box, *form, *folds])
+    start.click(on_start, [kind, extra, overwrite, *form], [message, yaml_box, run, *form, *folds])
     load.click(on_load, [kind, cfg_path], [message, *form])
     stop.click(lambda r: actions.stop(ws, r), run, message)
     resume.click(lambda r: actions.resume(ws, r), run, message)
@@ -220,22 +223,26 @@ def _plot_frame(points: list[dict]):
     return pd.DataFrame(points, columns=["step", "series", "value"]).astype({"step": "int64", "value": "float64"})
 
 
-def _config_form() -> tuple[dict, dict, gr.Textbox]:
-    """One group of textboxes per training command (only the chosen one visible), a section per accordion."""
+def _config_form() -> tuple[dict, dict, dict, gr.Textbox]:
+    """One group of textboxes per training command (only the chosen one visible), a section per accordion.
+
+    Returns:
+        (command -> group, (command, key) -> textbox, (command, section) -> accordion, the extra-fields box).
+    """
     boxes: dict[tuple[str, str], gr.Textbox] = {}
-    groups = {}
+    groups, sections = {}, {}
     gr.Markdown("**The config**: every field with its documentation and default; a problem shows in red beside its "
                 "field. A field's text is read like `--set` (YAML); empty means null.")  # fmt: skip
     for k in TRAIN_KINDS:
         with gr.Group(visible=k == "sft") as groups[k]:
             for section, fields in groupby(forms.form_fields(k), key=lambda f: f.key.split(".")[0]):
-                with gr.Accordion(section, open=section in ("model", "data")):
+                with gr.Accordion(section, open=section in ("model", "data")) as sections[(k, section)]:
                     for f in fields:
                         boxes[(k, f.key)] = gr.Textbox(f.default, label=f.key, info=_info(f), max_lines=1,
                                                        elem_id=f"f-{k}-{f.key.replace('.', '-')}")  # fmt: skip
     extra = gr.Textbox(label="more fields, one `section.key=value` a line (e.g. train.beta=0.1)", lines=2,
                        elem_id="train-extra")  # fmt: skip
-    return groups, boxes, extra
+    return groups, boxes, sections, extra
 
 
 _FIELDS: dict = {}
@@ -351,7 +358,7 @@ def _runs_tab(ws: Workspace) -> None:
     with gr.Row():
         plots = gr.Gallery(label="plots", elem_id="runs-plots", columns=2, height=320)
         metrics = gr.JSON(label="metrics.json", elem_id="runs-metrics")
-    files = gr.File(label="files (click to download)", file_count="multiple", elem_id="runs-files")
+    files = gr.File(label="files (click to download)", file_count="multiple", elem_id="runs-files", interactive=False)
 
     def table_and_choices(current):
         rows = actions.runs_table(ws)
@@ -364,4 +371,8 @@ def _runs_tab(ws: Workspace) -> None:
         paths, pictures, values = actions.run_files(ws, r)
         return pictures, values, paths
 
+    def clicked(evt: gr.SelectData):
+        return evt.row_value[0] if evt.row_value else gr.update()
+
     pick.change(details, pick, [plots, metrics, files])
+    table.select(clicked, None, pick)  # a click on a row shows that run

@@ -84,6 +84,11 @@ def _is_path(key: str, value, ws: Workspace) -> bool:
     return value.startswith(("/", ".", "~")) or value.endswith(".gguf") or (ws.root / value).exists()
 
 
+def _value(key: str, text: str):
+    """A field's text read as ``--set key=text`` reads it; an empty text is None."""
+    return None if not text.strip() else parse_override(f"{key}={text.strip()}")[1]
+
+
 def _set(tree: dict, key: str, value) -> None:
     section, name = key.split(".", 1)
     tree.setdefault(section, {})[name] = value
@@ -102,7 +107,11 @@ def form_to_raw(ws: Workspace, kind: str, texts: dict[str, str], extra: str = ""
     """
     raw: dict = {}
     problems: list[Problem] = []
-    pairs = [(f.key, texts[f.key]) for f in form_fields(kind) if f.key in texts and texts[f.key].strip() != f.default]
+    pairs = [
+        (f.key, texts[f.key])
+        for f in form_fields(kind)
+        if f.key in texts and _value(f.key, texts[f.key]) != _value(f.key, f.default)
+    ]
     for line in (x.strip() for x in extra.splitlines()):
         if line and not line.startswith("#"):
             key, sep, text = line.partition("=")
@@ -111,7 +120,7 @@ def form_to_raw(ws: Workspace, kind: str, texts: dict[str, str], extra: str = ""
                 continue
             pairs.append((key.strip(), text))
     for key, text in pairs:
-        value = None if not text.strip() else parse_override(f"{key}={text.strip()}")[1]
+        value = _value(key, text)
         if key in PATHS + MAYBE_PATHS and _is_path(key, value, ws):
             try:
                 value = str(ws.path(value, key))

@@ -23,7 +23,10 @@ def mask_html(examples: list, max_length: int) -> str:
         max_length: the max_length the rows were cut to (shown in the legend).
     """
     if not examples:
-        return "<p><b>No example renders with a trained token.</b></p>"
+        return (
+            f"<p><b>No example keeps a trained token at max_length={max_length}</b> (truncation cut every assistant "
+            "reply): raise max_length.</p>"
+        )
     out = [
         MASK_STYLE,
         f"<p>Trained tokens (the loss is computed on them) <mark class='trained'>highlighted</mark>; masked tokens "

@@ -114,8 +114,8 @@ class Workspace:
                 if name.endswith(suffixes) and full.resolve().is_relative_to(self.root):
                     found.append(full.relative_to(self.root).as_posix())
                     if len(found) >= limit:
-                        return found
-        return found
+                        return sorted(found)
+        return sorted(found)
 
     def save_upload(self, source: str | Path, name: str | None = None, *, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
         """Copy an uploaded file into ``<root>/uploads`` under a cleaned name, never over an existing file.
