@@ -236,6 +236,12 @@ def test_the_whole_decision_order_in_a_browser(workspace, server, browser):
         page.wait(lambda: "outside the workspace root" in page.text("data-message"), 120, f"refusing {outside}")
     assert "symlink" in page.text("data-message")
     page.shot("2-data-path-refused")
+    # an upload is copied into <root>/uploads and becomes the data file
+    upload = workspace.parent / "my chats.jsonl"
+    upload.write_text((workspace / "data" / "train.jsonl").read_text().splitlines()[0] + "\n")
+    browser.find_element(page.By.CSS_SELECTOR, "#data-upload input[type=file]").send_keys(str(upload))
+    page.wait(lambda: "uploads/my_chats.jsonl" in page.text("data-message"), 120, "the upload")
+    assert (workspace / "uploads" / "my_chats.jsonl").read_text() == upload.read_text()
 
     # Train: the form from a YAML, a 4-step SFT run in its own process, the live plot
     page.tab("Train")
@@ -318,6 +324,6 @@ def test_the_whole_decision_order_in_a_browser(workspace, server, browser):
     page.wait(lambda: re.search(r"runs/tiny-sft\s+sft\s+complete", page.text("runs-table")), 60, "the runs table")
     assert "runs/tiny-sft-eval" in page.text("runs-table") and "runs/tiny-sft-baseline" in page.text("runs-table")
     page.pick("runs-pick", "runs/tiny-sft")
-    page.wait(lambda: "loss_curve.png" in page.text("runs-files"), 60, "the run's files")
+    page.wait(lambda: 'aria-label="loss_curve.png"' in page.html("runs-files"), 60, "the run's files")
     page.wait(lambda: "<img" in page.html("runs-plots"), 60, "the run's plots")
     page.shot("9-runs")

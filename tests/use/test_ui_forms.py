@@ -127,3 +127,12 @@ def test_loading_a_yaml_fills_the_form(ws):
     assert texts["train.max_steps"] == "7" and Path(texts["data.path"]).resolve() == ws.root / "data" / "train.jsonl"
     with pytest.raises(Exception, match="Path refused"):
         forms.load_texts(ws, "sft", "../x.yaml")
+
+
+@pytest.mark.parametrize("kind", ["sft", "classify", "dpo"])
+def test_each_commands_default_form_is_valid_and_writes_under_the_root(ws, kind):
+    texts = {f.key: f.default for f in forms.form_fields(kind)}
+    cfg, result = actions.check_form(ws, kind, texts)
+    assert result.ok and cfg is not None, (result.fields, result.other)
+    assert cfg.train.output_dir == str(ws.root / "runs" / kind)
+    assert yaml.safe_load(result.yaml) == {"train": {"output_dir": str(ws.root / "runs" / kind)}}

@@ -208,3 +208,20 @@ def test_a_job_outlives_its_server_and_any_reader_sees_it(tmp_path):
     (seen,) = jobs.list_jobs(state, target=tmp_path, kinds=("sft",))
     assert seen.returncode == 0 and jobs.job_status(seen) == "finished" and "done" in jobs.log_tail(state, seen)
     assert jobs.list_jobs(state, kinds=("eval",)) == []
+
+
+def test_a_start_that_fails_shows_why_on_the_page(tmp_path):
+    """Start refuses nothing the CLI would accept and overwrites nothing: a run folder holding someone's file makes
+    the training process exit 2 before any model loads, and the page shows that process's own error."""
+    from tunesmith.use.ui import actions
+    from tunesmith.use.ui.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    (tmp_path / "runs" / "sft").mkdir(parents=True)
+    (tmp_path / "runs" / "sft" / "notes.txt").write_text("mine")
+    result = actions.start_training(ws, "sft", {"train.max_steps": "2"})
+    assert result.ok and result.run == "runs/sft" and result.cli.startswith("tunesmith sft ")
+    _wait(lambda: (jobs.list_jobs(ws.state_dir)[0].returncode is not None), timeout=240)
+    view = actions.run_view(ws, "runs/sft")
+    assert "failed (exit 2)" in view.status and "already holds a run" in view.log and "Traceback" not in view.log
+    assert (tmp_path / "runs" / "sft" / "notes.txt").read_text() == "mine"

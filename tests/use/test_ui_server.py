@@ -83,6 +83,7 @@ def served(tmp_path, monkeypatch):
     (tmp_path / "outside.txt").write_text("outside")
     (root / "link.txt").symlink_to(tmp_path / "outside.txt")  # a symlink leading out
     monkeypatch.setenv(AUTH_ENV, "me:pw")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-tmp"))
     port = _free_port()
     demo = serve(host="127.0.0.1", port=port, root=str(root), block=False)
     yield f"http://127.0.0.1:{port}", root, tmp_path

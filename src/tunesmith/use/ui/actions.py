@@ -197,11 +197,14 @@ def run_view(ws: Workspace, value: str | None, *, log_bytes: int = 4000, log_lin
         return RunView()
     try:
         path = run_dir(ws, value)
-    except TunesmithError as exc:
-        recent = jobs.list_jobs(ws.state_dir, target=ws.path(value, "run")) if value else []
-        log = jobs.log_tail(ws.state_dir, recent[0]) if recent else ""
-        return RunView(status=views.error_markdown(exc) if not recent else f"`{value}`: {jobs.job_status(recent[0])}",
-                       log=log)  # fmt: skip
+    except TunesmithError as exc:  # not a run folder (yet): the process started for it may say why
+        try:
+            recent = jobs.list_jobs(ws.state_dir, target=ws.path(value, "run"))
+        except TunesmithError:
+            recent = []
+        if not recent:
+            return RunView(status=views.error_markdown(exc))
+        return RunView(status=f"`{value}`: {jobs.job_status(recent[0])}", log=jobs.log_tail(ws.state_dir, recent[0]))
     state, prog = runs.read_run(path), runs.read_progress(path)
     recent = jobs.list_jobs(ws.state_dir, target=path)
     log = _tail(path / "run.log", log_bytes)

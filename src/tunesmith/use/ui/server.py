@@ -107,11 +107,15 @@ def serve(
             "The web page needs gradio",
             [Problem("tunesmith ui", "gradio is not installed", "pip install 'tunesmith[ui]'")],
         )
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a machine that may be offline
-    from tunesmith.use.ui.app import build_app, launch_options
     from tunesmith.use.ui.workspace import Workspace
 
     ws = Workspace(root)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a machine that may be offline
+    # uploads arrive, and files offered for download are copied, under the workspace too (not the system's /tmp);
+    # gradio reads this when it is imported
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(ws.state_dir / "tmp"))
+    from tunesmith.use.ui.app import build_app, launch_options
+
     max_bytes = int(max_upload_mb * 2**20)
     demo = build_app(ws, max_upload_bytes=max_bytes)
     demo.queue(default_concurrency_limit=4)
