@@ -277,6 +277,7 @@ def test_the_whole_decision_order_in_a_browser(workspace, server, browser):
     page.wait(lambda: "resuming" in page.text("train-message"), 30, "the resume message")
     page.wait(lambda: "complete" in page.text("train-status"), 400, "the resumed run to complete")
     page.wait(lambda: page.html("train-plot").count("line mark") >= 2, 30, "loss and eval_loss lines")
+    assert 'stroke="#1f77b4"' in page.html("train-plot") and 'stroke="#d62728"' in page.html("train-plot")
     page.shot("5-train-complete")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and metrics["resumed_from"]

@@ -214,13 +214,21 @@ def _train_tab(ws: Workspace) -> gr.Dropdown:
 
 
 def _plot_frame(points: list[dict]):
-    """The loss points as a DataFrame (numeric step and value), or None when there are none yet: an empty frame
-    would leave the chart without a colour scale, drawing nothing from then on."""
+    """The loss points as a DataFrame (numeric step and value), or None when there are none yet.
+
+    The chart fixes its colours from the series in its first data: an empty frame would leave it with none, and a
+    series that appears later (eval_loss after the first evaluation) would be drawn in no colour. So both series are
+    always present, a missing one as a single empty (NaN) point.
+    """
     import pandas as pd
 
     if not points:
         return None
-    return pd.DataFrame(points, columns=["step", "series", "value"]).astype({"step": "int64", "value": "float64"})
+    rows = list(points)
+    for series in ("loss", "eval_loss"):
+        if not any(p["series"] == series for p in rows):
+            rows.append({"step": rows[0]["step"], "series": series, "value": float("nan")})
+    return pd.DataFrame(rows, columns=["step", "series", "value"]).astype({"step": "int64", "value": "float64"})
 
 
 def _config_form() -> tuple[dict, dict, dict, gr.Textbox]:
@@ -356,7 +364,9 @@ def _runs_tab(ws: Workspace) -> None:
     pick = gr.Dropdown([], value=None, allow_custom_value=True, label="show a run's plots and files",
                        elem_id="runs-pick")  # fmt: skip
     with gr.Row():
-        plots = gr.Gallery(label="plots", elem_id="runs-plots", columns=2, height=320)
+        plots = gr.Gallery(
+            label="plots", elem_id="runs-plots", columns=2, height=360, object_fit="contain", preview=False
+        )
         metrics = gr.JSON(label="metrics.json", elem_id="runs-metrics")
     files = gr.File(label="files (click to download)", file_count="multiple", elem_id="runs-files", interactive=False)
 
