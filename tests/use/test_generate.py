@@ -202,3 +202,16 @@ def test_chat_cli_reads_piped_stdin(tiny_llama_dir):
         "> again",
         "assistant",
     ]
+
+
+def test_chat_stream_yields_growing_text_and_ends_with_the_reply(loaded):
+    """ChatSession.stream (the web page's chat): each yield extends the last, the final one is what reply() returns
+    for the same history, and the turn is kept in the history."""
+    from tunesmith.use.chat import ChatSession
+
+    streamed = ChatSession(loaded, system="Be brief.", temperature=0, max_new_tokens=12)
+    parts = list(streamed.stream("Hello there"))
+    assert len(parts) >= 2 and all(b.startswith(a) for a, b in zip(parts[:-2], parts[1:-1]))
+    plain = ChatSession(loaded, system="Be brief.", temperature=0, max_new_tokens=12)
+    assert parts[-1] == plain.reply("Hello there")
+    assert [(m.role, m.content) for m in streamed.history] == [("user", "Hello there"), ("assistant", parts[-1])]

@@ -301,12 +301,16 @@ def test_the_whole_decision_order_in_a_browser(workspace, server, browser):
 
     # Chat: one message, streamed, to the fine-tuned model and its base side by side
     page.tab("Chat")
+    page.type("chat-system", "You answer in one word.")
     page.type("chat-message", "hello there")
     page.click("chat-send")
     page.wait(lambda: "answered by" in page.text("chat-note"), 300, "the chat replies")
     for side in ("chat-tuned", "chat-base"):
         assert "hello there" in page.text(side) and len(page.text(side).split("hello there", 1)[1].strip()) > 0
     page.shot("7-chat")
+    page.click("chat-reset")
+    page.wait(lambda: "history cleared" in page.text("chat-note"), 30, "the reset")
+    assert "hello there" not in page.text("chat-tuned") and "hello there" not in page.text("chat-base")
 
     # Export: merge, then GGUF with the consistency report check by check (no stop check: the model is random)
     page.tab("Export")

@@ -26,6 +26,16 @@ def test_local_addresses():
         assert not is_local(host), host
 
 
+def test_the_default_host_is_loopback():
+    import inspect
+
+    from tunesmith.cli.ui import ui
+
+    params = inspect.signature(ui).parameters
+    assert params["host"].default.default == "127.0.0.1" and is_local(params["host"].default.default)
+    assert params["auth"].default.default is None
+
+
 def test_local_host_needs_no_login_and_a_non_local_one_refuses_without_it():
     assert check_bind("127.0.0.1", None, env={}) is None
     with pytest.raises(TunesmithError, match="non-local address without a password") as exc:
