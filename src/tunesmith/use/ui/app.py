@@ -148,7 +148,7 @@ def _train_tab(ws: Workspace) -> gr.Dropdown:
     status = gr.Markdown(elem_id="train-status")
     with gr.Row():
         plot = gr.LinePlot(x="step", y="value", color="series", label="loss and eval_loss", elem_id="train-plot",
-                           x_title="optimizer step", y_title="loss (nats per trained token)", height=320,
+                           x_title="optimizer step", y_title="loss (nats per trained token)", height=360,
                            color_map={"loss": "#1f77b4", "eval_loss": "#d62728"},
                            scale=3)  # fmt: skip
         log = gr.Textbox(label="run.log (newest lines)", lines=14, max_lines=14, autoscroll=True, elem_id="train-log",
