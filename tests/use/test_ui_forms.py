@@ -76,6 +76,16 @@ def test_a_path_outside_the_root_is_a_problem_of_its_field(ws, key, value):
     assert not result.ok and key in result.fields
 
 
+def test_a_library_field_holding_a_path_outside_the_root_is_refused(ws):
+    raw, problems = forms.form_to_raw(ws, "sft", {}, extra="train.logging_dir=/var/log/x\ntrain.run_name=../up")
+    assert [p.where for p in problems] == ["train.logging_dir", "train.run_name"]
+    assert all("outside the workspace root" in p.reason for p in problems)
+    inside, problems = forms.form_to_raw(ws, "sft", {}, extra=f"train.logging_dir={ws.root}/logs")
+    assert problems == [] and inside["train"]["logging_dir"] == str(ws.root / "logs")
+    prompt, problems = forms.form_to_raw(ws, "sft", {"data.system_prompt": "/no_think"})  # text, not a path
+    assert problems == [] and prompt["data"]["system_prompt"] == "/no_think"
+
+
 def test_validation_gives_the_clis_problems_beside_their_fields(ws):
     bad = {
         "data.eval_fraction": "abc",

@@ -89,6 +89,12 @@ def _value(key: str, text: str):
     return None if not text.strip() else parse_override(f"{key}={text.strip()}")[1]
 
 
+def _looks_like_path(value) -> bool:
+    """A value of any field (a library field given as an extra line, say ``train.logging_dir``) that is plainly a
+    path: absolute, from ``~``, or climbing with ``..``; such a value is held to the root like a path field."""
+    return isinstance(value, str) and (value.startswith(("/", "~")) or ".." in Path(value).parts)
+
+
 def _set(tree: dict, key: str, value) -> None:
     section, name = key.split(".", 1)
     tree.setdefault(section, {})[name] = value
@@ -107,6 +113,7 @@ def form_to_raw(ws: Workspace, kind: str, texts: dict[str, str], extra: str = ""
     """
     raw: dict = {}
     problems: list[Problem] = []
+    fields = {f.key for f in form_fields(kind)}
     pairs = [
         (f.key, texts[f.key])
         for f in form_fields(kind)
@@ -121,7 +128,7 @@ def form_to_raw(ws: Workspace, kind: str, texts: dict[str, str], extra: str = ""
             pairs.append((key.strip(), text))
     for key, text in pairs:
         value = _value(key, text)
-        if key in PATHS + MAYBE_PATHS and _is_path(key, value, ws):
+        if (key in PATHS + MAYBE_PATHS and _is_path(key, value, ws)) or (key not in fields and _looks_like_path(value)):
             try:
                 value = str(ws.path(value, key))
             except TunesmithError as exc:
