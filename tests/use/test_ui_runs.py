@@ -221,7 +221,7 @@ def test_a_start_that_fails_shows_why_on_the_page(tmp_path):
     (tmp_path / "runs" / "sft" / "notes.txt").write_text("mine")
     result = actions.start_training(ws, "sft", {"train.max_steps": "2"})
     assert result.ok and result.run == "runs/sft" and result.cli.startswith("tunesmith sft ")
-    _wait(lambda: (jobs.list_jobs(ws.state_dir)[0].returncode is not None), timeout=240)
+    _wait(lambda: jobs.list_jobs(ws.state_dir)[0].returncode is not None, timeout=240)
     view = actions.run_view(ws, "runs/sft")
     assert "failed (exit 2)" in view.status and "already holds a run" in view.log and "Traceback" not in view.log
     assert (tmp_path / "runs" / "sft" / "notes.txt").read_text() == "mine"
