@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunesmith-installed
+UI_STAMP := $(VENV)/.tunesmith-ui-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint test-fast test-slow test-runtime bench bench-quick clean
+.PHONY: install demo test lint test-fast test-slow test-runtime test-ui ui bench bench-quick clean
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,22 @@ test-runtime: install
 	PATH="$$PATH:$(LLAMA_CPP)/bin" TUNESMITH_RUNTIME_REPORT=$${TUNESMITH_RUNTIME_REPORT:-runtime-check.json} \
 		$(BIN)/python -m pytest -q -s -m runtime tests/export/test_llama_cpp.py
 
+# the web page's extra (gradio) plus selenium, for `tunesmith ui` and its browser tests
+$(UI_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test-ui]'
+	touch $(UI_STAMP)
+
+# the page's tests with gradio installed, and the page driven by headless Chromium (Debian's chromium and
+# chromium-driver, installed when missing); screenshots of each tab go to test-artifacts/ui/
+test-ui: $(UI_STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+	TUNESMITH_REQUIRE_UI=1 $(BIN)/python -m pytest -q -m "ui or not slow" tests/use/test_ui_*.py
+
+# serve the page on http://127.0.0.1:7860 with this folder as the workspace root
+ui: $(UI_STAMP)
+	$(BIN)/tunesmith ui
+
 bench: install
 	$(BIN)/python bench/bench_sft.py --mode full
 
@@ -53,4 +71,4 @@ bench-quick: install
 	$(BIN)/python bench/bench_sft.py --mode quick
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache test-artifacts

@@ -311,3 +311,16 @@ def test_generate_with_tools_parses_calls(tmp_path, tools_model_dir):
     assert all(r["tool_calls"] == [] for r in out)  # a random model writes no call
     out = generate_records(load_for_use(str(tools_model_dir)), recs[2:], max_new_tokens=3)
     assert "tool_calls" not in out[0]
+
+
+def test_chat_stream_yields_growing_text_and_ends_with_the_reply(loaded):
+    """ChatSession.stream (the web page's chat): each yield extends the last, the final one is what reply() returns
+    for the same history, and the turn is kept in the history."""
+    from tunesmith.use.chat import ChatSession
+
+    streamed = ChatSession(loaded, system="Be brief.", temperature=0, max_new_tokens=12)
+    parts = list(streamed.stream("Hello there"))
+    assert len(parts) >= 2 and all(b.startswith(a) for a, b in zip(parts[:-2], parts[1:-1]))
+    plain = ChatSession(loaded, system="Be brief.", temperature=0, max_new_tokens=12)
+    assert parts[-1] == plain.reply("Hello there")
+    assert [(m.role, m.content) for m in streamed.history] == [("user", "Hello there"), ("assistant", parts[-1])]

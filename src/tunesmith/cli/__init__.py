@@ -10,6 +10,7 @@ tunesmith report RUN_DIR...                      # decision report: CIs, wins/lo
 tunesmith classify-baseline [CONFIG]             # prompting baseline of a classify task    cli/evaluate.py
 tunesmith chat|generate|merge|export|predict     # use the result                           cli/use.py
 tunesmith models|config|estimate                 # models, config fields, memory            cli/info.py
+tunesmith ui [--host H] [--port P] [--root DIR]  # the web page (pip install 'tunesmith[ui]') cli/ui.py
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 
 import typer
 
-from tunesmith.cli import data, evaluate, info, train, use
+from tunesmith.cli import data, evaluate, info, train, ui, use
 from tunesmith.cli._options import fields_epilog
 from tunesmith.runtime.console import quiet_library_warnings
 
@@ -38,6 +39,7 @@ COMMANDS: dict[str, tuple] = {
     "models": (info.models, {}),
     "config": (info.config, {}),
     "estimate": (info.estimate, {}),
+    "ui": (ui.ui, {}),
 }
 """Command name -> (function, extra ``app.command`` arguments), in the order ``--help`` lists them."""
 

@@ -77,4 +77,18 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    try:  # an exited child its parent has not reaped yet (a zombie) still answers kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
     return True
+
+
+def lock_holder(run_dir: str | Path) -> int | None:
+    """The id of the live process holding ``run_dir``'s :data:`LOCK` (the process training that run), or None when
+    nobody holds it (no lock, or one left by a process that has ended)."""
+    try:
+        pid = int((Path(run_dir) / LOCK).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 and _alive(pid) else None

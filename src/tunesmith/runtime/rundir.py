@@ -1,4 +1,5 @@
-"""Run directories: refuse to mix runs, write artifacts atomically, record a reproducible manifest."""
+"""Run directories: refuse to mix runs, the run lock, write errors as clear messages, and which checkpoint is the
+newest complete one (what ``--resume latest`` and ``tunesmith ui`` read)."""
 
 from __future__ import annotations
 

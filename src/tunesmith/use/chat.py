@@ -148,6 +148,36 @@ class ChatSession:
         self._remember(text, write)
         return text
 
+    def stream(self, user_text: str):
+        """:meth:`reply` as a generator (for a web page): yields the reply text so far after each streamed piece,
+        then the final reply (the same text :meth:`reply` returns and adds to the history).
+
+        Generation runs in a worker thread; an error there is raised here.
+        """
+        import queue
+        import threading
+
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+        result: dict = {}
+
+        def work() -> None:
+            try:
+                result["text"] = self.reply(user_text, pieces.put)
+            except BaseException as exc:  # handed to the caller's thread below
+                result["error"] = exc
+            finally:
+                pieces.put(done)
+
+        threading.Thread(target=work, name="chat-generate", daemon=True).start()
+        text = ""
+        while (piece := pieces.get()) is not done:
+            text += piece
+            yield text
+        if "error" in result:
+            raise result["error"]
+        yield result["text"]
+
 
 def chat_loop(session: ChatSession, lines, write, *, interactive: bool = False) -> int:
     """Run the chat over ``lines`` (an iterator of user inputs); returns the number of replies.

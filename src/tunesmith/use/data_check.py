@@ -113,23 +113,54 @@ def _tool_findings(p: Prepared, counts: dict[str, int], train_reasoning) -> list
     return [Finding("info", "reasoning_trained", "reasoning the template renders is trained (data.train_reasoning)")]
 
 
-def run_check(cfg, *, skip_invalid: bool = False) -> int:
-    """Print the data report for ``cfg``; return the exit code (0 ok, 2 when training would stop).
+@dataclass
+class CheckReport:
+    """The data check as data (what ``tunesmith data check`` prints and ``tunesmith ui`` shows).
 
-    Report: rows read/kept/skipped with reasons, tokens per example (min/median/p95/max), trained
-    token share, truncation losses, role counts, duplicates, template findings.
+    Attributes:
+        title: the source and detected format.
+        rows: (what, value) pairs: counts, token lengths, trained share, truncation, roles, duplicates.
+        problems: every invalid record's :class:`~tunesmith.errors.Problem` (``where`` is ``file:line``).
+        reasons: (count, reason, first at, fix) per kind of problem, most frequent first.
+        findings: template findings (warnings and notes).
+        exit_code: 0, or 2 when ``tunesmith sft`` would stop (invalid records without skip_invalid, nothing trained,
+            a template that cannot render the data's tools, examples too long under ``data.truncation=error``).
+        message: why the exit code is 2, or None.
+        warning: the truncation warning (over 5% of examples or trained tokens cut), or None.
+    """
+
+    title: str
+    rows: list[tuple[str, str]]
+    problems: list
+    reasons: list[tuple[int, str, str, str]]
+    findings: list[Finding]
+    exit_code: int = 0
+    message: str | None = None
+    warning: str | None = None
+
+
+def check_data(cfg, *, skip_invalid: bool = False, prepared: Prepared | None = None) -> CheckReport:
+    """Check ``cfg``'s data exactly as ``tunesmith sft`` will train on it.
+
+    Args:
+        skip_invalid: count invalid records as skipped (exit code 0) instead of as errors.
+        prepared: what :func:`prepare` returned for ``cfg`` (loaded here when None).
+
+    Returns:
+        :class:`CheckReport`: rows read/kept/skipped, tokens per example (min/median/p95/max), trained token share,
+        truncation losses, role counts, duplicates, template findings, every problem with its ``file:line``.
     """
     skip_invalid = skip_invalid or cfg.data.skip_invalid
-    p = prepare(cfg)
+    p = prepared or prepare(cfg)
     findings = check_template(p.tokenizer, p.generation_config) if p.tokenizer.chat_template else []
     if cfg.data.system_prompt:  # every conversation gets a system turn, so the template's default never shows
         findings = [f for f in findings if f.code != "default_system_prompt"]
     chat = [c for c in p.convs if c.kind not in ("text", "completion")]
     if chat and not p.tokenizer.chat_template:
         apply_chat_template_option(p.tokenizer, None)  # raises the clear "no chat template" error
-    policy = getattr(cfg.data, "truncation", "keep_start")
     counts = _tool_counts(p.convs)
     findings = _tool_findings(p, counts, cfg.data.train_reasoning) + findings
+    policy = getattr(cfg.data, "truncation", "keep_start")
     try:
         rows, stats = render_all(
             p.tokenizer,
@@ -142,86 +173,136 @@ def run_check(cfg, *, skip_invalid: bool = False) -> int:
             train_reasoning=cfg.data.train_reasoning,
         )
     except MissingFeatures as exc:
-        console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False)
-        return 2
+        src = cfg.data.path or f"bundled:{cfg.data.name}"
+        return CheckReport(f"data check: {src}", [], [], [], findings, 2, exc.render())
     problems = p.load.skipped + stats.invalid
-    _print_report(cfg, p, stats, findings, problems, counts)
-    warning = truncation_warning(stats, p.max_length, policy)
-    if warning:
-        console.print(f"[bold yellow]truncation warning:[/] {warning}", highlight=False)
+    rep = _report(cfg, p, stats, findings, problems, counts)
+    rep.warning = truncation_warning(stats, p.max_length, policy)
+    rep.exit_code, rep.message = _verdict(stats, problems, bool(rows), p.max_length, policy, skip_invalid)
+    return rep
+
+
+def _verdict(stats: TokenStats, problems, any_rows: bool, max_length: int, policy: str, skip_invalid: bool):
+    """(exit code, message): 2 with the reason when ``tunesmith sft`` would stop on this data, else (0, None)."""
     if policy == "error" and stats.truncated:
-        console.print(
-            f"[bold red]error:[/] {stats.truncated} example(s) are longer than max_length {p.max_length} and "
-            f"data.truncation=error: `tunesmith sft` would stop (first: {', '.join(stats.long_sources[:3])}). "
-            f"Raise train.max_length (to {stats.max_length_for(policy='error')} to keep 95%) or choose "
-            "data.truncation=drop or keep_start.",
-            highlight=False,
+        return 2, (
+            f"{stats.truncated} example(s) are longer than max_length {max_length} and data.truncation=error: "
+            f"`tunesmith sft` would stop (first: {', '.join(stats.long_sources[:3])}). Raise train.max_length (to "
+            f"{stats.max_length_for(policy='error')} to keep 95%) or choose data.truncation=drop or keep_start."
         )
-        return 2
     bad = len({x.where for x in problems})
     if bad and not skip_invalid:
         first = problems[0]
-        errors.print(
-            f"[bold red]error:[/] {bad} invalid record(s): `tunesmith sft` would stop before training "
-            f"(first: {escape(first.where)}: {escape(first.reason)}). Fix them, or pass --skip-invalid to skip them.",
-            highlight=False,
+        return 2, (
+            f"{bad} invalid record(s): `tunesmith sft` would stop before training (first: {first.where}: "
+            f"{first.reason}). Fix them, or pass --skip-invalid to skip them."
         )
-        return 2
-    if not rows:
-        errors.print("[bold red]error:[/] no example has a trained token left; nothing would be trained.")
-        return 2
-    return 0
+    if not any_rows:
+        return 2, "no example has a trained token left; nothing would be trained."
+    return 0, None
 
 
-def _print_report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], problems, counts) -> None:
+def run_check(cfg, *, skip_invalid: bool = False) -> int:
+    """Print the data report for ``cfg`` (:func:`check_data`); return the exit code (0 ok, 2 when training would
+    stop)."""
+    rep = check_data(cfg, skip_invalid=skip_invalid)
+    t = Table(title=rep.title, show_header=False)
+    t.add_column("what")
+    t.add_column("value", overflow="fold")
+    for what, value in rep.rows:
+        t.add_row(what, value)
+    console.print(t)
+    if rep.problems:
+        r = Table(title=f"skipped records: {len({x.where for x in rep.problems})} ({len(rep.problems)} problems)")
+        for col in ("count", "reason", "first at", "fix"):
+            r.add_column(col, overflow="fold")
+        for n, reason, where, fix in rep.reasons:
+            r.add_row(str(n), reason, where, fix)
+        console.print(r)
+    for f in rep.findings:
+        color = "yellow" if f.level == "warning" else "cyan"
+        console.print(f"[{color}]template {f.level}:[/] {f.message}", highlight=False)
+    if rep.warning:
+        console.print(f"[bold yellow]truncation warning:[/] {escape(rep.warning)}", highlight=False)
+    if rep.message:
+        errors.print(f"[bold red]error:[/] {escape(rep.message)}", highlight=False)
+    return rep.exit_code
+
+
+def _report(cfg, p: Prepared, stats: TokenStats, findings: list[Finding], problems, counts) -> CheckReport:
     s = stats.summary()
     bad = len({x.where for x in problems})
     src = cfg.data.path or f"bundled:{cfg.data.name}"
-    t = Table(title=f"data check: {src} (format {p.load.format})", show_header=False)
-    t.add_column("what")
-    t.add_column("value", overflow="fold")
-    t.add_row("rows read / kept / skipped", f"{p.load.rows_read} / {s['kept']} / {bad}")
-    t.add_row(
-        "tokens per example (min / median / p95 / max)",
-        f"{s['length_min']} / {s['length_median']} / {s['length_p95']} / {s['length_max']}",
-    )
-    t.add_row(
-        "tokens / trained tokens (share)", f"{s['tokens']} / {s['trained_tokens']} ({s['trained_token_share']:.1%})"
-    )
-    t.add_row("max_length", p.max_length_note)
-    t.add_row(
-        f"longer than max_length (data.truncation={getattr(cfg.data, 'truncation', 'keep_start')})",
-        f"{s['truncated']} of {s['examples'] - s['invalid']} ({s['truncated_share']:.1%}); trained tokens lost: "
-        f"{s['trained_tokens_lost_to_truncation']} ({s['trained_tokens_lost_share']:.1%}); max_length keeping 95%: "
-        f"{s['max_length_keeping_95pct']}",
-    )
-    t.add_row("dropped: longer than max_length (data.truncation=drop)", str(s["dropped_too_long"]))
-    t.add_row("dropped: no trained token after truncation", str(s["dropped_all_masked"]))
+    rows = [
+        ("rows read / kept / skipped", f"{p.load.rows_read} / {s['kept']} / {bad}"),
+        (
+            "tokens per example (min / median / p95 / max)",
+            f"{s['length_min']} / {s['length_median']} / {s['length_p95']} / {s['length_max']}",
+        ),
+        ("tokens / trained tokens (share)", f"{s['tokens']} / {s['trained_tokens']} ({s['trained_token_share']:.1%})"),
+        ("max_length", p.max_length_note),
+        (
+            f"longer than max_length (data.truncation={getattr(cfg.data, 'truncation', 'keep_start')})",
+            f"{s['truncated']} of {s['examples'] - s['invalid']} ({s['truncated_share']:.1%}); trained tokens lost: "
+            f"{s['trained_tokens_lost_to_truncation']} ({s['trained_tokens_lost_share']:.1%}); max_length keeping "
+            f"95%: {s['max_length_keeping_95pct']}",
+        ),
+        ("dropped: longer than max_length (data.truncation=drop)", str(s["dropped_too_long"])),
+        ("dropped: no trained token after truncation", str(s["dropped_all_masked"])),
+    ]
     roles = Counter(m.role for c in p.convs for m in c.messages if c.kind not in ("text", "completion"))
     kinds = Counter(c.kind for c in p.convs)
-    t.add_row("role counts", ", ".join(f"{r} {n}" for r, n in roles.most_common()) or "-")
-    t.add_row("record kinds", ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "-")
-    t.add_row("duplicate records", str(_duplicates(p.convs)))
+    rows.append(("role counts", ", ".join(f"{r} {n}" for r, n in roles.most_common()) or "-"))
+    rows.append(("record kinds", ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "-"))
+    rows.append(("duplicate records", str(_duplicates(p.convs))))
     if any(counts.values()):
-        t.add_row(
-            "tools / tool calls / reasoning",
-            f"{counts['tools']} records declare tools; {counts['calls']} calls in {counts['calling turns']} assistant "
-            f"turns (trained); {counts['tool results']} tool results (masked); {counts['reasoning']} turns with "
-            "reasoning",
+        rows.append(
+            (
+                "tools / tool calls / reasoning",
+                f"{counts['tools']} records declare tools; {counts['calls']} calls in {counts['calling turns']} "
+                f"assistant turns (trained); {counts['tool results']} tool results (masked); {counts['reasoning']} "
+                "turns with reasoning",
+            )
         )
-    console.print(t)
-    if problems:
-        reasons = Counter(_reason_key(x.reason) for x in problems)
-        r = Table(title=f"skipped records: {bad} ({len(problems)} problems)")
-        for col in ("count", "reason", "first at", "fix"):
-            r.add_column(col, overflow="fold")
-        for reason, n in reasons.most_common(12):
-            first = next(x for x in problems if _reason_key(x.reason) == reason)
-            r.add_row(str(n), reason, first.where, first.fix)
-        console.print(r)
-    for f in findings:
-        color = "yellow" if f.level == "warning" else "cyan"
-        console.print(f"[{color}]template {f.level}:[/] {f.message}", highlight=False)
+    reasons = []
+    for reason, n in Counter(_reason_key(x.reason) for x in problems).most_common(12):
+        first = next(x for x in problems if _reason_key(x.reason) == reason)
+        reasons.append((n, reason, first.where, first.fix))
+    return CheckReport(f"data check: {src} (format {p.load.format})", rows, list(problems), reasons, findings)
+
+
+@dataclass
+class PreviewExample:
+    """One rendered example: where it came from, its length, and its text as (piece, trained) runs."""
+
+    source: str
+    tokens: int
+    trained: int
+    spans: list[tuple[str, bool]]
+
+
+def preview_examples(cfg, n: int, *, prepared: Prepared | None = None) -> tuple[list[PreviewExample], list, int]:
+    """Render the first ``n`` examples that keep a trained token, as :func:`tunesmith.render.rows.render_all` does for
+    training.
+
+    Returns:
+        (examples, problems of the records that did not render, the max_length used).
+    """
+    p = prepared or prepare(cfg)
+    rows, stats = render_all(
+        p.tokenizer,
+        p.convs[: max(n, 0) * 2 + 4],
+        p.max_length,
+        generation_config=p.generation_config,
+        skip_invalid=True,
+        log_skipped=False,
+        train_reasoning=cfg.data.train_reasoning,
+    )
+    examples = [
+        PreviewExample(r.source, len(r.input_ids), r.num_trained, mask_spans(p.tokenizer, r.input_ids, r.labels))
+        for r in rows[:n]
+    ]
+    return examples, list(stats.invalid), p.max_length
 
 
 def run_preview(cfg, n: int, *, plain: bool | None = None) -> int:
@@ -233,20 +314,11 @@ def run_preview(cfg, n: int, *, plain: bool | None = None) -> int:
     Returns:
         The exit code (2 when no example renders).
     """
-    p = prepare(cfg)
+    examples, invalid, max_length = preview_examples(cfg, n)
     plain = (not console.is_terminal) if plain is None else plain
-    rows, stats = render_all(
-        p.tokenizer,
-        p.convs[: max(n, 0) * 2 + 4],
-        p.max_length,
-        generation_config=p.generation_config,
-        skip_invalid=True,
-        log_skipped=False,
-        train_reasoning=cfg.data.train_reasoning,
-    )
-    for x in stats.invalid:
+    for x in invalid:
         console.print(f"[yellow]skipped[/] {x.where}: {x.reason}", highlight=False)
-    if not rows:
+    if not examples:
         errors.print("[bold red]error:[/] no example could be rendered with a trained token")
         return 2
     legend = (
@@ -254,23 +326,31 @@ def run_preview(cfg, n: int, *, plain: bool | None = None) -> int:
         if plain
         else "[bold green]trained tokens highlighted[/], [dim]masked tokens dimmed[/]"
     )
-    console.print(f"legend: {legend}; max_length={p.max_length}")
-    for k, r in enumerate(rows[:n]):
-        console.rule(f"example {k + 1}: {r.source} — {len(r.input_ids)} tokens, {r.num_trained} trained", style="dim")
-        console.print(_spans(p.tokenizer, r.input_ids, r.labels, plain), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"legend: {legend}; max_length={max_length}")
+    for k, ex in enumerate(examples):
+        console.rule(f"example {k + 1}: {ex.source} — {ex.tokens} tokens, {ex.trained} trained", style="dim")
+        text = Text()
+        for piece, trained in ex.spans:
+            if plain:
+                text.append(f"[[{piece}]]" if trained else piece)
+            else:
+                text.append(piece, style="bold black on green" if trained else "dim")
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
-def _spans(tok, ids: list[int], labels: list[int], plain: bool) -> Text:
-    """Group runs of trained / masked tokens and decode each run (keeps multi-byte characters whole)."""
-    out, start = Text(), 0
+def mask_spans(tok, ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
+    """Group runs of trained / masked tokens and decode each run (keeps multi-byte characters whole).
+
+    Args:
+        ids: ``input_ids`` of one row; labels: its labels (``-100`` = masked).
+
+    Returns:
+        ``[(text, trained)]`` in order; joined, the texts are the decoded row.
+    """
+    out, start = [], 0
     for k in range(1, len(ids) + 1):
         if k == len(ids) or (labels[k] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
-            trained = labels[start] != IGNORE_INDEX
-            piece = tok.decode(ids[start:k], skip_special_tokens=False)
-            if plain:
-                out.append(f"[[{piece}]]" if trained else piece)
-            else:
-                out.append(piece, style="bold black on green" if trained else "dim")
+            out.append((tok.decode(ids[start:k], skip_special_tokens=False), labels[start] != IGNORE_INDEX))
             start = k
     return out
