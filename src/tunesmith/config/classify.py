@@ -12,7 +12,14 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tunesmith.config.base import STRICT, DataSection, LibraryTrainSection, LoraSection, ModelSection
+from tunesmith.config.base import (
+    STRICT,
+    DataSection,
+    LibraryTrainSection,
+    LoraSection,
+    ModelSection,
+    refuse_quantization,
+)
 
 
 class LabelsSection(BaseModel):
@@ -194,3 +201,8 @@ class ClassifyConfig(BaseModel):
     """Trainer (transformers.TrainingArguments fields)."""
     eval: ClassifyEvalSection = Field(default_factory=ClassifyEvalSection)
     """Evaluation and the prompting baseline."""
+
+    @model_validator(mode="after")
+    def _no_quantization(self) -> "ClassifyConfig":
+        refuse_quantization(self.model, "classify")
+        return self

@@ -11,9 +11,16 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tunesmith.config.base import STRICT, DataSection, LibraryTrainSection, LoraSection, ModelSection
+from tunesmith.config.base import (
+    STRICT,
+    DataSection,
+    LibraryTrainSection,
+    LoraSection,
+    ModelSection,
+    refuse_quantization,
+)
 
 
 class DPOModelSection(ModelSection):
@@ -174,3 +181,8 @@ class DPORunConfig(BaseModel):
     """Trainer (trl.DPOConfig fields)."""
     eval: DPOEvalSection = Field(default_factory=DPOEvalSection)
     """Held-out metrics and the win rate."""
+
+    @model_validator(mode="after")
+    def _no_quantization(self) -> "DPORunConfig":
+        refuse_quantization(self.model, "dpo")
+        return self

@@ -192,3 +192,49 @@ def untie_output_embeddings(model) -> None:
     text_cfg = getattr(model.config, "get_text_config", lambda: None)()
     if text_cfg is not None:
         text_cfg.tie_word_embeddings = False
+
+
+def prepare_base_for_adapter(base, adapter_dir: Path, notes: list[str], untie: bool) -> bool:
+    """Resize the base to the adapter's vocabulary (added tokens) and untie the embeddings the adapter trains (see
+    :func:`untie_output_embeddings`); each step done is appended to ``notes`` as a sentence.
+
+    Returns:
+        True when ``lm_head`` was untied.
+
+    Raises:
+        ModelError: the adapter trains tied embeddings and ``untie`` is False.
+    """
+    shapes = adapter_tensor_shapes(adapter_dir)
+    vocab = adapter_vocab_size(shapes)
+    rows = base.get_input_embeddings().weight.shape[0]
+    if vocab is not None and vocab != rows:
+        base.resize_token_embeddings(vocab, mean_resizing=False)
+        notes.append(
+            f"resized the base embeddings from {rows} to {vocab} rows (the adapter was trained with added tokens)"
+        )
+    trained = adapter_trains_embeddings(shapes)
+    tied = (
+        base.get_output_embeddings() is not None
+        and base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    )
+    if not (trained and tied):
+        return False
+    if not untie:
+        raise ModelError(
+            "The adapter trains tied embeddings",
+            [
+                Problem(
+                    str(adapter_dir),
+                    f"the base ties lm_head to embed_tokens and the adapter changes them ({trained[0]}, ...)",
+                    "allow untying (the merged checkpoint then stores lm_head and embed_tokens separately), "
+                    "or train without embed_tokens/lm_head",
+                )
+            ],
+        )
+    untie_output_embeddings(base)
+    notes.append(
+        "untied lm_head from embed_tokens (the adapter trains "
+        + ", ".join(sorted({n for k in trained for n in EMBEDDING_NAMES if n in k}))
+        + ")"
+    )
+    return True

@@ -23,16 +23,9 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import ModelError, Problem
-from tunesmith.models.adapters import (
-    EMBEDDING_NAMES,
-    adapter_base_name,
-    adapter_tensor_shapes,
-    adapter_trains_embeddings,
-    adapter_vocab_size,
-    find_adapter,
-    require_adapter,
-    untie_output_embeddings,
-)
+from tunesmith.models.adapters import adapter_base_name, find_adapter, prepare_base_for_adapter, require_adapter
+from tunesmith.models.quantization import adapter_quantization, keep_training_layout, quantized_load_kwargs
+from tunesmith.models.quantization import dequantize as dequantize_model
 from tunesmith.models.sources import ModelSource, resolve_model
 from tunesmith.render.rows import MAX_SANE_LENGTH
 from tunesmith.runtime.hardware import is_installed
@@ -53,6 +46,9 @@ class Loaded:
         notes: what was done on the way (resize, untie, end-of-turn id added), one sentence each.
         untied: True when ``lm_head`` was given its own copy of the tied input embedding (see
             :func:`untie_output_embeddings`).
+        quantization: ``nf4``/``int8`` when the adapter was trained on a quantised base (QLoRA), else None; the base is
+            loaded that way unless it was dequantised (``dequantized``).
+        dequantized: True when the quantised base was dequantised to fp32 (the base a QLoRA adapter merges into).
     """
 
     model: object
@@ -63,6 +59,8 @@ class Loaded:
     adapter_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     untied: bool = False
+    quantization: str | None = None
+    dequantized: bool = False
 
 
 def _tokenizer_dir(adapter_dir: Path | None) -> Path | None:
@@ -85,6 +83,8 @@ def load_for_use(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     revision: str | None = None,
+    as_trained: bool = True,
+    dequantize: bool = False,
 ) -> Loaded:
     """Load base (+ adapter) with tokenizer and a generation config that stops at the end-of-turn token.
 
@@ -98,6 +98,10 @@ def load_for_use(
         tokenizer_from: load the tokenizer from this model instead (``tunesmith eval`` scores every model with the
             config's tokenizer, so prompt token ids are identical across runs).
         allow_pickle, attn_implementation, trust_remote_code, revision: the ``model.*`` options of a run config.
+        as_trained: load the base of a QLoRA adapter quantised as it was trained (train = serve; its
+            ``tunesmith_quantization.json``); False loads the unquantised base.
+        dequantize: with ``as_trained``, dequantise that quantised base to fp32 before the adapter attaches: the
+            weights the adapter was trained against, in full precision (what ``tunesmith merge`` merges into).
 
     Returns:
         :class:`Loaded`.
@@ -130,12 +134,25 @@ def load_for_use(
     apply_chat_template_option(
         tokenizer, chat_template, require=tokenizer_from is not None and chat_template is not None
     )
+    quant = adapter_quantization(adapter_dir) if adapter_dir is not None and as_trained else None
     base = load_causal_lm(
-        source, dtype=dtype, attn_implementation=attn_implementation, allow_pickle=allow_pickle, **remote
+        source,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        allow_pickle=allow_pickle,
+        quantization=quant,
+        **remote,
     )
+    if quant is not None:
+        if dequantize:
+            base = dequantize_model(base)
+        notes.append(
+            f"the adapter was trained on a {quant}-quantised base (QLoRA): "
+            + ("dequantised it to fp32" if dequantize else f"loaded the base in {quant}")
+        )
     untied = False
     if adapter_dir is not None:
-        untied = _prepare_base(base, adapter_dir, notes, untie)
+        untied = prepare_base_for_adapter(base, adapter_dir, notes, untie)
         base = _attach_adapter(base, adapter_dir)
     gen = _generation_config(base, adapter_dir)
     if tokenizer.chat_template:
@@ -146,51 +163,24 @@ def load_for_use(
                 "generation_config.eos_token_id"
             )
     base.generation_config = gen
-    return Loaded(base.eval(), tokenizer, gen, source.name, source.location, adapter_dir, notes, untied)
+    return Loaded(
+        base.eval(),
+        tokenizer,
+        gen,
+        source.name,
+        source.location,
+        adapter_dir,
+        notes,
+        untied,
+        quant,
+        bool(dequantize and quant),
+    )
 
 
 def _resolve_adapter(model: str | None, adapter: str | None) -> Path | None:
     if adapter is not None:
         return require_adapter(adapter, f"--adapter {adapter}")
     return find_adapter(model) if model is not None and Path(model).expanduser().is_dir() else None
-
-
-def _prepare_base(base, adapter_dir: Path, notes: list[str], untie: bool) -> bool:
-    """Resize the base to the adapter's vocabulary and untie embeddings the adapter trains. Returns True when untied."""
-    shapes = adapter_tensor_shapes(adapter_dir)
-    vocab = adapter_vocab_size(shapes)
-    rows = base.get_input_embeddings().weight.shape[0]
-    if vocab is not None and vocab != rows:
-        base.resize_token_embeddings(vocab, mean_resizing=False)
-        notes.append(
-            f"resized the base embeddings from {rows} to {vocab} rows (the adapter was trained with added tokens)"
-        )
-    trained = adapter_trains_embeddings(shapes)
-    tied = (
-        base.get_output_embeddings() is not None
-        and base.get_output_embeddings().weight is base.get_input_embeddings().weight
-    )
-    if not (trained and tied):
-        return False
-    if not untie:
-        raise ModelError(
-            "The adapter trains tied embeddings",
-            [
-                Problem(
-                    str(adapter_dir),
-                    f"the base ties lm_head to embed_tokens and the adapter changes them ({trained[0]}, ...)",
-                    "allow untying (the merged checkpoint then stores lm_head and embed_tokens separately), "
-                    "or train without embed_tokens/lm_head",
-                )
-            ],
-        )
-    untie_output_embeddings(base)
-    notes.append(
-        "untied lm_head from embed_tokens (the adapter trains "
-        + ", ".join(sorted({n for k in trained for n in EMBEDDING_NAMES if n in k}))
-        + ")"
-    )
-    return True
 
 
 def _attach_adapter(base, adapter_dir: Path):
@@ -302,10 +292,12 @@ def from_pretrained(
     trust_remote_code: bool = False,
     revision: str | None = None,
     attn_implementation: str | None = None,
+    quantization: str | None = None,
     **kwargs,
 ):
     """The one gate every model load goes through: ``auto_cls.from_pretrained`` with safetensors only (unless
-    ``allow_pickle``), no remote code (unless ``trust_remote_code``), and a clear error instead of a traceback.
+    ``allow_pickle``), no remote code (unless ``trust_remote_code``), optionally quantised by bitsandbytes, and a
+    clear error instead of a traceback.
 
     Args:
         auto_cls: a transformers auto class (``AutoModelForCausalLM``, ``AutoModelForSequenceClassification``) or a
@@ -314,21 +306,26 @@ def from_pretrained(
         allow_pickle: allow ``.bin``/``.pt`` pickle weights (unpickling can run code).
         attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``...; ``auto`` picks flash-attention 2 on CUDA
             when installed, else SDPA (:func:`choose_attention`).
+        quantization: ``model.quantization`` (``nf4``/``int8``): quantise the weights while loading
+            (:func:`tunesmith.models.quantization.quantized_load_kwargs`; computed in ``kwargs["dtype"]``, fp32 by
+            default); None loads them as stored.
         **kwargs: passed on (``dtype``, ``config``, ...).
 
     Returns:
         The loaded ``PreTrainedModel``.
 
     Raises:
-        ModelError: pickle-only weights without ``allow_pickle`` (naming the files), or any load failure.
+        ModelError: pickle-only weights without ``allow_pickle`` (naming the files), bitsandbytes missing for a
+            quantization, or any load failure.
     """
     check_weight_format(source, allow_pickle)
+    kwargs.update(quantized_load_kwargs(quantization, kwargs.get("dtype") or torch.float32))
     if attn_implementation == "auto":
         attn_implementation = choose_attention("auto", "cuda" if torch.cuda.is_available() else "cpu")
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        return auto_cls.from_pretrained(
+        model = auto_cls.from_pretrained(
             source.location,
             trust_remote_code=trust_remote_code,
             revision=revision,
@@ -337,6 +334,9 @@ def from_pretrained(
         )
     except Exception as exc:  # noqa: BLE001 - a failed load is reported as the user's model problem
         raise hub_error(source, exc) from None
+    if quantization is not None:
+        keep_training_layout(model)
+    return model
 
 
 def load_causal_lm(
@@ -347,11 +347,15 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     revision: str | None = None,
+    quantization: str | None = None,
 ):
     """Load a causal LM (``AutoModelForCausalLM``) from a resolved source through :func:`from_pretrained`.
 
+    Args:
+        quantization: ``nf4``/``int8`` loads the linear layers quantised by bitsandbytes, computing in ``dtype``.
+
     Returns:
-        ``PreTrainedModel`` in ``dtype``, in eval mode.
+        ``PreTrainedModel`` in ``dtype`` (quantised layers excepted), in eval mode.
 
     Raises:
         ModelError: when loading fails (pickle-only weights, not cached offline, ...).
@@ -366,6 +370,7 @@ def load_causal_lm(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
         revision=revision,
+        quantization=quantization,
     ).eval()
 
 
