@@ -17,7 +17,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tunesmith.errors import Problem, TunesmithError
-from tunesmith.export.merge import ExportCheckError, _refuse_existing, max_diff, merge_loaded, probe_ids, probe_logits
+from tunesmith.export.merge import (
+    ExportCheckError,
+    _refuse_existing,
+    load_for_merge,
+    max_diff,
+    merge_loaded,
+    probe_ids,
+    probe_logits,
+)
 
 
 def ollama_template(tokenizer) -> tuple[str, str | None]:
@@ -102,7 +110,6 @@ def run_export(
         was written but a check failed (each failure listed).
     """
     from tunesmith.export.gguf_io import check_supported, source_pre_tokenizer, write_gguf
-    from tunesmith.models.loading import load_for_use
     from tunesmith.render.checks import template_eot_id
     from tunesmith.runtime.files import atomic_write_json, atomic_write_text
 
@@ -113,8 +120,8 @@ def run_export(
         )
     out = Path(output)
     _refuse_existing(out, overwrite)
-    loaded = load_for_use(model, adapter)
-    merged, merge_stats = merge_loaded(loaded)
+    loaded, reference = load_for_merge(model, adapter)  # a QLoRA adapter: into its dequantised base
+    merged, merge_stats = merge_loaded(loaded, reference)
     check_supported(merged.config)
     tok = loaded.tokenizer
     eot = template_eot_id(tok) if tok.chat_template else None
