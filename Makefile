@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunesmith-installed
 
-.PHONY: install demo test lint test-fast test-slow bench bench-quick clean
+.PHONY: install demo test lint test-fast test-slow bench bench-quick bench-gpu bench-gpu-dry clean
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/bench_sft.py --mode quick
+
+# the GPU check (bench/gpu/README.md): on a GPU machine with the wheels in .whl/; the dry run on any CPU
+bench-gpu:
+	bash bench/gpu/run.sh runs/gpu
+
+bench-gpu-dry: install
+	bash bench/gpu/run.sh runs/gpu-dry --dry-run
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
