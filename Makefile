@@ -8,13 +8,13 @@ STAMP := $(VENV)/.tunesmith-installed
 UI_STAMP := $(VENV)/.tunesmith-ui-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint test-fast test-slow test-runtime test-ui ui bench bench-quick clean
+.PHONY: install demo test lint test-fast test-slow test-runtime test-ui ui bench bench-quick bench-gpu bench-gpu-dry clean
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,qlora]'
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
@@ -69,6 +69,13 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/bench_sft.py --mode quick
+
+# the GPU check (bench/gpu/README.md): on a GPU machine with the wheels in .whl/; the dry run on any CPU
+bench-gpu:
+	bash bench/gpu/run.sh runs/gpu
+
+bench-gpu-dry: install
+	bash bench/gpu/run.sh runs/gpu-dry --dry-run
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache test-artifacts

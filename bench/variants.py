@@ -161,7 +161,6 @@ def run(a) -> dict:
     from datasets import load_from_disk
 
     from tunesmith.config.sft import RunConfig
-    from tunesmith.models.adapters import count_parameters
     from tunesmith.models.loading import load_tokenizer
     from tunesmith.models.sources import resolve_model
 
@@ -178,6 +177,25 @@ def run(a) -> dict:
         trainer, clock, precision = _trl(a, train_ds, cfg.lora, tokenizer, source.location)
     else:
         trainer, clock, precision = _tunesmith(a, train_ds, cfg, tokenizer, source)
+    return {
+        "variant": a.variant,
+        "description": VARIANTS[a.variant],
+        "precision": precision,
+        **train_and_measure(trainer, clock, eval_rows, a.warmup),
+    }
+
+
+def train_and_measure(trainer, clock: StepClock, eval_rows: list[dict], warmup: int) -> dict:
+    """Train ``trainer`` (its max_steps), counting the real (non-pad) tokens of every micro-batch, then score eval_loss.
+
+    Returns:
+        ``{"steps", "warmup_steps", "step_seconds", "real_tokens_per_step", "tokens_per_second" (real tokens per wall
+        second after ``warmup`` steps), "tokens_per_cpu_second", "cpu_share", "peak_rss_bytes", "peak_gpu_bytes" (CUDA
+        ``max_memory_allocated``, None on CPU), "train_losses", "eval_loss", "parameters", "trainable_parameters",
+        "threads", "loadavg_end"}``.
+    """
+    from tunesmith.models.adapters import count_parameters
+
     real = []
     orig_step = trainer.training_step
 
@@ -189,20 +207,15 @@ def run(a) -> dict:
 
     trainer.training_step = counting_step
     trainer.train()
-    peak = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )  # training peak (model load included), before scoring
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # training peak (load included), before scoring
     gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     trainable, total = count_parameters(trainer.model)
     t = clock.times
-    warm = min(a.warmup, len(t) - 2)
+    warm = min(warmup, len(t) - 2)
     measured_tokens = sum(real[warm:])
     seconds = t[-1] - t[warm]
     cpu_seconds = clock.cpu[-1] - clock.cpu[warm]
     return {
-        "variant": a.variant,
-        "description": VARIANTS[a.variant],
-        "precision": precision,
         "steps": len(t) - 1,
         "warmup_steps": warm,
         "step_seconds": [round(y - x, 3) for x, y in zip(t, t[1:])],

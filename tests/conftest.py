@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -305,3 +306,41 @@ def tiny_bpe_tokenizer(chat_template: str):
     )
     tok.chat_template = chat_template
     return tok
+
+
+HAS_BITSANDBYTES = importlib.util.find_spec("bitsandbytes") is not None
+needs_bitsandbytes = pytest.mark.skipif(
+    not HAS_BITSANDBYTES,
+    reason="needs bitsandbytes (the qlora extra: pip install -e '.[qlora]'; make install adds it)",
+)
+"""Skip a QLoRA test, saying why, where bitsandbytes is not installed."""
+
+
+def make_qlora_adapter(base_dir, out, quantization="nf4", *, scale=0.05, seed=1):
+    """A LoRA adapter with random (non-zero) B matrices on the ``quantization``-quantised ``base_dir``, saved like
+    `tunesmith sft` saves a QLoRA adapter (with the tokenizer and its quantization record).
+
+    Returns:
+        The in-memory PeftModel on the quantised base (eval mode).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from tunesmith.models.loading import load_causal_lm
+    from tunesmith.models.quantization import ADAPTER_RECORD, adapter_record, prepare_for_training
+    from tunesmith.models.sources import resolve_model
+
+    torch.manual_seed(seed)
+    base = prepare_for_training(load_causal_lm(resolve_model(str(base_dir)), quantization=quantization))
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+    model = get_peft_model(base, cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p) * scale)
+    model.eval()
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    (Path(out) / ADAPTER_RECORD).write_text(adapter_record(quantization, torch.float32))
+    return model

@@ -95,7 +95,7 @@ def exported(tmp_path_factory, embedded_source):
     from tunesmith.export.gguf import guess_pre_tokenizer
     from tunesmith.export.gguf_io import llama_quantize, source_pre_tokenizer, write_gguf
     from tunesmith.export.merge import merge_loaded
-    from tunesmith.models.loading import load_for_use
+    from tunesmith.models.for_use import load_for_use
     from tunesmith.models.serving import build_contract, contract_files, training_prompts
 
     if not (_tool("llama-server") and _tool("llama-quantize")):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import PROBE, build_tiny_llama, logits, make_adapter
+from conftest import PROBE, build_tiny_llama, logits, make_adapter, make_qlora_adapter, needs_bitsandbytes
 from tunesmith.errors import ModelError
 
 
@@ -102,7 +102,7 @@ def test_adapter_with_added_tokens_loads_onto_stock_base(tmp_path, smol_tokenize
     """An adapter trained after adding a token (resized embeddings saved with it) reloads onto the stock base with no
     manual step."""
     from tunesmith.export.merge import run_merge
-    from tunesmith.models.loading import load_for_use
+    from tunesmith.models.for_use import load_for_use
 
     base_dir = build_tiny_llama(smol_tokenizer, tmp_path / "base", tie=True)
     peft_model, tok = make_adapter(base_dir, smol_tokenizer, tmp_path / "adapter", added_tokens=("<|tool|>",))
@@ -120,7 +120,7 @@ def test_adapter_with_added_tokens_loads_onto_stock_base(tmp_path, smol_tokenize
 
 def test_run_folder_finds_adapter_and_base(tmp_path, smol_tokenizer):
     """`--model RUN_DIR` takes RUN_DIR/adapter and its base from RUN_DIR/config.yaml (model.name)."""
-    from tunesmith.models.loading import load_for_use
+    from tunesmith.models.for_use import load_for_use
 
     base_dir = build_tiny_llama(smol_tokenizer, tmp_path / "base")
     run = tmp_path / "run"
@@ -130,3 +130,69 @@ def test_run_folder_finds_adapter_and_base(tmp_path, smol_tokenizer):
     assert loaded.adapter_dir == run / "adapter" and loaded.base_location == str(base_dir)
     with pytest.raises(ModelError, match="Adapter not found"):
         load_for_use(str(base_dir), str(tmp_path / "nope"))
+
+
+@needs_bitsandbytes
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_qlora_adapter_merges_into_a_dequantised_copy(tmp_path, smol_tokenizer, quantization):
+    """`tunesmith merge` of a QLoRA adapter: merged into an fp32 copy of the dequantised base (not the original
+    weights, not 4-bit ones), checked against the quantised base + adapter, saved as a plain checkpoint."""
+    import subprocess
+    import sys
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.models.loading import load_causal_lm
+    from tunesmith.models.quantization import dequantize
+    from tunesmith.models.sources import resolve_model
+
+    base_dir = build_tiny_llama(smol_tokenizer, tmp_path / "base")
+    make_qlora_adapter(base_dir, tmp_path / "adapter", quantization)
+    out = tmp_path / "merged"
+    cmd = [sys.executable, "-m", "tunesmith", "merge", "--adapter", str(tmp_path / "adapter")]
+    proc = subprocess.run(
+        [*cmd, "--model", str(base_dir), "--output", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"dequantised {quantization} base" in proc.stderr.replace("\n", " ")
+    report = json.loads((out / "tunesmith_merge.json").read_text())
+    q = report["quantized"]
+    assert q["quantization"] == quantization and q["max_abs_logit_diff_vs_quantized"] <= q["tolerance"]
+    assert report["max_abs_logit_diff_fp64"] < 1e-10 and report["max_abs_logit_diff_reloaded"] == 0
+    if quantization == "nf4":  # the 4-bit layers compute with exactly the dequantised weights (fp32 compute)
+        assert q["max_abs_logit_diff_vs_quantized"] < 1e-4 and q["top1_agreement"] == 1.0
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype == torch.float32
+
+    src = resolve_model(str(base_dir))
+    got = merged_logits(out, smol_tokenizer)
+    deq = PeftModel.from_pretrained(dequantize(load_causal_lm(src, quantization=quantization)), tmp_path / "adapter")
+    assert (got - logits(deq.eval(), smol_tokenizer)).abs().max() < 1e-4  # = the dequantised base + adapter
+    original = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    on_original = PeftModel.from_pretrained(original, tmp_path / "adapter").eval()
+    assert (got - logits(on_original, smol_tokenizer)).abs().max() > 1e-3  # not the original weights + adapter
+
+
+@needs_bitsandbytes
+def test_qlora_adapter_exports_to_gguf(tmp_path, smol_tokenizer):
+    """`tunesmith export` straight from a QLoRA adapter: the same dequantised merge, then the GGUF checks."""
+    import subprocess
+    import sys
+
+    base_dir = build_tiny_llama(smol_tokenizer, tmp_path / "base")
+    make_qlora_adapter(base_dir, tmp_path / "adapter", "nf4")
+    gguf = tmp_path / "q.gguf"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "export", "--model", str(base_dir), "--adapter", str(tmp_path / "adapter")]
+        + ["--format", "gguf", "--output", str(gguf), "--no-stop-check"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "q.consistency.json").read_text())
+    assert report["merge"]["quantized"]["quantization"] == "nf4" and report["consistency"]["ok"]
+    assert gguf.stat().st_size > 1e6

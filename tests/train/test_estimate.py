@@ -38,7 +38,7 @@ def test_terms_by_hand():
     assert activation_bytes_per_token(TINY, lora=False, checkpointing=True) == 4 * (2 * 8 + 120)
     est = estimate(TINY, batch=3, seq_len=5, r=2, runtime_bytes=1000)
     n = 1152 + 840
-    full, lora, qlora = est["full"], est["lora"], est["qlora"]
+    full, lora, nf4, int8 = est["full"], est["lora"], est["qlora-nf4"], est["qlora-int8"]
     assert (full["weights"], full["gradients"], full["optimizer"], full["activations"]) == (
         4 * n,
         4 * n,
@@ -51,7 +51,11 @@ def test_terms_by_hand():
         8 * 512,
         15 * 1472,
     )
-    assert qlora["weights"] == int(1152 * (0.5 + 0.127 / 8) + 2 * 840) and qlora["activations"] == 15 * 1472 // 2
+    # QLoRA rows are named after model.quantization; non-linear weights are fp32 after PEFT's k-bit preparation
+    assert (nf4["quantization"], int8["quantization"], lora["quantization"]) == ("nf4", "int8", None)
+    assert nf4["weights"] == int(1152 * (0.5 + 0.127 / 8) + 4 * 840) and nf4["activations"] == 15 * 1472 // 2
+    # int8: a byte per weight plus an fp32 scale per output row (8+4+4+8+16+16+8 = 64 rows a layer, 2 layers)
+    assert int8["weights"] == 1152 + 4 * 128 + 4 * 840 and int8["trainable_parameters"] == lora["trainable_parameters"]
     for m in est.values():
         assert m["total"] == sum(m[k] for k in ("weights", "gradients", "optimizer", "activations", "runtime"))
     # a calibrated slope replaces the analytical one (LoRA as measured; full without the dropout copies)
@@ -80,7 +84,11 @@ def test_cli_json_without_probe(tiny_llama_dir):
     )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
-    assert res["probe"] is None and res["batch"] == 2 and set(res["methods"]) == {"full", "lora", "qlora"}
+    assert (
+        res["probe"] is None
+        and res["batch"] == 2
+        and set(res["methods"]) == {"full", "lora", "qlora-nf4", "qlora-int8"}
+    )
     assert res["methods"]["lora"]["optimizer"] == 8 * res["methods"]["lora"]["trainable_parameters"]
 
 

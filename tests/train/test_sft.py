@@ -11,6 +11,8 @@ import textwrap
 
 import pytest
 
+from conftest import needs_bitsandbytes
+
 STEPS = 6
 
 
@@ -122,3 +124,54 @@ def test_adapter_reloads_in_fresh_process_with_same_logits(run_dir, embedded_sou
     res = json.loads(o.stdout.strip().splitlines()[-1])
     assert res["max_diff"] <= 1e-5, res
     assert res["base_diff"] > 1e-3, res  # the adapter really changed the model
+
+
+@pytest.mark.slow  # about 50 s of CPU time (three CLI processes); more than 15 minutes on a shared, loaded machine
+@needs_bitsandbytes
+def test_qlora_sft_trains_merges_and_exports(tmp_path, tiny_llama_dir):
+    """QLoRA end to end through the CLI: `tunesmith sft` with model.quantization=nf4 trains (eval_loss falls) and saves
+    an adapter that records its 4-bit base; `merge` puts it into a dequantised fp32 copy; `export` writes a GGUF."""
+    run = tmp_path / "qlora"
+    sets = {
+        "model.name": tiny_llama_dir,
+        "model.quantization": "nf4",
+        "train.output_dir": run,
+        "train.max_steps": 4,
+        "train.learning_rate": 1e-2,
+        "train.warmup_steps": 0,
+        "train.per_device_train_batch_size": 2,
+        "train.max_length": 128,
+        "train.eval_steps": 4,
+        "train.save_steps": 4,
+        "train.logging_steps": 1,
+        "data.max_train_examples": 16,
+        "data.max_eval_examples": 8,
+        "eval.num_samples": 1,
+        "eval.max_new_tokens": 4,
+    }
+    cli = [sys.executable, "-m", "tunesmith"]
+    proc = subprocess.run(
+        [*cli, "sft", *(x for k, v in sets.items() for x in ("--set", f"{k}={v}"))],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["quantization"] == "nf4" and m["eval_loss"] < m["eval_loss_before"], m
+    assert json.loads((run / "adapter" / "tunesmith_quantization.json").read_text())["quantization"] == "nf4"
+    merged = tmp_path / "merged"
+    proc = subprocess.run(
+        [*cli, "merge", "--adapter", str(run), "--output", str(merged)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    q = json.loads((merged / "tunesmith_merge.json").read_text())["quantized"]
+    assert q["quantization"] == "nf4" and q["max_abs_logit_diff_vs_quantized"] < 1e-3
+    gguf = tmp_path / "q.gguf"
+    proc = subprocess.run(
+        [*cli, "export", "--model", str(merged), "--format", "gguf", "-o", str(gguf), "--no-stop-check"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "q.consistency.json").read_text())["consistency"]["ok"]

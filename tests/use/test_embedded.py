@@ -64,7 +64,7 @@ def test_export_embedded_gguf(adapter, tmp_path):
 
 def test_generate_embedded_batched_equals_single(embedded_source):
     from tunesmith.data.records import Message
-    from tunesmith.models.loading import load_for_use
+    from tunesmith.models.for_use import load_for_use
     from tunesmith.use.generate import PromptRecord, generate_records
 
     loaded = load_for_use("smollm2-135m-instruct")

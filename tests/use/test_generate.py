@@ -14,7 +14,7 @@ from tunesmith.errors import DataError
 
 @pytest.fixture(scope="module")
 def loaded(tiny_llama_dir):
-    from tunesmith.models.loading import load_for_use
+    from tunesmith.models.for_use import load_for_use
 
     return load_for_use(str(tiny_llama_dir))
 
@@ -93,8 +93,8 @@ def test_end_of_turn_added_to_generation_config(tmp_path, smol_tokenizer):
     from transformers import AutoTokenizer
 
     from conftest import build_tiny_llama
+    from tunesmith.models.for_use import load_for_use
     from tunesmith.models.generation import stop_ids
-    from tunesmith.models.loading import load_for_use
 
     tok = AutoTokenizer.from_pretrained(build_tiny_llama(smol_tokenizer, tmp_path / "a"))
     tok.eos_token = "<|endoftext|>"
@@ -231,7 +231,7 @@ WEATHER = {
 
 def test_chat_session_with_tools_shows_and_keeps_parsed_calls(tools_model_dir):
     from tunesmith.data.records import Message
-    from tunesmith.models.loading import load_for_use
+    from tunesmith.models.for_use import load_for_use
     from tunesmith.use.chat import ChatSession, chat_loop
 
     session = ChatSession(load_for_use(str(tools_model_dir)), tools=[{"type": "function", "function": WEATHER}])
@@ -279,7 +279,7 @@ def test_chat_and_generate_refuse_tools_the_template_cannot_render(tmp_path, tin
 
 
 def test_generate_with_tools_parses_calls(tmp_path, tools_model_dir):
-    from tunesmith.models.loading import load_for_use
+    from tunesmith.models.for_use import load_for_use
     from tunesmith.use.generate import generate_records, read_prompts
 
     src = tmp_path / "p.jsonl"

@@ -105,7 +105,7 @@ def test_chat_generate_eval_and_merge_render_the_training_prompt_ids(run, tmp_pa
     from tunesmith.evaluate.baseline import evaluate_run
     from tunesmith.evaluate.generative import ids_digest
     from tunesmith.export.merge import run_merge
-    from tunesmith.models.loading import load_for_use
+    from tunesmith.models.for_use import load_for_use
     from tunesmith.use.chat import ChatSession
     from tunesmith.use.generate import PromptRecord, record_prompt_ids
 

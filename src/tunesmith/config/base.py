@@ -77,6 +77,10 @@ REPORT_TO = ("none", "tensorboard", "trackio", "wandb", "mlflow", "comet_ml", "c
 """``train.report_to`` values transformers' integrations accept; each needs its package installed (checked before the
 run)."""
 
+QUANTIZATIONS = ("nf4", "int8")
+"""``model.quantization`` values: bitsandbytes 4-bit NormalFloat with double quantisation (QLoRA, Dettmers et al.
+2023) or LLM.int8() (Dettmers et al. 2022). ``tunesmith estimate`` names its QLoRA rows after them."""
+
 
 @functools.cache
 def library_fields(library_name: str) -> frozenset[str]:
@@ -146,6 +150,27 @@ class ModelSection(Section):
     """Allow model repositories to run their own Python code. Off by default for safety."""
     allow_pickle: bool = False
     """Allow loading weights from pickle (.bin/.pt) files. Off by default: only safetensors load."""
+    quantization: Literal[QUANTIZATIONS] | None = None
+    (
+        "QLoRA: load the frozen base quantised by bitsandbytes, `nf4` (4-bit NormalFloat, double quantisation) or "
+        "`int8` (LLM.int8()), and train the LoRA adapter on it in the compute precision (bf16 where the hardware is "
+        "native bf16, else fp32). Needs `lora.enabled` and the `qlora` extra (`pip install 'tunesmith[qlora]'`). "
+        "`tunesmith merge` merges such an adapter into a dequantised full-precision copy of the base. None: no "
+        "quantisation."
+    )
+
+
+def refuse_quantization(model: ModelSection, command: str) -> None:
+    """For a command that does not train QLoRA: refuse ``model.quantization``.
+
+    Raises:
+        ValueError: naming the field, the command and where QLoRA is supported (collected into the ConfigError).
+    """
+    if model.quantization is not None:
+        raise ValueError(
+            f"model.quantization={model.quantization} is not supported by `tunesmith {command}` (QLoRA is trained by "
+            "`tunesmith sft`); remove it"
+        )
 
 
 class DataSection(Section):

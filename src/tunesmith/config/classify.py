@@ -20,6 +20,7 @@ from tunesmith.config.base import (
     ModelSection,
     RootConfig,
     Section,
+    refuse_quantization,
 )
 
 
@@ -196,3 +197,8 @@ class ClassifyConfig(RootConfig):
     """Trainer (transformers.TrainingArguments fields)."""
     eval: ClassifyEvalSection = Field(default_factory=ClassifyEvalSection)
     """Evaluation and the prompting baseline."""
+
+    @model_validator(mode="after")
+    def _no_quantization(self) -> "ClassifyConfig":
+        refuse_quantization(self.model, "classify")
+        return self

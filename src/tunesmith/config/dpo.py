@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunesmith.config.base import (
     SEED_LIMIT,
@@ -21,6 +21,7 @@ from tunesmith.config.base import (
     ModelSection,
     RootConfig,
     Section,
+    refuse_quantization,
 )
 
 
@@ -178,3 +179,8 @@ class DPORunConfig(RootConfig):
     """Trainer (trl.DPOConfig fields)."""
     eval: DPOEvalSection = Field(default_factory=DPOEvalSection)
     """Held-out metrics and the win rate."""
+
+    @model_validator(mode="after")
+    def _no_quantization(self) -> "DPORunConfig":
+        refuse_quantization(self.model, "dpo")
+        return self

@@ -249,3 +249,12 @@ class RunConfig(RootConfig):
     """Trainer (trl.SFTConfig fields)."""
     eval: EvalSection = Field(default_factory=EvalSection)
     """Evaluation and samples."""
+
+    @model_validator(mode="after")
+    def _quantized_base_needs_lora(self) -> "RunConfig":
+        if self.model.quantization is not None and not self.lora.enabled:
+            raise ValueError(
+                f"model.quantization={self.model.quantization} trains a LoRA adapter on a frozen quantised base "
+                "(QLoRA): set lora.enabled: true, or remove model.quantization to fine-tune every weight"
+            )
+        return self

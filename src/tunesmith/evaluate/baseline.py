@@ -23,7 +23,7 @@ from tunesmith.errors import Problem
 from tunesmith.evaluate.generative import build_examples, evaluate_examples, load_schema, loss_rows
 from tunesmith.evaluate.metrics import Scoring, describe_custom_metric
 from tunesmith.models.adapters import require_adapter
-from tunesmith.models.loading import load_for_use, serving_contract
+from tunesmith.models.for_use import load_for_use, serving_contract
 from tunesmith.runtime.console import console
 from tunesmith.runtime.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from tunesmith.runtime.manifest import write_manifest
@@ -33,7 +33,7 @@ from tunesmith.runtime.rundir import prepare_run_dir
 
 def _load(cfg: RunConfig, *, adapter: str | Path | None = None, model_dir: str | Path | None = None):
     """Load the model to evaluate (base, base + merged adapter, or a merged model folder) with the config's tokenizer,
-    through the one loader :func:`tunesmith.models.loading.load_for_use`.
+    through the one loader :func:`tunesmith.models.for_use.load_for_use`.
 
     Returns:
         (source name, model, tokenizer, adapter parameter count).

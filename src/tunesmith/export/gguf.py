@@ -19,7 +19,14 @@ from pathlib import Path
 from tunesmith.data.records import Message
 from tunesmith.errors import Problem, TunesmithError
 from tunesmith.export.architectures import check_supported
-from tunesmith.export.merge import ExportCheckError, max_diff, merge_loaded, probe_ids, probe_logits
+from tunesmith.export.merge import (
+    ExportCheckError,
+    load_for_merge,
+    max_diff,
+    merge_loaded,
+    probe_ids,
+    probe_logits,
+)
 
 
 def ollama_template(tokenizer) -> tuple[str, str | None]:
@@ -151,7 +158,6 @@ def run_export(
         ``llama-quantize``; ExportCheckError: the file was written but a check failed (each failure listed).
     """
     from tunesmith.export.gguf_io import source_pre_tokenizer
-    from tunesmith.models.loading import load_for_use
     from tunesmith.render.checks import template_eot_id
     from tunesmith.runtime.files import atomic_write_json, atomic_write_text
     from tunesmith.runtime.rundir import file_refusals, replace_file
@@ -172,8 +178,8 @@ def run_export(
         raise TunesmithError(f"Refusing to write {out}", problems)
     _check_outtype(outtype)
     with Progress("export", 3, unit="steps") as bar:
-        loaded = load_for_use(model, adapter)
-        merged, merge_stats = merge_loaded(loaded)
+        loaded, reference = load_for_merge(model, adapter)  # a QLoRA adapter: into its dequantised base
+        merged, merge_stats = merge_loaded(loaded, reference)
         check_supported(merged.config)
         bar.advance(step="loaded and merged")
         tok, contract = loaded.tokenizer, loaded.serving

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tunesmith.models.loading import Loaded
+from tunesmith.models.for_use import Loaded
 
 
 @torch.no_grad()

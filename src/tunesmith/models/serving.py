@@ -11,7 +11,7 @@ tokenizer (which carries the chat template) and ``generation_config.json`` (whic
      "probes": [{"source": "train.jsonl:12", "messages": [{"role": "user", "content": "..."}], "prompt_ids": [...]}],
      "trained_with": {"command": "sft", "model": "...", "dataset_fingerprint": "..."}}
 
-:func:`tunesmith.models.loading.load_for_use` reads it (``Loaded.serving``) for ``chat``, ``generate``, ``eval``,
+:func:`tunesmith.models.for_use.load_for_use` reads it (``Loaded.serving``) for ``chat``, ``generate``, ``eval``,
 ``merge`` and ``export``; the system prompt applies to every conversation without a system turn, and a user's
 ``--system`` replaces it. ``probes`` are up to :data:`NUM_PROBES` of the run's own eval prompts as a user sends them
 (the system turn the training data added is left out) with the prompt ids training rendered for them: the export's

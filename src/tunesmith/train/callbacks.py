@@ -105,3 +105,26 @@ class NonFiniteStop(TrainerCallback):
             value = (logs or {}).get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
                 raise TrainingDiverged(state.global_step, f"logged {key}", value, self.learning_rate)
+
+
+class CountingTrainerMixin:
+    """A Trainer mixin counting real (non-pad) and trained tokens of every training micro-batch, run-wide (see
+    :class:`TokenCounter`); ``process_tokens`` counts only this process's (for tokens/second)."""
+
+    process_tokens = 0
+
+    def _counter(self) -> TokenCounter:
+        # a resumed Trainer replaces the callback by one rebuilt from the checkpoint: look it up each time
+        return next(c for c in self.callback_handler.callbacks if isinstance(c, TokenCounter))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
+        mask = inputs.get("attention_mask")
+        counter = self._counter()
+        real = inputs.get("num_real_tokens")  # packed rows (tunesmith.train.speed.packrows) carry their non-pad count
+        seen = (
+            int(real) if real is not None else int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        )
+        counter.tokens_seen += seen
+        self.process_tokens += seen
+        counter.trained_tokens += int((inputs["labels"] != -100).sum())
+        return super().training_step(model, inputs, num_items_in_batch)

@@ -3,8 +3,10 @@
     tunesmith estimate smollm2-135m-instruct --batch 8 --seq-len 512       # probe-calibrated (the model is local)
     tunesmith estimate HuggingFaceTB/SmolLM2-1.7B --no-probe              # analytical only (config from the HF cache)
 
-Terms (bytes): weights (fp32 4 B/param as tunesmith trains; QLoRA NF4 0.5 B/param on the linear layers plus
-about 0.127 bits/param of double-quantised constants, Dettmers et al. 2023, and bf16 for the rest), gradients
+Terms (bytes): weights (fp32 4 B/param as tunesmith trains; QLoRA, named after ``model.quantization``: ``nf4`` 0.5
+B/param on the linear layers plus about 0.127 bits/param of double-quantised constants, Dettmers et al. 2023, ``int8``
+1 B/param plus one fp32 scale per output row, and fp32 for the rest, which PEFT's ``prepare_model_for_kbit_training``
+upcasts), gradients
 (4 B per trainable parameter), AdamW states (two fp32 moments: 8 B per trainable parameter), activations saved for
 the backward pass (per token and layer, see :func:`activation_bytes_per_token`), and a runtime constant (the
 Python/torch process itself).  When the model is local, a probe run calibrates the activation slope and the
@@ -17,6 +19,8 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
+
+from tunesmith.config.base import QUANTIZATIONS
 
 RUNTIME_BYTES = 700e6
 """Resident size of a CPU process with torch, transformers, TRL and PEFT imported (measured: ~0.6-0.8 GB)."""
@@ -70,6 +74,16 @@ class Shape:
         other = self.vocab * self.hidden * (1 if self.tied else 2) + self.layers * 2 * self.hidden + self.hidden
         return linear, other
 
+    def quantized_linear_bytes(self, quantization: str) -> float:
+        """Bytes of the decoder layers' linear weights stored by bitsandbytes as ``model.quantization`` names:
+        ``nf4`` 4 bits a weight plus 0.127 bits of double-quantised block constants, ``int8`` 1 byte a weight plus an
+        fp32 scale per output row."""
+        linear, _ = self.parameters()
+        if quantization == "nf4":
+            return linear * (0.5 + 0.127 / 8)
+        rows = self.layers * sum(out for _, out in self.linear_modules().values())
+        return linear + 4 * rows
+
     def lora_parameters(self, r: int) -> int:
         """Adapter parameters of LoRA rank ``r`` on every linear layer (all-linear): r * (in + out) each."""
         return self.layers * sum(r * (a + b) for a, b in self.linear_modules().values())
@@ -112,15 +126,17 @@ def estimate(
         runtime_bytes: the process's own size (calibrated by the probe).
 
     Returns:
-        ``{"full"|"lora"|"qlora": {"parameters", "trainable_parameters", "weights", "gradients", "optimizer",
-        "activations", "runtime", "total"}}``, sizes in bytes.
+        ``{"full"|"lora"|"qlora-nf4"|"qlora-int8": {"parameters", "trainable_parameters", "quantization",
+        "weights", "gradients", "optimizer", "activations", "runtime", "total"}}``, sizes in bytes; ``quantization`` is
+        the ``model.quantization`` value of that row (None for full and LoRA). QLoRA activations are counted in the
+        bf16 compute dtype (2 bytes); on a CPU without native bf16 tunesmith computes in fp32 (twice that).
     """
     linear, other = s.parameters()
     n, n_lora, tokens = linear + other, s.lora_parameters(r), batch * seq_len
     out = {}
-    for method in ("full", "lora", "qlora"):
+    for method, quant in (("full", None), ("lora", None), *((f"qlora-{q}", q) for q in QUANTIZATIONS)):
         lora = method != "full"
-        weights = 4 * n if method != "qlora" else linear * (0.5 + 0.127 / 8) + 2 * other
+        weights = 4 * n if quant is None else s.quantized_linear_bytes(quant) + 4 * other
         trainable = n_lora if lora else n
         per_tok = (
             act_bytes_per_token
@@ -131,7 +147,7 @@ def estimate(
             per_tok *= activation_bytes_per_token(
                 s, lora=False, checkpointing=checkpointing
             ) / activation_bytes_per_token(s, lora=True, checkpointing=checkpointing)
-        if method == "qlora":
+        if quant is not None:
             per_tok /= 2  # bf16 compute dtype: activations are 2 bytes
         terms = {
             "weights": weights,
@@ -143,6 +159,7 @@ def estimate(
         out[method] = {
             "parameters": n,
             "trainable_parameters": trainable,
+            "quantization": quant,
             **{k: int(v) for k, v in terms.items()},
             "total": int(sum(terms.values())),
         }
@@ -293,6 +310,7 @@ def print_estimate(res: dict, console) -> None:
         t.add_column(c, justify="right")
     for m, v in res["methods"].items():
         t.add_row(m, f"{v['trainable_parameters']:,}", *(f"{v[c] / GIB:.2f}" for c in cols))
+    t.caption = "qlora-nf4 / qlora-int8: LoRA on a base loaded with model.quantization: nf4 / int8 (bf16 activations)"
     console.print(t)
 
 

@@ -25,6 +25,7 @@ from tunesmith.evaluate.loss import perplexity
 from tunesmith.evaluate.metrics import describe_custom_metric
 from tunesmith.models.adapters import apply_lora, count_parameters, lora_errors
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
+from tunesmith.models.quantization import ADAPTER_RECORD, adapter_record, prepare_for_training
 from tunesmith.models.sources import resolve_model
 from tunesmith.render.chat_templates import apply_chat_template_option
 from tunesmith.render.checks import check_template, fix_generation_config
@@ -33,7 +34,7 @@ from tunesmith.render.templates import end_of_turn_ids
 from tunesmith.runtime.console import console
 from tunesmith.runtime.distributed import gather_sum, is_main_process, main_first, params_sharded, save_trained_model
 from tunesmith.runtime.files import atomic_write_jsonl
-from tunesmith.train.callbacks import TokenCounter
+from tunesmith.train.callbacks import CountingTrainerMixin, TokenCounter
 from tunesmith.train.common import (
     install_progress,
     library_args,
@@ -99,35 +100,12 @@ def build_sft_config(
     return SFTConfig(**kwargs)
 
 
-class _CountingTrainerMixin:
-    """Counts real (non-pad) and trained tokens of every training micro-batch, run-wide (see :class:`TokenCounter`);
-    ``process_tokens`` counts only this process's (for tokens/second)."""
-
-    process_tokens = 0
-
-    def _counter(self) -> TokenCounter:
-        # a resumed Trainer replaces the callback by one rebuilt from the checkpoint: look it up each time
-        return next(c for c in self.callback_handler.callbacks if isinstance(c, TokenCounter))
-
-    def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
-        mask = inputs.get("attention_mask")
-        counter = self._counter()
-        real = inputs.get("num_real_tokens")  # packed rows (tunesmith.train.speed.packrows) carry their non-pad count
-        seen = (
-            int(real) if real is not None else int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-        )
-        counter.tokens_seen += seen
-        self.process_tokens += seen
-        counter.trained_tokens += int((inputs["labels"] != -100).sum())
-        return super().training_step(model, inputs, num_items_in_batch)
-
-
 def _make_trainer(model, tokenizer, args, train_ds, eval_ds, plan: SpeedPlan | None = None, eval_rows=None):
     from trl import SFTTrainer
 
     cls = type(
         "TunesmithSFTTrainer",
-        (_CountingTrainerMixin, OneLossEvalMixin, FastLossTrainerMixin, SFTTrainer),
+        (CountingTrainerMixin, OneLossEvalMixin, FastLossTrainerMixin, SFTTrainer),
         {"tunesmith_eval_rows": list(eval_rows or [])},
     )
     collator = None
@@ -146,6 +124,37 @@ def _make_trainer(model, tokenizer, args, train_ds, eval_ds, plan: SpeedPlan | N
         console.print(note)
     install_progress(trainer)
     return trainer
+
+
+def load_sft_model(cfg: RunConfig, source, attn_implementation: str, use_bf16: bool, *, lora: bool = True):
+    """The model an SFT run trains: the base in fp32 (bf16 autocast comes from the trainer), or for QLoRA
+    (``model.quantization``) quantised by bitsandbytes and computing in bf16 where native, else fp32; then the
+    LoRA adapter (:func:`with_adapter`) when ``lora``.
+
+    Returns:
+        ``PreTrainedModel`` or ``peft.PeftModel``.
+
+    Raises:
+        ModelError: the model cannot be loaded (or bitsandbytes is missing for a quantization).
+    """
+    model = load_causal_lm(
+        source,
+        dtype=torch.bfloat16 if cfg.model.quantization and use_bf16 else torch.float32,
+        attn_implementation=attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+        allow_pickle=cfg.model.allow_pickle,
+        revision=cfg.model.revision,
+        quantization=cfg.model.quantization,
+    )
+    return with_adapter(model, cfg) if lora else model
+
+
+def with_adapter(model, cfg: RunConfig):
+    """Add the ``lora`` adapter (when enabled); a quantised base is first prepared the PEFT way
+    (:func:`tunesmith.models.quantization.prepare_for_training`: frozen, non-quantised weights in fp32)."""
+    if cfg.model.quantization:
+        model = prepare_for_training(model, cfg.train.gradient_checkpointing)
+    return apply_lora(model, cfg.lora) if cfg.lora.enabled else model
 
 
 def run_sft(
@@ -198,14 +207,7 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
     use_bf16 = mixed_precision(cfg)
     plan = plan_speed(cfg.train, cfg.model.attn_implementation)
     apply_threads(plan)
-    model = load_causal_lm(
-        source,
-        dtype=torch.float32,
-        attn_implementation=plan.attn_implementation,
-        trust_remote_code=cfg.model.trust_remote_code,
-        allow_pickle=cfg.model.allow_pickle,
-        revision=cfg.model.revision,
-    )
+    model = load_sft_model(cfg, source, plan.attn_implementation, use_bf16, lora=False)
     max_length, why = resolve_max_length(cfg.train.max_length, tokenizer, model.config)
     if is_main_process():
         console.print(f"max_length: {why}; speed: {'; '.join(plan.notes)}")
@@ -254,8 +256,7 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
             ],
         )
     gen_config = model.generation_config
-    if cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora)
+    model = with_adapter(model, cfg)
     return _Prepared(
         source,
         tokenizer,
@@ -303,11 +304,10 @@ def _run(cfg: RunConfig, run: Run) -> dict:
     samples_after = samples(p.model, p.tokenizer, sample_convs, p.eot, cfg.eval.max_new_tokens, "samples after")
     # all processes (FSDP/ZeRO-3 gather); the main process writes. PEFT's save skips generation_config.json (the
     # end-of-turn id among eos_token_id): written with serving.json into the folder before its atomic rename.
-    save_trained_model(
-        trainer,
-        run.run_dir / ("adapter" if cfg.lora.enabled else "model"),
-        extra_files=serving_files(run, p.tokenizer, p.gen_config, run.data.eval or run.data.train),
-    )
+    extra = serving_files(run, p.tokenizer, p.gen_config, run.data.eval or run.data.train)
+    if cfg.model.quantization:  # the adapter remembers its base's quantisation (serving and merge load it so)
+        extra[ADAPTER_RECORD] = adapter_record(cfg.model.quantization, torch.bfloat16 if p.use_bf16 else torch.float32)
+    save_trained_model(trainer, run.run_dir / ("adapter" if cfg.lora.enabled else "model"), extra_files=extra)
     metrics = _metrics(cfg, run, trainer, p, after, result, seconds)
     if not is_main_process():  # only the main process writes artifacts and prints the summary
         return metrics
@@ -376,6 +376,7 @@ def _metrics(cfg: RunConfig, run: Run, trainer, p: _Prepared, after: dict, resul
         "tokens_per_second": process_tokens / max(seconds, 1e-9),
         "max_length": p.max_length,
         "precision": "bf16-mixed" if p.use_bf16 else "fp32",
+        "quantization": cfg.model.quantization,
         "speed": {
             "layout": p.plan.layout,
             "chunked_loss": trainer.tunesmith_chunked_loss,

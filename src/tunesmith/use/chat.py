@@ -48,7 +48,7 @@ class ChatSession:
     """History and generation for one chat.
 
     Args:
-        loaded: :class:`tunesmith.models.loading.Loaded`.
+        loaded: :class:`tunesmith.models.for_use.Loaded`.
         system: system prompt; None serves the one the model was trained with (its serving contract), else the
             template's default.
         temperature: None or 0 for greedy decoding (the default), else the sampling temperature.
@@ -245,7 +245,7 @@ def run_chat(
     from rich.console import Console
 
     from tunesmith.data.conversations import file_tools
-    from tunesmith.models.loading import load_for_use
+    from tunesmith.models.for_use import load_for_use
 
     console = Console(highlight=False)
     specs = file_tools(tools)

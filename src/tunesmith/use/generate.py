@@ -228,7 +228,7 @@ def generate_records(
     (prompts done, tokens/s, ETA) goes to stderr.
 
     Args:
-        loaded: :class:`tunesmith.models.loading.Loaded`.
+        loaded: :class:`tunesmith.models.for_use.Loaded`.
         records: the prompts, in output order.
         max_new_tokens: budget per reply, in tokens; None takes the serving contract's default (else 128).
         batch_size: prompts per ``generate`` call.
@@ -308,7 +308,7 @@ def run_generate(
 
     from tunesmith.data.conversations import file_tools
     from tunesmith.errors import TunesmithError
-    from tunesmith.models.loading import load_for_use
+    from tunesmith.models.for_use import load_for_use
     from tunesmith.runtime.files import atomic_write_jsonl, write_errors
     from tunesmith.runtime.rundir import file_refusals
 

@@ -2,7 +2,7 @@
 
 Decide: ``tunesmith baseline`` and ``tunesmith eval`` on a run's own config, each in its own process, then the
 decision report (:func:`tunesmith.evaluate.report.write_report`, the same ``report.html`` as the CLI). Chat: the run's
-adapter and its base loaded once (:func:`tunesmith.models.loading.load_for_use`) and streamed through
+adapter and its base loaded once (:func:`tunesmith.models.for_use.load_for_use`) and streamed through
 :meth:`tunesmith.use.chat.ChatSession.stream`. Export: ``tunesmith merge`` then ``tunesmith export --format gguf`` in
 their own processes, and the consistency report they write, check by check.
 """
@@ -101,7 +101,7 @@ def report(ws: Workspace, value: str, *, overwrite: bool = False) -> tuple[str, 
 class ChatModels:
     """Loaded models for the Chat tab, the ``size`` most recently used kept in memory (shared by every page).
 
-    A key is ``(model, adapter)`` as :func:`tunesmith.models.loading.load_for_use` takes them.
+    A key is ``(model, adapter)`` as :func:`tunesmith.models.for_use.load_for_use` takes them.
     """
 
     def __init__(self, size: int = 2):
@@ -110,8 +110,8 @@ class ChatModels:
         self._lock = threading.Lock()
 
     def get(self, model: str | None, adapter: str | None):
-        """The :class:`tunesmith.models.loading.Loaded` for ``(model, adapter)``, loaded on first use."""
-        from tunesmith.models.loading import load_for_use
+        """The :class:`tunesmith.models.for_use.Loaded` for ``(model, adapter)``, loaded on first use."""
+        from tunesmith.models.for_use import load_for_use
 
         key = (model, adapter)
         with self._lock:
