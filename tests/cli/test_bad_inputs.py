@@ -381,8 +381,11 @@ SETUPS: dict[str, Callable[[Ctx], object]] = {
     ),
     "long_text": lambda c: _write_lines(c.tmp / "long_text.jsonl", json.dumps({"text": "word " * 400_000})),
     "long_label_text": lambda c: _write_lines(
-        c.tmp / "long.csv", "text,label", "hello,greet", "z" * 1_500_000 + ",bye"
+        c.tmp / "long.jsonl",
+        json.dumps({"text": "hello", "label": "greet"}),
+        json.dumps({"text": "z" * 2_000_000, "label": "bye"}),
     ),
+    "long_csv_field": lambda c: _write_lines(c.tmp / "long.csv", "text,label", "hello,greet", "z" * 1_500_000 + ",bye"),
     "work_folder": lambda c: (
         (c.tmp / "work").mkdir(),
         _write_lines(c.tmp / "work" / "d.jsonl", *[json.dumps(OK)] * 6),
@@ -403,7 +406,7 @@ SETUPS: dict[str, Callable[[Ctx], object]] = {
         _write_lines(c.out / "run.log", "tunesmith sft (stopped by SIGTERM while the model loaded)"),
     ),
     "pickled_classify_run": lambda c: _pickle(
-        c.cls_run, c.tmp / "pickled-run", "adapter_model.safetensors", "adapter_model.bin"
+        c.cls_run, c.tmp / "pickled-run", "adapter/adapter_model.safetensors", "adapter_model.bin"
     ),
     "two_distinct_labels": lambda c: _write_lines(
         c.tmp / "dup.csv", "text,label", *["hello,greet", "bye,farewell"] * 4

@@ -188,7 +188,9 @@ def load_sft_data(cfg) -> tuple[list, list, LoadReport]:
         (train conversations, eval conversations, load report).
 
     Raises:
-        DataError: unreadable or invalid records (``file:line``), a path that is a folder, or no training record.
+        DataError: unreadable or invalid records (``file:line``), a path that is a folder, no training record, or an
+            empty eval set although one was asked for (``data.eval_path``, or ``data.eval_fraction`` > 0 of too few
+            records); ``data.eval_fraction: 0`` gives no eval set, and training says so.
     """
     try:
         convs, report = load_conversations(cfg.data)
@@ -222,7 +224,7 @@ def load_sft_data(cfg) -> tuple[list, list, LoadReport]:
                 )
             ],
         )
-    if not evals:
+    if not evals and (cfg.data.eval_path or cfg.data.eval_fraction > 0):  # eval_fraction 0: no eval, on purpose
         raise empty_eval_error(cfg, len(train))
     return train, evals, report
 

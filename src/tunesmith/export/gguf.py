@@ -347,9 +347,8 @@ def verify_gguf(
                 f"{len(probes)} probes",
             )
         )
-    convs = fixed_conversations(tokenizer)
+    fixed = fixed_conversations(tokenizer)
     if tokenizer.chat_template:
-        fixed = convs
         ref = reference_ids(tokenizer, fixed)
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.save_pretrained(tmp)
@@ -380,7 +379,7 @@ def verify_gguf(
         report.checks.append(
             eot_check("eot_in_gguf", eot, stop_ids, "the GGUF (tokenizer.ggml.eos_token_id/eot_token_id)")
         )
-        parsed = tool_parse_check(tokenizer, convs)
+        parsed = tool_parse_check(tokenizer, fixed)
         report.checks += [parsed] if parsed else []
     if stop:
         prompts = served(g_tok)[: len(STOP_PROMPTS)]

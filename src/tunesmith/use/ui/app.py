@@ -13,7 +13,7 @@ import gradio as gr
 
 from tunesmith.data.bundled import BUNDLED
 from tunesmith.errors import TunesmithError
-from tunesmith.render.templates import builtin_templates
+from tunesmith.render.chat_templates import builtin_templates
 from tunesmith.use.ui import actions, forms, use_actions
 from tunesmith.use.ui.jobs import TRAIN_KINDS
 from tunesmith.use.ui.runs import COMPLETE

@@ -77,7 +77,7 @@ def _is_path(key: str, value, ws: Workspace) -> bool:
     if key in PATHS or key == "eval.json_schema":
         return True
     if key == "model.chat_template":
-        from tunesmith.render.templates import builtin_templates
+        from tunesmith.render.chat_templates import builtin_templates
 
         return value not in builtin_templates()
     # model.name: a folder or .gguf file, not an embedded name or a hub id
