@@ -102,13 +102,16 @@ def test_gguf_round_trip_and_consistency(exported):
 
 
 def test_modelfile(exported):
+    """A plain ChatML model (no tools in its template) keeps the plain ChatML TEMPLATE, without a tools branch."""
     tmp, report, _, _ = exported
     text = (tmp / "out" / "Modelfile").read_text()
     assert text.splitlines()[0] == "FROM ./tiny.gguf"
     assert (
-        '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"""'
-        in text
+        'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+        '<|im_start|>assistant\n"""\n' in text
     )
+    assert ".Tools" not in text and ".ToolCalls" not in text
+    assert "modelfile_tools_structure" not in {c["name"] for c in report["consistency"]["checks"]}
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
     assert text.rstrip().endswith('PARAMETER stop "<|im_end|>"\nPARAMETER temperature 0')  # greedy, as served
 
@@ -265,6 +268,75 @@ def test_export_with_the_tool_template_checks_a_tool_conversation(tmp_path):
     assert checks["ids_gguf"]["detail"].startswith("6 conversations") and "tool_call_parse" in checks
     f = GGUFReader(str(tmp_path / "t.gguf")).fields["tokenizer.chat_template"].contents()
     assert f == template and "<tool_call>" in f
+    go = (tmp_path / "Modelfile").read_text().split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    for part in ("{{- if .Tools }}", "{{ json $tool }}", "{{ if .ToolCalls }}<tool_call>", ".Function.Arguments"):
+        assert part in go
+    assert "<tool_response>" in go and '{{ if eq .Role "tool" }}' in go
+    assert checks["modelfile_template"]["detail"].startswith("5 conversations")  # the text ones, exact
+    assert checks["modelfile_tools_structure"]["detail"].startswith("1 tool conversation(s), structural")
     broken = tiny_bpe_tokenizer(template.replace('{"name": ', '{"function": '))
     bad = tool_parse_check(broken, fixed_conversations(broken))
     assert not bad.ok and "consistency#tools" in bad.detail
+
+
+def test_the_tool_modelfile_template_renders_like_chatml_tools():
+    """The Go TEMPLATE for chatml-tools, rendered by the Go-template emulation: without tools exactly the plain ChatML
+    text; with tools, several calls after text and two results in a row, the chatml-tools text once JSON is
+    re-serialised (structural); a template that lays a result out differently fails the structural check."""
+    from tunesmith.data.records import Conversation, Message, ToolCall
+    from tunesmith.export.consistency import TOOL_SPEC, fixed_conversations, modelfile_check, render_go_template
+    from tunesmith.export.ollama import CHATML_GO, CHATML_TOOLS_GO, modelfile_tools_check, ollama_template
+    from tunesmith.render.chat_templates import resolve_chat_template
+
+    tok = tiny_bpe_tokenizer(resolve_chat_template("chatml-tools"))
+    assert ollama_template(tok) == (CHATML_TOOLS_GO, None)
+    assert ollama_template(tiny_bpe_tokenizer(resolve_chat_template("chatml")))[0] == CHATML_GO
+    for conv in fixed_conversations():
+        for system in (None, "Be brief."):
+            msgs = conv.to_template()
+            assert render_go_template(CHATML_TOOLS_GO, msgs, system) == render_go_template(CHATML_GO, msgs, system)
+    assert modelfile_check(tok, CHATML_TOOLS_GO, "Be brief.", fixed_conversations(tok)).ok
+    calls = [ToolCall("get_weather", {"city": "Zürich"}), ToolCall("get_weather", {"city": "Bern", "unit": "<&>"})]
+    busy = Conversation(
+        [
+            Message("system", "Answer in French."),
+            Message("user", "Weather?"),
+            Message("assistant", "Checking both.", tool_calls=calls),
+            Message("tool", "14"),
+            Message("tool", "12"),
+            Message("assistant", "14 and 12."),
+            Message("user", "Thanks"),
+            Message("assistant", "De rien."),
+        ],
+        "busy",
+        tools=[TOOL_SPEC],
+    )
+    convs = fixed_conversations(tok) + [busy]
+    for system in (None, "Be brief."):
+        ok = modelfile_tools_check(tok, CHATML_TOOLS_GO, system, convs)
+        assert ok.ok and ok.detail.startswith("2 tool conversation(s), structural"), ok.detail
+    text = render_go_template(CHATML_TOOLS_GO, busy.to_template(), None, busy.tools)
+    assert "<|im_start|>system\nAnswer in French.\n\n# Tools" in text and '"name":"get_weather"' in text
+    assert '{"name": "get_weather", "arguments": {"city":"Bern","unit":"\\u003c\\u0026\\u003e"}}' in text
+    assert "<tool_response>\n14\n</tool_response>\n<tool_response>\n12\n</tool_response><|im_end|>" in text
+    bad = modelfile_tools_check(tok, CHATML_TOOLS_GO.replace("\n<tool_response>\n", "<tool_response>"), None, convs)
+    assert not bad.ok and bad.detail.startswith("consistency#tools: with JSON re-serialised")
+    assert modelfile_tools_check(tok, CHATML_TOOLS_GO, None, fixed_conversations()) is None
+
+
+def test_go_template_emulation_covers_what_it_claims():
+    """The emulated subset: trimming, else/else if, with, range over a list (with its else), variables assigned across
+    iterations, index/slice/len, lazy and/or; anything else is refused rather than guessed."""
+    from tunesmith.export.gotemplate import execute
+
+    data = {"Messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], "Tools": None}
+    tpl = (
+        '{{ $n := 0 }}{{ range $i, $m := .Messages }}{{ if eq .Role "user" }}U{{ else if eq $m.Role "tool" }}T'
+        "{{ else }}?{{ end }}{{ $n = $i }}{{ end }} {{ $n }} {{- with .Tools }}x{{ else }} none{{ end }}"
+        "{{ range .Tools }}y{{ else }} empty{{ end }} {{ len (slice .Messages 1) }} {{ (index .Messages 1).Content }}"
+        ' {{ if and .Tools (index .Tools 0) }}z{{ end }}{{ or .Tools "d" }}'
+    )
+    assert execute(tpl, data) == "UT 1 none empty 1 b d"
+    for unsupported in ("{{ .Role | printf }}", "{{ printf .Role }}", "{{ if .Tools }}", '{{ template "x" }}'):
+        with pytest.raises(ValueError):
+            execute(unsupported, data)

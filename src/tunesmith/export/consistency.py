@@ -15,7 +15,9 @@ writes it must parse back (:mod:`tunesmith.render.tool_calls`) to the same name 
 prompts (the serving contract's probes, :mod:`tunesmith.models.serving`) the prompt ids training rendered are compared
 with each serving rendering: the loaded tokenizer (what ``chat``, ``generate`` and ``eval`` use), the saved tokenizer,
 the GGUF's tokenizer and the Ollama Modelfile (TEMPLATE + SYSTEM, rendered and encoded); the trained system prompt is
-added as serving adds it.  It also checks that the end-of-turn token is an EOS id
+added as serving adds it.  The Modelfile's TEMPLATE must also render the chat template's text on the fixed text
+conversations; a tool TEMPLATE gets a structural check on the tool conversation
+(:func:`tunesmith.export.ollama.modelfile_tools_check`).  It also checks that the end-of-turn token is an EOS id
 in the saved ``generation_config.json`` and in the GGUF metadata.  A "does it stop" smoke test then runs
 greedy generation on short prompts and passes when every reply ends with an EOS id the GGUF declares,
 within ``max_new_tokens``.
@@ -218,29 +220,23 @@ def stop_check(
     )
 
 
-def render_go_template(template: str, messages: list[dict], system: str | None = None) -> str:
-    """Render the subset of Ollama's Go template that :func:`tunesmith.export.gguf.modelfile_text` writes:
-    ``PREFIX{{- range .Messages }}BODY{{ end }}TAIL`` with ``{{ .Role }}``/``{{ .Content }}`` in BODY; ``{{-`` trims
-    whitespace before it, as in Go.  ``system`` is the Modelfile's SYSTEM, which Ollama puts first when the
-    conversation has no system message.
+def render_go_template(
+    template: str, messages: list[dict], system: str | None = None, tools: list[dict] | None = None
+) -> str:
+    """Render an Ollama TEMPLATE as Ollama fills it for a chat request, with the Go-template emulation of
+    :mod:`tunesmith.export.gotemplate`: ``.Messages`` (``system`` first when the conversation has no system message:
+    Ollama adds the Modelfile's SYSTEM so), ``.System`` (the system messages' text) and ``.Tools`` (``tools``, else
+    none, so ``{{ if .Tools }}`` branches are skipped).
 
     Raises:
-        ValueError: for a template outside that subset.
+        ValueError: for a template outside the emulated subset.
     """
-    import re
+    from tunesmith.export.gotemplate import execute
 
-    m = re.fullmatch(r"(.*?)\{\{(-?) range \.Messages \}\}(.*?)\{\{(-?) end \}\}(.*)", template, re.S)
-    if m is None:
-        raise ValueError("not a '{{ range .Messages }}...{{ end }}' template")
-    prefix, trim_range, body, trim_end, tail = m.groups()
-    prefix = prefix.rstrip() if trim_range else prefix
     if system and not (messages and messages[0]["role"] == "system"):
         messages = [{"role": "system", "content": system}] + list(messages)
-    parts = []
-    for msg in messages:
-        text = body.replace("{{ .Role }}", msg["role"]).replace("{{ .Content }}", msg["content"])
-        parts.append(text.rstrip() if trim_end else text)
-    return prefix + "".join(parts) + tail
+    joined = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    return execute(template, {"Messages": list(messages), "System": joined, "Tools": tools or None})
 
 
 def tool_parse_check(tokenizer, convs: list[Conversation]) -> Check | None:
@@ -276,7 +272,8 @@ def tool_parse_check(tokenizer, convs: list[Conversation]) -> Check | None:
 def modelfile_check(tokenizer, go_template: str, system: str | None, convs: list[Conversation]) -> Check:
     """The Modelfile's TEMPLATE (+ SYSTEM) gives the same generation-prompt text as the chat template on ``convs``, each
     served with ``system`` when it has no system turn (as Ollama adds SYSTEM, and tunesmith the trained prompt).
-    Conversations with tools are left out: Ollama renders tool specs and calls with its own Go JSON encoding."""
+    Conversations with tools are left out: Ollama renders tool specs and calls with its own Go JSON encoding (a tool
+    TEMPLATE is checked structurally on them, :func:`tunesmith.export.ollama.modelfile_tools_check`)."""
     from tunesmith.models.serving import with_system
 
     convs = [c for c in convs if not c.tools]

@@ -27,55 +27,7 @@ from tunesmith.export.merge import (
     probe_ids,
     probe_logits,
 )
-
-
-def ollama_template(tokenizer) -> tuple[str, str | None]:
-    """Ollama's Go TEMPLATE for the tokenizer's chat template (ChatML or Llama-3) and the template's default system
-    prompt.
-
-    Raises:
-        TunesmithError: for a chat template that is neither ChatML nor Llama-3 (no translation known).
-    """
-    from tunesmith.render.checks import default_system_prompt
-
-    tpl = tokenizer.chat_template or ""
-    if "<|im_start|>" in tpl:
-        go = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
-    elif "<|start_header_id|>" in tpl:
-        go = (
-            (tokenizer.bos_token or "")
-            + "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
-            "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
-        )
-    else:
-        raise TunesmithError(
-            "No Ollama template for this chat template",
-            [
-                Problem(
-                    "--modelfile",
-                    "tunesmith translates ChatML and Llama-3 templates to Ollama's Go templates only",
-                    "write the Modelfile's TEMPLATE by hand, or export without --modelfile",
-                )
-            ],
-        )
-    default = default_system_prompt(tokenizer)
-    return go, default.strip() if default else None
-
-
-def modelfile_text(gguf_name: str, go_template: str, system: str | None, eot_token: str, contract=None) -> str:
-    """An Ollama Modelfile: ``FROM`` the GGUF, ``TEMPLATE``, ``SYSTEM`` (the trained system prompt, else the
-    template's default, if any), ``PARAMETER stop`` at the end-of-turn token, and the serving contract's generation
-    defaults (greedy: ``temperature 0``; ``num_predict``)."""
-    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{go_template}"""']
-    if system:
-        lines.append(f'SYSTEM """{system}"""')
-    lines.append(f'PARAMETER stop "{eot_token}"')
-    gen = contract.generation if contract is not None else {}
-    if not gen.get("do_sample", False):
-        lines.append("PARAMETER temperature 0")
-    if gen.get("max_new_tokens"):
-        lines.append(f"PARAMETER num_predict {int(gen['max_new_tokens'])}")
-    return "\n".join(lines) + "\n"
+from tunesmith.export.ollama import modelfile_text, ollama_template
 
 
 def guess_pre_tokenizer(tokenizer) -> str | None:
@@ -218,13 +170,20 @@ def run_export(
         notes=loaded.notes,
     )
     if modelfile:
-        from tunesmith.export.consistency import fixed_conversations, modelfile_check, modelfile_probe_check
+        from tunesmith.export.consistency import (
+            fixed_conversations,
+            modelfile_check,
+            modelfile_probe_check,
+        )
+        from tunesmith.export.ollama import modelfile_tools_check
 
         eot_text = tok.convert_ids_to_tokens(eot) if eot is not None else tok.eos_token
         atomic_write_text(out.parent / "Modelfile", modelfile_text(out.name, go, system, eot_text, contract))
         report["modelfile"] = str(out.parent / "Modelfile")
         checks = report["consistency"]["checks"]
         checks.append(asdict(modelfile_check(tok, go, system, fixed_conversations(tok))))
+        tools = modelfile_tools_check(tok, go, system, fixed_conversations(tok)) if ".Tools" in go else None
+        checks += [asdict(tools)] if tools else []
         if contract is not None and contract.probes:
             checks.append(asdict(modelfile_probe_check(contract, tok, go, system)))
         report["consistency"]["ok"] = all(c["ok"] for c in checks)
@@ -272,6 +231,10 @@ _FIXES = {
     "probe_ids_gguf": "the GGUF tokenizer or template renders the run's eval prompts differently from training",
     "modelfile_eval_prompts": "edit the Modelfile's TEMPLATE/SYSTEM so it renders like training",
     "modelfile_template": "edit the Modelfile's TEMPLATE by hand so it renders like the chat template",
+    "modelfile_tools_structure": (
+        "the Modelfile's tool TEMPLATE lays tools, calls or results out differently from the chat template: edit its "
+        "TEMPLATE by hand, or train with model.chat_template=chatml-tools"
+    ),
     "tool_call_parse": (
         "the template writes tool calls in a layout tunesmith cannot parse; train with model.chat_template=chatml-tools"
     ),
