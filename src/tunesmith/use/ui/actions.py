@@ -207,7 +207,7 @@ def run_view(ws: Workspace, value: str | None, *, log_bytes: int = 4000, log_lin
         return RunView(status=f"`{value}`: {jobs.job_status(recent[0])}", log=jobs.log_tail(ws.state_dir, recent[0]))
     state, prog = runs.read_run(path), runs.read_progress(path)
     recent = jobs.list_jobs(ws.state_dir, target=path)
-    log = _tail(path / "run.log", log_bytes)
+    log = jobs.tail_text(path / "run.log", log_bytes)
     if recent and recent[0].returncode not in (None, 0, 130, 143):  # it failed: its own output says why
         log = jobs.log_tail(ws.state_dir, recent[0], max_bytes=log_bytes)
     try:
@@ -216,15 +216,6 @@ def run_view(ws: Workspace, value: str | None, *, log_bytes: int = 4000, log_lin
         yaml_text = ""
     log = "\n".join(log.splitlines()[-log_lines:])  # the newest lines: the box shows them without scrolling
     return RunView(views.progress_markdown(state, prog), views.plot_rows(prog), log, yaml_text)
-
-
-def _tail(path: Path, max_bytes: int) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(max(path.stat().st_size - max_bytes, 0))
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 # ---------------------------------------------------------------------------------------------------- Runs tab

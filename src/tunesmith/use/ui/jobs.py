@@ -166,12 +166,16 @@ def job_status(job: Job) -> str:
     return "running" if b"tunesmith" in cmd else "ended"
 
 
-def log_tail(state_dir: Path, job: Job, *, max_bytes: int = 12000) -> str:
-    """The last ``max_bytes`` of the job's log, as text."""
-    path = jobs_dir(state_dir) / f"{job.id}.log"
+def tail_text(path: Path, max_bytes: int) -> str:
+    """The last ``max_bytes`` of the file at ``path``, decoded as UTF-8 (bad bytes replaced); "" when unreadable."""
     try:
         with path.open("rb") as f:
             f.seek(max(path.stat().st_size - max_bytes, 0))
             return f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def log_tail(state_dir: Path, job: Job, *, max_bytes: int = 12000) -> str:
+    """The last ``max_bytes`` of the job's log, as text."""
+    return tail_text(jobs_dir(state_dir) / f"{job.id}.log", max_bytes)
