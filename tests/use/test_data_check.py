@@ -78,15 +78,15 @@ def check_file(tiny_llama_dir, smol_tokenizer, tmp_path_factory):
         path = folder / f"{next(counter)}-{name}"
         path.write_bytes(data)
         cfg = load_config(None, [f"model.name={tiny_llama_dir}", f"data.path={path}", "train.max_length=64"])
-        try:
-            return run_check(cfg)
-        except TunesmithError as exc:
-            assert exc.exit_code == 2 and exc.problems, exc.render()
-            return 2
+        with pytest.MonkeyPatch.context() as mp:  # only for this call: later tests load their own tokenizer
+            mp.setattr("tunesmith.models.loading.load_tokenizer", lambda *a, **k: smol_tokenizer)
+            try:
+                return run_check(cfg)
+            except TunesmithError as exc:
+                assert exc.exit_code == 2 and exc.problems, exc.render()
+                return 2
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("tunesmith.models.loading.load_tokenizer", lambda *a, **k: smol_tokenizer)
-        yield check
+    return check
 
 
 def _lines(values, *, ascii_only: bool, raw: list[bytes]) -> bytes:

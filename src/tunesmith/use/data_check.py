@@ -221,9 +221,9 @@ def run_check(cfg, *, skip_invalid: bool = False) -> int:
         console.print(r)
     for f in rep.findings:
         color = "yellow" if f.level == "warning" else "cyan"
-        console.print(f"[{color}]template {f.level}:[/] {f.message}", highlight=False)
+        console.print(f"[{color}]template {f.level}:[/] {f.message}", highlight=False, soft_wrap=True)
     if rep.warning:
-        console.print(f"[bold yellow]truncation warning:[/] {escape(rep.warning)}", highlight=False)
+        console.print(f"[bold yellow]truncation warning:[/] {escape(rep.warning)}", highlight=False, soft_wrap=True)
     if rep.message:
         errors.print(f"[bold red]error:[/] {escape(rep.message)}", highlight=False)
     return rep.exit_code
