@@ -70,3 +70,26 @@ def test_training_lines_reuse_the_progress_eta(clock, capsys):
         capsys.readouterr().err.strip()
         == "train: 15/30 steps (50%), loss 1.2346, eval_loss 2.5000, elapsed 20s, ETA 1m00s"
     )
+
+
+def test_a_progress_line_reads_back():
+    """What :class:`Progress` writes, :func:`parse_progress_line` reads (the web page follows runs through run.log)."""
+    from tunesmith.runtime.console import Progress, parse_progress_line
+
+    bar = Progress("train", 30, unit="steps", lines=True, auto_lines=False)
+    bar.start()
+    bar.update(10, tokens=0, loss="1.1081", eval_loss="1.0")
+    got = parse_progress_line(bar.line())
+    assert got["label"] == "train" and (got["done"], got["total"], got["unit"]) == (10, 30, "steps")
+    assert got["fields"] == {"loss": "1.1081", "eval_loss": "1.0"} and got["elapsed_s"] == 0
+    line = "generate: 8/60 examples (13%), 22.5 tokens/s, elapsed 1m04s, ETA ?"
+    assert parse_progress_line(line) == {
+        "label": "generate",
+        "done": 8,
+        "total": 60,
+        "unit": "examples",
+        "fields": {"tokens/s": "22.5"},
+        "elapsed_s": 64,
+        "eta_s": None,
+    }
+    assert parse_progress_line("error: Training stopped by SIGTERM") is None

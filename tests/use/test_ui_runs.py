@@ -21,12 +21,12 @@ from tunesmith.runtime.lock import LOCK
 from tunesmith.use.ui import jobs, runs
 
 LOG = """2026-12-06 20:52:31,949 INFO tunesmith: tunesmith sft cfg.yaml
-train: step 1/4 loss 10.7760 elapsed 6s ETA 19s
-train: step 2/4 loss 10.7691 elapsed 12s ETA 12s
-train: step 2/4 eval_loss 10.7164 elapsed 12s ETA 12s
+train: 1/4 steps (25%), loss 10.7760, 512.0 tokens/s, elapsed 6s, ETA 19s
+train: 2/4 steps (50%), loss 10.7691, elapsed 12s, ETA 12s
+train: 2/4 steps (50%), eval_loss 10.7164, elapsed 12s, ETA 12s
 error: Training stopped by SIGTERM; a checkpoint was saved
 2026-12-06 20:53:40,001 INFO tunesmith: tunesmith sft cfg.yaml --resume latest
-train: step 3/4 loss 10.7000 elapsed 5s ETA 5s
+train: 3/4 steps (75%), loss 10.7000, elapsed 5s, ETA 5s
 """
 
 
@@ -95,7 +95,7 @@ def test_kind_comes_from_manifest_metrics_or_the_config_shape(tmp_path):
 
 
 def test_progress_from_run_log_keeps_the_latest_value_of_a_repeated_step(tmp_path):
-    run = _run(tmp_path, log=LOG + "train: step 2/4 loss 10.6000 elapsed 9s ETA 9s\n")
+    run = _run(tmp_path, log=LOG + "train: 2/4 steps (50%), loss 10.6000, elapsed 9s, ETA 9s\n")
     prog = runs.read_progress(run)
     assert prog.step == 2 and prog.max_steps == 4 and prog.eta_seconds == 9
     assert prog.points == [

@@ -41,6 +41,46 @@ def _secs(value: float | None) -> str:
     return f"{value // 60}m{value % 60:02d}s" if value >= 60 else f"{value}s"
 
 
+_PROGRESS_LINE = re.compile(
+    r"^(?P<label>[\w .-]+): (?P<done>\d+)(?:/(?P<total>\d+))? (?P<unit>\w+)(?: \(\d+%\))?(?P<fields>.*?)"
+    r", elapsed (?P<elapsed>[\dms?]+), ETA (?P<eta>[\dms?]+)$"
+)
+
+
+def _parse_secs(text: str) -> int | None:
+    """The inverse of :func:`_secs`: ``"3m22s"`` -> 202, ``"12s"`` -> 12, ``"?"`` -> None."""
+    m = re.fullmatch(r"(?:(\d+)m)?(\d+)s", text)
+    return int(m[1] or 0) * 60 + int(m[2]) if m else None
+
+
+def parse_progress_line(line: str) -> dict | None:
+    """Read back one plain line of :class:`Progress` (what a run writes to ``run.log``), e.g.
+    ``train: 10/30 steps (33%), loss 1.1081, eval_loss 1.0, elapsed 3m31s, ETA 7m03s``.
+
+    Returns:
+        ``{"label", "done", "total" (None when unknown), "unit", "fields": {name: text}, "elapsed_s", "eta_s"}``
+        (seconds as int, None for ``?``; a field ``123.4 tokens/s`` is ``{"tokens/s": "123.4"}``), or None for any
+        other line.
+    """
+    m = _PROGRESS_LINE.match(line.strip())
+    if m is None:
+        return None
+    fields = {}
+    for part in filter(None, (p.strip() for p in m["fields"].split(","))):
+        first, _, rest = part.partition(" ")
+        key, value = (rest, first) if re.fullmatch(r"[-\d.e+]+", first) else (first, rest)
+        fields[key] = value
+    return {
+        "label": m["label"],
+        "done": int(m["done"]),
+        "total": int(m["total"]) if m["total"] else None,
+        "unit": m["unit"],
+        "fields": fields,
+        "elapsed_s": _parse_secs(m["elapsed"]),
+        "eta_s": _parse_secs(m["eta"]),
+    }
+
+
 class Progress:
     """Progress of one long step (generation, scoring, evaluation, training): how many items are done, tokens per
     second and the ETA. On a terminal a rich bar; otherwise (CI, a pipe, a log file) plain lines on the console,
@@ -201,6 +241,9 @@ def quiet_library_warnings() -> None:
     shown = warnings.showwarning
     if getattr(shown, "tunesmith_quiet", False):
         return
+    # bitsandbytes (the qlora extra) logs at import, on CPUs with avx512_bf16, that an optional kernel package is
+    # missing; it falls back to its own CPU code, so the line says nothing a user must act on
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, (FutureWarning, DeprecationWarning)) and _from_package(str(filename)):

@@ -3,7 +3,7 @@
 Nothing here is kept in the web server's memory: every answer is read from the folder each time, so a page opened
 later (or after the server restarted) sees the runs already going, and closing a page changes nothing. A run folder
 holds ``config.yaml`` (written first), ``.tunesmith.lock`` (the id of the live process training it), ``run.log``
-(the console, with one ``train: step N/M loss .. eval_loss .. elapsed ..s ETA ..s`` line per log event),
+(the console, with one ``train: N/M steps (..%), loss .., eval_loss .., elapsed .., ETA ..`` line per log event),
 ``checkpoints/checkpoint-N/`` and, when the run is complete, ``log_history.jsonl`` and ``metrics.json`` (last).
 
 Status: ``running`` (a live process holds the lock), ``complete`` (``metrics.json``), ``interrupted: resumable`` (no
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,16 +22,13 @@ from pathlib import Path
 
 from tunesmith.errors import Problem, TunesmithError
 from tunesmith.runtime.checkpoint_files import latest_checkpoint
+from tunesmith.runtime.console import parse_progress_line
 from tunesmith.runtime.lock import LOCK, lock_holder
 
 RUNNING, COMPLETE, RESUMABLE, INCOMPLETE = "running", "complete", "interrupted: resumable", "incomplete"
 """The statuses :func:`read_run` reports."""
 ARTIFACT_DIRS = frozenset({"checkpoints", "adapter", "model", "logs", "uploads", ".tunesmith-ui", ".git", ".venv"})
 """Folders :func:`find_runs` never enters."""
-_LINE = re.compile(
-    r"train: step (?P<step>\d+)/(?P<max>-?\d+)(?: loss (?P<loss>[-\d.einfa]+))?(?: eval_loss (?P<eval>[-\d.einfa]+))?"
-    r" elapsed (?P<elapsed>\d+)s ETA (?P<eta>\d+)s"
-)
 
 
 @dataclass
@@ -143,8 +139,9 @@ def find_runs(root: str | Path, *, max_depth: int = 4) -> list[Path]:
 def read_progress(run_dir: str | Path) -> Progress:
     """Loss and eval_loss per step, the last step, ``max_steps`` and the ETA.
 
-    A complete run is read from ``log_history.jsonl``; a running or stopped one from the ``train: step ..`` lines
-    of ``run.log`` (a resumed run's log continues the first attempt's, so a repeated step keeps its latest value).
+    A complete run is read from ``log_history.jsonl``; a running or stopped one from the ``train: N/M steps ..``
+    progress lines of ``run.log`` (:func:`tunesmith.runtime.console.parse_progress_line`); a resumed run's log
+    continues the first attempt's, so a repeated step keeps its latest value.
     """
     run_dir = Path(run_dir)
     prog = Progress(max_steps=(_read_config(run_dir).get("train") or {}).get("max_steps"))
@@ -165,12 +162,15 @@ def read_progress(run_dir: str | Path) -> Progress:
             text = (run_dir / "run.log").read_text(encoding="utf-8", errors="replace")
         except OSError:
             text = ""
-        for m in _LINE.finditer(text):
-            step = int(m["step"])
-            for series, group in (("loss", "loss"), ("eval_loss", "eval")):
-                if m[group] is not None:
-                    values[(step, series)] = float(m[group])
-            prog.step, prog.max_steps, prog.eta_seconds = step, int(m["max"]), int(m["eta"])
+        for line in text.splitlines():
+            m = parse_progress_line(line)
+            if m is None or m["label"] != "train":
+                continue
+            step = m["done"]
+            for series in ("loss", "eval_loss"):
+                if series in m["fields"]:
+                    values[(step, series)] = float(m["fields"][series])
+            prog.step, prog.max_steps, prog.eta_seconds = step, m["total"] or prog.max_steps, m["eta_s"]
     prog.points = [{"step": s, "series": k, "value": v} for (s, k), v in sorted(values.items())]
     return prog
 
