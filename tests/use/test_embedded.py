@@ -1,5 +1,5 @@
-"""Issue 6 on the embedded SmolLM2-135M-Instruct: merge a random LoRA adapter, export it to GGUF, check the round trip
-(same greedy replies, logits), template consistency and that it stops; generate batched == one at a time.
+"""Merge and export on the embedded SmolLM2-135M-Instruct: merge a random LoRA adapter, export it to GGUF, check the
+round trip (same greedy replies, logits), template consistency and that it stops; generate batched == one at a time.
 
     PYTHONPATH=src pytest -q -m slow tests/use/test_embedded.py      # about 2-4 minutes on 2 CPU cores
 
