@@ -93,3 +93,14 @@ def test_a_progress_line_reads_back():
         "eta_s": None,
     }
     assert parse_progress_line("error: Training stopped by SIGTERM") is None
+
+
+def test_library_deprecations_are_told_apart_by_their_installed_package():
+    """A checkout folder named tunesmith must not make a library's warning look like tunesmith's own."""
+    from tunesmith.runtime.console import _from_package
+
+    lib = "/home/me/tunesmith/.venv/lib/python3.11/site-packages/transformers/modeling_utils.py"
+    assert _from_package(lib)
+    assert _from_package("/usr/lib/python3/dist-packages/torch/nn/modules/module.py")
+    assert not _from_package("/home/me/tunesmith/src/tunesmith/train/sft.py")
+    assert not _from_package("/home/me/tunesmith/.venv/lib/python3.11/site-packages/rich/console.py")

@@ -48,9 +48,12 @@ def _run(tmp_path, name="r", *, kind_config=None, checkpoint=None, metrics=None,
 
 
 @pytest.fixture
-def sleeper():
-    """A live process whose command line names tunesmith (as a training command's does)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "tunesmith"])
+def sleeper(tmp_path_factory):
+    """A live process whose command line is a tunesmith command's (``python .../bin/tunesmith sft``, as the console
+    script runs), sleeping instead of training."""
+    script = tmp_path_factory.mktemp("bin") / "tunesmith"
+    script.write_text("import time\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(script), "sft", "cfg.yaml"])
     yield proc
     proc.kill()
     proc.wait()
@@ -226,3 +229,11 @@ def test_a_start_that_fails_shows_why_on_the_page(tmp_path):
     view = actions.run_view(ws, "runs/sft")
     assert "failed (exit 2)" in view.status and "already holds a run" in view.log and "Traceback" not in view.log
     assert (tmp_path / "runs" / "sft" / "notes.txt").read_text() == "mine"
+
+
+def test_only_a_tunesmith_command_line_counts_as_one():
+    assert runs.is_tunesmith_command(["/x/.venv/bin/python", "-m", "tunesmith", "sft", "c.yaml"])
+    assert runs.is_tunesmith_command(["/x/.venv/bin/python", "/x/.venv/bin/tunesmith", "sft"])
+    # a checkout named tunesmith holds its own Python: that path alone is not a tunesmith command
+    assert not runs.is_tunesmith_command(["/home/me/tunesmith/.venv/bin/python", "-c", "import time"])
+    assert not runs.is_tunesmith_command(["sleep", "60", "tunesmith"])

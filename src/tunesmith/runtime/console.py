@@ -231,8 +231,13 @@ QUIET_WARNING_PACKAGES = ("transformers", "trl", "peft", "accelerate", "datasets
 
 
 def _from_package(filename: str) -> bool:
+    """True when ``filename`` is a module of one of :data:`QUIET_WARNING_PACKAGES` as installed (the folder after
+    ``site-packages``/``dist-packages``), wherever the environment lives (a checkout named tunesmith included)."""
     parts = Path(filename).parts
-    return any(p in parts for p in QUIET_WARNING_PACKAGES) and "tunesmith" not in parts
+    for k, part in enumerate(parts[:-1]):
+        if part in ("site-packages", "dist-packages"):
+            return parts[k + 1] in QUIET_WARNING_PACKAGES
+    return False
 
 
 def quiet_library_warnings() -> None:

@@ -175,6 +175,14 @@ def read_progress(run_dir: str | Path) -> Progress:
     return prog
 
 
+def is_tunesmith_command(argv: list[str]) -> bool:
+    """True for the argument list of a ``tunesmith`` command: ``python -m tunesmith ...`` or the ``tunesmith`` console
+    script (a path merely containing "tunesmith", such as a checkout's own Python, does not count)."""
+    if any(a == "-m" and b == "tunesmith" for a, b in zip(argv, argv[1:])):
+        return True
+    return any(Path(a).name == "tunesmith" for a in argv[:2])
+
+
 def stop_run(run_dir: str | Path) -> int:
     """Send SIGTERM to the process training ``run_dir``: it finishes the current step, saves a checkpoint and exits
     with 143 (``--resume latest`` continues it).
@@ -192,10 +200,10 @@ def stop_run(run_dir: str | Path) -> int:
             "Nothing to stop", [Problem(str(run_dir), "no live process is training this run", "refresh the page")]
         )
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
-        cmdline = b"tunesmith"  # no /proc here: trust the lock file
-    if b"tunesmith" not in cmdline:
+        argv = ["tunesmith"]  # no /proc here: trust the lock file
+    if not is_tunesmith_command(argv):
         raise TunesmithError(
             "Not stopping an unknown process",
             [Problem(str(Path(run_dir) / LOCK), f"process {pid} is not a tunesmith command", "stop it yourself")],
