@@ -79,7 +79,9 @@ def eval_loss(model, rows, batch_size: int = 8) -> float:
     return total / max(count, 1)
 
 
-def _common_args(a) -> dict:
+def common_args(a) -> dict:
+    """Trainer arguments every variant shares (steps, batch, constant learning rate, no saving or evaluation); the
+    GPU worker uses them too."""
     return dict(
         output_dir=str(Path(a.out).parent / f"ckpt-{a.variant}"),
         max_steps=a.steps,
@@ -104,7 +106,7 @@ def _trl(a, train_ds, lora_cfg, tokenizer, model_dir):
 
     from tunesmith.models.adapters import to_peft_config
 
-    kw = _common_args(a)
+    kw = common_args(a)
     if a.variant == "trl_best":
         kw.update(bf16=False, gradient_checkpointing=False, packing=True, packing_strategy="bfd")
     from transformers import AutoModelForCausalLM
@@ -138,7 +140,7 @@ def _tunesmith(a, train_ds, cfg, tokenizer, source):
         "tunesmith_whole_batch": {"micro_batch_size": a.batch},
         "tunesmith_ckpt": {"gradient_checkpointing": True},
     }
-    for k, v in {**_common_args(a), **sets.get(a.variant, {})}.items():
+    for k, v in {**common_args(a), **sets.get(a.variant, {})}.items():
         if k in type(cfg.train).model_fields:
             setattr(cfg.train, k, v)
     use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else choose_dtype(cfg.model.dtype) == torch.bfloat16

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # bench/: variants.py (StepClock, eval_loss, train_and_measure)
+sys.path.insert(0, str(HERE.parent))  # bench/: variants.py (StepClock, eval_loss, train_and_measure, common_args)
+
+from variants import common_args  # noqa: E402 (bench/ is put on the path just above)
 
 VARIANTS = {
     "tunesmith": "tunesmith sft path, defaults (precision from the hardware, packed rows, chunked loss)",
@@ -37,27 +39,6 @@ REFERENCE = {
     "tunesmith_qlora": "trl_padfree_liger_qlora",
 }
 """The TRL run each variant's speed, memory and eval_loss are compared with (same model, same init)."""
-
-
-def common_args(a) -> dict:
-    """Trainer arguments every variant shares (steps, batch, constant learning rate, no saving or evaluation)."""
-    return dict(
-        output_dir=str(Path(a.out).parent / f"ckpt-{a.variant}"),
-        max_steps=a.steps,
-        per_device_train_batch_size=a.batch,
-        learning_rate=2e-4,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=42,
-        max_length=a.max_length,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-    )
 
 
 def _tunesmith(a, train_ds, tokenizer) -> tuple[object, dict]:
