@@ -22,8 +22,14 @@ import torch
 VARIANTS = {
     "trl_shipped": "plain TRL SFTTrainer, defaults: bf16 autocast, gradient checkpointing, padded batches, no packing",
     "trl_best": "plain TRL SFTTrainer at its best on CPU: fp32, no gradient checkpointing, packing (BFD, padding-free)",
-    "tunesmith": "tunesmith sft path, defaults (precision from the hardware, packed rows, chunked loss)",
-    "tunesmith_fp32": "tunesmith sft path, fp32",
+    "tunesmith": (
+        "tunesmith sft path, defaults (precision from a timed probe, packed rows, per-sample attention, chunked loss)"
+    ),
+    "tunesmith_fp32": "tunesmith sft path, fp32 (train.bf16=false)",
+    "tunesmith_bf16": "tunesmith sft path, bf16 base weights + fp32 LoRA (model.dtype=bfloat16)",
+    "tunesmith_mixed": "tunesmith sft path, fp32 weights + bf16 autocast (model.dtype=float32, train.bf16=true)",
+    "tunesmith_sdpa": "tunesmith sft path, SDPA with the dense packed mask (train.varlen_attention=false)",
+    "tunesmith_dropout": "tunesmith sft path, lora_dropout=0.05",
     "tunesmith_trl_loss": "tunesmith sft path, TRL's loss (train.chunked_loss=false)",
     "tunesmith_flat": "tunesmith sft path, TRL's padding-free flat layout (train.packing_layout=flat)",
     "tunesmith_micro1": "tunesmith sft path, one packed row per forward/backward (train.micro_batch_size=1)",
@@ -127,12 +133,15 @@ def _trl(a, train_ds, lora_cfg, tokenizer, model_dir):
 def _tunesmith(a, train_ds, cfg, tokenizer, source):
     from tunesmith.models.adapters import apply_lora
     from tunesmith.models.loading import load_causal_lm
-    from tunesmith.runtime.hardware import choose_dtype
+    from tunesmith.train.common import run_precision
     from tunesmith.train.sft import _make_trainer, build_sft_config
     from tunesmith.train.speed.plan import apply_threads, plan_speed, sft_overrides
+    from tunesmith.train.speed.precision import fast_lora_inputs
 
     sets = {
         "tunesmith_fp32": {"bf16": False},
+        "tunesmith_mixed": {"bf16": True},
+        "tunesmith_sdpa": {"varlen_attention": False},
         "tunesmith_trl_loss": {"chunked_loss": False},
         "tunesmith_flat": {"packing_layout": "flat"},
         "tunesmith_micro1": {"micro_batch_size": 1},
@@ -143,18 +152,21 @@ def _tunesmith(a, train_ds, cfg, tokenizer, source):
     for k, v in {**common_args(a), **sets.get(a.variant, {})}.items():
         if k in type(cfg.train).model_fields:
             setattr(cfg.train, k, v)
-    use_bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else choose_dtype(cfg.model.dtype) == torch.bfloat16
+    cfg.model.dtype = {"tunesmith_bf16": "bfloat16", "tunesmith_mixed": "float32"}.get(a.variant, "auto")
     plan = plan_speed(cfg.train, cfg.model.attn_implementation)
     apply_threads(plan)
-    model = apply_lora(load_causal_lm(source, attn_implementation=plan.attn_implementation), cfg.lora)
+    prec = run_precision(cfg, plan)
+    base = load_causal_lm(source, dtype=prec.weights, attn_implementation=plan.attn_implementation)
+    model = apply_lora(base, cfg.lora)
+    fast_lora_inputs(model, prec.name == "bf16")
     args = build_sft_config(
-        cfg, Path(a.out).parent / f"ckpt-{a.variant}", use_bf16, overrides=sft_overrides(plan, cfg.train)
+        cfg, Path(a.out).parent / f"ckpt-{a.variant}", prec.autocast, overrides=sft_overrides(plan, cfg.train)
     )
     args.save_strategy, args.eval_strategy, args.disable_tqdm = "no", "no", True
     trainer = _make_trainer(model, tokenizer, args, train_ds, None, plan)
     clock = StepClock()
     trainer.add_callback(clock.callback)
-    return trainer, clock, "bf16-mixed" if use_bf16 else "fp32"
+    return trainer, clock, prec.name
 
 
 def run(a) -> dict:
@@ -167,7 +179,8 @@ def run(a) -> dict:
     from tunesmith.models.sources import resolve_model
 
     cfg = RunConfig()
-    cfg.lora.lora_dropout = a.lora_dropout
+    if a.variant == "tunesmith_dropout":
+        cfg.lora.lora_dropout = 0.05
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source)
     train_ds, eval_rows = (
@@ -183,12 +196,38 @@ def run(a) -> dict:
         "variant": a.variant,
         "description": VARIANTS[a.variant],
         "precision": precision,
-        **train_and_measure(trainer, clock, eval_rows, a.warmup),
+        **train_and_measure(trainer, clock, eval_rows, a.warmup, fp32_scorer(cfg, source)),
     }
 
 
-def train_and_measure(trainer, clock: StepClock, eval_rows: list[dict], warmup: int) -> dict:
+def fp32_scorer(cfg, source):
+    """The model eval_loss is scored on: the trained model itself, or, when its base was trained in bf16, the trained
+    adapter on the fp32 base (as ``tunesmith eval --adapter``, chat and merge load it), so every variant's eval_loss is
+    the served model's."""
+
+    def pick(model):
+        frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+        if torch.bfloat16 not in frozen:
+            return model
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        from tunesmith.models.adapters import apply_lora
+        from tunesmith.models.loading import load_causal_lm
+        from tunesmith.train.speed.precision import fast_lora_inputs
+
+        fast_lora_inputs(model, False)
+        fresh = apply_lora(load_causal_lm(source, dtype=torch.float32), cfg.lora)
+        set_peft_model_state_dict(fresh, get_peft_model_state_dict(model))
+        return fresh
+
+    return pick
+
+
+def train_and_measure(trainer, clock: StepClock, eval_rows: list[dict], warmup: int, scorer=None) -> dict:
     """Train ``trainer`` (its max_steps), counting the real (non-pad) tokens of every micro-batch, then score eval_loss.
+
+    Args:
+        scorer: maps the trained model to the model eval_loss is scored on (default: itself).
 
     Returns:
         ``{"steps", "warmup_steps", "step_seconds", "real_tokens_per_step", "tokens_per_second" (real tokens per wall
@@ -228,7 +267,7 @@ def train_and_measure(trainer, clock: StepClock, eval_rows: list[dict], warmup: 
         "peak_rss_bytes": peak,
         "peak_gpu_bytes": gpu_peak,
         "train_losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
-        "eval_loss": eval_loss(trainer.model, eval_rows),
+        "eval_loss": eval_loss((scorer or (lambda m: m))(trainer.model), eval_rows),
         "parameters": total,
         "trainable_parameters": trainable,
         "threads": torch.get_num_threads(),
@@ -246,7 +285,6 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
     a = p.parse_args(argv)
     result = run(a)
     Path(a.out).write_text(json.dumps(result, indent=1))

@@ -51,7 +51,16 @@ def test_summary_ratios_mfu_and_targets():
     assert (
         abs(ts["mfu_fp32_peak"] - 25 * 4200 / 4.2e6) < 1e-12 and abs(ts["mfu_bf16_peak"] - 25 * 4200 / 8.4e6) < 1e-12
     )  # 4200 FLOPs/token
-    assert s["targets"]["speed_vs_trl_best >= 2"] == 2.5 and s["targets"]["memory_vs_trl_shipped <= 1"] == 1.5
+    # MFU against the peak of the precision it runs in: bf16 here
+    assert (
+        ts["mfu_running_peak"] == ts["mfu_bf16_peak"]
+        and s["variants"]["trl_best"]["mfu_running_peak"] == (s["variants"]["trl_best"]["mfu_fp32_peak"])
+    )
+    t = s["targets"]
+    assert t["speed_vs_trl_best >= 6"] == 2.5 and t["memory_vs_trl_shipped <= 0.75"] == 1.5
+    assert t["mfu vs bf16-mixed peak >= 0.40"] == ts["mfu_bf16_peak"]
+    assert not bench_sft.target_met("speed_vs_trl_best >= 6", 2.5) and bench_sft.target_met("x <= 0.75", 0.7)
+    assert bench_sft.target_met("abs(e) <= 0.01", -0.009) and not bench_sft.target_met("abs(e) <= 0.01", -0.02)
     assert abs(s["estimate"]["predicted_over_measured"] - 1.1) < 1e-12
     report = {
         "summary": s,
@@ -75,3 +84,18 @@ def test_summary_ratios_mfu_and_targets():
         and "+1.00%" in md
         and "(ratio 1.10)" in md
     )
+    assert "| speed_vs_trl_shipped >= 8 | 5.000 | NO |" in md
+
+
+def test_auto_precision_check_compares_fp32_and_bf16_variants():
+    peaks = dict.fromkeys(("fp32_gflops", "bf16_gflops", "fp32_gflops_cpu", "bf16_gflops_cpu"), 1.0)
+    runs = [
+        _run("trl_best", 10, 20, 4e9, 2.0),
+        _run("trl_shipped", 5, 8, 2e9, 2.1),
+        _run("tunesmith", 25, 40, 3e9, 2.02, "bf16"),
+        _run("tunesmith_fp32", 20, 40, 3e9, 2.0, "fp32"),
+        _run("tunesmith_bf16", 26, 40, 3e9, 2.02, "bf16"),
+    ]
+    assert bench_sft.summarise(runs, peaks, None)["targets"]["auto picked the faster precision (1 = yes)"] == 1.0
+    runs[3]["tokens_per_second"] = 30
+    assert bench_sft.summarise(runs, peaks, None)["targets"]["auto picked the faster precision (1 = yes)"] == 0.0

@@ -108,7 +108,8 @@ def test_adapter_reloads_in_fresh_process_with_same_logits(run_dir, embedded_sou
         from transformers import AutoModelForCausalLM
         from peft import PeftModel
         check = json.load(open({str(run_dir / "reload_check.json")!r}))
-        base = AutoModelForCausalLM.from_pretrained({embedded_source.location!r}, dtype=torch.float32)
+        dtype = getattr(torch, check["base_dtype"])
+        base = AutoModelForCausalLM.from_pretrained({embedded_source.location!r}, dtype=dtype)
         ids = torch.tensor([check["input_ids"]])
         with torch.no_grad():
             base_logits = base(ids).logits[0, -1, :512]

@@ -133,8 +133,9 @@ class ModelSection(Section):
     """Hub revision (branch, tag or commit) for a Hugging Face model id."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     (
-        "Training/inference precision. `auto` picks bf16 only where the hardware computes it natively (CUDA with bf16, "
-        "or a CPU with AVX512-BF16/AMX) and float32 otherwise."
+        "Training/inference precision. `auto`: on CUDA bf16 where supported; on a CPU with AVX512-BF16/AMX a timed "
+        "training step in fp32 and in bf16 decides (cached per machine and model shape), float32 otherwise. With LoRA, "
+        "bf16 stores the frozen base weights in bf16 and keeps the adapter and its optimizer state in fp32."
     )
     attn_implementation: str = "sdpa"
     (
@@ -241,8 +242,11 @@ class LoraSection(Section):
     """LoRA rank: the inner dimension of the low-rank update B@A."""
     lora_alpha: int = Field(32, gt=0)
     """LoRA scaling numerator: the update is scaled by lora_alpha / r (or / sqrt(r) with use_rslora)."""
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the LoRA input during training."""
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    (
+        "Dropout on the LoRA input during training (PEFT's and torchtune's default: 0). Each LoRA layer draws its own "
+        "mask: on a 2-core CPU drawing them took a fifth of the training step (docs/performance.md)."
+    )
     target_modules: str | list[str] = "all-linear"
     """Modules that get adapters: `all-linear` (every linear layer but the output head) or a list of module names."""
     bias: Literal["none", "all", "lora_only"] = "none"

@@ -93,6 +93,12 @@ class TrainSection(LibraryTrainSection):
         "max_length^2 per row; best for SDPA/eager), `flat` concatenates the batch into one padding-free sequence "
         "(TRL's layout; best with flash-attention varlen). `auto`: flat with a varlen attention kernel, else rows."
     )
+    varlen_attention: bool = True
+    (
+        "With packed rows and SDPA, each packed sample attends only to itself through SDPA's causal kernel, one "
+        "sample at a time (tunesmith.train.speed.varlen), instead of a dense block-diagonal mask over the row: "
+        "attention costs the sum of the squared sample lengths, as with flash-attention's varlen kernel."
+    )
     micro_batch_size: int | None = Field(None, gt=0)
     (
         "Rows per forward/backward pass: each optimizer step's per_device_train_batch_size rows run as accumulated "

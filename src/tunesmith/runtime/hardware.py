@@ -30,45 +30,79 @@ def matmul_gflops(dtype: torch.dtype, n: int = 512, seconds: float = 0.15) -> fl
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_has_bf16() -> bool:
+    """True unless /proc/cpuinfo exists and lists neither ``avx512_bf16`` nor ``amx_bf16``."""
+    info = _cpuinfo()
+    return not info or " avx512_bf16" in info or " amx_bf16" in info
+
+
+def machine_key() -> str:
+    """This machine as the measurement cache knows it: CPU model, core count, torch version and torch threads."""
+    import torch
+
+    info = _cpuinfo()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "cpu")
+    return f"{model}|{os.cpu_count()}|{torch.__version__}|{torch.get_num_threads()}"
+
+
+def cached_measurement(key: str, measure):
+    """A measurement of this machine, cached in ``$TUNESMITH_HOME/hardware.json`` under ``machine_key()|key``.
+
+    Args:
+        key: what is measured (shape and settings).
+        measure: a function taking no argument and returning a JSON-serialisable value; called on a cache miss.
+
+    Returns:
+        The cached or new value (an unwritable cache is ignored).
+    """
+    full = f"{machine_key()}|{key}"
+    cache = tunesmith_home() / "hardware.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if full not in known:
+        known[full] = measure()
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known, indent=1))
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return known[full]
+
+
 def hardware_supports_bf16(device: str | None = None) -> bool:
     """True when bf16 matmuls are faster than fp32 here: CUDA with bf16, or a CPU where a measured bf16 matmul
     beats fp32 by at least 20%.
 
     CPU flags are not enough: the CI machine reports ``avx512_bf16`` yet a bf16 matmul there runs at about
-    58 GFLOP/s against 220 for fp32, so tunesmith measures once (about 1 s) and caches the answer in
-    ``$TUNESMITH_HOME/hardware.json`` keyed by CPU model, core count and torch version.
+    58 GFLOP/s against 220 for fp32, so tunesmith measures once (about 1 s) and caches the answer
+    (:func:`cached_measurement`).  Training precision is decided end to end instead, by a timed training step
+    (:func:`tunesmith.train.speed.precision.resolve_precision`); this matmul test serves inference.
     """
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    if info and " avx512_bf16" not in info and " amx_bf16" not in info:
+    if not cpu_has_bf16():
         return False
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "cpu")
-    key = f"{model}|{os.cpu_count()}|{torch.__version__}|{torch.get_num_threads()}"
-    cache = tunesmith_home() / "hardware.json"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key not in known:
+
+    def measure():
         runs = [(matmul_gflops(torch.float32, 1024, 0.2), matmul_gflops(torch.bfloat16, 1024, 0.2)) for _ in range(2)]
-        fp32, bf16 = (
-            max(r[0] for r in runs),
-            max(r[1] for r in runs),
-        )  # alternated, best of two: less noise from other load
-        known[key] = {"fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1), "bf16_faster": bf16 > 1.2 * fp32}
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(known, indent=1))
-        except OSError:
-            pass
-    return bool(known[key]["bf16_faster"])
+        fp32, bf16 = max(r[0] for r in runs), max(r[1] for r in runs)  # alternated, best of two: less noise from load
+        return {"fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1), "bf16_faster": bf16 > 1.2 * fp32}
+
+    return bool(cached_measurement("matmul", measure)["bf16_faster"])
 
 
 def choose_dtype(requested: str = "auto") -> torch.dtype:

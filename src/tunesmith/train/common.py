@@ -108,6 +108,27 @@ def mixed_precision(cfg) -> bool:
     return choose_dtype(cfg.model.dtype) == torch.bfloat16
 
 
+def run_precision(cfg, plan=None):
+    """The precision of an SFT, DPO or classify run (:func:`tunesmith.train.speed.precision.resolve_precision`; QLoRA
+    keeps its quantised weights and computes in bf16 where :func:`mixed_precision` says so).
+
+    Args:
+        cfg: the run config.
+        plan: the SFT speed plan (its rows per pass size the probe step), or None (one row).
+
+    Returns:
+        :class:`tunesmith.train.speed.precision.Precision`.
+    """
+    from tunesmith.train.speed.precision import Precision, resolve_precision
+
+    if getattr(cfg.model, "quantization", None):
+        bf16 = mixed_precision(cfg)
+        return Precision("bf16-mixed" if bf16 else "fp32", f"{cfg.model.quantization} base weights")
+    seq = getattr(cfg.train, "max_length", None) or 512
+    rows = max(1, min((getattr(plan, "rows_per_pass", None) or 1), 4096 // seq))
+    return resolve_precision(cfg, seq_len=min(seq, 2048), rows=rows)
+
+
 def library_args(cfg, run_dir, library_cls, *, bf16: bool, ours: set[str]) -> dict:
     """Keyword arguments of a library trainer config (``trl.SFTConfig``, ``trl.DPOConfig``, ``TrainingArguments``):
     the ``train`` fields that class has (minus ``ours``, which the recipe sets), plus what every recipe sets the same

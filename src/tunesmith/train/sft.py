@@ -38,8 +38,8 @@ from tunesmith.train.callbacks import CountingTrainerMixin, TokenCounter
 from tunesmith.train.common import (
     install_progress,
     library_args,
-    mixed_precision,
     plot_loss_curve,
+    run_precision,
     run_train_loss,
     serving_files,
     write_adapter_card,
@@ -61,9 +61,11 @@ from tunesmith.train.speed.plan import (
     apply_threads,
     attach,
     build_datasets,
+    detach,
     plan_speed,
     sft_overrides,
 )
+from tunesmith.train.speed.precision import Precision, fast_lora_inputs
 
 _OURS = {"bf16", "max_length", "packing", "packing_strategy"}
 """``train`` fields this recipe sets itself rather than passing through."""
@@ -126,10 +128,10 @@ def _make_trainer(model, tokenizer, args, train_ds, eval_ds, plan: SpeedPlan | N
     return trainer
 
 
-def load_sft_model(cfg: RunConfig, source, attn_implementation: str, use_bf16: bool, *, lora: bool = True):
-    """The model an SFT run trains: the base in fp32 (bf16 autocast comes from the trainer), or for QLoRA
-    (``model.quantization``) quantised by bitsandbytes and computing in bf16 where native, else fp32; then the
-    LoRA adapter (:func:`with_adapter`) when ``lora``.
+def load_sft_model(cfg: RunConfig, source, attn_implementation: str, precision: Precision, *, lora: bool = True):
+    """The model an SFT run trains: the base in the precision's weight dtype (fp32, or bf16 for LoRA on bf16; bf16
+    autocast comes from the trainer), or for QLoRA (``model.quantization``) quantised by bitsandbytes and computing in
+    bf16 where native, else fp32; then the LoRA adapter (:func:`with_adapter`) when ``lora``.
 
     Returns:
         ``PreTrainedModel`` or ``peft.PeftModel``.
@@ -139,7 +141,7 @@ def load_sft_model(cfg: RunConfig, source, attn_implementation: str, use_bf16: b
     """
     model = load_causal_lm(
         source,
-        dtype=torch.bfloat16 if cfg.model.quantization and use_bf16 else torch.float32,
+        dtype=torch.bfloat16 if cfg.model.quantization and precision.autocast else precision.weights,
         attn_implementation=attn_implementation,
         trust_remote_code=cfg.model.trust_remote_code,
         allow_pickle=cfg.model.allow_pickle,
@@ -190,7 +192,7 @@ class _Prepared:
     gen_config: object
     eot: set[int]
     plan: SpeedPlan
-    use_bf16: bool
+    precision: Precision
     max_length: int
     train_rows: list
     eval_rows: list
@@ -204,13 +206,15 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
     source = main_first(resolve_model, cfg.model.name)  # the main process converts/caches once
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
     apply_chat_template_option(tokenizer, cfg.model.chat_template, require=False)
-    use_bf16 = mixed_precision(cfg)
     plan = plan_speed(cfg.train, cfg.model.attn_implementation)
     apply_threads(plan)
-    model = load_sft_model(cfg, source, plan.attn_implementation, use_bf16, lora=False)
+    precision = run_precision(cfg, plan)
+    model = load_sft_model(cfg, source, plan.attn_implementation, precision, lora=False)
     max_length, why = resolve_max_length(cfg.train.max_length, tokenizer, model.config)
     if is_main_process():
-        console.print(f"max_length: {why}; speed: {'; '.join(plan.notes)}")
+        console.print(
+            f"max_length: {why}; precision {precision.name} ({precision.why}); speed: {'; '.join(plan.notes)}"
+        )
     if tokenizer.chat_template:
         for f in check_template(tokenizer, model.generation_config):
             if f.level == "warning" and not (f.code == "default_system_prompt" and cfg.data.system_prompt):
@@ -264,7 +268,7 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
         gen_config,
         eot,
         plan,
-        use_bf16,
+        precision,
         max_length,
         train_rows,
         eval_rows,
@@ -278,7 +282,7 @@ def _run(cfg: RunConfig, run: Run) -> dict:
     if is_main_process():
         console.print(
             f"[bold]tunesmith sft[/] model={p.source.name} ({p.source.kind}) "
-            f"dtype={'bf16-mixed' if p.use_bf16 else 'fp32'} train={len(p.train_rows)} eval={len(p.eval_rows)} "
+            f"precision={p.precision.name} train={len(p.train_rows)} eval={len(p.eval_rows)} "
             f"examples, {p.train_stats.trained_tokens} trained tokens; "
             f"max_length={p.max_length} (dropped {p.train_stats.dropped_empty}, trained tokens lost to truncation "
             f"{p.train_stats.trained_tokens_lost})" + (f"; resuming from {run.checkpoint}" if run.resumed else "")
@@ -292,21 +296,28 @@ def _run(cfg: RunConfig, run: Run) -> dict:
         },
     )
     overrides = sft_overrides(p.plan, cfg.train) | ({"eval_strategy": "no"} if not p.eval_rows else {})
-    args = build_sft_config(cfg, run.run_dir, p.use_bf16, p.max_length, overrides)
+    args = build_sft_config(cfg, run.run_dir, p.precision.autocast, p.max_length, overrides)
     train_ds, eval_ds = to_dataset(p.train_rows), to_dataset(p.eval_rows) if p.eval_rows else None
     with lora_errors(cfg.lora):  # TRL refuses some target modules (lm_head) only here
         trainer = _make_trainer(p.model, p.tokenizer, args, train_ds, eval_ds, p.plan, p.eval_rows)
     sample_convs = run.data.eval[: cfg.eval.num_samples]
     measure_before(cfg, run, trainer, p, sample_convs)
     print_plan(cfg, run, trainer, p)
-    result, seconds = run.train(trainer)
+    fast_lora_inputs(p.model, p.precision.name == "bf16")  # under autocast only: off again before anything else
+    try:
+        result, seconds = run.train(trainer)
+    finally:
+        fast_lora_inputs(p.model, False)
+        detach(trainer)
     after = trainer.evaluate() if p.eval_rows else {}
     samples_after = samples(p.model, p.tokenizer, sample_convs, p.eot, cfg.eval.max_new_tokens, "samples after")
     # all processes (FSDP/ZeRO-3 gather); the main process writes. PEFT's save skips generation_config.json (the
     # end-of-turn id among eos_token_id): written with serving.json into the folder before its atomic rename.
     extra = serving_files(run, p.tokenizer, p.gen_config, run.data.eval or run.data.train)
     if cfg.model.quantization:  # the adapter remembers its base's quantisation (serving and merge load it so)
-        extra[ADAPTER_RECORD] = adapter_record(cfg.model.quantization, torch.bfloat16 if p.use_bf16 else torch.float32)
+        extra[ADAPTER_RECORD] = adapter_record(
+            cfg.model.quantization, torch.bfloat16 if p.precision.autocast else torch.float32
+        )
     save_trained_model(trainer, run.run_dir / ("adapter" if cfg.lora.enabled else "model"), extra_files=extra)
     metrics = _metrics(cfg, run, trainer, p, after, result, seconds)
     if not is_main_process():  # only the main process writes artifacts and prints the summary
@@ -375,7 +386,7 @@ def _metrics(cfg: RunConfig, run: Run, trainer, p: _Prepared, after: dict, resul
         "train_seconds": seconds,
         "tokens_per_second": process_tokens / max(seconds, 1e-9),
         "max_length": p.max_length,
-        "precision": "bf16-mixed" if p.use_bf16 else "fp32",
+        "precision": p.precision.name,
         "quantization": cfg.model.quantization,
         "speed": {
             "layout": p.plan.layout,

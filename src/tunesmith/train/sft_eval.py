@@ -24,6 +24,7 @@ from tunesmith.render.templates import render_prompt
 from tunesmith.runtime.console import Progress, console
 from tunesmith.runtime.distributed import is_main_process, params_sharded
 from tunesmith.runtime.files import atomic_write_json
+from tunesmith.train.speed.precision import lora_input_casts
 
 
 class OneLossEvalMixin:
@@ -31,10 +32,11 @@ class OneLossEvalMixin:
     ``tunesmith_eval_rows``, the rendered and truncated eval rows, unpacked): every eval step, before and after
     training.
 
-    The forward runs on the model without accelerate's autocast wrapper (so a bf16-mixed run reports the fp32 figure
-    ``tunesmith eval`` gets), in eval mode; under FSDP/ZeRO-3 it runs through the sharded model, every process on every
-    row. Logged, passed to ``on_evaluate`` callbacks and returned as ``{"eval_loss", "eval_tokens", "eval_rows",
-    "eval_runtime"}`` (``metric_key_prefix`` replaces ``eval``). Outside ``train()`` the main process shows progress.
+    The forward runs on the model without accelerate's autocast wrapper (so a bf16-mixed run reports the fp32
+    figure ``tunesmith eval`` gets; with bf16 base weights the LoRA layers compute in fp32 as when served), in eval
+    mode; under FSDP/ZeRO-3 it runs through the sharded model, every process on every row. Logged, passed to
+    ``on_evaluate`` callbacks and returned as ``{"eval_loss", "eval_tokens", "eval_rows", "eval_runtime"}``
+    (``metric_key_prefix`` replaces ``eval``). Outside ``train()`` the main process shows progress.
     """
 
     tunesmith_eval_rows: list = []
@@ -47,7 +49,7 @@ class OneLossEvalMixin:
         start = time.perf_counter()
         show = is_main_process() and not self.is_in_train
         bar = Progress("eval_loss", len(rows), unit="rows") if show else contextlib.nullcontext()
-        with bar:
+        with bar, lora_input_casts(model):
             terms = row_losses(
                 model,
                 rows,
@@ -215,7 +217,8 @@ def _plan_text(steps: int, done: int, trainer, p, per_step, train_s, after) -> s
 
 def write_reload_check(run_dir: Path, model, tokenizer, convs) -> None:
     """Record the trained model's last-position logits (first 512 vocab entries) on a fixed probe prompt, so a
-    reload of the saved adapter/model can be checked against the model as it was at the end of training."""
+    reload of the saved adapter/model can be checked against the model as it was at the end of training (with the
+    base loaded in ``base_dtype``: bf16 when the base was trained in bf16)."""
     ids = render_prompt(tokenizer, convs[0])
     model.eval()
     with torch.no_grad():
@@ -225,7 +228,12 @@ def write_reload_check(run_dir: Path, model, tokenizer, convs) -> None:
             .float()
             .cpu()
         )
-    atomic_write_json(run_dir / "reload_check.json", {"input_ids": ids, "logits_last_first512": logits.tolist()})
+    frozen = [q.dtype for q in model.parameters() if not q.requires_grad and q.is_floating_point()]
+    base_dtype = str(frozen[0] if frozen else next(model.parameters()).dtype).removeprefix("torch.")
+    atomic_write_json(
+        run_dir / "reload_check.json",
+        {"input_ids": ids, "logits_last_first512": logits.tolist(), "base_dtype": base_dtype},
+    )
 
 
 def print_summary(run_dir: Path, m: dict) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from tunesmith.models.loading import choose_attention
 from tunesmith.runtime.hardware import is_installed
+from tunesmith.train.speed import varlen
 from tunesmith.train.speed.fastloss import DEFAULT_CHUNK, install_chunked_loss, supports_chunked_loss
 from tunesmith.train.speed.packrows import PackedRowsCollator, pack_rows
 
@@ -38,6 +39,7 @@ class SpeedPlan:
         liger: Liger kernels (RMSNorm, RoPE, SwiGLU) through ``use_liger_kernel``; CUDA with ``liger-kernel`` installed.
         threads: torch intra-op threads (None: torch's default).
         micro_batches: micro-batches per optimizer step (``train.micro_batch_size``; 1: no split).
+        varlen: packed samples attend through :mod:`tunesmith.train.speed.varlen` (``rows`` layout with SDPA).
         rows_per_pass: packed rows per forward/backward pass.
         notes: one line per decision, for the log.
     """
@@ -49,6 +51,7 @@ class SpeedPlan:
     threads: int | None = None
     micro_batches: int = 1
     rows_per_pass: int | None = None
+    varlen: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -82,6 +85,7 @@ def plan_speed(train_cfg, attn_requested: str, device: str | None = None) -> Spe
         liger=liger,
         threads=train_cfg.num_threads,
         micro_batches=micro,
+        varlen=layout == "rows" and attn == "sdpa" and getattr(train_cfg, "varlen_attention", False),
     )
     if micro > 1:
         plan.notes.append(f"{micro} micro-batches of {rows_per_pass} row(s) per optimizer step")
@@ -90,7 +94,11 @@ def plan_speed(train_cfg, attn_requested: str, device: str | None = None) -> Spe
         f"packing layout {layout}"
         + (" (packed rows of max_length: dense attention masks stay max_length^2 per row)" if layout == "rows" else "")
     )
-    plan.notes.append(f"attention {attn}" + ("; Liger kernels" if liger else ""))
+    plan.notes.append(
+        f"attention {attn}"
+        + (" per packed sample (tunesmith.train.speed.varlen)" if plan.varlen else "")
+        + ("; Liger kernels" if liger else "")
+    )
     plan.notes.append(
         "loss: chunked at trained positions (tunesmith.train.speed.fastloss)" if plan.chunked_loss else "loss: TRL's"
     )
@@ -132,20 +140,31 @@ def build_datasets(plan: SpeedPlan, train_ds, eval_ds, max_length: int, pad_toke
 
 
 def attach(trainer, plan: SpeedPlan, chunk_size: int = DEFAULT_CHUNK) -> list[str]:
-    """Install the chunked loss on the trainer's model when the plan asks for it and the model allows it.
+    """Install the chunked loss and the per-sample attention on the trainer's model when the plan asks for them and the
+    model allows them.
 
     Returns:
-        Notes for the log (why the chunked loss is off, when it is).
+        Notes for the log (why the chunked loss or the per-sample attention is off, when it is).
     """
     model = trainer.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    notes = []
+    if plan.varlen and not varlen.enable(base):
+        notes.append(f"attention per packed sample off: {varlen.supports_varlen(base)}")
     why = supports_chunked_loss(base) if plan.chunked_loss else None
     if plan.chunked_loss and why is None:
         install_chunked_loss(base, chunk_size)
         trainer.tunesmith_chunked_loss = True
-        return []
+        return notes
     trainer.tunesmith_chunked_loss = False
-    return [f"chunked loss off: {why}"] if why else []
+    return notes + ([f"chunked loss off: {why}"] if why else [])
+
+
+def detach(trainer) -> None:
+    """Undo what :func:`attach` changed that must not outlive training: the attention goes back to SDPA (for
+    generation, saving and serving).  The chunked loss stays: it is only used when asked for."""
+    model = trainer.model
+    varlen.disable(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
 
 class FastLossTrainerMixin:
