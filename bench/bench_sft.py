@@ -177,6 +177,10 @@ def summarise(results: list[dict], peaks: dict, estimate: dict | None) -> dict:
             "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rs),
             "peak_gpu_bytes": rs[0].get("peak_gpu_bytes"),
             "eval_loss": statistics.median(r["eval_loss"] for r in rs),
+            "first_step_seconds": rs[0]["step_seconds"][0] if rs[0].get("step_seconds") else None,
+            "steady_step_seconds": statistics.median(rs[0]["step_seconds"][1:])
+            if len(rs[0].get("step_seconds", [])) > 1
+            else None,
             "flops_per_token": flops,
             "mfu_fp32_peak": tps * flops / (peaks["fp32_gflops"] * 1e9),
             "mfu_bf16_peak": tps * flops / (peaks["bf16_gflops"] * 1e9),
@@ -254,6 +258,13 @@ def markdown(report: dict) -> str:
             f"({r['mfu_fp32_peak_cpu']:.1%}) | {r['mfu_bf16_peak']:.1%} ({r['mfu_bf16_peak_cpu']:.1%}) | "
             f"{r['mfu_running_peak']:.1%} | {r['eval_loss']:.4f} | {f(r, 'eval_loss_vs_trl_best', '{:+.2%}')} |"
         )
+    for v, r in s["variants"].items():
+        if "compile" in v and r.get("steady_step_seconds"):
+            lines += [
+                "",
+                f"{v}: first step {r['first_step_seconds']:.1f} s, later steps {r['steady_step_seconds']:.1f} s "
+                f"(median): compiling cost about {r['first_step_seconds'] - r['steady_step_seconds']:.1f} s once",
+            ]
     if s["targets"]:
         lines += ["", "| target (tunesmith defaults) | measured | met |", "|---|---|---|"]
         lines += [f"| {k} | {v:.3f} | {'yes' if target_met(k, v) else 'NO'} |" for k, v in s["targets"].items()]

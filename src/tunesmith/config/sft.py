@@ -99,6 +99,12 @@ class TrainSection(LibraryTrainSection):
         "sample at a time (tunesmith.train.speed.varlen), instead of a dense block-diagonal mask over the row: "
         "attention costs the sum of the squared sample lengths, as with flash-attention's varlen kernel."
     )
+    compile: bool = False
+    (
+        "torch.compile (inductor) each decoder layer before training: fuses the norms, rotary embedding, SiLU-mul "
+        "and LoRA's element-wise work. Costs a compile of seconds to minutes on the first steps (and again for new "
+        "shapes); measured by `make bench` (variant tunesmith_compile)."
+    )
     micro_batch_size: int | None = Field(None, gt=0)
     (
         "Rows per forward/backward pass: each optimizer step's per_device_train_batch_size rows run as accumulated "

@@ -40,6 +40,7 @@ class SpeedPlan:
         threads: torch intra-op threads (None: torch's default).
         micro_batches: micro-batches per optimizer step (``train.micro_batch_size``; 1: no split).
         varlen: packed samples attend through :mod:`tunesmith.train.speed.varlen` (``rows`` layout with SDPA).
+        compile: ``torch.compile`` each decoder layer (``train.compile``).
         rows_per_pass: packed rows per forward/backward pass.
         notes: one line per decision, for the log.
     """
@@ -52,6 +53,7 @@ class SpeedPlan:
     micro_batches: int = 1
     rows_per_pass: int | None = None
     varlen: bool = False
+    compile: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -86,6 +88,7 @@ def plan_speed(train_cfg, attn_requested: str, device: str | None = None) -> Spe
         threads=train_cfg.num_threads,
         micro_batches=micro,
         varlen=layout == "rows" and attn == "sdpa" and getattr(train_cfg, "varlen_attention", False),
+        compile=bool(getattr(train_cfg, "compile", False)),
     )
     if micro > 1:
         plan.notes.append(f"{micro} micro-batches of {rows_per_pass} row(s) per optimizer step")
@@ -136,7 +139,8 @@ def build_datasets(plan: SpeedPlan, train_ds, eval_ds, max_length: int, pad_toke
     if plan.layout != "rows":
         return train_ds, eval_ds, None
     packed_eval = pack_rows(eval_ds, max_length) if eval_ds is not None else None
-    return pack_rows(train_ds, max_length), packed_eval, PackedRowsCollator(pad_token_id)
+    collator = PackedRowsCollator(pad_token_id, pad_to_multiple_of=max_length if plan.compile else None)
+    return pack_rows(train_ds, max_length), packed_eval, collator  # compiled: one shape, no recompiles
 
 
 def attach(trainer, plan: SpeedPlan, chunk_size: int = DEFAULT_CHUNK) -> list[str]:
@@ -151,6 +155,8 @@ def attach(trainer, plan: SpeedPlan, chunk_size: int = DEFAULT_CHUNK) -> list[st
     notes = []
     if plan.varlen and not varlen.enable(base):
         notes.append(f"attention per packed sample off: {varlen.supports_varlen(base)}")
+    if plan.compile:
+        notes.append(f"torch.compile on {compile_layers(base)} decoder layers")
     why = supports_chunked_loss(base) if plan.chunked_loss else None
     if plan.chunked_loss and why is None:
         install_chunked_loss(base, chunk_size)
@@ -158,6 +164,19 @@ def attach(trainer, plan: SpeedPlan, chunk_size: int = DEFAULT_CHUNK) -> list[st
         return notes
     trainer.tunesmith_chunked_loss = False
     return notes + ([f"chunked loss off: {why}"] if why else [])
+
+
+def compile_layers(model) -> int:
+    """``torch.compile`` (inductor, default mode) every decoder layer of ``model`` in place (``nn.Module.compile``);
+    identical layers share one compiled graph.
+
+    Returns:
+        The number of layers compiled (0 when the model has no ``model.layers`` list).
+    """
+    layers = getattr(getattr(model, "model", None), "layers", None) or []
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def detach(trainer) -> None:

@@ -39,6 +39,7 @@ def segment_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return out
 
 
+@torch.compiler.disable  # sample boundaries differ per batch: traced, every batch would recompile
 def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """A transformers attention function (``AttentionInterface``) running causal SDPA per packed sample.
 
