@@ -252,8 +252,9 @@ def markdown(report: dict) -> str:
     s, c = report["summary"], report["conditions"]
     lines = [
         f"`python bench/bench_classify.py`: {c['model']}, chatterbot topics ({c['labels']} labels), "
-        f"LoRA r={c['lora_r']} all-linear + score head, batch {c['batch']}, max_length {c['max_length']}, {c['steps']} steps "
-        f"({c['warmup']} warm-up), {c['rounds']} rounds; {c['cpu']} ({c['cores']} cores) x{c['threads']} threads; "
+        f"LoRA r={c['lora_r']} all-linear + score head, batch {c['batch']}, max_length {c['max_length']}, "
+        f"{c['steps']} steps ({c['warmup']} warm-up), {c['rounds']} rounds; {c['cpu']} ({c['cores']} cores) "
+        f"x{c['threads']} threads; "
         f"torch {c['torch']}; {c['date']}; load average {c['load_start'][0]:.1f} -> {c['load_end'][0]:.1f}",
         "",
         "| variant | precision | batches | examples/s | examples/CPU-s | real tokens/s | tokens/CPU-s | x hf_trainer "

@@ -156,6 +156,7 @@ def test_trainer_takes_packed_rows_and_falls_back(tmp_path, tiny_llama_dir, smol
 def test_probe_and_unsupported_models(rows):
     picked = probe_rows(rows, 4)
     lengths = sorted(len(r["input_ids"]) for r in rows)
-    assert len(picked) == 4 and len(picked[0]["input_ids"]) == lengths[0] and len(picked[-1]["input_ids"]) == lengths[-1]
+    assert len(picked) == 4 and len(picked[0]["input_ids"]) == lengths[0]
+    assert len(picked[-1]["input_ids"]) == lengths[-1]
     lin = torch.nn.Linear(2, 2)
     assert not supports_packing(lin) and not packing_matches(lin, rows, 2)
