@@ -82,7 +82,9 @@ def test_arguments():
     a = bench_classify.parse_args([])
     assert (a.steps, a.batch, a.max_length, a.threads, a.out) == (8, 16, 64, 1, "runs/bench")
     assert a.variants == "hf_trainer,tunesmith" and a.variant is None
-    a = bench_classify.parse_args(["--steps", "3", "--batch", "4", "--max-length", "32", "--threads", "2", "--out", "x"])
+    a = bench_classify.parse_args(
+        ["--steps", "3", "--batch", "4", "--max-length", "32", "--threads", "2", "--out", "x"]
+    )
     assert (a.steps, a.batch, a.max_length, a.threads, a.out) == (3, 4, 32, 2, "x")
     for bad in (["--variants", "hf_trainer,nope"], ["--steps", "0"], ["--steps", "2", "--warmup", "2"]):
         with pytest.raises(SystemExit):

@@ -20,6 +20,11 @@ from tunesmith.train.speed.classify_fast import (
     supports_packing,
 )
 
+LAYOUT = ("input_ids", "position_ids", "pool_index")
+"""The packed layout the model's own attention reads (its block-diagonal mask from position_ids)."""
+SEGMENTS = (*LAYOUT, "seg_index", "seg_valid")
+"""Plus the per-example layout of :func:`segment_attention`."""
+
 TEXTS = [
     "hi",
     "a much longer sentence with several words in it",
@@ -79,10 +84,16 @@ def test_collator_layout(rows):
         assert flat_ids[end - lengths[i] + 1 : end + 1].tolist() == r["input_ids"]
         assert int(flat_pos[end]) == lengths[i] - 1
     assert (batch["input_ids"] == 2).sum() == batch["input_ids"].numel() - sum(lengths)
+    seg, valid = batch["seg_index"], batch["seg_valid"]
+    assert seg.shape == valid.shape == (len(rows), max(lengths)) and valid.sum(1).tolist() == lengths
+    for i, r in enumerate(rows):  # each example's tokens in order, then its last token repeated
+        assert flat_ids[seg[i]].tolist()[: lengths[i]] == r["input_ids"]
+        assert (seg[i, lengths[i] :] == batch["pool_index"][i]).all()
 
 
+@pytest.mark.parametrize("keys", [LAYOUT, SEGMENTS], ids=["mask", "segments"])
 @pytest.mark.parametrize("row_tokens", [512, 16])
-def test_packed_logits_equal_padded(tiny_llama_dir, smol_tokenizer, rows, row_tokens):
+def test_packed_logits_equal_padded(tiny_llama_dir, smol_tokenizer, rows, row_tokens, keys):
     from tunesmith.models.classifier import pad_batch
 
     model, pad = _lora_classifier(tiny_llama_dir, smol_tokenizer)
@@ -92,26 +103,28 @@ def test_packed_logits_equal_padded(tiny_llama_dir, smol_tokenizer, rows, row_to
     with torch.no_grad():
         want = model(**pad_batch(rows, pad, "right")).logits
         plain = model(**{k: v for k, v in pad_batch(rows, pad, "right").items() if k != "position_ids"}).logits
-        got = pooled_logits(model, packed["input_ids"], packed["position_ids"], packed["pool_index"])
+        got = pooled_logits(model, *(packed[k] for k in keys))
     assert got.shape == (len(rows), 3)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-4)  # as the model's own forward with a mask
     assert packing_matches(model, rows, pad) and not model.training
 
 
-def test_attention_stays_within_each_example(tiny_llama_dir, smol_tokenizer, rows):
+@pytest.mark.parametrize("keys", [LAYOUT, SEGMENTS], ids=["mask", "segments"])
+def test_attention_stays_within_each_example(tiny_llama_dir, smol_tokenizer, rows, keys):
     model, pad = _lora_classifier(tiny_llama_dir, smol_tokenizer)
     model.eval()
     changed = [dict(rows[0], input_ids=[t + 7 for t in rows[0]["input_ids"]])] + rows[1:]
     collate = PackedClassifyCollator(pad, 512)
     with torch.no_grad():
-        a = pooled_logits(model, *(collate(rows)[k] for k in ("input_ids", "position_ids", "pool_index")))
-        b = pooled_logits(model, *(collate(changed)[k] for k in ("input_ids", "position_ids", "pool_index")))
+        a = pooled_logits(model, *(collate(rows)[k] for k in keys))
+        b = pooled_logits(model, *(collate(changed)[k] for k in keys))
     assert not torch.allclose(a[0], b[0])  # the changed example itself moves
     torch.testing.assert_close(a[1:], b[1:], atol=1e-6, rtol=0)  # its neighbours in the row do not
 
 
-def test_packed_loss_and_gradients_equal_padded(tiny_llama_dir, smol_tokenizer, rows):
+@pytest.mark.parametrize("keys", [LAYOUT, SEGMENTS], ids=["mask", "segments"])
+def test_packed_loss_and_gradients_equal_padded(tiny_llama_dir, smol_tokenizer, rows, keys):
     from tunesmith.models.classifier import pad_batch
 
     model, pad = _lora_classifier(tiny_llama_dir, smol_tokenizer)
@@ -126,9 +139,7 @@ def test_packed_loss_and_gradients_equal_padded(tiny_llama_dir, smol_tokenizer, 
 
     padded_loss, padded_grads = loss_and_grads(model(**pad_batch(rows, pad, "right")).logits)
     batch = PackedClassifyCollator(pad, 512)(rows)
-    packed_loss, packed_grads = loss_and_grads(
-        pooled_logits(model, batch["input_ids"], batch["position_ids"], batch["pool_index"])
-    )
+    packed_loss, packed_grads = loss_and_grads(pooled_logits(model, *(batch[k] for k in keys)))
     torch.testing.assert_close(packed_loss, padded_loss, atol=1e-6, rtol=1e-5)
     assert any("score" in n for n, _ in trained) and any("lora_A" in n for n, _ in trained)
     for (name, _), g1, g2 in zip(trained, packed_grads, padded_grads):

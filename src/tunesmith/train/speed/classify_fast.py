@@ -85,6 +85,7 @@ class PackedClassifyCollator:
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         pos = torch.empty((len(rows), width), dtype=torch.long)
         pool = torch.empty(len(examples), dtype=torch.long)
+        seg_index = torch.empty((len(examples), max(lengths)), dtype=torch.long)
         for r, row in enumerate(rows):
             start = 0
             for i in row:
@@ -92,9 +93,13 @@ class PackedClassifyCollator:
                 ids[r, start : start + n] = torch.as_tensor(examples[i]["input_ids"], dtype=torch.long)
                 pos[r, start : start + n] = torch.arange(n)
                 pool[i] = r * width + start + n - 1
+                seg_index[i] = r * width + start + torch.arange(seg_index.shape[1]).clamp(max=n - 1)
                 start += n
             pos[r, start:] = torch.arange(width - start)
+        seg_valid = torch.arange(seg_index.shape[1])[None, :] < torch.tensor(lengths)[:, None]
         batch = {
+            "seg_index": seg_index,
+            "seg_valid": seg_valid,
             "input_ids": ids,
             "position_ids": pos,
             "pool_index": pool,
@@ -119,8 +124,75 @@ def supports_packing(model) -> bool:
     return bool(prefix) and hasattr(inner, prefix) and hasattr(inner, "score")
 
 
-def pooled_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
+SEGMENT_ATTENTION = "tunesmith_segments"
+"""The attention implementation :func:`pooled_logits` switches an SDPA or eager model to for one forward pass."""
+
+
+def segment_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Causal attention within each example of packed rows, as a transformers attention function.
+
+    The packed tokens are gathered into one right-padded row per example (``seg_index``), attended in fp32 with SDPA's
+    causal kernel (no mask: a real query never sees the padding after it), and scattered back; the rows' padding tails
+    get zeros (no example reads them).  The dense ``[L, L]`` mask of a packed row and the attention it wastes between
+    examples are never built.
+
+    Args:
+        query: ``[rows, heads, L, head_dim]``; key, value: ``[rows, kv_heads, L, head_dim]``.
+        attention_mask: ignored (None: the mask function of this implementation builds none).
+        scaling: the softmax scale; dropout: must be 0 (attention dropout is not supported here).
+        kwargs: ``seg_index`` (LongTensor[examples, longest], flat token indices into ``rows * L``, each example's
+            last index repeated after its end) and ``seg_valid`` (BoolTensor[examples, longest]).
+
+    Returns:
+        (``[rows, L, heads, head_dim]``, None).
+
+    Raises:
+        ValueError: attention dropout > 0.
+    """
+    if dropout:
+        raise ValueError("segment attention does not support attention dropout")
+    seg_index, seg_valid = kwargs["seg_index"], kwargs["seg_valid"]
+    rows, heads, length, dim = query.shape
+
+    def gather(t):  # [rows, h, L, d] -> [examples, h, longest, d], fp32
+        flat = t.transpose(1, 2).reshape(rows * length, t.shape[1], dim)
+        picked = flat.index_select(0, seg_index.flatten()).view(*seg_index.shape, t.shape[1], dim)
+        return picked.transpose(1, 2).float()
+
+    with torch.autocast(query.device.type, enabled=False):  # CPU SDPA is several times slower in bf16 at these sizes
+        out = torch.nn.functional.scaled_dot_product_attention(
+            gather(query), gather(key), gather(value), is_causal=True, scale=scaling, enable_gqa=key.shape[1] != heads
+        ).to(query.dtype)
+    real = out.transpose(1, 2)[seg_valid]  # [real tokens, heads, d]
+    flat = out.new_zeros(rows * length, heads, dim).index_copy(0, seg_index[seg_valid], real)
+    return flat.view(rows, length, heads, dim), None
+
+
+def _no_mask(*args, **kwargs):
+    return None
+
+
+def _register_segment_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
+    AttentionMaskInterface.register(SEGMENT_ATTENTION, _no_mask)
+
+
+def pooled_logits(
+    model,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    pool_index: torch.Tensor,
+    seg_index: torch.Tensor | None = None,
+    seg_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Class logits of packed examples: the body's last hidden state at each example's last token, through ``score``.
+
+    With ``seg_index``/``seg_valid`` and an ``sdpa`` or ``eager`` model, attention runs per example
+    (:func:`segment_attention`) for this pass; otherwise the model's own attention uses the block-diagonal mask that
+    transformers derives from ``position_ids``.
 
     Args:
         model: a sequence-classification model (``supports_packing``), PEFT-wrapped or not; LoRA layers and the
@@ -128,13 +200,23 @@ def pooled_logits(model, input_ids: torch.Tensor, position_ids: torch.Tensor, po
         input_ids: LongTensor[rows, L] packed rows (:class:`PackedClassifyCollator`).
         position_ids: LongTensor[rows, L], restarting at 0 per example.
         pool_index: LongTensor[examples], flat indices into ``rows * L``.
+        seg_index, seg_valid: the collator's per-example layout (optional).
 
     Returns:
         ``Tensor[examples, num_labels]`` in the head's compute dtype (bf16 under bf16 autocast).
     """
     inner = _classifier(model)
     body = getattr(inner, inner.base_model_prefix)
-    hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    config = body.config
+    before = config._attn_implementation
+    extra = {}
+    if seg_index is not None and before in ("sdpa", "eager") and not getattr(config, "attention_dropout", 0.0):
+        _register_segment_attention()
+        config._attn_implementation, extra = SEGMENT_ATTENTION, {"seg_index": seg_index, "seg_valid": seg_valid}
+    try:
+        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra).last_hidden_state
+    finally:
+        config._attn_implementation = before
     return inner.score(hidden.flatten(0, 1).index_select(0, pool_index))
 
 
@@ -159,12 +241,9 @@ def packing_matches(model, rows: list[dict], pad_id: int, *, atol: float = 1e-4,
             padded = pad_batch(rows, pad_id, "right")
             want = model(input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device))
             packed = PackedClassifyCollator(pad_id, row_tokens=sum(len(r["input_ids"]) for r in rows))(rows)
-            got = pooled_logits(
-                model,
-                packed["input_ids"].to(device),
-                packed["position_ids"].to(device),
-                packed["pool_index"].to(device),
-            )
+            packed.pop("num_real_tokens")
+            packed.pop("labels", None)
+            got = pooled_logits(model, **{k: v.to(device) for k, v in packed.items()})
         return bool(torch.allclose(got.float(), want.logits.float(), atol=atol, rtol=rtol))
     finally:
         model.train(was_training)
