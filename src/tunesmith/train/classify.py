@@ -109,7 +109,8 @@ def _trainer_class():
             labels = inputs.pop("labels")
             inputs.pop("num_real_tokens", None)
             if "pool_index" in inputs:  # packed rows (tunesmith.train.speed.classify_fast)
-                outputs = SequenceClassifierOutput(logits=pooled_logits(model, **inputs))
+                with self.accelerator.autocast():  # accelerate autocasts model.forward only; this bypasses it
+                    outputs = SequenceClassifierOutput(logits=pooled_logits(model, **inputs))
             else:
                 outputs = model(**inputs)
             w = self.weights.to(outputs.logits.device) if self.weights is not None else None
