@@ -164,6 +164,25 @@ def test_trainer_takes_packed_rows_and_falls_back(tmp_path, tiny_llama_dir, smol
     assert not packed
 
 
+def test_packed_step_autocasts(tmp_path, tiny_llama_dir, smol_tokenizer, rows, monkeypatch):
+    import tunesmith.train.classify as classify
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return pooled_logits(*args, **kwargs)
+
+    monkeypatch.setattr(classify, "pooled_logits", spy)
+    model, pad = _lora_classifier(tiny_llama_dir, smol_tokenizer)
+    cfg = ClassifyConfig()
+    cfg.train.max_steps, cfg.train.per_device_train_batch_size, cfg.train.save_strategy = 1, 3, "no"
+    cfg.train.report_to, cfg.train.eval_strategy = "none", "no"
+    trainer, packed = classify.make_trainer(cfg, model, rows, rows, pad, tmp_path, use_bf16=True)
+    trainer.train()
+    assert packed and seen == [True]  # bf16 like the padded path, whose model.forward accelerate autocasts
+
+
 def test_probe_and_unsupported_models(rows):
     picked = probe_rows(rows, 4)
     lengths = sorted(len(r["input_ids"]) for r in rows)
