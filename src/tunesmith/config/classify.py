@@ -135,7 +135,8 @@ class ClassifyTrainSection(LibraryTrainSection):
     (
         "Train and evaluate on packed rows: a micro-batch's examples concatenated without padding, position ids "
         "restarting per example (attention never crosses examples), each example pooled at its own last token. Checked "
-        "against padded batches on a few examples first; a model that gives other logits packed trains padded."
+        "against padded batches on a few examples first; a model that gives other logits packed, and a run of several "
+        "processes, trains padded."
     )
 
 

@@ -208,9 +208,10 @@ def make_trainer(
     *,
     use_bf16: bool,
 ):
-    """The classify trainer on encoded rows: packed rows when ``train.packing`` is on and
+    """The classify trainer on encoded rows: packed rows when ``train.packing`` is on, the run is one process (the
+    packed forward bypasses the model's own forward, which DDP/FSDP wrappers hook) and
     :func:`~tunesmith.train.speed.classify_fast.packing_matches` confirms this model gives the same logits packed as
-    padded, else right-padded batches with an attention mask.
+    padded; else right-padded batches with an attention mask.
 
     Returns:
         (``ClassifyTrainer`` (a ``transformers.Trainer``; set ``.weights`` for class-weighted loss), True when it
@@ -218,11 +219,12 @@ def make_trainer(
     """
     from datasets import Dataset
 
-    packed = bool(cfg.train.packing) and packing_matches(model, probe_rows(train_rows), pad_id)
+    args = build_training_args(cfg, run_dir, use_bf16)
+    packed = cfg.train.packing and args.world_size == 1 and packing_matches(model, probe_rows(train_rows), pad_id)
     collator = PackedClassifyCollator(pad_id, max(ROW_TOKENS, cfg.train.max_length)) if packed else _collator(pad_id)
     trainer = _trainer_class()(
         model=model,
-        args=build_training_args(cfg, run_dir, use_bf16),
+        args=args,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows),
         data_collator=collator,
@@ -257,14 +259,8 @@ def _run(cfg: ClassifyConfig, run: Run) -> dict:
     )
     trainer, packed = make_trainer(cfg, model, train_rows, eval_rows, pad_id, run.run_dir, use_bf16=use_bf16)
     trainer.weights = weights
-    console.print(
-        "batches: "
-        + (
-            "packed rows (no padding; attention and pooling per example)"
-            if packed
-            else "padded" + (" (packed rows give other logits on this model)" if cfg.train.packing else "")
-        )
-    )
+    why = " (packed rows need one process and the same logits as padded)" if cfg.train.packing else ""
+    console.print("batches: " + ("packed rows (no padding, attention per example)" if packed else "padded" + why))
     install_progress(trainer)
     if not run.resumed:
         before = None

@@ -131,10 +131,10 @@ SEGMENT_ATTENTION = "tunesmith_segments"
 def segment_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Causal attention within each example of packed rows, as a transformers attention function.
 
-    The packed tokens are gathered into one right-padded row per example (``seg_index``), attended in fp32 with SDPA's
-    causal kernel (no mask: a real query never sees the padding after it), and scattered back; the rows' padding tails
-    get zeros (no example reads them).  The dense ``[L, L]`` mask of a packed row and the attention it wastes between
-    examples are never built.
+    The packed tokens are gathered into one right-padded row per example (``seg_index``), attended (in fp32 on CPU)
+    with SDPA's causal kernel (no mask: a real query never sees the padding after it), and scattered back; the rows'
+    padding tails get zeros (no example reads them).  The dense ``[L, L]`` mask of a packed row and the attention it
+    wastes between examples are never built.
 
     Args:
         query: ``[rows, heads, L, head_dim]``; key, value: ``[rows, kv_heads, L, head_dim]``.
@@ -154,12 +154,14 @@ def segment_attention(module, query, key, value, attention_mask, scaling=None, d
     seg_index, seg_valid = kwargs["seg_index"], kwargs["seg_valid"]
     rows, heads, length, dim = query.shape
 
-    def gather(t):  # [rows, h, L, d] -> [examples, h, longest, d], fp32
-        flat = t.transpose(1, 2).reshape(rows * length, t.shape[1], dim)
-        picked = flat.index_select(0, seg_index.flatten()).view(*seg_index.shape, t.shape[1], dim)
-        return picked.transpose(1, 2).float()
+    on_cpu = query.device.type == "cpu"  # CPU SDPA is several times slower in bf16 at these sizes: fp32 there
 
-    with torch.autocast(query.device.type, enabled=False):  # CPU SDPA is several times slower in bf16 at these sizes
+    def gather(t):  # [rows, h, L, d] -> [examples, h, longest, d]
+        flat = t.transpose(1, 2).reshape(rows * length, t.shape[1], dim)
+        picked = flat.index_select(0, seg_index.flatten()).view(*seg_index.shape, t.shape[1], dim).transpose(1, 2)
+        return picked.float() if on_cpu else picked
+
+    with torch.autocast("cpu", enabled=False):  # CPU autocast only; a GPU's autocast still applies
         out = torch.nn.functional.scaled_dot_product_attention(
             gather(query), gather(key), gather(value), is_causal=True, scale=scaling, enable_gqa=key.shape[1] != heads
         ).to(query.dtype)
