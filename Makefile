@@ -8,7 +8,7 @@ STAMP := $(VENV)/.tunesmith-installed
 UI_STAMP := $(VENV)/.tunesmith-ui-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint test-fast test-slow test-runtime test-ui ui bench bench-quick bench-gpu bench-gpu-dry clean
+.PHONY: install demo test lint test-fast test-slow test-runtime test-ui ui bench bench-quick bench-classify bench-gpu bench-gpu-dry clean
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/bench_sft.py --mode quick
+
+# tunesmith classify against a plain transformers Trainer (docs/classify.md, Speed)
+bench-classify: install
+	$(BIN)/python bench/bench_classify.py
 
 # the GPU check (bench/gpu/README.md): on a GPU machine with the wheels in .whl/; the dry run on any CPU
 bench-gpu:

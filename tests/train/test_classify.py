@@ -164,9 +164,9 @@ def test_missing_column_and_config_errors(tmp_path):
         load_label_data(cfg)
     assert exc.value.problems[0].where == f"{f}:3"
     with pytest.raises(ConfigError) as exc:
-        load_config(None, ["train.packing=true", "labels.names=[a, a]"], model_cls=ClassifyConfig)
+        load_config(None, ["train.packing_strategy=bfd", "labels.names=[a, a]"], model_cls=ClassifyConfig)
     text = exc.value.render()
-    assert "packing" in text and "duplicates" in text
+    assert "packing_strategy" in text and "duplicates" in text
 
 
 def test_stratified_split_and_balanced_weights():

@@ -131,6 +131,13 @@ class ClassifyTrainSection(LibraryTrainSection):
     """Random seed for the head's initialisation, LoRA, dropout and data order."""
     bf16: bool | None = None
     """bf16 mixed precision. None decides from the hardware (see model.dtype)."""
+    packing: bool = True
+    (
+        "Train and evaluate on packed rows: a micro-batch's examples concatenated without padding, position ids "
+        "restarting per example (attention never crosses examples), each example pooled at its own last token. Checked "
+        "against padded batches on a few examples first; a model that gives other logits packed, and a run of several "
+        "processes, trains padded."
+    )
 
 
 class ClassifyEvalSection(Section):

@@ -43,8 +43,15 @@ from tunesmith.train.common import (
     write_log_history,
 )
 from tunesmith.train.lifecycle import Run, start_run
+from tunesmith.train.speed.classify_fast import (
+    ROW_TOKENS,
+    PackedClassifyCollator,
+    packing_matches,
+    pooled_logits,
+    probe_rows,
+)
 
-_OURS = {"bf16", "max_length"}
+_OURS = {"bf16", "max_length", "packing"}
 """``train`` fields this recipe sets itself rather than passing through."""
 
 
@@ -90,6 +97,7 @@ def class_weights(spec, train: list[LabelRecord], names: list[str]) -> torch.Ten
 
 def _trainer_class():
     from transformers import Trainer
+    from transformers.modeling_outputs import SequenceClassifierOutput
 
     class ClassifyTrainer(Trainer):
         """Trainer whose loss is (optionally class-weighted) cross-entropy over the pooled logits."""
@@ -99,7 +107,12 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
             labels = inputs.pop("labels")
-            outputs = model(**inputs)
+            inputs.pop("num_real_tokens", None)
+            if "pool_index" in inputs:  # packed rows (tunesmith.train.speed.classify_fast)
+                with self.accelerator.autocast():  # accelerate autocasts model.forward only; this bypasses it
+                    outputs = SequenceClassifierOutput(logits=pooled_logits(model, **inputs))
+            else:
+                outputs = model(**inputs)
             w = self.weights.to(outputs.logits.device) if self.weights is not None else None
             loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=w)
             return (loss, outputs) if return_outputs else loss
@@ -136,15 +149,6 @@ def _save(trainer, model, tokenizer, run_dir: Path, lora: bool) -> Path:
             base.config.save_pretrained(tmp)
 
     return atomic_save_dir(run_dir / ("adapter" if lora else "model"), save)
-
-
-def _collator(pad_id: int):
-    def collate(rows):
-        batch = pad_batch(rows, pad_id, "right")
-        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
-        return batch
-
-    return collate
 
 
 def _collator(pad_id: int):
@@ -194,9 +198,42 @@ def run_classify(
         return _run(cfg, run)
 
 
-def _run(cfg: ClassifyConfig, run: Run) -> dict:
+def make_trainer(
+    cfg: ClassifyConfig,
+    model,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    pad_id: int,
+    run_dir: Path,
+    *,
+    use_bf16: bool,
+):
+    """The classify trainer on encoded rows: packed rows when ``train.packing`` is on, the run is one process (the
+    packed forward bypasses the model's own forward, which DDP/FSDP wrappers hook) and
+    :func:`~tunesmith.train.speed.classify_fast.packing_matches` confirms this model gives the same logits packed as
+    padded; else right-padded batches with an attention mask.
+
+    Returns:
+        (``ClassifyTrainer`` (a ``transformers.Trainer``; set ``.weights`` for class-weighted loss), True when it
+        trains on packed rows).
+    """
     from datasets import Dataset
 
+    args = build_training_args(cfg, run_dir, use_bf16)
+    packed = cfg.train.packing and args.world_size == 1 and packing_matches(model, probe_rows(train_rows), pad_id)
+    collator = PackedClassifyCollator(pad_id, max(ROW_TOKENS, cfg.train.max_length)) if packed else _collator(pad_id)
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows),
+        data_collator=collator,
+        compute_metrics=_compute_metrics,
+    )
+    return trainer, packed
+
+
+def _run(cfg: ClassifyConfig, run: Run) -> dict:
     train_recs, eval_recs, names = run.data.train, run.data.eval, run.data.names
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
@@ -220,15 +257,10 @@ def _run(cfg: ClassifyConfig, run: Run) -> dict:
         records=train_recs + eval_recs,
         extra={"model_source": dataclasses.asdict(source), "labels": names},
     )
-    trainer = _trainer_class()(
-        model=model,
-        args=build_training_args(cfg, run.run_dir, use_bf16),
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows),
-        data_collator=_collator(pad_id),
-        compute_metrics=_compute_metrics,
-    )
+    trainer, packed = make_trainer(cfg, model, train_rows, eval_rows, pad_id, run.run_dir, use_bf16=use_bf16)
     trainer.weights = weights
+    why = " (packed rows need one process and the same logits as padded)" if cfg.train.packing else ""
+    console.print("batches: " + ("packed rows (no padding, attention per example)" if packed else "padded" + why))
     install_progress(trainer)
     if not run.resumed:
         before = None
@@ -253,6 +285,7 @@ def _run(cfg: ClassifyConfig, run: Run) -> dict:
         "train_seconds": seconds,
         "eval_seconds": t_eval.seconds,
         "precision": "bf16-mixed" if use_bf16 else "fp32",
+        "batches": "packed" if packed else "padded",
         "pad_token_id": pad_id,
         "truncated": {"train": train_trunc, "eval": eval_trunc},
         "class_weights": weights.tolist() if weights is not None else None,
