@@ -118,3 +118,45 @@ def dpo_data(cfg) -> RunData:
 
 LOADERS: dict[str, Callable[[object], RunData]] = {"sft": sft_data, "classify": classify_data, "dpo": dpo_data}
 """Each training command's data loader, by command."""
+
+
+def require_rows(cfg, max_length: int, train: tuple, evals: tuple, had_eval: bool) -> None:
+    """Refuse an SFT run whose rendered rows are empty after truncation.
+
+    Args:
+        cfg: the run config.
+        max_length: the resolved max_length (tokens).
+        train, evals: ``(rows, TokenStats)`` of the rendered training and eval rows.
+        had_eval: the run has eval conversations (an empty eval set on purpose is fine).
+
+    Raises:
+        DataError: naming the data, what was dropped and the max_length that keeps 95%.
+    """
+    (train_rows, train_stats), (eval_rows, eval_stats) = train, evals
+    if had_eval and not eval_rows:
+        raise DataError(
+            "No eval row is left after truncation",
+            [
+                Problem(
+                    eval_source(cfg),
+                    f"all {eval_stats.examples} eval conversations are dropped at train.max_length={max_length} "
+                    f"(data.truncation={cfg.data.truncation}: {eval_stats.dropped_long} longer than max_length, "
+                    f"{eval_stats.dropped_empty} with no trained token left)",
+                    f"raise train.max_length (to {eval_stats.max_length_for(policy=cfg.data.truncation)} to keep "
+                    "95%), or set "
+                    "train.eval_strategy=no and eval.before_training=false to train without evaluation",
+                )
+            ],
+        )
+    if not train_rows:
+        raise DataError(
+            "No training example has a trained token",
+            [
+                Problem(
+                    f"train.max_length={cfg.train.max_length}",
+                    f"all {train_stats.examples} training conversations ({cfg.data.path or cfg.data.name}) "
+                    f"lose every assistant token to truncation (data.truncation={cfg.data.truncation})",
+                    "raise train.max_length or check the assistant turns",
+                )
+            ],
+        )

@@ -20,7 +20,6 @@ import torch
 
 from tunesmith.config.metric_names import is_custom_metric
 from tunesmith.config.sft import RunConfig
-from tunesmith.errors import DataError, Problem
 from tunesmith.evaluate.loss import perplexity
 from tunesmith.evaluate.metrics import describe_custom_metric
 from tunesmith.models.adapters import apply_lora, count_parameters, lora_errors
@@ -46,7 +45,7 @@ from tunesmith.train.common import (
     write_log_history,
 )
 from tunesmith.train.lifecycle import Run, start_run
-from tunesmith.train.rundata import eval_source
+from tunesmith.train.rundata import require_rows
 from tunesmith.train.sft_eval import (
     OneLossEvalMixin,
     measure_before,
@@ -232,33 +231,7 @@ def _prepare(cfg: RunConfig, run: Run) -> _Prepared:
     warning = truncation_warning(train_stats, max_length, cfg.data.truncation)
     if warning and is_main_process():
         console.print(f"[bold yellow]truncation warning:[/] {warning}", highlight=False, soft_wrap=True)
-    if run.data.eval and not eval_rows:
-        raise DataError(
-            "No eval row is left after truncation",
-            [
-                Problem(
-                    eval_source(cfg),
-                    f"all {eval_stats.examples} eval conversations are dropped at train.max_length={max_length} "
-                    f"(data.truncation={cfg.data.truncation}: {eval_stats.dropped_long} longer than max_length, "
-                    f"{eval_stats.dropped_empty} with no trained token left)",
-                    f"raise train.max_length (to {eval_stats.max_length_for(policy=cfg.data.truncation)} to keep "
-                    "95%), or set "
-                    "train.eval_strategy=no and eval.before_training=false to train without evaluation",
-                )
-            ],
-        )
-    if not train_rows:
-        raise DataError(
-            "No training example has a trained token",
-            [
-                Problem(
-                    f"train.max_length={cfg.train.max_length}",
-                    f"all {train_stats.examples} training conversations ({cfg.data.path or cfg.data.name}) "
-                    f"lose every assistant token to truncation (data.truncation={cfg.data.truncation})",
-                    "raise train.max_length or check the assistant turns",
-                )
-            ],
-        )
+    require_rows(cfg, max_length, (train_rows, train_stats), (eval_rows, eval_stats), bool(run.data.eval))
     gen_config = model.generation_config
     model = with_adapter(model, cfg)
     return _Prepared(
