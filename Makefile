@@ -72,7 +72,7 @@ bench-quick: install
 
 # tunesmith classify against a plain transformers Trainer (docs/classify.md, Speed)
 bench-classify: install
-	$(BIN)/python bench/bench_classify.py
+	$(BIN)/python bench/bench_sft.py --mode classify
 
 # the GPU check (bench/gpu/README.md): on a GPU machine with the wheels in .whl/; the dry run on any CPU
 bench-gpu:

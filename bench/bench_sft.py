@@ -3,6 +3,8 @@
     make bench          # python bench/bench_sft.py --mode full   (SmolLM2-135M, LoRA r=16 all-linear, batch 8,
                         #   max_length 512)
     make bench-quick    # python bench/bench_sft.py --mode quick  (batch 2, max_length 256, fewer steps; < 5 min)
+    make bench-classify # python bench/bench_sft.py --mode classify  (bench/bench_classify.py: classify vs Trainer)
+    make bench-dpo      # python bench/bench_sft.py --mode dpo       (bench/bench_dpo.py: dpo vs TRL DPOTrainer)
 
 Each variant runs in its own fresh process (bench/variants.py) on the same pre-tokenised chatterbot rows; variants
 alternate (TRL, tunesmith, TRL, ...) so slow drifts in machine load hit both.  Reported per variant: real (non-pad)
@@ -280,10 +282,21 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+OTHER_MODES = {"dpo": "bench_dpo", "classify": "bench_classify"}
+"""Modes that are their own benchmark script (their options follow ``--mode``)."""
+
+
 def main(argv=None) -> int:
-    """Run the benchmark; prints the Markdown table and writes JSON + Markdown under ``--out``."""
+    """Run the benchmark; prints the Markdown table and writes JSON + Markdown under ``--out``.  ``--mode dpo`` and
+    ``--mode classify`` hand the other arguments to bench/bench_dpo.py and bench/bench_classify.py."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--mode" in argv and argv.index("--mode") + 1 < len(argv) and argv[argv.index("--mode") + 1] in OTHER_MODES:
+        i = argv.index("--mode")
+        sys.path.insert(0, str(HERE))
+        module = __import__(OTHER_MODES[argv[i + 1]])
+        return module.main(argv[:i] + argv[i + 2 :])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=sorted(MODES), default="quick")
+    p.add_argument("--mode", choices=sorted([*MODES, *OTHER_MODES]), default="quick")
     p.add_argument("--out", default="runs/bench")
     p.add_argument(
         "--variants", default=None, help="comma-separated subset/order of variants (bench/variants.py VARIANTS)"

@@ -45,9 +45,10 @@ def _tunesmith(a, train_ds, tokenizer) -> tuple[object, dict]:
     """tunesmith's SFT path on the saved model: its config defaults, its loader (QLoRA included), trainer and plan."""
     from tunesmith.config.sft import RunConfig
     from tunesmith.models.sources import resolve_model
-    from tunesmith.train.common import mixed_precision
+    from tunesmith.train.common import run_precision
     from tunesmith.train.sft import _make_trainer, build_sft_config, load_sft_model
     from tunesmith.train.speed.plan import apply_threads, plan_speed, sft_overrides
+    from tunesmith.train.speed.precision import fast_lora_inputs
 
     cfg = RunConfig()
     cfg.model.name = str(a.model_dir)
@@ -55,17 +56,18 @@ def _tunesmith(a, train_ds, tokenizer) -> tuple[object, dict]:
     for k, v in common_args(a).items():
         if k in type(cfg.train).model_fields:
             setattr(cfg.train, k, v)
-    use_bf16 = mixed_precision(cfg)
     plan = plan_speed(cfg.train, cfg.model.attn_implementation)
     apply_threads(plan)
-    model = load_sft_model(cfg, resolve_model(cfg.model.name), plan.attn_implementation, use_bf16)
+    prec = run_precision(cfg, plan)
+    model = load_sft_model(cfg, resolve_model(cfg.model.name), plan.attn_implementation, prec)
+    fast_lora_inputs(model, prec.name == "bf16")
     args = build_sft_config(
-        cfg, Path(a.out).parent / f"ckpt-{a.variant}", use_bf16, overrides=sft_overrides(plan, cfg.train)
+        cfg, Path(a.out).parent / f"ckpt-{a.variant}", prec.autocast, overrides=sft_overrides(plan, cfg.train)
     )
     args.save_strategy, args.eval_strategy, args.disable_tqdm = "no", "no", True
     trainer = _make_trainer(model, tokenizer, args, train_ds, None, plan)
     info = {
-        "precision": "bf16-mixed" if use_bf16 else "fp32",
+        "precision": prec.name,
         "attn_implementation": plan.attn_implementation,
         "layout": plan.layout,
         "liger": plan.liger,

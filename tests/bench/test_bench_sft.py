@@ -99,3 +99,11 @@ def test_auto_precision_check_compares_fp32_and_bf16_variants():
     assert bench_sft.summarise(runs, peaks, None)["targets"]["auto picked the faster precision (1 = yes)"] == 1.0
     runs[3]["tokens_per_second"] = 30
     assert bench_sft.summarise(runs, peaks, None)["targets"]["auto picked the faster precision (1 = yes)"] == 0.0
+
+
+def test_dpo_and_classify_modes_hand_over_to_their_scripts(monkeypatch):
+    import bench_classify
+
+    seen = []
+    monkeypatch.setattr(bench_classify, "main", lambda argv=None: seen.append(argv) or 0)
+    assert bench_sft.main(["--mode", "classify", "--steps", "2"]) == 0 and seen == [["--steps", "2"]]
