@@ -106,7 +106,7 @@ def lora_flops_per_token(parameters: int, trainable: int) -> float:
     return 4 * (parameters - trainable) + 6 * trainable
 
 
-def run_variant(variant: str, data: Path, work: Path, m: dict, timeout: float) -> dict:
+def run_variant(variant: str, data: Path, work: Path, m: dict, timeout: float, extra: tuple = ()) -> dict:
     """Run one variant in a fresh process; returns its result dict (or {"error": ...})."""
     out = work / f"{variant}-{time.monotonic_ns()}.json"
     cmd = [
@@ -125,6 +125,7 @@ def run_variant(variant: str, data: Path, work: Path, m: dict, timeout: float) -
         str(m["batch"]),
         "--max-length",
         str(m["max_length"]),
+        *extra,
     ]
     load = os.getloadavg()
     start = time.perf_counter()
@@ -270,6 +271,9 @@ def markdown(report: dict) -> str:
     if s["targets"]:
         lines += ["", "| target (tunesmith defaults) | measured | met |", "|---|---|---|"]
         lines += [f"| {k} | {v:.3f} | {'yes' if target_met(k, v) else 'NO'} |" for k, v in s["targets"].items()]
+    if report.get("profile"):
+        lines += ["", "tunesmith's steps after the warm-up under torch.profiler (top operators by self CPU time):", ""]
+        lines += ["```", report["profile"].rstrip(), "```"]
     if s["estimate"]:
         e = s["estimate"]
         lines += [
@@ -302,6 +306,9 @@ def main(argv=None) -> int:
         "--variants", default=None, help="comma-separated subset/order of variants (bench/variants.py VARIANTS)"
     )
     p.add_argument("--rounds", type=int, default=None)
+    p.add_argument(
+        "--profile", action="store_true", help="also run tunesmith once under torch.profiler: its top operators"
+    )
     p.add_argument("--timeout", type=float, default=900, help="seconds per variant run")
     p.add_argument(
         "--threads",
@@ -344,6 +351,7 @@ def main(argv=None) -> int:
                 results.append(run_variant(v, data, data, m, a.timeout))
                 shown = {k: results[-1].get(k) for k in ("tokens_per_second", "peak_rss_bytes", "eval_loss", "error")}
                 print(f"[bench]   -> {json.dumps(shown)}", file=sys.stderr, flush=True)
+        profiled = run_variant("tunesmith", data, data, m, a.timeout, ("--profile",)) if a.profile else {}
         peaks_end = matmul_peaks()
     peaks = {k: max(peaks[k], peaks_end[k]) for k in peaks}
     estimate = predict_for_bench(m["batch"], m["max_length"])
@@ -375,6 +383,7 @@ def main(argv=None) -> int:
             "torch": torch.__version__,
         },
         "runs": results,
+        "profile": profiled.get("profile") or profiled.get("error"),
     }
     report["summary"] = summarise(results, peaks, estimate)
     (out / f"bench-{a.mode}.json").write_text(json.dumps(report, indent=1))

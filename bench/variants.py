@@ -132,10 +132,8 @@ def _trl(a, train_ds, lora_cfg, tokenizer, model_dir):
 
 
 def _tunesmith(a, train_ds, cfg, tokenizer, source):
-    from tunesmith.models.adapters import apply_lora
-    from tunesmith.models.loading import load_causal_lm
     from tunesmith.train.common import run_precision
-    from tunesmith.train.sft import _make_trainer, build_sft_config
+    from tunesmith.train.sft import _make_trainer, build_sft_config, load_sft_model
     from tunesmith.train.speed.plan import apply_threads, plan_speed, sft_overrides
     from tunesmith.train.speed.precision import fast_lora_inputs
 
@@ -158,8 +156,7 @@ def _tunesmith(a, train_ds, cfg, tokenizer, source):
     plan = plan_speed(cfg.train, cfg.model.attn_implementation)
     apply_threads(plan)
     prec = run_precision(cfg, plan)
-    base = load_causal_lm(source, dtype=prec.weights, attn_implementation=plan.attn_implementation)
-    model = apply_lora(base, cfg.lora)
+    model = load_sft_model(cfg, source, plan.attn_implementation, prec)
     fast_lora_inputs(model, prec.name == "bf16")
     args = build_sft_config(
         cfg, Path(a.out).parent / f"ckpt-{a.variant}", prec.autocast, overrides=sft_overrides(plan, cfg.train)
@@ -198,7 +195,7 @@ def run(a) -> dict:
         "variant": a.variant,
         "description": VARIANTS[a.variant],
         "precision": precision,
-        **train_and_measure(trainer, clock, eval_rows, a.warmup, fp32_scorer(cfg, source)),
+        **train_and_measure(trainer, clock, eval_rows, a.warmup, fp32_scorer(cfg, source), profile=a.profile),
     }
 
 
@@ -225,11 +222,15 @@ def fp32_scorer(cfg, source):
     return pick
 
 
-def train_and_measure(trainer, clock: StepClock, eval_rows: list[dict], warmup: int, scorer=None) -> dict:
+def train_and_measure(
+    trainer, clock: StepClock, eval_rows: list[dict], warmup: int, scorer=None, profile: bool = False
+) -> dict:
     """Train ``trainer`` (its max_steps), counting the real (non-pad) tokens of every micro-batch, then score eval_loss.
 
     Args:
         scorer: maps the trained model to the model eval_loss is scored on (default: itself).
+        profile: record the steps after the warm-up with ``torch.profiler`` and return its top operators by self
+            CPU time (``"profile"``: the table as text); the timings then include the profiler's overhead.
 
     Returns:
         ``{"steps", "warmup_steps", "step_seconds", "real_tokens_per_step", "tokens_per_second" (real tokens per wall
@@ -249,7 +250,9 @@ def train_and_measure(trainer, clock: StepClock, eval_rows: list[dict], warmup: 
         return orig_step(model, inputs, num_items_in_batch)
 
     trainer.training_step = counting_step
+    prof = _profile_after(trainer, warmup) if profile else None
     trainer.train()
+    table = prof.stop() if prof else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # training peak (load included), before scoring
     gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     trainable, total = count_parameters(trainer.model)
@@ -274,7 +277,32 @@ def train_and_measure(trainer, clock: StepClock, eval_rows: list[dict], warmup: 
         "trainable_parameters": trainable,
         "threads": torch.get_num_threads(),
         "loadavg_end": os.getloadavg(),
+        **({"profile": table} if table else {}),
     }
+
+
+def _profile_after(trainer, warmup: int):
+    """Start ``torch.profiler`` when optimizer step ``warmup`` begins; ``.stop()`` returns the top-ops table."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    class _Prof(TrainerCallback):
+        p = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == warmup and self.p is None:
+                self.p = profile(activities=[ProfilerActivity.CPU])
+                self.p.__enter__()
+
+        def stop(self):
+            if self.p is None:
+                return None
+            self.p.__exit__(None, None, None)
+            return self.p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50)
+
+    cb = _Prof()
+    trainer.add_callback(cb)
+    return cb
 
 
 def main(argv=None) -> int:
@@ -287,6 +315,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--profile", action="store_true", help="torch.profiler's top operators after the warm-up steps")
     a = p.parse_args(argv)
     result = run(a)
     Path(a.out).write_text(json.dumps(result, indent=1))
