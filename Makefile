@@ -8,7 +8,7 @@ STAMP := $(VENV)/.tunesmith-installed
 UI_STAMP := $(VENV)/.tunesmith-ui-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint test-fast test-slow test-runtime test-ui ui bench bench-quick bench-gpu bench-gpu-dry clean
+.PHONY: install demo test lint test-fast test-slow test-runtime test-ui ui bench bench-quick bench-dpo bench-gpu bench-gpu-dry clean
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,9 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/bench_sft.py --mode quick
+
+bench-dpo: install
+	$(BIN)/python bench/bench_dpo.py
 
 # the GPU check (bench/gpu/README.md): on a GPU machine with the wheels in .whl/; the dry run on any CPU
 bench-gpu:

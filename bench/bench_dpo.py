@@ -260,8 +260,8 @@ def markdown(report: dict) -> str:
         f"chatterbot-pairs; {c['cpu']}, {c['cores']} cores, {c['threads']} torch threads, torch {c['torch']}, "
         f"{c['date']}; load average {c['load_start'][0]:.1f} -> {c['load_end'][0]:.1f}",
         "",
-        "| variant | precision | pairs/s | pairs/CPU-s | real tokens/s | tokens/CPU-s | x TRL (CPU time) | x TRL (wall) "
-        "| peak RSS | RSS / TRL | final loss | reward acc. |",
+        "| variant | precision | pairs/s | pairs/CPU-s | real tokens/s | tokens/CPU-s | x TRL (CPU time) "
+        "| x TRL (wall) | peak RSS | RSS / TRL | final loss | reward acc. |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     f = lambda r, k, fmt: "-" if k not in r else fmt.format(r[k])  # noqa: E731
