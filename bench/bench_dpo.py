@@ -36,7 +36,7 @@ VARIANTS = {
     "trl_fp32": "plain TRL DPOTrainer at its best on CPU: fp32, no gradient checkpointing",
     "tunesmith": "tunesmith dpo's trainer (packed pass, log-probs at completion positions; precision from the config)",
     "tunesmith_trl_forward": "tunesmith dpo's trainer with train.fast_path=false (TRL's forward)",
-    "tunesmith_row": "tunesmith dpo's trainer, every pair of the micro-batch in one packed row",
+    "tunesmith_pair_rows": "tunesmith dpo's trainer, one packed row per pair (no prompt prefix shared across pairs)",
     "tunesmith_bf16": "tunesmith dpo's trainer under bf16 autocast",
 }
 DEFAULTS = {"steps": 8, "warmup": 2, "batch": 4, "max_length": 96, "rounds": 1, "variants": "trl,tunesmith,trl_fp32"}
@@ -133,8 +133,8 @@ def _trainer(a, work: Path):
         cfg, model, peft_config, tok, train, evals[:8], work / f"run-{v}", use_bf16=mixed_precision(cfg)
     )
     trainer.args.disable_tqdm = True
-    if v == "tunesmith_row":
-        trainer.data_collator.pairs_per_row = a.batch
+    if v == "tunesmith_pair_rows":
+        trainer.data_collator.row_tokens = 1
     return trainer
 
 

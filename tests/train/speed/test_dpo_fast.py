@@ -16,7 +16,7 @@ PAIRS = [
         f"mem:{k}",
     )
     for k in range(6)
-]
+] + [PreferencePair([Message("user", "Say the colour number 0.")], "Red.", "Green, surely.", "mem:same-prompt")]
 
 
 def _trainer(cls, model_dir, tokenizer, tmp_path, max_length, **kw):
@@ -71,16 +71,16 @@ def _step(trainer, rows):
     return loss.detach(), grads, metrics, torch.cat(ref), per_token
 
 
-@pytest.mark.parametrize(("max_length", "pairs_per_row"), [(256, 1), (44, 1), (44, 2), (256, 6)])
-def test_fast_path_equals_trl(tmp_path, tiny_llama_dir, smol_tokenizer, max_length, pairs_per_row):
+@pytest.mark.parametrize(("max_length", "row_tokens"), [(256, 1), (44, 1), (44, None), (256, None), (256, 120)])
+def test_fast_path_equals_trl(tmp_path, tiny_llama_dir, smol_tokenizer, max_length, row_tokens):
     from trl import DPOTrainer
 
     from tunesmith.train.speed.dpo_fast import FastDPOTrainer
 
     trl = _trainer(DPOTrainer, tiny_llama_dir, smol_tokenizer, tmp_path, max_length)
-    fast = _trainer(FastDPOTrainer, tiny_llama_dir, smol_tokenizer, tmp_path, max_length, pairs_per_row=pairs_per_row)
+    fast = _trainer(FastDPOTrainer, tiny_llama_dir, smol_tokenizer, tmp_path, max_length, row_tokens=row_tokens)
     assert fast.fast_path == "on"
-    rows = [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in trl.train_dataset][:5]
+    rows = [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in trl.train_dataset]
     if max_length == 44:  # some completions are cut (keep_start), as TRL cuts them
         assert any(len(r["prompt_ids"]) + len(r["chosen_ids"]) > 44 for r in rows)
     a, b = _step(trl, rows), _step(fast, rows)
@@ -98,7 +98,7 @@ def test_fast_path_equals_trl(tmp_path, tiny_llama_dir, smol_tokenizer, max_leng
 def test_packed_layout_shares_the_prompt():
     from tunesmith.train.speed.dpo_fast import PackedPairsCollator
 
-    c = PackedPairsCollator(pad_token_id=0, max_length=None, pairs_per_row=2)
+    c = PackedPairsCollator(pad_token_id=0, max_length=None)
     batch = c(
         [
             {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
@@ -116,6 +116,26 @@ def test_packed_layout_shares_the_prompt():
     flat = batch["tunesmith_pack_ids"].reshape(-1)
     assert labels[labels != -100].tolist() == [4, 5, 9, 6, 10, 11]
     assert flat[batch["tunesmith_pack_src"] + 1].tolist()[:3] == [4, 5, 9]
+
+
+def test_pairs_share_their_common_prompt_prefix():
+    from tunesmith.train.speed.dpo_fast import PackedPairsCollator, plan_rows
+
+    batch = PackedPairsCollator(pad_token_id=0)(
+        [
+            {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
+            {"prompt_ids": [1, 2, 5], "chosen_ids": [9], "rejected_ids": [10, 11]},
+        ]
+    )
+    assert batch["tunesmith_pack_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 5, 9, 10, 11]]
+    assert batch["tunesmith_pack_pos"].tolist() == [[0, 1, 2, 3, 4, 3, 2, 3, 3, 4]]
+    m = batch["tunesmith_pack_mask"][0, 0]
+    assert m[6].nonzero().flatten().tolist() == [0, 1, 6] and m[9].nonzero().flatten().tolist() == [0, 1, 6, 8, 9]
+    assert batch["tunesmith_pack_src"].tolist() == [2, 3, 6, 2, 6, 8]
+    # capacity: rows close before they pass row_tokens; a long pair gets its own row
+    assert plan_rows([[1, 2], [1, 3], [1, 2]], [5, 5, 5], 9) == [([0, 1], 1), ([2], 2)]
+    assert plan_rows([[1, 2], [1, 2]], [50, 5], 9) == [([0], 2), ([1], 2)]
+    assert plan_rows([[1, 2], [1, 2]], [5, 5], None) == [([0, 1], 2)]
 
 
 def test_keep_end_is_refused():

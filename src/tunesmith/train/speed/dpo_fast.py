@@ -116,17 +116,55 @@ def completion_log_probs(hidden, weight, bias, targets, chunk_size: int = DEFAUL
     return CompletionLogProbs.apply(hidden, weight, bias, targets, chunk_size, torch.is_grad_enabled())
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def plan_rows(prompts: list[list[int]], lengths: list[int], row_tokens: int | None) -> list[tuple[list[int], int]]:
+    """Group pairs, in order, into rows of at most ``row_tokens`` tokens (None: one row), each row sharing the
+    longest prompt prefix common to its pairs.
+
+    Args:
+        prompts: each pair's prompt ids; lengths: each pair's prompt + chosen + rejected token count.
+        row_tokens: row capacity in tokens; a pair longer than it gets a row of its own.
+
+    Returns:
+        ``[(pair indices, shared prefix length), ...]``; a row is ``prefix + sum(length - prefix)`` tokens long.
+    """
+    rows: list[tuple[list[int], int]] = []
+    for k, (p, n) in enumerate(zip(prompts, lengths)):
+        if rows:
+            row, shared = rows[-1]
+            new = min(shared, _common_prefix(prompts[row[0]], p))
+            size = new + sum(lengths[j] - new for j in row) + n - new
+            if row_tokens is None or size <= row_tokens:
+                rows[-1] = (row + [k], new)
+                continue
+        rows.append(([k], len(p)))
+    return rows
+
+
 @dataclass
 class PackedPairsCollator(DataCollatorForPreference):
     """TRL's preference collator plus the packed layout of the same pairs (``keep_start`` truncation, as TRL).
 
+    Pairs are grouped in order into rows of at most ``row_tokens`` tokens (None: the whole batch in one row); a
+    row is ``shared prefix | rest of prompt 1 | chosen 1 | rejected 1 | rest of prompt 2 | ...``, where the shared
+    prefix is the longest prompt prefix common to the row's pairs (e.g. the system prompt), computed once.
+
     Returns TRL's batch (``input_ids``/``attention_mask``/``completion_mask``: LongTensor[2B, L], chosen rows first;
     ``ref_*_logps`` when present) plus:
 
-    * ``tunesmith_pack_ids``: LongTensor[R, T], each pair as ``prompt | chosen | rejected`` (R = B rows with
-      ``pairs_per_row=1``, fewer with more pairs per row); pad tokens after.
-    * ``tunesmith_pack_pos``: LongTensor[R, T], position ids (chosen and rejected both continue from the prompt).
-    * ``tunesmith_pack_mask``: BoolTensor[R, 1, T, T], True where a query may attend a key.
+    * ``tunesmith_pack_ids``: LongTensor[R, T], the rows, pad tokens after.
+    * ``tunesmith_pack_pos``: LongTensor[R, T], position ids (each sequence's own positions: chosen and rejected both
+      continue from the end of their prompt).
+    * ``tunesmith_pack_mask``: BoolTensor[R, 1, T, T], True where a query may attend a key: causal, within the
+      shared prefix and the query's own pair, and never from a rejected token to a chosen one; pads see themselves.
     * ``tunesmith_pack_src``: LongTensor[n], for each completion token in TRL's order (row-major over the shifted
       ``completion_mask``), the flat index in ``[R * T]`` of the position that predicts it.
 
@@ -135,7 +173,7 @@ class PackedPairsCollator(DataCollatorForPreference):
         or a pair has an empty prompt.
     """
 
-    pairs_per_row: int = 1
+    row_tokens: int | None = None
 
     def torch_call(self, examples: list[dict]) -> dict:  # noqa: D102
         """Collate ``examples`` (``prompt_ids``/``chosen_ids``/``rejected_ids``: ``list[int]``) as described above."""
@@ -151,31 +189,42 @@ class PackedPairsCollator(DataCollatorForPreference):
                 p = p[: self.max_length]
                 c, r = c[: max(self.max_length - len(p), 0)], r[: max(self.max_length - len(p), 0)]
             segs.append((p, c, r))
-        rows = [list(range(i, min(i + self.pairs_per_row, len(segs)))) for i in range(0, len(segs), self.pairs_per_row)]
-        width = max(sum(len(x) for k in row for x in segs[k]) for row in rows)
+        rows = plan_rows([s[0] for s in segs], [sum(map(len, s)) for s in segs], self.row_tokens)
+        width = max(shared + sum(sum(map(len, segs[k])) - shared for k in row) for row, shared in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         pos = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1, 1)  # pads see themselves only
+        owner = torch.full((len(rows), width), -2, dtype=torch.long)  # -1 shared prefix, -2 pad, else the pair
+        chosen = torch.zeros((len(rows), width), dtype=torch.bool)
+        rejected = torch.zeros((len(rows), width), dtype=torch.bool)
         src_c, src_r = [[] for _ in segs], [[] for _ in segs]
-        for ri, row in enumerate(rows):
-            o = 0
+        for ri, (row, shared) in enumerate(rows):
+            ids[ri, :shared] = torch.tensor(segs[row[0]][0][:shared])
+            pos[ri, :shared] = torch.arange(shared)
+            owner[ri, :shared] = -1
+            o = shared
             for k in row:
                 p, c, r = segs[k]
                 n_p, n_c, n_r = len(p), len(c), len(r)
-                n = n_p + n_c + n_r
-                ids[ri, o : o + n] = torch.tensor(p + c + r)
-                pos[ri, o : o + n] = torch.cat([torch.arange(n_p + n_c), torch.arange(n_p, n_p + n_r)])
-                block = torch.ones(n, n, dtype=torch.bool).tril_()
-                block[n_p + n_c :, n_p : n_p + n_c] = False  # rejected never sees chosen
-                mask[ri, 0, o : o + n, o : o + n] = block
-                base = ri * width + o
-                src_c[k] = [base + n_p - 1 + j for j in range(n_c)]
-                src_r[k] = [base + n_p - 1] * min(n_r, 1) + [base + n_p + n_c + j for j in range(n_r - 1)]
+                n = n_p - shared + n_c + n_r
+                ids[ri, o : o + n] = torch.tensor(p[shared:] + c + r)
+                pos[ri, o : o + n] = torch.cat([torch.arange(shared, n_p + n_c), torch.arange(n_p, n_p + n_r)])
+                owner[ri, o : o + n] = k
+                chosen[ri, o + n_p - shared : o + n_p - shared + n_c] = True
+                rejected[ri, o + n_p - shared + n_c : o + n] = True
+                last = ri * width + (o + n_p - shared - 1 if n_p > shared else shared - 1)  # the prompt's last token
+                first_c, first_r = ri * width + o + n_p - shared, ri * width + o + n_p - shared + n_c
+                src_c[k] = [last] * min(n_c, 1) + [first_c + j for j in range(n_c - 1)]
+                src_r[k] = [last] * min(n_r, 1) + [first_r + j for j in range(n_r - 1)]
                 o += n
+        q, kk = owner[:, :, None], owner[:, None, :]
+        mask = ((kk == -1) | (kk == q)) & (q != -2)
+        mask &= ~(rejected[:, :, None] & chosen[:, None, :])  # rejected never sees chosen
+        mask &= torch.ones(width, width, dtype=torch.bool).tril_()
+        mask |= torch.eye(width, dtype=torch.bool)  # pads see themselves only (no empty softmax row)
         out.update(
             tunesmith_pack_ids=ids,
             tunesmith_pack_pos=pos,
-            tunesmith_pack_mask=mask,
+            tunesmith_pack_mask=mask[:, None],
             tunesmith_pack_src=torch.tensor([i for s in src_c + src_r for i in s], dtype=torch.long),
         )
         return out
@@ -254,7 +303,7 @@ def fast_path_blocker(trainer: DPOTrainer) -> str | None:
 class FastDPOTrainer(DPOTrainer):
     """TRL's ``DPOTrainer`` whose policy and reference log-probs come from one packed pass per micro-batch.
 
-    Takes ``DPOTrainer``'s arguments plus ``pairs_per_row`` (pairs packed into each row, int >= 1) and
+    Takes ``DPOTrainer``'s arguments plus ``row_tokens`` (row capacity in tokens, None: the micro-batch in one row) and
     ``chunk_size`` (completion tokens per chunk through the head).  After TRL's setup it installs
     :func:`install_packed_forward` on the policy (and on ``ref_model`` when there is one) and swaps the collator for
     :class:`PackedPairsCollator`; reference log-probs precomputed in ``__init__`` use TRL's own pass.  When
@@ -262,7 +311,7 @@ class FastDPOTrainer(DPOTrainer):
     ``"off: ..."``; otherwise ``"on"``).
     """
 
-    def __init__(self, *args, pairs_per_row: int = 1, chunk_size: int = DEFAULT_CHUNK, **kwargs):
+    def __init__(self, *args, row_tokens: int | None = None, chunk_size: int = DEFAULT_CHUNK, **kwargs):
         super().__init__(*args, **kwargs)
         reason = fast_path_blocker(self)
         self.fast_path = "on" if reason is None else f"off: {reason}"
@@ -277,5 +326,5 @@ class FastDPOTrainer(DPOTrainer):
             max_length=c.max_length,
             truncation_mode=c.truncation_mode,
             pad_to_multiple_of=c.pad_to_multiple_of,
-            pairs_per_row=pairs_per_row,
+            row_tokens=row_tokens,
         )
