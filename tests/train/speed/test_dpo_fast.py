@@ -19,7 +19,7 @@ PAIRS = [
 ] + [PreferencePair([Message("user", "Say the colour number 0.")], "Red.", "Green, surely.", "mem:same-prompt")]
 
 
-def _trainer(cls, model_dir, tokenizer, tmp_path, max_length, **kw):
+def _trainer(cls, model_dir, tokenizer, tmp_path, max_length, lora=True, **kw):
     from datasets import Dataset
     from peft import get_peft_model
     from trl import DPOConfig
@@ -30,10 +30,11 @@ def _trainer(cls, model_dir, tokenizer, tmp_path, max_length, **kw):
     from tunesmith.models.sources import ModelSource
 
     torch.manual_seed(0)
-    model = get_peft_model(
-        load_causal_lm(ModelSource("tiny", str(model_dir), "local")),
-        to_peft_config(DPORunConfig().lora.model_copy(update={"r": 4, "lora_dropout": 0.0})),
-    )
+    model = load_causal_lm(ModelSource("tiny", str(model_dir), "local"))
+    if lora:
+        model = get_peft_model(
+            model, to_peft_config(DPORunConfig().lora.model_copy(update={"r": 4, "lora_dropout": 0.0}))
+        )
     with torch.no_grad():  # a non-trivial adapter: the policy differs from the reference
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -49,6 +50,7 @@ def _trainer(cls, model_dir, tokenizer, tmp_path, max_length, **kw):
         loss_type=["sigmoid", "sft"],
         loss_weights=[1.0, 0.5],
         ld_alpha=0.7,
+        precompute_ref_log_probs=not lora,
     )
     data = Dataset.from_list([p.to_trl() for p in PAIRS])
     return cls(model=model, args=args, train_dataset=data, processing_class=tokenizer, **kw)
@@ -91,6 +93,26 @@ def test_fast_path_equals_trl(tmp_path, tiny_llama_dir, smol_tokenizer, max_leng
     for k in a[2]:
         assert b[2][k] == pytest.approx(a[2][k], rel=1e-4, abs=1e-5), k
     assert a[1].keys() == b[1].keys() and len(a[1]) > 0
+    for n in a[1]:
+        torch.testing.assert_close(b[1][n], a[1][n], rtol=1e-4, atol=1e-5)
+
+
+def test_full_fine_tuning_with_precomputed_reference_equals_trl(tmp_path, tiny_llama_dir, smol_tokenizer):
+    """No LoRA: the head is trained (TRL's chunked log-prob function runs at the completion positions only) and the
+    reference log-probs come precomputed in the batch."""
+    from trl import DPOTrainer
+
+    from tunesmith.train.speed.dpo_fast import FastDPOTrainer
+
+    trl = _trainer(DPOTrainer, tiny_llama_dir, smol_tokenizer, tmp_path, 256, lora=False)
+    fast = _trainer(FastDPOTrainer, tiny_llama_dir, smol_tokenizer, tmp_path, 256, lora=False)
+    assert fast.fast_path == "on" and "ref_chosen_logps" in fast.train_dataset.column_names
+    keys = ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")
+    rows = [{k: r[k] for k in keys} for r in trl.train_dataset]
+    a, b = _step(trl, rows), _step(fast, rows)
+    torch.testing.assert_close(b[0], a[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b[4], a[4], rtol=1e-5, atol=1e-5)
+    assert a[1].keys() == b[1].keys() and "model.embed_tokens.weight" in a[1]  # the tied head is trained
     for n in a[1]:
         torch.testing.assert_close(b[1][n], a[1][n], rtol=1e-4, atol=1e-5)
 
