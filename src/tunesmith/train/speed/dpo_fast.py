@@ -7,11 +7,13 @@ TRL's ``DPOTrainer`` pads prompt+chosen and prompt+rejected into ``2 * batch`` r
 the model twice, every row is padded to the longest one, and on devices without Triton its fused LM head projects
 *every* position (prompt and padding included) through the ``[hidden, vocab]`` output head.  Here:
 
-* **one packed pass, the prompt once**: each pair becomes ``prompt | chosen | rejected`` in one row, with per-sample
+* **one packed pass, the prompt once**: each pair becomes ``prompt | chosen | rejected``, with per-sample
   ``position_ids`` (chosen and rejected both continue from the prompt's end) and a 4D attention mask in which chosen
   tokens see the prompt and earlier chosen tokens, and rejected tokens see the prompt and earlier rejected tokens
   (never the chosen ones).  Causal attention makes the prompt's hidden states the same in both sequences, so the
-  log-probs equal TRL's up to float rounding, for ``P + C + R`` tokens instead of ``2 * (P + max(C, R))``.
+  log-probs equal TRL's up to float rounding, for ``P + C + R`` tokens instead of ``2 * (P + max(C, R))``.  The
+  pairs of a micro-batch share rows of up to ``row_tokens`` tokens (no padding between them), and the prompt prefix
+  common to a row's pairs (the system prompt, say) is computed once too.
 * **the head only at completion positions**, ``chunk_size`` tokens at a time (never the whole [tokens, vocab]
   logits); with a frozen head the gradient with respect to the hidden states is computed in the forward pass, while
   the chunk's logits are at hand (two matmuls per chunk instead of TRL's three), as ``fastloss`` does for SFT.
@@ -32,6 +34,9 @@ from tunesmith.train.speed.fastloss import supports_chunked_loss
 
 DEFAULT_CHUNK = 1024
 """Completion tokens per chunk through the head: a [1024, 49152] fp32 logits tile is 200 MB."""
+DEFAULT_ROW_TOKENS = 1024
+"""Row capacity of :class:`FastDPOTrainer`: a row's dense attention mask grows with its length squared, so a large
+micro-batch is split into rows of about this many tokens (on the CPU benchmark, 4 pairs of <= 96 tokens: one row)."""
 PACK_KEYS = ("tunesmith_pack_ids", "tunesmith_pack_pos", "tunesmith_pack_mask", "tunesmith_pack_src")
 """Batch keys of the packed layout; the model's forward pops them (see :func:`install_packed_forward`)."""
 
@@ -311,7 +316,7 @@ class FastDPOTrainer(DPOTrainer):
     ``"off: ..."``; otherwise ``"on"``).
     """
 
-    def __init__(self, *args, row_tokens: int | None = None, chunk_size: int = DEFAULT_CHUNK, **kwargs):
+    def __init__(self, *args, row_tokens: int | None = DEFAULT_ROW_TOKENS, chunk_size: int = DEFAULT_CHUNK, **kwargs):
         super().__init__(*args, **kwargs)
         reason = fast_path_blocker(self)
         self.fast_path = "on" if reason is None else f"off: {reason}"
