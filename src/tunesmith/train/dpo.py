@@ -243,6 +243,7 @@ def _run(cfg: DPORunConfig, run: Run) -> dict:
         "beta": cfg.train.beta,
         "loss_type": cfg.train.loss_type,
         "reference": _reference_kind(cfg, peft_config, precompute),
+        "fast_path": getattr(trainer, "fast_path", "off: train.fast_path=false"),
         "start": {"model": source.name, "adapter": cfg.model.adapter, "adapter_mode": cfg.model.adapter_mode},
         "data": {
             **report,
