@@ -19,7 +19,7 @@ PAIRS = [
 ] + [PreferencePair([Message("user", "Say the colour number 0.")], "Red.", "Green, surely.", "mem:same-prompt")]
 
 
-def _trainer(cls, model_dir, tokenizer, tmp_path, max_length, lora=True, **kw):
+def _trainer(cls, model_dir, tokenizer, tmp_path, max_length, lora=True, attn="sdpa", **kw):
     from datasets import Dataset
     from peft import get_peft_model
     from trl import DPOConfig
@@ -30,7 +30,7 @@ def _trainer(cls, model_dir, tokenizer, tmp_path, max_length, lora=True, **kw):
     from tunesmith.models.sources import ModelSource
 
     torch.manual_seed(0)
-    model = load_causal_lm(ModelSource("tiny", str(model_dir), "local"))
+    model = load_causal_lm(ModelSource("tiny", str(model_dir), "local"), attn_implementation=attn)
     if lora:
         model = get_peft_model(
             model, to_peft_config(DPORunConfig().lora.model_copy(update={"r": 4, "lora_dropout": 0.0}))
@@ -73,14 +73,26 @@ def _step(trainer, rows):
     return loss.detach(), grads, metrics, torch.cat(ref), per_token
 
 
-@pytest.mark.parametrize(("max_length", "row_tokens"), [(256, 1), (44, 1), (44, None), (256, None), (256, 120)])
-def test_fast_path_equals_trl(tmp_path, tiny_llama_dir, smol_tokenizer, max_length, row_tokens):
+@pytest.mark.parametrize(
+    ("max_length", "row_tokens", "attn"),
+    [
+        (256, 1, "sdpa"),
+        (44, 1, "sdpa"),
+        (44, None, "sdpa"),
+        (256, None, "sdpa"),
+        (256, 120, "sdpa"),
+        (44, None, "eager"),
+    ],
+)
+def test_fast_path_equals_trl(tmp_path, tiny_llama_dir, smol_tokenizer, max_length, row_tokens, attn):
     from trl import DPOTrainer
 
     from tunesmith.train.speed.dpo_fast import FastDPOTrainer
 
-    trl = _trainer(DPOTrainer, tiny_llama_dir, smol_tokenizer, tmp_path, max_length)
-    fast = _trainer(FastDPOTrainer, tiny_llama_dir, smol_tokenizer, tmp_path, max_length, row_tokens=row_tokens)
+    trl = _trainer(DPOTrainer, tiny_llama_dir, smol_tokenizer, tmp_path, max_length, attn=attn)
+    fast = _trainer(
+        FastDPOTrainer, tiny_llama_dir, smol_tokenizer, tmp_path, max_length, attn=attn, row_tokens=row_tokens
+    )
     assert fast.fast_path == "on"
     rows = [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in trl.train_dataset]
     if max_length == 44:  # some completions are cut (keep_start), as TRL cuts them

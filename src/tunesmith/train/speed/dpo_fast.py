@@ -262,10 +262,14 @@ def install_packed_forward(model, chunk_size: int = DEFAULT_CHUNK) -> None:
         src = packed["tunesmith_pack_src"]
         if int(label_mask.sum()) != src.numel():
             raise ValueError(f"{src.numel()} packed completion positions for {int(label_mask.sum())} labels")
+        mask = packed["tunesmith_pack_mask"]
+        if self.config._attn_implementation == "eager":  # eager adds the mask to the scores: 0 or the dtype's min
+            dtype = self.get_output_embeddings().weight.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
         hidden = getattr(self, self.base_model_prefix)(
             input_ids=packed["tunesmith_pack_ids"],
             position_ids=packed["tunesmith_pack_pos"],
-            attention_mask=packed["tunesmith_pack_mask"],
+            attention_mask=mask,
             use_cache=False,
         ).last_hidden_state
         head = self.get_output_embeddings()
@@ -302,6 +306,8 @@ def fast_path_blocker(trainer: DPOTrainer) -> str | None:
     ):
         return "prompt-learning PEFT adds virtual tokens"
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    if base.config._attn_implementation not in ("sdpa", "eager"):
+        return f"attn_implementation={base.config._attn_implementation} takes no 4D attention mask"
     return supports_chunked_loss(base)
 
 
