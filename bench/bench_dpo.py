@@ -1,7 +1,7 @@
 """DPO throughput and memory: ``tunesmith dpo``'s trainer against plain TRL ``DPOTrainer``, side by side.
 
-    make bench-dpo                                   # python bench/bench_dpo.py (defaults below; < 6 min on 2 cores)
-    python bench/bench_dpo.py --steps 8 --batch 4 --max-length 96 --threads 1 --out runs/bench
+    make bench-dpo                                   # python bench/bench_dpo.py: 6 steps, batch 4, max_length 96, 1 thread
+    python bench/bench_dpo.py --steps 8 --threads 0 --rounds 2 --out runs/bench   # torch's threads, two rounds
 
 Every variant trains the same LoRA (``tunesmith.models.adapters.to_peft_config`` of the shipped DPO config) on the
 same chatterbot pairs (``configs/dpo/chatterbot-pairs.yaml``: tunesmith's split and system prompt), for the same
@@ -39,7 +39,7 @@ VARIANTS = {
     "tunesmith_pair_rows": "tunesmith dpo's trainer, one packed row per pair (no prompt prefix shared across pairs)",
     "tunesmith_bf16": "tunesmith dpo's trainer under bf16 autocast",
 }
-DEFAULTS = {"steps": 8, "warmup": 2, "batch": 4, "max_length": 96, "rounds": 1, "variants": "trl,tunesmith,trl_fp32"}
+DEFAULTS = {"steps": 6, "warmup": 2, "batch": 4, "max_length": 96, "rounds": 1, "variants": "trl,tunesmith,trl_fp32"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,7 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="first steps left out of the rates")
     p.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="pairs per step")
     p.add_argument("--max-length", type=int, default=DEFAULTS["max_length"], help="tokens of prompt + reply")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (1: load-robust CPU time)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process; 1 (default) gives load-robust CPU time on a shared machine, 0: torch's default",
+    )
     p.add_argument("--rounds", type=int, default=DEFAULTS["rounds"], help="runs of every variant, alternated")
     p.add_argument("--variants", default=DEFAULTS["variants"], help=f"comma-separated, of: {', '.join(VARIANTS)}")
     p.add_argument("--out", default="runs/bench", help="folder for bench-dpo.json and bench-dpo.md")
@@ -198,7 +203,7 @@ def run_variant(a, variant: str, work: Path) -> dict:
     out = work / f"{variant}-{time.monotonic_ns()}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--result", str(out)]
     cmd += ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch)]
-    cmd += ["--max-length", str(a.max_length)] + (["--threads", str(a.threads)] if a.threads else [])
+    cmd += ["--max-length", str(a.max_length), "--threads", str(a.threads)]
     load, start = os.getloadavg(), time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
@@ -255,7 +260,7 @@ def markdown(report: dict) -> str:
     c, s = report["conditions"], report["summary"]
     lines = [
         f"`python bench/bench_dpo.py --steps {c['steps']} --batch {c['batch']} --max-length {c['max_length']}"
-        + (f" --threads {c['threads']}`" if c.get("threads_arg") else "`")
+        + f" --threads {c['threads_arg']}`"
         + f": {c['model']}, LoRA r={c['lora_r']} all-linear, {c['steps']} steps ({c['warmup']} warm-up), "
         f"chatterbot-pairs; {c['cpu']}, {c['cores']} cores, {c['threads']} torch threads, torch {c['torch']}, "
         f"{c['date']}; load average {c['load_start'][0]:.1f} -> {c['load_end'][0]:.1f}",

@@ -33,7 +33,7 @@ def _run(variant, pps, ppc, rss, loss, acc, precision="fp32"):
 
 def test_arguments_defaults_and_errors():
     a = bench_dpo.parse_args([])
-    assert (a.steps, a.batch, a.max_length, a.out, a.threads) == (8, 4, 96, "runs/bench", None)
+    assert (a.steps, a.batch, a.max_length, a.out, a.threads) == (6, 4, 96, "runs/bench", 1)
     assert a.variants.split(",")[:2] == ["trl", "tunesmith"] and a.child is None
     a = bench_dpo.parse_args(["--steps", "3", "--batch", "2", "--max-length", "64", "--threads", "1", "--out", "x"])
     assert (a.steps, a.batch, a.max_length, a.threads, a.out) == (3, 2, 64, 1, "x")
