@@ -1,6 +1,6 @@
 """DPO throughput and memory: ``tunesmith dpo``'s trainer against plain TRL ``DPOTrainer``, side by side.
 
-    make bench-dpo                                   # python bench/bench_dpo.py: 6 steps, batch 4, max_length 96, 1 thread
+    make bench-dpo               # python bench/bench_dpo.py: 6 steps, batch 4, max_length 96, 1 thread
     python bench/bench_dpo.py --steps 8 --threads 0 --rounds 2 --out runs/bench   # torch's threads, two rounds
 
 Every variant trains the same LoRA (``tunesmith.models.adapters.to_peft_config`` of the shipped DPO config) on the
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=1,
-        help="torch threads per process; 1 (default) gives load-robust CPU time on a shared machine, 0: torch's default",
+        help="torch threads per process; 1 (default): load-robust CPU time on a shared machine; 0: torch's default",
     )
     p.add_argument("--rounds", type=int, default=DEFAULTS["rounds"], help="runs of every variant, alternated")
     p.add_argument("--variants", default=DEFAULTS["variants"], help=f"comma-separated, of: {', '.join(VARIANTS)}")
