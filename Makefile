@@ -8,7 +8,7 @@ STAMP := $(VENV)/.tunesmith-installed
 UI_STAMP := $(VENV)/.tunesmith-ui-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint test-fast test-slow test-runtime test-ui ui bench bench-quick bench-classify bench-gpu bench-gpu-dry clean
+.PHONY: install demo test lint test-fast test-slow test-runtime test-ui ui bench bench-quick bench-classify bench-dpo bench-gpu bench-gpu-dry clean
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-quick: install
 # tunesmith classify against a plain transformers Trainer (docs/classify.md, Speed)
 bench-classify: install
 	$(BIN)/python bench/bench_sft.py --mode classify
+
+# tunesmith dpo against plain TRL DPOTrainer (docs/performance-dpo.md)
+bench-dpo: install
+	$(BIN)/python bench/bench_sft.py --mode dpo
 
 # the GPU check (bench/gpu/README.md): on a GPU machine with the wheels in .whl/; the dry run on any CPU
 bench-gpu:

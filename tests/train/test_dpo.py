@@ -188,6 +188,7 @@ def test_tiny_dpo_run_writes_the_shared_contract(tmp_path, tiny_llama_dir):
     run = Path(cfg.train.output_dir)
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["kind"] == "dpo" and saved["model"] == str(tiny_llama_dir) and saved["global_step"] == 2
+    assert saved["fast_path"] == "on"  # tunesmith's packed DPO pass (tests/train/speed/test_dpo_fast.py)
     assert set(saved["task_metrics"]) == {
         "reward_accuracy",
         "reward_margin",

@@ -108,6 +108,12 @@ class DPOTrainSection(LibraryTrainSection):
         "Compute the reference log-probs of every pair once before training (one extra pass) instead of a reference "
         "forward pass per step."
     )
+    fast_path: bool = True
+    (
+        "One packed forward pass per micro-batch (prompt, chosen and rejected in one row, the prompt once) and "
+        "log-probs only at completion positions, in chunks through the output head "
+        "(tunesmith.train.speed.dpo_fast); the losses and metrics are TRL's. False uses TRL's DPOTrainer forward."
+    )
     eval_strategy: Literal["no", "steps", "epoch"] = "steps"
     """When to evaluate (TRL's batch-averaged eval_rewards/*) during training."""
     eval_steps: int | None = 20

@@ -75,6 +75,7 @@ def pair_logps(trainer, examples: list[dict], batch_size: int = 8) -> PairLogps:
                 labels=labels,
                 use_cache=False,
                 fused_lm_head=True,
+                **{k: v for k, v in batch.items() if k.startswith("tunesmith_pack_")},  # the packed pass, if any
             )
             .log_probs[:, -(mask.size(1) - 1) :]
             .sum(dim=1)

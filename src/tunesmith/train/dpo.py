@@ -45,7 +45,7 @@ from tunesmith.train.common import (
 )
 from tunesmith.train.lifecycle import Run, start_run
 
-_OURS = {"bf16", "precompute_ref_log_probs"}
+_OURS = {"bf16", "precompute_ref_log_probs", "fast_path"}
 
 
 def build_dpo_config(cfg: DPORunConfig, run_dir: Path, use_bf16: bool, *, precompute: bool):
@@ -89,7 +89,9 @@ def make_trainer(
     use_bf16: bool = False,
     precompute: bool = False,
 ):
-    """Build TRL's ``DPOTrainer`` with ``ref_model=None`` and tunesmith's progress display.
+    """Build TRL's ``DPOTrainer`` (with ``train.fast_path``: tunesmith's
+    :class:`~tunesmith.train.speed.dpo_fast.FastDPOTrainer`, one packed pass per micro-batch and log-probs only at
+    completion positions) with ``ref_model=None`` and tunesmith's progress display.
 
     With a LoRA policy TRL takes the reference from the same module with the adapter disabled (a fresh adapter) or
     from its frozen ``ref`` copy of a pretrained adapter (LoRA-sized), so the base weights exist once in memory.
@@ -102,9 +104,11 @@ def make_trainer(
     """
     from trl import DPOTrainer
 
+    from tunesmith.train.speed.dpo_fast import FastDPOTrainer
+
     args = build_dpo_config(cfg, run_dir, use_bf16, precompute=precompute)
     with lora_errors(cfg.lora), template_errors(tokenizer):  # TRL applies LoRA and renders the pairs here
-        trainer = DPOTrainer(
+        trainer = (FastDPOTrainer if cfg.train.fast_path else DPOTrainer)(
             model=model,
             ref_model=None,
             args=args,
@@ -113,6 +117,8 @@ def make_trainer(
             processing_class=tokenizer,
             peft_config=peft_config,
         )
+    if getattr(trainer, "fast_path", "on") != "on":
+        console.print(f"[yellow]note:[/] packed DPO pass {trainer.fast_path}; using TRL's forward", highlight=False)
     install_progress(trainer)
     if not console.is_terminal:
         trainer.add_callback(_LogLines())
@@ -237,6 +243,7 @@ def _run(cfg: DPORunConfig, run: Run) -> dict:
         "beta": cfg.train.beta,
         "loss_type": cfg.train.loss_type,
         "reference": _reference_kind(cfg, peft_config, precompute),
+        "fast_path": getattr(trainer, "fast_path", "off: train.fast_path=false"),
         "start": {"model": source.name, "adapter": cfg.model.adapter, "adapter_mode": cfg.model.adapter_mode},
         "data": {
             **report,
