@@ -87,6 +87,13 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
 
 
 def _causal(q, k, v, scaling):
+    """Causal SDPA on one sample; bf16 on CPU computes in fp32 (the CPU kernel ran 2x faster in fp32 than in bf16 on
+    60-token samples: docs/performance.md)."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), is_causal=True, scale=scaling
+        )
+        return o.to(q.dtype)
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
 
 
