@@ -72,3 +72,23 @@ def test_sliding_window_models_are_left_alone(tiny_llama_dir):
     m.config.sliding_window = 4
     assert "sliding_window" in varlen.supports_varlen(m) and not varlen.enable(m)
     assert m.config._attn_implementation == "sdpa"
+
+
+def test_bf16_model_attends_in_fp32_and_returns_bf16(smol_tokenizer, tiny_llama_dir):
+    """bf16 weights: the per-sample kernel computes in fp32 on CPU; the output stays bf16 and agrees with SDPA's
+    block-mask path within bf16 rounding."""
+    from transformers import AutoModelForCausalLM
+
+    _, batch = _batch(smol_tokenizer)
+    load = lambda: AutoModelForCausalLM.from_pretrained(  # noqa: E731
+        tiny_llama_dir, dtype=torch.bfloat16, attn_implementation="sdpa"
+    ).eval()
+    ref, fast = load(), load()
+    varlen.enable(fast)
+    seen = []
+    fast.model.layers[0].self_attn.register_forward_hook(lambda m, a, out: seen.append(out[0].dtype))
+    with torch.no_grad():
+        kw = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+        a, b = ref(**kw).logits.float(), fast(**kw).logits.float()
+    assert seen == [torch.bfloat16]
+    assert (a - b).abs().max() < 0.05 * a.abs().max()

@@ -70,6 +70,9 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     groups = getattr(module, "num_key_value_groups", 1)
+    dtype = query.dtype
+    if dtype == torch.bfloat16 and query.device.type == "cpu":  # see _causal: fp32 per sample, cast once per layer
+        query, key, value = query.float(), key.float(), value.float()
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     bounds = segment_bounds(pos.expand(query.shape[0], -1))
     rows = []
@@ -83,17 +86,12 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
             ]
         rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
     out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous().to(dtype), None
 
 
 def _causal(q, k, v, scaling):
-    """Causal SDPA on one sample; bf16 on CPU computes in fp32 (the CPU kernel ran 2x faster in fp32 than in bf16 on
-    60-token samples: docs/performance.md)."""
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-        o = torch.nn.functional.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(), is_causal=True, scale=scaling
-        )
-        return o.to(q.dtype)
+    """Causal SDPA on one sample.  The caller passes fp32 on CPU for bf16 models: the CPU kernel ran 1.6x faster in
+    fp32 than in bf16 on 60-token samples (docs/performance.md)."""
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
 
 
