@@ -109,8 +109,8 @@ class TrainSection(LibraryTrainSection):
     (
         "Rows per forward/backward pass: each optimizer step's per_device_train_batch_size rows run as accumulated "
         "micro-batches of this many (same loss: normalised by the step's trained tokens), so activation memory follows "
-        "the micro-batch. None: 1 on CPU with packed rows (measured faster and smaller there), else the whole batch in "
-        "one pass."
+        "the micro-batch. None: on CPU with packed rows as many rows as fit in 512 tokens (one 512-token row, two "
+        "256-token rows; measured fastest there), else the whole batch in one pass."
     )
     num_threads: int | None = Field(None, gt=0)
     """torch intra-op CPU threads (torch.set_num_threads); None keeps torch's default (one per core)."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tunesmith.config.sft import RunConfig, TrainSection
-from tunesmith.train.speed.plan import plan_speed, sft_overrides
+from tunesmith.train.speed.plan import cpu_rows_per_pass, plan_speed, sft_overrides
 
 
 def test_plan_on_cpu_defaults():
@@ -20,7 +20,7 @@ def test_plan_on_cpu_defaults():
         True,
         "sdpa",
         False,
-        8,
+        4,  # max_length 256: two packed rows (512 tokens) per pass
     )
     assert sft_overrides(plan) == {
         "packing": False,
@@ -30,9 +30,13 @@ def test_plan_on_cpu_defaults():
     }
     assert sft_overrides(plan, TrainSection()) == {
         **sft_overrides(plan),
-        "per_device_train_batch_size": 1,
-        "gradient_accumulation_steps": 8,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 4,
     }
+    assert plan_speed(TrainSection(max_length=512), "sdpa", "cpu").micro_batches == 8  # one 512-token row per pass
+    assert plan_speed(TrainSection(max_length=100), "sdpa", "cpu").rows_per_pass == 4  # 5 fit; 4 divides 8
+    assert plan_speed(TrainSection(max_length=2048), "sdpa", "cpu").rows_per_pass == 1
+    assert [cpu_rows_per_pass(b, 128) for b in (8, 6, 3, 1)] == [4, 3, 3, 1]
     assert plan_speed(TrainSection(micro_batch_size=8), "sdpa", "cpu").micro_batches == 1  # the whole batch in one pass
     assert plan_speed(TrainSection(packing=False), "sdpa", "cpu").layout == "padded"
     assert plan_speed(TrainSection(packing_strategy="wrapped"), "sdpa", "cpu").layout == "flat"

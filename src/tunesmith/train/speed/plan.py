@@ -76,8 +76,11 @@ def plan_speed(train_cfg, attn_requested: str, device: str | None = None) -> Spe
     if layout == "auto":
         layout = "flat" if attn in VARLEN_ATTENTION else "rows"
     liger = device == "cuda" and is_installed("liger_kernel")
+    batch = train_cfg.per_device_train_batch_size
     rows_per_pass = train_cfg.micro_batch_size or (
-        1 if device == "cpu" and layout == "rows" else train_cfg.per_device_train_batch_size
+        cpu_rows_per_pass(batch, getattr(train_cfg, "max_length", None))
+        if device == "cpu" and layout == "rows"
+        else batch
     )
     micro = train_cfg.per_device_train_batch_size // rows_per_pass
     plan = SpeedPlan(
@@ -106,6 +109,26 @@ def plan_speed(train_cfg, attn_requested: str, device: str | None = None) -> Spe
         "loss: chunked at trained positions (tunesmith.train.speed.fastloss)" if plan.chunked_loss else "loss: TRL's"
     )
     return plan
+
+
+CPU_TOKENS_PER_PASS = 512
+"""Packed tokens per forward/backward pass on CPU: measured on a 2-core AMD EPYC (bf16, 2026-12-07), 256-token rows
+ran 1.25-1.4x faster two per pass than one, and 512-token rows fastest one per pass (docs/performance.md)."""
+
+
+def cpu_rows_per_pass(batch: int, max_length: int | None) -> int:
+    """Packed rows per pass on CPU: the largest divisor of ``batch`` with at most :data:`CPU_TOKENS_PER_PASS` tokens
+    (at least 1 row).
+
+    Args:
+        batch: ``per_device_train_batch_size`` (rows per optimizer step).
+        max_length: tokens per packed row (None: 1 row per pass).
+
+    Returns:
+        Rows per forward/backward pass, a divisor of ``batch``.
+    """
+    most = max(1, CPU_TOKENS_PER_PASS // max_length) if max_length else 1
+    return max(d for d in range(1, min(batch, most) + 1) if batch % d == 0)
 
 
 def apply_threads(plan: SpeedPlan) -> None:
