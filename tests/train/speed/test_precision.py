@@ -102,3 +102,11 @@ def test_bf16_layout_keeps_lora_fp32_and_casts_no_activation(tiny_llama_dir):
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits).all()
     assert set(seen) == {torch.float32}
+
+
+def test_a_probe_that_cannot_build_the_model_falls_back_to_the_matmul_test(monkeypatch):
+    monkeypatch.setattr("tunesmith.runtime.hardware.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("tunesmith.runtime.hardware.hardware_supports_bf16", lambda device=None: False)
+    monkeypatch.setattr(P, "_probe_config", lambda cfg: (_ for _ in ()).throw(ValueError("unknown model_type")))
+    got = P.resolve_precision(_cfg(), device="cpu")
+    assert got.name == "fp32" and "probe failed: ValueError: unknown model_type" in got.why

@@ -66,8 +66,8 @@ def resolve_precision(cfg, *, seq_len: int = 512, rows: int = 1, device: str | N
     Returns:
         :class:`Precision`.
 
-    Raises:
-        ModelError: only from the probe's model construction (the model's config cannot be read).
+    A probe that cannot build the model (an architecture outside transformers' Auto classes, say) falls back to the
+    matmul test (:func:`tunesmith.runtime.hardware.hardware_supports_bf16`) and says so in ``why``.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lora = bool(getattr(getattr(cfg, "lora", None), "enabled", False)) and not cfg.model.quantization
@@ -90,7 +90,13 @@ def resolve_precision(cfg, *, seq_len: int = 512, rows: int = 1, device: str | N
 
     if not cpu_has_bf16():
         return Precision("fp32", "this CPU has no native bf16 (no avx512_bf16 or amx_bf16)")
-    return probe_precision(cfg, candidates=("fp32", bf16), seq_len=seq_len, rows=rows)
+    try:
+        return probe_precision(cfg, candidates=("fp32", bf16), seq_len=seq_len, rows=rows)
+    except Exception as e:  # noqa: BLE001 - an architecture the probe cannot build: fall back to the matmul test
+        from tunesmith.runtime.hardware import hardware_supports_bf16
+
+        name = bf16 if hardware_supports_bf16("cpu") else "fp32"
+        return Precision(name, f"matmul test (the training-step probe failed: {type(e).__name__}: {e})"[:300])
 
 
 def probe_precision(cfg, *, candidates: tuple[str, ...], seq_len: int, rows: int) -> Precision:
