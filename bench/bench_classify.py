@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from benchlib import run_rounds, write_report  # noqa: E402
+
 CONFIG = HERE.parent / "configs" / "classify" / "chatterbot-topics.yaml"
 VARIANTS = {
     "hf_trainer": "plain transformers Trainer, AutoModelForSequenceClassification + PEFT LoRA, defaults: fp32, "
@@ -281,18 +284,12 @@ def markdown(report: dict) -> str:
 def conditions(a, load_start) -> dict:
     """The machine and settings the numbers were measured under."""
     import datetime
-    import platform
 
     import torch
 
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    from tunesmith.runtime.hardware import cpu_model
+
+    cpu = cpu_model()
     cfg = load_config(a)
     return {
         "model": "SmolLM2-135M-Instruct",
@@ -343,21 +340,12 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
-    results = []
     with tempfile.TemporaryDirectory(prefix="tunesmith-bench-classify-") as tmp:
-        for rnd in range(a.rounds):
-            for v in a.variants.split(","):
-                print(f"[bench] round {rnd + 1}/{a.rounds}: {v} (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
-                results.append(run_variant(v, a, Path(tmp)))
-                shown = {k: results[-1].get(k) for k in ("examples_per_cpu_second", "eval_accuracy", "error")}
-                print(f"[bench]   -> {json.dumps(shown)}", file=sys.stderr, flush=True)
+        shown = ("examples_per_cpu_second", "eval_accuracy", "error")
+        results = run_rounds(a.variants.split(","), a.rounds, lambda v: run_variant(v, a, Path(tmp)), "bench", shown)
     report = {"conditions": conditions(a, load_start), "runs": results}
     report["summary"] = summarise(results)
-    (out / "bench-classify.json").write_text(json.dumps(report, indent=1))
-    md = markdown(report)
-    (out / "bench-classify.md").write_text(md)
-    print(md)
-    return 0 if all("error" not in r for r in results) else 1
+    return write_report(out, "bench-classify", report, markdown)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -30,6 +29,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from benchlib import run_rounds, write_report  # noqa: E402
+
 CONFIG = HERE.parent / "configs" / "dpo" / "chatterbot-pairs.yaml"
 VARIANTS = {
     "trl": "plain TRL DPOTrainer, shipped defaults (bf16 autocast, gradient checkpointing, padded [chosen; rejected])",
@@ -294,11 +296,9 @@ def conditions(a, load_start) -> dict:
 
     from tunesmith.config.dpo import DPORunConfig
     from tunesmith.config.load import load_config
+    from tunesmith.runtime.hardware import cpu_model
 
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     cfg = load_config(str(CONFIG), [], model_cls=DPORunConfig)
     return {
         "model": "SmolLM2-135M-Instruct",
@@ -329,21 +329,15 @@ def main(argv=None) -> int:
         return 0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    load_start, results = os.getloadavg(), []
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tunesmith-bench-dpo-") as tmp:
-        for rnd in range(a.rounds):
-            for v in a.variants.split(","):
-                print(f"[bench-dpo] round {rnd + 1}/{a.rounds}: {v} (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
-                results.append(run_variant(a, v, Path(tmp)))
-                shown = {k: results[-1].get(k) for k in ("pairs_per_cpu_second", "peak_rss_bytes", "error")}
-                print(f"[bench-dpo]   -> {json.dumps(shown)}", file=sys.stderr, flush=True)
+        shown = ("pairs_per_cpu_second", "peak_rss_bytes", "error")
+        results = run_rounds(
+            a.variants.split(","), a.rounds, lambda v: run_variant(a, v, Path(tmp)), "bench-dpo", shown
+        )
     report = {"conditions": conditions(a, load_start), "runs": results}
     report["summary"] = summarise(results)
-    (out / "bench-dpo.json").write_text(json.dumps(report, indent=1))
-    md = markdown(report)
-    (out / "bench-dpo.md").write_text(md)
-    print(md)
-    return 0 if all("error" not in r for r in results) else 1
+    return write_report(out, "bench-dpo", report, markdown)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from benchlib import run_rounds, write_report  # noqa: E402
+
 MODES = {
     "quick": {
         "batch": 2,
@@ -340,33 +343,18 @@ def main(argv=None) -> int:
         data = Path(tmp)
         stats = prepare_data(data, m["max_length"], m["eval_examples"])
         peaks = matmul_peaks()
-        results = []
-        for rnd in range(m["rounds"]):
-            for v in m["variants"]:
-                print(
-                    f"[bench] round {rnd + 1}/{m['rounds']}: {v} (load {os.getloadavg()[0]:.1f})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                results.append(run_variant(v, data, data, m, a.timeout))
-                shown = {k: results[-1].get(k) for k in ("tokens_per_second", "peak_rss_bytes", "eval_loss", "error")}
-                print(f"[bench]   -> {json.dumps(shown)}", file=sys.stderr, flush=True)
+        shown = ("tokens_per_second", "peak_rss_bytes", "eval_loss", "error")
+        run_one = lambda v: run_variant(v, data, data, m, a.timeout)  # noqa: E731
+        results = run_rounds(m["variants"], m["rounds"], run_one, "bench", shown)
         profiled = run_variant("tunesmith", data, data, m, a.timeout, ("--profile",)) if a.profile else {}
         peaks_end = matmul_peaks()
     peaks = {k: max(peaks[k], peaks_end[k]) for k in peaks}
     estimate = predict_for_bench(m["batch"], m["max_length"])
-    import platform
-
     import torch
 
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    from tunesmith.runtime.hardware import cpu_model
+
+    cpu = cpu_model()
     report = {
         "conditions": {
             "mode": a.mode,
@@ -386,11 +374,7 @@ def main(argv=None) -> int:
         "profile": profiled.get("profile") or profiled.get("error"),
     }
     report["summary"] = summarise(results, peaks, estimate)
-    (out / f"bench-{a.mode}.json").write_text(json.dumps(report, indent=1))
-    md = markdown(report)
-    (out / f"bench-{a.mode}.md").write_text(md)
-    print(md)
-    return 0 if all("error" not in r for r in results) else 1
+    return write_report(out, f"bench-{a.mode}", report, markdown)
 
 
 if __name__ == "__main__":

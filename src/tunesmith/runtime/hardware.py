@@ -43,13 +43,20 @@ def cpu_has_bf16() -> bool:
     return not info or " avx512_bf16" in info or " amx_bf16" in info
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where there is none, else ``"cpu"``); every
+    measurement is stamped with it."""
+    import platform
+
+    line = next((ln for ln in _cpuinfo().splitlines() if ln.startswith("model name")), "")
+    return line.split(":", 1)[1].strip() if line else (platform.processor() or "cpu")
+
+
 def machine_key() -> str:
     """This machine as the measurement cache knows it: CPU model, core count, torch version and torch threads."""
     import torch
 
-    info = _cpuinfo()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "cpu")
-    return f"{model}|{os.cpu_count()}|{torch.__version__}|{torch.get_num_threads()}"
+    return f"{cpu_model()}|{os.cpu_count()}|{torch.__version__}|{torch.get_num_threads()}"
 
 
 def cached_measurement(key: str, measure):
