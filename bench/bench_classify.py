@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from benchlib import run_rounds, write_report  # noqa: E402
+from benchlib import StepCounter, run_rounds, write_report  # noqa: E402
 
 CONFIG = HERE.parent / "configs" / "classify" / "chatterbot-topics.yaml"
 VARIANTS = {
@@ -158,16 +158,13 @@ def run_one(a) -> dict:
         trainer, precision, batches = build(a, cfg, source, tokenizer, train_rows, names, pad_id, Path(tmp))
         clock = StepClock()
         trainer.add_callback(clock.callback)
-        real, examples = [], []
-        orig_step = trainer.training_step
 
-        def counting_step(model, inputs, num_items_in_batch=None):
+        def counts(inputs):
             n, m = inputs.get("num_real_tokens"), inputs.get("attention_mask")
-            real.append(int(n) if n is not None else int(m.sum()) if m is not None else inputs["input_ids"].numel())
-            examples.append(int(inputs["labels"].numel()))
-            return orig_step(model, inputs, num_items_in_batch)
+            tokens = int(n) if n is not None else int(m.sum()) if m is not None else inputs["input_ids"].numel()
+            return tokens, int(inputs["labels"].numel())
 
-        trainer.training_step = counting_step
+        counter = StepCounter(trainer, counts)
         trainer.train()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t, cpu = clock.times, clock.cpu
@@ -181,11 +178,11 @@ def run_one(a) -> dict:
         "steps": len(t) - 1,
         "warmup_steps": warm,
         "step_cpu_seconds": [round(y - x, 3) for x, y in zip(cpu, cpu[1:])],
-        "real_tokens_per_step": real,
-        "examples_per_second": sum(examples[warm:]) / wall,
-        "examples_per_cpu_second": sum(examples[warm:]) / cpu_s,
-        "tokens_per_second": sum(real[warm:]) / wall,
-        "tokens_per_cpu_second": sum(real[warm:]) / cpu_s,
+        "real_tokens_per_step": counter.per_step(),
+        "examples_per_second": counter.after(warm, 1) / wall,
+        "examples_per_cpu_second": counter.after(warm, 1) / cpu_s,
+        "tokens_per_second": counter.after(warm) / wall,
+        "tokens_per_cpu_second": counter.after(warm) / cpu_s,
         "peak_rss_bytes": peak,
         "train_losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
         **evaluate(trainer.model, eval_rows, pad_id),

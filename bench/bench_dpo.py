@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from benchlib import run_rounds, write_report  # noqa: E402
+from benchlib import StepCounter, run_rounds, write_report  # noqa: E402
 
 CONFIG = HERE.parent / "configs" / "dpo" / "chatterbot-pairs.yaml"
 VARIANTS = {
@@ -153,7 +153,7 @@ def run_child(a) -> dict:
     torch.set_num_threads(a.threads or torch.get_num_threads())
     with tempfile.TemporaryDirectory(prefix="tunesmith-bench-dpo-") as tmp:
         trainer = _trainer(a, Path(tmp))
-        marks, tokens = [], []
+        marks = []
 
         class Clock(TrainerCallback):
             def on_train_begin(self, args, state, control, **kw):
@@ -163,19 +163,13 @@ def run_child(a) -> dict:
                 marks.append((time.perf_counter(), time.process_time()))
 
         trainer.add_callback(Clock())
-        step = trainer.training_step
-
-        def counting_step(model, inputs, num_items_in_batch=None):
-            tokens.append(int(inputs["attention_mask"].sum()))  # TRL's [chosen; rejected] rows, no padding
-            return step(model, inputs, num_items_in_batch)
-
-        trainer.training_step = counting_step
+        counter = StepCounter(trainer, lambda inputs: (int(inputs["attention_mask"].sum()),))  # TRL's rows: no pad
         trainer.train()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         logs = [e for e in trainer.state.log_history if "loss" in e]
     w = a.warmup
     wall, cpu = marks[-1][0] - marks[w][0], marks[-1][1] - marks[w][1]
-    pairs, real = a.batch * (len(marks) - 1 - w), sum(tokens[w:])
+    pairs, real = a.batch * (len(marks) - 1 - w), counter.after(w)
     return {
         "variant": a.child,
         "description": VARIANTS[a.child],
@@ -186,7 +180,7 @@ def run_child(a) -> dict:
         "warmup_steps": w,
         "step_cpu_seconds": [round(y[1] - x[1], 3) for x, y in zip(marks, marks[1:])],
         "step_seconds": [round(y[0] - x[0], 3) for x, y in zip(marks, marks[1:])],
-        "real_tokens_per_step": tokens,
+        "real_tokens_per_step": counter.per_step(),
         "pairs_per_second": pairs / wall,
         "pairs_per_cpu_second": pairs / cpu,
         "tokens_per_second": real / wall,

@@ -48,3 +48,32 @@ def write_report(out: Path, name: str, report: dict, markdown: Callable[[dict], 
     (out / f"{name}.md").write_text(md)
     print(md)
     return 0 if all("error" not in r for r in report["runs"]) else 1
+
+
+class StepCounter:
+    """Per optimizer step sums of what ``count(inputs)`` returns for each micro-batch.
+
+    ``trainer.training_step`` runs once per micro-batch, so with gradient accumulation a step has several; summing
+    them under ``trainer.state.global_step`` (the 0-based index of the step being made) keeps tokens and step times
+    on the same steps.  ``totals[i]``: tuple of ints, the sums for optimizer step ``i``.
+    """
+
+    def __init__(self, trainer, count: Callable[[dict], tuple]):
+        self.totals: list[tuple] = []
+        inner = trainer.training_step
+
+        def training_step(model, inputs, num_items_in_batch=None):
+            i, c = trainer.state.global_step, tuple(count(inputs))
+            self.totals += [tuple(0 for _ in c)] * (i + 1 - len(self.totals))
+            self.totals[i] = tuple(a + b for a, b in zip(self.totals[i], c))
+            return inner(model, inputs, num_items_in_batch)
+
+        trainer.training_step = training_step
+
+    def after(self, warm: int, field: int = 0) -> int:
+        """The sum of ``field`` over the optimizer steps after the first ``warm``."""
+        return sum(t[field] for t in self.totals[warm:])
+
+    def per_step(self, field: int = 0) -> list[int]:
+        """``field`` of every optimizer step."""
+        return [t[field] for t in self.totals]

@@ -225,7 +225,8 @@ def fp32_scorer(cfg, source):
 def train_and_measure(
     trainer, clock: StepClock, eval_rows: list[dict], warmup: int, scorer=None, profile: bool = False
 ) -> dict:
-    """Train ``trainer`` (its max_steps), counting the real (non-pad) tokens of every micro-batch, then score eval_loss.
+    """Train ``trainer`` (its max_steps), summing the real (non-pad) tokens of its micro-batches per optimizer step, then
+    score eval_loss.
 
     Args:
         scorer: maps the trained model to the model eval_loss is scored on (default: itself).
@@ -238,18 +239,14 @@ def train_and_measure(
         ``max_memory_allocated``, None on CPU), "train_losses", "eval_loss", "parameters", "trainable_parameters",
         "threads", "loadavg_end"}``.
     """
+    from benchlib import StepCounter
     from tunesmith.models.adapters import count_parameters
 
-    real = []
-    orig_step = trainer.training_step
+    def real_tokens(inputs):
+        n, m = inputs.get("num_real_tokens"), inputs.get("attention_mask")
+        return (int(n) if n is not None else int(m.sum()) if m is not None else int(inputs["input_ids"].numel()),)
 
-    def counting_step(model, inputs, num_items_in_batch=None):
-        n = inputs.get("num_real_tokens")
-        m = inputs.get("attention_mask")
-        real.append(int(n) if n is not None else int(m.sum()) if m is not None else int(inputs["input_ids"].numel()))
-        return orig_step(model, inputs, num_items_in_batch)
-
-    trainer.training_step = counting_step
+    counter = StepCounter(trainer, real_tokens)
     prof = _profile_after(trainer, warmup) if profile else None
     trainer.train()
     table = prof.stop() if prof else None
@@ -258,14 +255,14 @@ def train_and_measure(
     trainable, total = count_parameters(trainer.model)
     t = clock.times
     warm = min(warmup, len(t) - 2)
-    measured_tokens = sum(real[warm:])
+    measured_tokens = counter.after(warm)
     seconds = t[-1] - t[warm]
     cpu_seconds = clock.cpu[-1] - clock.cpu[warm]
     return {
         "steps": len(t) - 1,
         "warmup_steps": warm,
         "step_seconds": [round(y - x, 3) for x, y in zip(t, t[1:])],
-        "real_tokens_per_step": real,
+        "real_tokens_per_step": counter.per_step(),
         "tokens_per_second": measured_tokens / seconds,
         "tokens_per_cpu_second": measured_tokens / cpu_seconds,
         "cpu_share": cpu_seconds / seconds / torch.get_num_threads(),
