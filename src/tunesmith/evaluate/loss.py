@@ -71,7 +71,9 @@ def full_precision(model):
 
 
 @torch.no_grad()
-def row_losses(model, rows, *, pad_id: int = 0, batch_size: int = 8, progress=None) -> list[tuple[float, int]]:
+def row_losses(
+    model, rows, *, pad_id: int = 0, batch_size: int = 8, progress=None, head_only: bool = True
+) -> list[tuple[float, int]]:
     """Summed cross-entropy (nats) and trained-token count of each rendered row.
 
     Args:
@@ -80,12 +82,19 @@ def row_losses(model, rows, *, pad_id: int = 0, batch_size: int = 8, progress=No
         pad_id: id used for right padding (masked out).
         batch_size: rows per forward pass (rows are batched by length; results come back in input order).
         progress: a :class:`tunesmith.runtime.console.Progress`, advanced by rows and tokens after each batch.
+        head_only: run the output head only at trained positions (the body once, then ``[n_trained, vocab]``
+            logits) where the logits are a plain head over the body (:func:`tunesmith.models.heads.body_and_head`)
+            and the weights are not sharded; False always builds the model's full ``[batch, seq, vocab]`` logits.
 
     Returns:
         ``list[(nll_sum: float, tokens: int)]``, one per row; :func:`mean_token_loss` of them is the eval_loss.
     """
+    from tunesmith.models.heads import body_and_head
+    from tunesmith.runtime.distributed import params_sharded
+
     out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
+    split = body_and_head(model) if head_only and not params_sharded() else None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -93,7 +102,9 @@ def row_losses(model, rows, *, pad_id: int = 0, batch_size: int = 8, progress=No
         with full_precision(model):
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                for i, nll, n in zip(idx, *_batch_nll(model, [rows[i] for i in idx], pad_id, device)):
+                batch = _padded([rows[i] for i in idx], pad_id, device)
+                terms = _head_only_nll(*split, *batch) if split else _batch_nll(model, *batch)
+                for i, nll, n in zip(idx, *terms):
                     out[i] = (nll, n)
                 if progress is not None:
                     progress.advance(len(idx), tokens=sum(len(rows[i].input_ids) for i in idx))
@@ -102,12 +113,17 @@ def row_losses(model, rows, *, pad_id: int = 0, batch_size: int = 8, progress=No
     return out
 
 
-def _batch_nll(model, chunk, pad_id: int, device) -> tuple[list[float], list[int]]:
-    """Summed nats and trained tokens of each row of one right-padded batch."""
+def _padded(chunk, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on padding), each LongTensor[batch, seq]."""
     width = max(len(r.input_ids) for r in chunk)
     ids = torch.tensor([r.input_ids + [pad_id] * (width - len(r.input_ids)) for r in chunk], device=device)
     mask = torch.tensor([[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in chunk], device=device)
     labels = torch.tensor([r.labels + [IGNORE_INDEX] * (width - len(r.labels)) for r in chunk], device=device)
+    return ids, mask, labels
+
+
+def _batch_nll(model, ids, mask, labels) -> tuple[list[float], list[int]]:
+    """Summed nats and trained tokens of each row of one right-padded batch, from the model's full logits."""
     logits = model(input_ids=ids, attention_mask=mask).logits
     shift_labels = labels[:, 1:]
     nll = torch.nn.functional.cross_entropy(
@@ -115,6 +131,29 @@ def _batch_nll(model, chunk, pad_id: int, device) -> tuple[list[float], list[int
     )
     valid = shift_labels != IGNORE_INDEX
     return (nll * valid).sum(1).tolist(), valid.sum(1).tolist()
+
+
+HEAD_CHUNK = 1024
+"""Trained positions per head call in :func:`_head_only_nll`: a [1024, 49152] fp32 logits tile is 200 MB."""
+
+
+def _head_only_nll(body, head, ids, mask, labels) -> tuple[list[float], list[int]]:
+    """:func:`_batch_nll` with the head run only at trained positions: ``body`` once over the batch, then
+    ``head(hidden[t])`` for every ``t`` whose next label is trained, :data:`HEAD_CHUNK` positions at a time."""
+    hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
+    shift_labels = labels[:, 1:]
+    valid = shift_labels != IGNORE_INDEX
+    picked, targets = hidden[valid], shift_labels[valid]  # [n, hidden], [n]
+    row = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(valid)[valid]
+    nll = torch.cat(
+        [
+            torch.nn.functional.cross_entropy(head(h).float(), t, reduction="none")
+            for h, t in zip(picked.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))
+        ]
+        or [picked.new_zeros(0, dtype=torch.float32)]
+    )
+    sums = torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device).index_add_(0, row, nll)
+    return sums.tolist(), valid.sum(1).tolist()
 
 
 def perplexity(loss: float | None) -> float | None:

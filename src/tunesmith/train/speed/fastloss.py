@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunesmith.models.heads import plain_head_blocker
+
 IGNORE_INDEX = -100
 DEFAULT_CHUNK = 1024
 """Tokens per chunk: a [1024, 49152] fp32 logits tile is 200 MB."""
@@ -148,14 +150,9 @@ class ChunkedLossOutput:
 
 def supports_chunked_loss(model) -> str | None:
     """Return None when :func:`install_chunked_loss` can serve ``model`` (a transformers causal LM whose logits are a
-    plain linear head: no logit soft-capping or scaling), else the reason it cannot."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier", "logits_scaling", "lm_head_multiplier"):
-        if getattr(cfg, key, None) not in (None, 1, 1.0):
-            return f"the model config sets {key}"
-    if model.get_output_embeddings() is None or not hasattr(model, getattr(model, "base_model_prefix", "") or "-"):
-        return "the model has no separate backbone and output head"
-    return None
+    plain linear head: no logit soft-capping or scaling), else the reason it cannot
+    (:func:`tunesmith.models.heads.plain_head_blocker`)."""
+    return plain_head_blocker(model)
 
 
 def install_chunked_loss(model, chunk_size: int = DEFAULT_CHUNK) -> None:
