@@ -225,8 +225,8 @@ def fp32_scorer(cfg, source):
 def train_and_measure(
     trainer, clock: StepClock, eval_rows: list[dict], warmup: int, scorer=None, profile: bool = False
 ) -> dict:
-    """Train ``trainer`` (its max_steps), summing the real (non-pad) tokens of its micro-batches per optimizer step, then
-    score eval_loss.
+    """Train ``trainer`` (its max_steps), summing the real (non-pad) tokens of its micro-batches per optimizer step,
+    then score eval_loss.
 
     Args:
         scorer: maps the trained model to the model eval_loss is scored on (default: itself).
