@@ -153,7 +153,8 @@ def predict_for_bench(batch: int, max_length: int) -> dict | None:
         from tunesmith.train.speed.plan import plan_speed
     except ImportError:
         return None
-    rows = plan_speed(TrainSection(per_device_train_batch_size=batch), "sdpa").rows_per_pass or batch
+    train = TrainSection(per_device_train_batch_size=batch, max_length=max_length)
+    rows = plan_speed(train, "sdpa").rows_per_pass or batch
     return {
         **estimate_for_run("smollm2-135m-instruct", batch=rows, seq_len=max_length, method="lora"),
         "rows_per_pass": rows,
