@@ -24,6 +24,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from tunesmith.models.heads import body_and_head
+from tunesmith.runtime.distributed import params_sharded
+
 IGNORE_INDEX = -100
 """Label value of untrained positions."""
 
@@ -89,9 +92,6 @@ def row_losses(
     Returns:
         ``list[(nll_sum: float, tokens: int)]``, one per row; :func:`mean_token_loss` of them is the eval_loss.
     """
-    from tunesmith.models.heads import body_and_head
-    from tunesmith.runtime.distributed import params_sharded
-
     out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
     split = body_and_head(model) if head_only and not params_sharded() else None

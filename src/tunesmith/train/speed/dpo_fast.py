@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer
 
-from tunesmith.train.speed.fastloss import supports_chunked_loss
+from tunesmith.models.heads import plain_head_blocker
 
 DEFAULT_CHUNK = 1024
 """Completion tokens per chunk through the head: a [1024, 49152] fp32 logits tile is 200 MB."""
@@ -308,7 +308,7 @@ def fast_path_blocker(trainer: DPOTrainer) -> str | None:
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     if base.config._attn_implementation not in ("sdpa", "eager"):
         return f"attn_implementation={base.config._attn_implementation} takes no 4D attention mask"
-    return supports_chunked_loss(base)
+    return plain_head_blocker(base)
 
 
 class FastDPOTrainer(DPOTrainer):

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.models.heads import plain_head_blocker
-
 IGNORE_INDEX = -100
 DEFAULT_CHUNK = 1024
 """Tokens per chunk: a [1024, 49152] fp32 logits tile is 200 MB."""
@@ -146,13 +144,6 @@ class ChunkedLossOutput:
     def keys(self):  # noqa: D102
         """Field names, so the result unpacks like a mapping."""
         return ("loss", "n_trained", "n_correct", "entropy_sum")
-
-
-def supports_chunked_loss(model) -> str | None:
-    """Return None when :func:`install_chunked_loss` can serve ``model`` (a transformers causal LM whose logits are a
-    plain linear head: no logit soft-capping or scaling), else the reason it cannot
-    (:func:`tunesmith.models.heads.plain_head_blocker`)."""
-    return plain_head_blocker(model)
 
 
 def install_chunked_loss(model, chunk_size: int = DEFAULT_CHUNK) -> None:

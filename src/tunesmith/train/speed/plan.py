@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tunesmith.models.heads import plain_head_blocker
 from tunesmith.models.loading import choose_attention
 from tunesmith.runtime.hardware import is_installed
 from tunesmith.train.speed import varlen
-from tunesmith.train.speed.fastloss import DEFAULT_CHUNK, install_chunked_loss, supports_chunked_loss
+from tunesmith.train.speed.fastloss import DEFAULT_CHUNK, install_chunked_loss
 from tunesmith.train.speed.packrows import PackedRowsCollator, pack_rows
 
 VARLEN_ATTENTION = (
@@ -180,7 +181,7 @@ def attach(trainer, plan: SpeedPlan, chunk_size: int = DEFAULT_CHUNK) -> list[st
         notes.append(f"attention per packed sample off: {varlen.supports_varlen(base)}")
     if plan.compile:
         notes.append(f"torch.compile on {compile_layers(base)} decoder layers")
-    why = supports_chunked_loss(base) if plan.chunked_loss else None
+    why = plain_head_blocker(base) if plan.chunked_loss else None
     if plan.chunked_loss and why is None:
         install_chunked_loss(base, chunk_size)
         trainer.tunesmith_chunked_loss = True
