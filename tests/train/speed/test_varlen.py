@@ -92,3 +92,27 @@ def test_bf16_model_attends_in_fp32_and_returns_bf16(smol_tokenizer, tiny_llama_
         a, b = ref(**kw).logits.float(), fast(**kw).logits.float()
     assert seen == [torch.bfloat16]
     assert (a - b).abs().max() < 0.05 * a.abs().max()
+
+
+def test_the_kernel_stays_fp32_inside_a_bf16_autocast_step(monkeypatch):
+    """SDPA is on CPU autocast's bf16 list: inside a bf16 training step the per-sample calls must still get fp32
+    inputs with autocast off (in bf16 the CPU kernel's backward ran 3-4x slower), and split rows give the gradient."""
+    seen, kernel = [], varlen._causal
+
+    def spy(q, k, v, scaling):
+        seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
+        return kernel(q, k, v, scaling)
+
+    monkeypatch.setattr(varlen, "_causal", spy)
+    module = type("Attn", (), {"is_causal": True, "num_key_value_groups": 1})()
+    q, k, v = (torch.randn(2, 2, 7, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2, 3]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = varlen.varlen_sdpa_forward(module, q, k, v, None, position_ids=pos)
+    out.float().sum().backward()
+    assert seen == [(torch.float32, False)] * 4  # 2 rows x 2 samples
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 7, 2, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0]] * 3 + [[0, 0, 0, 1, 1, 1, 1]] * 4).bool().tril()
+    want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert torch.allclose(out.float(), want.transpose(1, 2), atol=2e-2)
+    assert q.grad is not None and q.grad.abs().sum() > 0
