@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from benchlib import StepCounter, run_rounds, write_report  # noqa: E402
+from benchlib import StepCounter, optional, run_rounds, table, write_report  # noqa: E402
 
 CONFIG = HERE.parent / "configs" / "classify" / "chatterbot-topics.yaml"
 VARIANTS = {
@@ -257,19 +257,28 @@ def markdown(report: dict) -> str:
         f"x{c['threads']} threads; "
         f"torch {c['torch']}; {c['date']}; load average {c['load_start'][0]:.1f} -> {c['load_end'][0]:.1f}",
         "",
-        "| variant | precision | batches | examples/s | examples/CPU-s | real tokens/s | tokens/CPU-s | x hf_trainer "
-        "(wall / CPU time) | peak RSS | RSS / hf_trainer | eval accuracy | eval loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    f = lambda r, k, fmt: "-" if k not in r else fmt.format(r[k])  # noqa: E731
-    for v, r in s["variants"].items():
-        lines.append(
-            f"| {v} | {r['precision']} | {r['batches']} | {r['examples_per_second']:.2f} | "
-            f"{r['examples_per_cpu_second']:.2f} | {r['tokens_per_second']:.1f} | {r['tokens_per_cpu_second']:.1f} | "
-            f"{f(r, 'speed_vs_hf_trainer', '{:.2f}')} / {f(r, 'cpu_speed_vs_hf_trainer', '{:.2f}')} | "
-            f"{r['peak_rss_bytes'] / 1e9:.2f} GB | {f(r, 'memory_vs_hf_trainer', '{:.2f}')} | "
-            f"{r['eval_accuracy']:.3f} | {r['eval_loss']:.4f} |"
-        )
+    lines += table(
+        "variant|precision|batches|examples/s|examples/CPU-s|real tokens/s|tokens/CPU-s|x hf_trainer (wall / CPU time)"
+        "|peak RSS|RSS / hf_trainer|eval accuracy|eval loss".split("|"),
+        [
+            [
+                v,
+                r["precision"],
+                str(r["batches"]),
+                f"{r['examples_per_second']:.2f}",
+                f"{r['examples_per_cpu_second']:.2f}",
+                f"{r['tokens_per_second']:.1f}",
+                f"{r['tokens_per_cpu_second']:.1f}",
+                f"{optional(r, 'speed_vs_hf_trainer', '{:.2f}')} / {optional(r, 'cpu_speed_vs_hf_trainer', '{:.2f}')}",
+                f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
+                optional(r, "memory_vs_hf_trainer", "{:.2f}"),
+                f"{r['eval_accuracy']:.3f}",
+                f"{r['eval_loss']:.4f}",
+            ]
+            for v, r in s["variants"].items()
+        ],
+    )
     if s["targets"]:
         lines += [
             "",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from benchlib import StepCounter, run_rounds, write_report  # noqa: E402
+from benchlib import StepCounter, optional, run_rounds, table, write_report  # noqa: E402
 
 CONFIG = HERE.parent / "configs" / "dpo" / "chatterbot-pairs.yaml"
 VARIANTS = {
@@ -261,18 +261,28 @@ def markdown(report: dict) -> str:
         f"chatterbot-pairs; {c['cpu']}, {c['cores']} cores, {c['threads']} torch threads, torch {c['torch']}, "
         f"{c['date']}; load average {c['load_start'][0]:.1f} -> {c['load_end'][0]:.1f}",
         "",
-        "| variant | precision | pairs/s | pairs/CPU-s | real tokens/s | tokens/CPU-s | x TRL (CPU time) "
-        "| x TRL (wall) | peak RSS | RSS / TRL | final loss | reward acc. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    f = lambda r, k, fmt: "-" if k not in r else fmt.format(r[k])  # noqa: E731
-    for v, r in s["variants"].items():
-        lines.append(
-            f"| {v} | {r['precision']} | {r['pairs_per_second']:.2f} | {r['pairs_per_cpu_second']:.2f} | "
-            f"{r['tokens_per_second']:.0f} | {r['tokens_per_cpu_second']:.0f} | {f(r, 'speed_vs_trl', '{:.2f}')} | "
-            f"{f(r, 'wall_speed_vs_trl', '{:.2f}')} | {r['peak_rss_bytes'] / 1e9:.2f} GB | "
-            f"{f(r, 'memory_vs_trl', '{:.2f}')} | {r['final_loss']:.4f} | {r['final_reward_accuracy']:.3f} |"
-        )
+    lines += table(
+        "variant|precision|pairs/s|pairs/CPU-s|real tokens/s|tokens/CPU-s|x TRL (CPU time)|x TRL (wall)|peak RSS"
+        "|RSS / TRL|final loss|reward acc.".split("|"),
+        [
+            [
+                v,
+                r["precision"],
+                f"{r['pairs_per_second']:.2f}",
+                f"{r['pairs_per_cpu_second']:.2f}",
+                f"{r['tokens_per_second']:.0f}",
+                f"{r['tokens_per_cpu_second']:.0f}",
+                optional(r, "speed_vs_trl", "{:.2f}"),
+                optional(r, "wall_speed_vs_trl", "{:.2f}"),
+                f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
+                optional(r, "memory_vs_trl", "{:.2f}"),
+                f"{r['final_loss']:.4f}",
+                f"{r['final_reward_accuracy']:.3f}",
+            ]
+            for v, r in s["variants"].items()
+        ],
+    )
     if s["targets"]:
         lines += [
             "",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from benchlib import run_rounds, write_report  # noqa: E402
+from benchlib import optional, run_rounds, table, write_report  # noqa: E402
 
 MODES = {
     "quick": {
@@ -249,22 +249,33 @@ def markdown(report: dict) -> str:
         f"/ {c['peaks']['bf16_gflops_cpu']:.0f} per CPU second); load average {c['load_start'][0]:.1f} -> "
         f"{c['load_end'][0]:.1f}",
         "",
-        "| variant | precision | real tokens/s | x TRL best | x TRL shipped | tokens/CPU-s ratio vs best / "
-        "shipped | CPU share | peak RSS | RSS / shipped | MFU vs fp32 peak: wall (CPU time) | MFU vs bf16 "
-        "peak: wall (CPU time) | MFU vs its precision's peak | eval_loss | vs TRL best |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    f = lambda r, k, fmt: "-" if k not in r else fmt.format(r[k])  # noqa: E731
-    for v, r in s["variants"].items():
-        lines.append(
-            f"| {v} | {r['precision']} | {r['tokens_per_second']:.1f} | "
-            f"{f(r, 'speed_vs_trl_best', '{:.2f}')} | {f(r, 'speed_vs_trl_shipped', '{:.2f}')} | "
-            f"{f(r, 'cpu_speed_vs_trl_best', '{:.2f}')} / {f(r, 'cpu_speed_vs_trl_shipped', '{:.2f}')} | "
-            f"{r['cpu_share']:.0%} | {r['peak_rss_bytes'] / 1e9:.2f} GB | "
-            f"{f(r, 'memory_vs_trl_shipped', '{:.2f}')} | {r['mfu_fp32_peak']:.1%} "
-            f"({r['mfu_fp32_peak_cpu']:.1%}) | {r['mfu_bf16_peak']:.1%} ({r['mfu_bf16_peak_cpu']:.1%}) | "
-            f"{r['mfu_running_peak']:.1%} | {r['eval_loss']:.4f} | {f(r, 'eval_loss_vs_trl_best', '{:+.2%}')} |"
-        )
+    lines += table(
+        "variant|precision|real tokens/s|x TRL best|x TRL shipped|tokens/CPU-s ratio vs best / shipped|CPU share"
+        "|peak RSS|RSS / shipped|MFU vs fp32 peak: wall (CPU time)|MFU vs bf16 peak: wall (CPU time)"
+        "|MFU vs its precision's peak|eval_loss|vs TRL best".split("|"),
+        [
+            [
+                v,
+                r["precision"],
+                f"{r['tokens_per_second']:.1f}",
+                optional(r, "speed_vs_trl_best", "{:.2f}"),
+                optional(r, "speed_vs_trl_shipped", "{:.2f}"),
+                optional(r, "cpu_speed_vs_trl_best", "{:.2f}")
+                + " / "
+                + optional(r, "cpu_speed_vs_trl_shipped", "{:.2f}"),
+                f"{r['cpu_share']:.0%}",
+                f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
+                optional(r, "memory_vs_trl_shipped", "{:.2f}"),
+                f"{r['mfu_fp32_peak']:.1%} ({r['mfu_fp32_peak_cpu']:.1%})",
+                f"{r['mfu_bf16_peak']:.1%} ({r['mfu_bf16_peak_cpu']:.1%})",
+                f"{r['mfu_running_peak']:.1%}",
+                f"{r['eval_loss']:.4f}",
+                optional(r, "eval_loss_vs_trl_best", "{:+.2%}"),
+            ]
+            for v, r in s["variants"].items()
+        ],
+    )
     for v, r in s["variants"].items():
         if "compile" in v and r.get("steady_step_seconds"):
             lines += [
@@ -273,8 +284,8 @@ def markdown(report: dict) -> str:
                 f"(median): compiling cost about {r['first_step_seconds'] - r['steady_step_seconds']:.1f} s once",
             ]
     if s["targets"]:
-        lines += ["", "| target (tunesmith defaults) | measured | met |", "|---|---|---|"]
-        lines += [f"| {k} | {v:.3f} | {'yes' if target_met(k, v) else 'NO'} |" for k, v in s["targets"].items()]
+        rows = [[k, f"{v:.3f}", "yes" if target_met(k, v) else "NO"] for k, v in s["targets"].items()]
+        lines += ["", *table(["target (tunesmith defaults)", "measured", "met"], rows)]
     if report.get("profile"):
         lines += ["", "tunesmith's steps after the warm-up under torch.profiler (top operators by self CPU time):", ""]
         lines += ["```", report["profile"].rstrip(), "```"]

@@ -77,3 +77,14 @@ class StepCounter:
     def per_step(self, field: int = 0) -> list[int]:
         """``field`` of every optimizer step."""
         return [t[field] for t in self.totals]
+
+
+def optional(row: dict, key: str, fmt: str) -> str:
+    """``fmt.format(row[key])``, or ``-`` where the row has no such figure (the reference variant's own ratios)."""
+    return "-" if key not in row else fmt.format(row[key])
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the header, the separator and one line per row of cells."""
+    lines = ["| " + " | ".join(cells) + " |" for cells in (header, *rows)]
+    return [lines[0], "|" + "---|" * len(header), *lines[1:]]
